@@ -1,0 +1,7 @@
+"""``python -m streamd`` is the ``streamd`` command."""
+
+import sys
+
+from streamd.cli import main
+
+sys.exit(main())

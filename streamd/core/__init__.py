@@ -1,0 +1,17 @@
+"""Sans-IO core: wire types, shape detection, normalisation. No trio, sqlite3, sockets or clock."""
+
+from streamd.core.normalise import decode_delivery, key_hash, legacy_type, stream_of
+from streamd.core.timeparse import format_utc, normalise_timestamp, parse_timestamp
+from streamd.core.wire import Delivery, EventRecord
+
+__all__ = [
+    "Delivery",
+    "EventRecord",
+    "decode_delivery",
+    "format_utc",
+    "key_hash",
+    "legacy_type",
+    "normalise_timestamp",
+    "parse_timestamp",
+    "stream_of",
+]

@@ -1,0 +1,48 @@
+"""The one exception hierarchy of streamd.
+
+Each layer translates foreign errors at its edge (``raise X(...) from exc``).
+Errors that reach the HTTP edge carry ``status_hint``: the status code the
+ingest app answers with, so the policy lives next to the cause.
+"""
+
+from __future__ import annotations
+
+
+class StreamdError(Exception):
+    """Base of every error streamd raises on purpose."""
+
+    status_hint: int = 503
+
+
+class ConfigError(StreamdError):
+    """Raised when a configuration file or flag is invalid; names file, key and problem."""
+
+    status_hint = 500
+
+
+class PayloadError(StreamdError):
+    """Raised when a request body is not JSON or not any known delivery shape."""
+
+    status_hint = 400
+
+
+class JournalError(StreamdError):
+    """Raised when the journal cannot be opened, read or written."""
+
+    status_hint = 503
+
+
+class JournalBusy(JournalError):
+    """Raised when the journal cannot take a batch now (queue full, low disk, stopping)."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JournalClosed(JournalBusy):
+    """Raised when a batch is submitted after the journal began to close."""
+
+
+class CommitTimeout(JournalBusy):
+    """Raised when a batch was not committed within the commit latency budget."""

@@ -1,0 +1,5 @@
+"""The HTTP side: the ASGI app that turns deliveries into journaled batches."""
+
+from streamd.ingest.app import IngestApp, Source
+
+__all__ = ["IngestApp", "Source"]

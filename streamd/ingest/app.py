@@ -1,0 +1,291 @@
+"""The ingest ASGI app: routes, auth, body limits, status-code policy, challenge.
+
+Order of checks on a POST (each answers before the next costs anything):
+capacity → route → method → shutdown → credentials (before reading the body)
+→ media type → declared length → body read with a running limit → decode →
+journal. The 200 is sent only after the journal committed the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from streamd.auth import TokenSet, token_from_request
+from streamd.core import decode_delivery
+from streamd.errors import JournalBusy, PayloadError, StreamdError
+from streamd.journal import Batch, Journal, utc_now
+
+log = logging.getLogger("streamd.ingest")
+
+Scope = Mapping[str, Any]
+Message = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON_TYPES = frozenset(
+    {
+        b"application/json",
+        b"application/cloudevents+json",
+        b"application/cloudevents-batch+json",
+    }
+)
+_CHALLENGE = re.compile(r"[A-Za-z0-9._~-]{1,256}")
+_COMMON_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A configured endpoint at runtime: its name, path and credentials."""
+
+    name: str
+    path: str
+    tokens: TokenSet
+    query_token: bool = True
+
+
+class IngestApp:
+    """The ASGI application that receives deliveries and journals them."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        journal: Journal,
+        *,
+        max_body_bytes: int,
+        max_in_flight: int,
+    ) -> None:
+        self._routes = {s.path.rstrip("/") or "/": s for s in sources}
+        self._journal = journal
+        self._max_body = max_body_bytes
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._stopping = False
+        self.responses: dict[int, int] = {}
+
+    def begin_shutdown(self) -> None:
+        """From now on, POSTs get 503 + Retry-After (the sender keeps the events)."""
+        self._stopping = True
+
+    @property
+    def in_flight(self) -> int:
+        """POST requests being handled right now."""
+        return self._in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        source = self._routes.get(scope["path"].rstrip("/") or "/")
+        if source is None:
+            await self._error(send, 404, f"no source at {scope['path'][:200]}")
+            return
+        method = scope["method"]
+        if method == "GET":
+            await self._challenge(scope, send)
+            return
+        if method != "POST":
+            await self._error(send, 405, f"{method} not allowed", [(b"allow", b"GET, POST")])
+            return
+        if self._in_flight >= self._max_in_flight:
+            await self._error(send, 503, "too many requests in flight", retry_after=1)
+            return
+        self._in_flight += 1
+        try:
+            await self._post(scope, receive, send, source)
+        except _Disconnected:
+            log.info("client went away before sending its whole body to %s", source.name)
+        except StreamdError as exc:
+            await self._error(send, exc.status_hint, str(exc), retry_after=_retry_after(exc))
+        except Exception:
+            # Never a traceback to the sender, never a 4xx for our own fault.
+            log.exception("unexpected error on %s %s", method, scope["path"])
+            await self._error(send, 503, "internal error; retry later", retry_after=5)
+        finally:
+            self._in_flight -= 1
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, source: Source) -> None:
+        if self._stopping:
+            await self._error(send, 503, "streamd is shutting down", retry_after=10)
+            return
+        headers = _headers(scope)
+        presented = token_from_request(
+            headers.get(b"authorization"), scope["query_string"], allow_query=source.query_token
+        )
+        if not source.tokens.check(presented):
+            what = "missing" if presented is None else "invalid"
+            await self._error(
+                send, 401, f"{what} credentials", [(b"www-authenticate", b'Bearer realm="streamd"')]
+            )
+            return
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media and media not in _JSON_TYPES:
+            await self._error(
+                send,
+                415,
+                f"unsupported media type {media.decode('latin-1')[:100]!r}; send application/json",
+            )
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await self._error(send, 400, "invalid Content-Length")
+                return
+            if int(declared) > self._max_body:
+                await self._error(send, 413, self._too_large())
+                return
+        body = await self._read_body(receive)
+        if body is None:
+            await self._error(send, 413, self._too_large())
+            return
+        try:
+            delivery = decode_delivery(body)
+        except PayloadError as exc:
+            log.info("rejected a body from source %s: %s", source.name, exc)
+            await self._error(send, 400, str(exc))
+            return
+        if delivery.shape == "challenge":
+            # Never journaled; someone (or a later streamd) must GET it within 5 minutes.
+            log.warning(
+                "source %s received an Adobe validationUrl; open it within 5 minutes to "
+                "confirm the registration: %s",
+                source.name,
+                delivery.validation_url,
+            )
+            await self._json(send, 200, {"accepted": 0, "duplicates": 0, "validation": "logged"})
+            return
+        batch = Batch(
+            source=source.name,
+            received_at=utc_now(),
+            shape=delivery.shape,
+            events=delivery.events,
+            message_id=delivery.message_id,
+            adobe_event_id=_text_header(headers.get(b"x-adobe-event-id")),
+            retry_count=_int_header(headers.get(b"x-adobe-retry-count")),
+        )
+        result = await self._journal.append(batch)  # returns only after COMMIT
+        await self._json(send, 200, {"accepted": result.accepted, "duplicates": result.duplicates})
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it passes the limit (nothing buffered past it)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> str:
+        return f"body larger than the limit of {self._max_body} bytes"
+
+    async def _challenge(self, scope: Scope, send: Send) -> None:
+        try:
+            query = parse_qsl(scope["query_string"].decode("latin-1"), max_num_fields=20)
+        except ValueError:
+            await self._error(send, 400, "too many query parameters")
+            return
+        values = [v for k, v in query if k == "challenge"]
+        if not values:
+            await self._error(
+                send, 400, "GET is only for the challenge handshake: ?challenge=<value>"
+            )
+            return
+        value = values[0]
+        if not _CHALLENGE.fullmatch(value):
+            await self._error(send, 400, "challenge must be 1 to 256 URL-safe characters")
+            return
+        accept = _headers(scope).get(b"accept", b"")
+        if b"application/json" in accept and b"text/plain" not in accept:
+            await self._json(send, 200, {"challenge": value})
+            return
+        await self._send(send, 200, value.encode(), b"text/plain; charset=utf-8")
+
+    async def _error(
+        self,
+        send: Send,
+        status: int,
+        message: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
+        headers = list(extra or [])
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await self._json(send, status, {"error": message}, headers)
+
+    async def _json(
+        self,
+        send: Send,
+        status: int,
+        payload: dict[str, Any],
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        await self._send(send, status, orjson.dumps(payload), b"application/json", headers)
+
+    async def _send(
+        self,
+        send: Send,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.responses[status] = self.responses.get(status, 0) + 1
+        all_headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            *_COMMON_HEADERS,
+            *(headers or []),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": all_headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _Disconnected(StreamdError):
+    """Raised when the client went away before its body arrived; nothing to answer."""
+
+
+def _retry_after(exc: StreamdError) -> int | None:
+    if isinstance(exc, JournalBusy):
+        return exc.retry_after
+    return 5 if exc.status_hint >= 500 else None
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return {name.lower(): value for name, value in scope["headers"]}
+
+
+def _text_header(value: bytes | None) -> str | None:
+    return value.decode("latin-1")[:200] if value else None
+
+
+def _int_header(value: bytes | None) -> int | None:
+    return int(value) if value and value.isdigit() and len(value) < 10 else None
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

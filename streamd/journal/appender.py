@@ -1,0 +1,93 @@
+"""The async face of the writer: ``await journal.append(batch)`` returns after COMMIT."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import trio
+
+from streamd.core.timeparse import format_utc
+from streamd.errors import CommitTimeout, JournalBusy, JournalError
+from streamd.journal.writer import (
+    AppendResult,
+    Batch,
+    Job,
+    JournalWriter,
+    WriterOptions,
+    WriterStatistics,
+)
+
+
+def utc_now() -> str:
+    """The current time in the journal's text form."""
+    return format_utc(datetime.now(UTC))
+
+
+class Journal:
+    """An open journal that requests append batches to; one per process."""
+
+    def __init__(self, writer: JournalWriter, commit_budget: float) -> None:
+        self._writer = writer
+        self._budget = commit_budget
+        self._token = trio.lowlevel.current_trio_token()
+        self.path = writer.path
+
+    async def append(self, batch: Batch) -> AppendResult:
+        """Journal a batch atomically and return once it is durably committed.
+
+        Raises :class:`JournalBusy` (queue full, low disk, closing),
+        :class:`CommitTimeout` when the commit took longer than the budget,
+        and :class:`JournalError` when the commit failed. In every case
+        nothing was acknowledged and the sender must retry.
+        """
+        done = trio.Event()
+        token = self._token
+
+        def on_done(job: Job) -> None:  # runs in the writer thread
+            # If the loop is gone, nobody waits for the answer any more.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        job = Job(batch=batch, on_done=on_done)
+        self._writer.submit(job)
+        with trio.move_on_after(self._budget):
+            await done.wait()
+        if not done.is_set():
+            job.abandoned = True
+            raise CommitTimeout(
+                f"the journal did not commit within {self._budget:g} s", retry_after=5
+            )
+        if job.error is not None:
+            if isinstance(job.error, JournalError):
+                raise job.error
+            raise JournalError(f"cannot journal the batch: {job.error}") from job.error
+        assert job.result is not None
+        return job.result
+
+    def statistics(self) -> WriterStatistics:
+        """The writer's counters (commits, events, duplicates, queue, disk state)."""
+        return self._writer.stats
+
+
+@asynccontextmanager
+async def open_journal(
+    path: str, options: WriterOptions, *, commit_budget: float = 5.0
+) -> AsyncIterator[Journal]:
+    """Open (creating and migrating) the journal at ``path`` and start its writer.
+
+    On exit, everything already queued is committed before the writer stops.
+    Raises :class:`JournalError` when the file cannot be used as a journal.
+    """
+    writer = JournalWriter(path, options, utc_now)
+    await trio.to_thread.run_sync(writer.start)
+    try:
+        yield Journal(writer, commit_budget)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(writer.close)
+
+
+__all__ = ["AppendResult", "Batch", "Journal", "JournalBusy", "open_journal", "utc_now"]

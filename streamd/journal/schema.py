@@ -1,0 +1,144 @@
+"""The journal schema: ordered, named migrations and the connection set-up.
+
+``PRAGMA user_version`` holds the number of applied migrations; the
+``migrations`` table records each by name and time. Every migration runs in
+the same transaction as its bookkeeping, so a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Literal
+
+from streamd.errors import JournalError
+
+Synchronous = Literal["full", "normal"]
+
+# Each entry: (name, statements). Append only; never edit a released migration.
+MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
+    (
+        "0001_initial",
+        (
+            """
+            CREATE TABLE deliveries (
+                id INTEGER PRIMARY KEY,
+                received_at TEXT NOT NULL,
+                source TEXT NOT NULL,
+                shape TEXT NOT NULL,
+                message_id TEXT,
+                adobe_event_id TEXT,
+                retry_count INTEGER,
+                events INTEGER NOT NULL,
+                accepted INTEGER NOT NULL,
+                duplicates INTEGER NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE events (
+                seq INTEGER PRIMARY KEY,
+                event_key TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                type TEXT,
+                munchkin_id TEXT,
+                activity_type_id INTEGER,
+                lead_id INTEGER,
+                occurred_at TEXT,
+                received_at TEXT NOT NULL,
+                source TEXT NOT NULL,
+                delivery INTEGER NOT NULL REFERENCES deliveries(id),
+                raw TEXT NOT NULL
+            )
+            """,
+            # Dedup on a 64-bit hash of the key in a rowid table: 8-byte cells
+            # instead of a UNIQUE index on 36-byte text (ARCHITECTURE.md, "dedup").
+            "CREATE TABLE dedup (key_hash INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
+            # Keys whose hash another key already owns: a collision must never
+            # make a distinct event look like a duplicate.
+            """
+            CREATE TABLE dedup_overflow (
+                event_key TEXT PRIMARY KEY, seq INTEGER NOT NULL
+            ) WITHOUT ROWID
+            """,
+            "CREATE INDEX events_stream_type ON events(stream, type)",
+            "CREATE INDEX events_munchkin ON events(munchkin_id)",
+            "CREATE INDEX events_occurred ON events(occurred_at)",
+        ),
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(
+    path: str, *, synchronous: Synchronous, cache_mib: int, readonly: bool = False
+) -> sqlite3.Connection:
+    """Open the journal with the pragmas streamd relies on.
+
+    Raises :class:`JournalError` when the file cannot be opened or is not a
+    SQLite database.
+    """
+    try:
+        if readonly:
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        if not readonly:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise JournalError(f"{path}: cannot switch the journal to WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            # Checkpoints are the daemon's job (PASSIVE regularly, TRUNCATE as the brake),
+            # never a random committing request's.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA cache_size = {-1024 * cache_mib}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        return conn
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
+
+
+def migrate(conn: sqlite3.Connection, path: str, now: str) -> int:
+    """Apply the pending migrations in order; return the schema version.
+
+    Raises :class:`JournalError` for a file that is not a journal, is corrupt,
+    or was written by a newer streamd.
+    """
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{path}: journal schema version {version} is newer than this streamd "
+                f"understands ({SCHEMA_VERSION}); upgrade streamd"
+            )
+        if version == 0:
+            tables = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()[0]
+            if tables:
+                raise JournalError(
+                    f"{path}: this SQLite file has tables but is not a streamd journal"
+                )
+        for index in range(version, SCHEMA_VERSION):
+            name, statements = MIGRATIONS[index]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if index == 0:
+                    conn.execute(
+                        "CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+                    )
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO migrations VALUES (?, ?)", (name, now))
+                conn.execute(f"PRAGMA user_version = {index + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return SCHEMA_VERSION
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{path}: not a usable streamd journal: {exc}") from exc

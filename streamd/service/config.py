@@ -1,0 +1,210 @@
+"""Configuration: one TOML file decoded into frozen msgspec Structs.
+
+Every field here is documented in README.md ("Configuration reference"); a
+test fails when one is not. Errors name the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from streamd.errors import ConfigError
+
+_MiB = 1024 * 1024
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]{0,255}")
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[server]: the HTTP listener."""
+
+    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MiB)] = 8 * _MiB
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    graceful_timeout: Seconds = 10.0
+    keep_alive_timeout: Seconds = 75.0
+    read_timeout: Seconds = 30.0
+
+
+class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[journal]: durability and bounds of the write-ahead journal."""
+
+    synchronous: Literal["full", "normal"] = "full"
+    commit_budget: Seconds = 5.0
+    max_events_per_commit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20_000
+    max_queued_events: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 200_000
+    min_free_disk_mib: Annotated[int, msgspec.Meta(ge=0)] = 256
+    cache_mib: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 32
+    wal_truncate_mib: Annotated[int, msgspec.Meta(ge=1)] = 256
+    checkpoint_interval: Seconds = 1.0
+
+
+class TokensConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[tokens]: where API tokens are read from (one token per line)."""
+
+    files: list[str] = msgspec.field(default_factory=list)
+
+
+class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[[sources]]: one named endpoint (a legacy push subscription or an I/O registration)."""
+
+    name: str
+    path: str
+    auth: Literal["token"] = "token"
+    token_files: list[str] = msgspec.field(default_factory=list)
+    query_token: bool = True
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [SourceConfig(name="events", path="/events")]
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole configuration file."""
+
+    data_dir: str = ""
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
+    tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)
+    sources: list[SourceConfig] = msgspec.field(default_factory=_default_sources)
+
+    @property
+    def journal_path(self) -> str:
+        """The journal file inside the data directory."""
+        return os.path.join(self.data_dir, "journal.db")
+
+    @property
+    def default_token_file(self) -> str:
+        """Where the generated API token lives when no token file is configured."""
+        return os.path.join(self.data_dir, "api-token")
+
+    def token_files(self, source: SourceConfig) -> list[str]:
+        """The token files that authenticate ``source``."""
+        return source.token_files or self.tokens.files or [self.default_token_file]
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def default_data_dir() -> str:
+    """``$STATE_DIRECTORY`` (set by systemd's StateDirectory=) or ``./streamd-data``."""
+    state = os.environ.get("STATE_DIRECTORY", "")
+    return state.split(":")[0] if state else "./streamd-data"
+
+
+def load_config(
+    path: str | None,
+    *,
+    listen: list[str] | None = None,
+    data_dir: str | None = None,
+    token_file: str | None = None,
+) -> Config:
+    """Load and validate the configuration, then apply command-line overrides.
+
+    ``path`` None means no file: every default. Raises :class:`ConfigError`
+    naming the file, the key and the problem.
+    """
+    where = path or "<defaults>"
+    config = Config() if path is None else decode_config(_read(path), path)
+    changes: dict[str, object] = {}
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    elif not config.data_dir:
+        changes["data_dir"] = default_data_dir()
+    if listen:
+        changes["server"] = msgspec.structs.replace(config.server, listen=list(listen))
+    if token_file is not None:
+        changes["tokens"] = TokensConfig(files=[token_file])
+    if changes:
+        config = msgspec.structs.replace(config, **changes)
+    validate(config, where, overrides=bool(listen))
+    return config
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: the configuration is larger than {MAX_CONFIG_BYTES} bytes")
+    return data
+
+
+def decode_config(data: bytes, path: str) -> Config:
+    """Decode TOML bytes into a :class:`Config`; raises :class:`ConfigError`."""
+    try:
+        return msgspec.toml.decode(data, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_explain(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
+
+
+def _explain(message: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.server.max_body_bytes`";
+    # operators think in TOML keys: "key server.max_body_bytes: expected int, got str".
+    match = re.fullmatch(r"(.*) - at `\$\.?(.*)`", message)
+    if match is None:
+        return message
+    problem, key = match.groups()
+    key = re.sub(r"\[(\d+)\]", lambda m: f"[{m.group(1)}]", key)
+    problem = problem[0].lower() + problem[1:] if problem else problem
+    return f"key {key or '(top level)'}: {problem}"
+
+
+def validate(config: Config, where: str, *, overrides: bool = False) -> None:
+    """Check what types alone cannot: addresses, names, paths, uniqueness."""
+    if not config.server.listen:
+        raise ConfigError(f"{where}: key server.listen: at least one address is needed")
+    for index, address in enumerate(config.server.listen):
+        try:
+            parse_listen(address)
+        except ValueError as exc:
+            origin = "--listen" if overrides else f"key server.listen[{index}]"
+            raise ConfigError(f"{where}: {origin}: {exc}") from None
+    if not config.sources:
+        raise ConfigError(f"{where}: key sources: at least one source is needed")
+    names: set[str] = set()
+    paths: set[str] = set()
+    for index, source in enumerate(config.sources):
+        key = f"sources[{index}]"
+        if not _NAME.fullmatch(source.name):
+            raise ConfigError(
+                f"{where}: key {key}.name: {source.name!r} is not a valid name "
+                "(letters, digits, '_', '.', '-'; at most 64)"
+            )
+        if not _PATH.fullmatch(source.path) or "//" in source.path:
+            raise ConfigError(
+                f"{where}: key {key}.path: {source.path!r} is not a valid URL path "
+                "(it must start with '/')"
+            )
+        if source.name in names:
+            raise ConfigError(f"{where}: key {key}.name: duplicate source name {source.name!r}")
+        if source.path.rstrip("/") in paths:
+            raise ConfigError(f"{where}: key {key}.path: duplicate source path {source.path!r}")
+        names.add(source.name)
+        paths.add(source.path.rstrip("/") or "/")
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` or ``[V6]:PORT``; raises ``ValueError`` with a hint."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{address!r}: port must be a number from 0 to 65535")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{address!r}: the host is empty or has spaces")
+    return host, int(port)

@@ -109,10 +109,11 @@ def decode_delivery(body: bytes) -> Delivery:
 def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | msgspec.Raw, path: str) -> Any:
     try:
         return decoder.decode(data)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
+        message = str(exc)
+        raise PayloadError(f"{path}: {message[:1].lower()}{message[1:]}") from None
     except msgspec.DecodeError as exc:
         raise PayloadError(f"{path}: not valid JSON: {exc}") from None
-    except msgspec.ValidationError as exc:
-        raise PayloadError(f"{path}: {exc}") from None
 
 
 def _decode_item(raw: msgspec.Raw, path: str) -> Item:
@@ -125,7 +126,7 @@ def _decode_item(raw: msgspec.Raw, path: str) -> Item:
 
 
 def _kind(raw: msgspec.Raw) -> str:
-    first = bytes(raw[:1]) if len(raw) else b""
+    first = memoryview(raw)[:1].tobytes()
     return {
         b"[": "an array",
         b'"': "a string",

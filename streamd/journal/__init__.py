@@ -6,6 +6,7 @@ from streamd.journal.stats import journal_stats
 from streamd.journal.writer import (
     AppendResult,
     Batch,
+    Job,
     JournalWriter,
     WriterOptions,
     WriterStatistics,
@@ -19,6 +20,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AppendResult",
     "Batch",
+    "Job",
     "Journal",
     "JournalWriter",
     "WriterOptions",

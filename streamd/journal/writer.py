@@ -104,6 +104,7 @@ class JournalWriter:
         self._start_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._checkpoint_wake = threading.Event()
+        self._stopped = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="journal-checkpoint", daemon=True
         )
@@ -133,6 +134,7 @@ class JournalWriter:
             self._closing = True
         self._queue.put(_STOP)
         self._thread.join()
+        self._stopped.set()
         self._checkpoint_wake.set()
         if self._checkpointer.is_alive():
             self._checkpointer.join()
@@ -372,7 +374,7 @@ class JournalWriter:
             while True:
                 self._checkpoint_wake.wait()
                 self._checkpoint_wake.clear()
-                closing = self._closing and not self._thread.is_alive()
+                closing = self._stopped.is_set()
                 try:
                     size = os.path.getsize(wal)
                 except OSError:
@@ -388,6 +390,6 @@ class JournalWriter:
                 if closing:
                     return
                 # Bound checkpoint frequency; commits in between only set the flag.
-                time.sleep(self.options.checkpoint_interval)
+                self._stopped.wait(self.options.checkpoint_interval)
         finally:
             conn.close()

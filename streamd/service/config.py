@@ -154,9 +154,7 @@ def _explain(message: str) -> str:
     # msgspec says "Expected `int`, got `str` - at `$.server.max_body_bytes`";
     # operators think in TOML keys: "key server.max_body_bytes: expected int, got str".
     match = re.fullmatch(r"(.*) - at `\$\.?(.*)`", message)
-    if match is None:
-        return message
-    problem, key = match.groups()
+    problem, key = match.groups() if match else (message, "")
     key = re.sub(r"\[(\d+)\]", lambda m: f"[{m.group(1)}]", key)
     problem = problem[0].lower() + problem[1:] if problem else problem
     return f"key {key or '(top level)'}: {problem}"

@@ -1,0 +1,145 @@
+"""Configuration: defaults, overrides, and errors that name file, key and problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamd.errors import ConfigError
+from streamd.service.config import Config, load_config, parse_listen
+
+
+def write(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "streamd.toml"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return str(path)
+
+
+def test_zero_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    config = load_config(None)
+    assert config.data_dir == "./streamd-data"
+    assert config.server.listen == ["127.0.0.1:8080"]
+    assert config.server.max_body_bytes == 8 * 1024 * 1024
+    assert config.journal.synchronous == "full"
+    assert config.journal.commit_budget == 5.0
+    assert [(s.name, s.path) for s in config.sources] == [("events", "/events")]
+    assert config.token_files(config.sources[0]) == ["./streamd-data/api-token"]
+
+
+def test_state_directory_is_the_default_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/streamd:/var/lib/other")
+    assert load_config(None).data_dir == "/var/lib/streamd"
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'data_dir = "/srv/a"\n[server]\nlisten = ["0.0.0.0:9000"]\n[tokens]\nfiles = ["/x"]\n',
+    )
+    config = load_config(path, listen=["127.0.0.1:0"], data_dir="/srv/b", token_file="/t")
+    assert config.data_dir == "/srv/b"
+    assert config.server.listen == ["127.0.0.1:0"]
+    assert config.tokens.files == ["/t"]
+
+
+def test_a_full_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+data_dir = "/srv/streamd"
+[server]
+listen = ["127.0.0.1:8080", "[::1]:8080"]
+max_body_bytes = 1048576
+max_in_flight = 64
+graceful_timeout = 20.0
+[journal]
+synchronous = "normal"
+commit_budget = 2.5
+max_events_per_commit = 5000
+[tokens]
+files = ["/etc/streamd/tokens"]
+[[sources]]
+name = "legacy"
+path = "/marketo/legacy"
+query_token = true
+token_files = ["/etc/streamd/legacy-token"]
+[[sources]]
+name = "io"
+path = "/adobe/io"
+query_token = false
+""",
+    )
+    config = load_config(path)
+    assert config.journal.synchronous == "normal"
+    assert config.server.listen[1] == "[::1]:8080"
+    legacy, io = config.sources
+    assert config.token_files(legacy) == ["/etc/streamd/legacy-token"]
+    assert config.token_files(io) == ["/etc/streamd/tokens"]
+    assert io.query_token is False
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nmax_body_bytes = 'x'", "key server.max_body_bytes: expected `int`, got `str`"),
+        ("[server]\nmax_body_bytes = 10", "key server.max_body_bytes: expected `int` >= 1024"),
+        ("[server]\nbogus = 1", "key server: object contains unknown field `bogus`"),
+        ("nonsense = 1", "key (top level): object contains unknown field `nonsense`"),
+        ("[journal]\nsynchronous = 'off'", "key journal.synchronous: invalid enum value 'off'"),
+        ("[journal]\ncommit_budget = -1.0", "key journal.commit_budget: expected `float` > 0"),
+        ("[[sources]]\nname = 'a'", "key sources[0]: object missing required field `path`"),
+        ("[[sources]]\nname = 'a'\npath = 'nope'", "key sources[0].path: 'nope' is not a valid"),
+        ("[[sources]]\nname = 'a b'\npath = '/a'", "key sources[0].name: 'a b' is not a valid"),
+        (
+            "[[sources]]\nname='a'\npath='/a'\n[[sources]]\nname='b'\npath='/a/'",
+            "key sources[1].path: duplicate source path",
+        ),
+        (
+            "[[sources]]\nname='a'\npath='/a'\n[[sources]]\nname='a'\npath='/b'",
+            "key sources[1].name: duplicate source name 'a'",
+        ),
+        ("sources = []", "key sources: at least one source"),
+        ("[server]\nlisten = []", "key server.listen: at least one address"),
+        ("[server]\nlisten = ['localhost']", "key server.listen[0]: 'localhost' is not HOST:PORT"),
+        ("[server]\nlisten = ['a:99999']", "port must be a number from 0 to 65535"),
+        ("x = ", "not valid TOML"),
+        ("[server", "not valid TOML"),
+        (b"\xff\xfe\x00", "not valid TOML"),
+    ],
+)
+def test_errors_name_file_key_and_problem(tmp_path: Path, text: str | bytes, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(path + ": ")
+    assert message in str(info.value)
+
+
+def test_missing_and_oversized_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration: No such file"):
+        load_config(str(tmp_path / "absent.toml"))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(write(tmp_path, "#" * (1024 * 1024 + 10)))
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_config(str(tmp_path))
+
+
+def test_bad_listen_flag_is_named_as_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--listen: 'nohost' is not HOST:PORT"):
+        load_config(None, listen=["nohost"])
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:0", ("::1", 0)), ("h:1", ("h", 1))],
+)
+def test_parse_listen(address: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(address) == expected
+
+
+def test_config_is_frozen() -> None:
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.data_dir = "x"  # type: ignore[misc]

@@ -1,0 +1,270 @@
+"""The journal on real SQLite files: dedup, atomicity, group commit, bounds, hostile files."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from streamd.core import EventRecord, decode_delivery, key_hash
+from streamd.errors import CommitTimeout, JournalBusy, JournalClosed, JournalError
+from streamd.journal import (
+    SCHEMA_VERSION,
+    Batch,
+    Job,
+    JournalWriter,
+    WriterOptions,
+    journal_stats,
+    open_journal,
+    utc_now,
+)
+from tests.conftest import fixture_bytes
+
+
+def batch_of(name: str, source: str = "events") -> Batch:
+    delivery = decode_delivery(fixture_bytes(name))
+    return Batch(source, utc_now(), delivery.shape, delivery.events, delivery.message_id)
+
+
+def record(key: str, *, hashed: int | None = None) -> EventRecord:
+    return EventRecord(
+        key=key,
+        key_hash=key_hash(key) if hashed is None else hashed,
+        stream="other",
+        type=None,
+        munchkin_id=None,
+        activity_type_id=None,
+        lead_id=None,
+        occurred_at=None,
+        raw=f'{{"id": "{key}"}}',
+    )
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def journal_path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.db"
+
+
+async def test_fixtures_are_journaled_once(journal_path: Path) -> None:
+    names = ["legacy_push", "lads_batch", "lads_single", "audit_wrapper", "audit_old_wrapper",
+             "notification"]  # fmt: skip
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        first = [await journal.append(batch_of(n)) for n in names]
+        again = [await journal.append(batch_of(n)) for n in names]
+    assert [r.accepted for r in first] == [4, 6, 1, 1, 1, 1]
+    assert all(r.duplicates == 0 for r in first)
+    assert [r.accepted for r in again] == [0] * 6
+    assert [r.duplicates for r in again] == [4, 6, 1, 1, 1, 1]
+    assert rows(journal_path, "SELECT count(*), count(DISTINCT event_key) FROM events") == [
+        (14, 14)
+    ]
+    assert rows(journal_path, "SELECT count(*) FROM dedup") == [(14,)]
+    # seq is the cursor space: dense and increasing in arrival order
+    assert rows(journal_path, "SELECT min(seq), max(seq) FROM events") == [(1, 14)]
+    stats = journal_stats(str(journal_path))
+    assert stats["events"] == 14
+    assert stats["duplicates"] == 14
+    assert stats["deliveries"] == 12
+    assert stats["by_stream"] == {"activity": 11, "audit": 2, "notification": 1}
+
+
+async def test_columns_and_raw_are_stored(journal_path: Path) -> None:
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        await journal.append(batch_of("lads_single", source="io"))
+    (row,) = rows(
+        journal_path,
+        "SELECT event_key, stream, type, munchkin_id, activity_type_id, lead_id, occurred_at, "
+        "source, raw, received_at FROM events",
+    )
+    assert row[:8] == (
+        "3a1f4e2c-0d41-4b4e-9f7e-5f2d1c000001",
+        "activity",
+        "com.adobe.platform.marketo.activity.standard.openemail",
+        "123-ABC-456",
+        10,
+        1234,
+        "2026-05-02T09:14:01.000Z",
+        "io",
+    )
+    assert row[8] == fixture_bytes("lads_single").strip().decode()
+    assert isinstance(row[9], str) and row[9].endswith("Z")
+
+
+async def test_duplicates_inside_one_batch_count_once(journal_path: Path) -> None:
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        result = await journal.append(
+            Batch("s", utc_now(), "cloudevent", [record("a"), record("b"), record("a")])
+        )
+    assert (result.accepted, result.duplicates) == (2, 1)
+
+
+async def test_hash_collision_never_hides_a_distinct_event(journal_path: Path) -> None:
+    # Force two distinct keys onto one 64-bit hash, as a real collision would.
+    same = 42
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        r1 = await journal.append(Batch("s", utc_now(), "x", [record("k1", hashed=same)]))
+        r2 = await journal.append(
+            Batch("s", utc_now(), "x", [record("k2", hashed=same), record("k3", hashed=same)])
+        )
+        r3 = await journal.append(
+            Batch("s", utc_now(), "x", [record(k, hashed=same) for k in ("k1", "k2", "k3")])
+        )
+    assert (r1.accepted, r2.accepted, r3.accepted) == (1, 2, 0)
+    assert r3.duplicates == 3
+    assert rows(journal_path, "SELECT event_key FROM events ORDER BY seq") == [
+        ("k1",), ("k2",), ("k3",)
+    ]  # fmt: skip
+    assert rows(journal_path, "SELECT count(*) FROM dedup_overflow") == [(2,)]
+
+
+async def test_concurrent_batches_share_commits(journal_path: Path) -> None:
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        results = []
+
+        async def send(i: int) -> None:
+            records = [record(f"{i}-{j}") for j in range(20)]
+            results.append(await journal.append(Batch("s", utc_now(), "x", records)))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(send, i)
+        stats = journal.statistics()
+    assert sum(r.accepted for r in results) == 4000
+    assert stats.batches == 200
+    # Group commit: many requests per transaction (one fsync each).
+    assert stats.commits < 200
+    assert rows(journal_path, "SELECT count(*) FROM events") == [(4000,)]
+
+
+async def test_reopen_continues_sequence_and_dedup(journal_path: Path) -> None:
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        await journal.append(batch_of("lads_batch"))
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        again = await journal.append(batch_of("lads_batch"))
+        fresh = await journal.append(batch_of("legacy_push"))
+    assert (again.accepted, again.duplicates, fresh.accepted) == (0, 6, 4)
+    assert rows(journal_path, "SELECT min(seq), max(seq), count(*) FROM events") == [(1, 10, 10)]
+    assert rows(journal_path, "SELECT name FROM migrations") == [("0001_initial",)]
+    assert rows(journal_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert rows(journal_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_commit_budget_answers_busy_and_nothing_is_lost(journal_path: Path) -> None:
+    async with open_journal(str(journal_path), WriterOptions(), commit_budget=0.2) as journal:
+        # Another process holds the write lock: the writer's BEGIN waits (busy_timeout).
+        blocker = sqlite3.connect(journal_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(CommitTimeout, match="did not commit within 0.2 s"):
+                await journal.append(batch_of("lads_single"))
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        # The sender retries; the event is journaled exactly once whatever happened before.
+        retry = await journal.append(batch_of("lads_single"))
+        assert retry.accepted + retry.duplicates == 1
+    assert rows(journal_path, "SELECT count(*) FROM events") == [(1,)]
+
+
+def test_queue_bound_low_disk_and_closing(journal_path: Path) -> None:
+    done = threading.Event()
+    writer = JournalWriter(str(journal_path), WriterOptions(max_queued_events=10), utc_now)
+    writer.start()
+    blocker = sqlite3.connect(journal_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # stall the writer so the queue fills
+    try:
+        jobs = [
+            Job(Batch("s", utc_now(), "x", [record(f"q{i}-{j}") for j in range(6)]),
+                on_done=lambda job: done.set())
+            for i in range(3)
+        ]  # fmt: skip
+        writer.submit(jobs[0])
+        # Events count as queued until their commit: 6 + 6 > 10.
+        with pytest.raises(JournalBusy, match="queue is full") as info:
+            writer.submit(jobs[1])
+        assert info.value.retry_after == 2
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert done.wait(10)
+    writer.stats.low_disk = True
+    with pytest.raises(JournalBusy, match="free disk space"):
+        writer.submit(jobs[2])
+    writer.close()
+    with pytest.raises(JournalClosed, match="shutting down"):
+        writer.submit(jobs[2])
+
+
+async def test_low_disk_floor_refuses_batches(journal_path: Path) -> None:
+    options = WriterOptions(min_free_disk_bytes=2**62)
+    async with open_journal(str(journal_path), options) as journal:
+        with pytest.raises(JournalBusy, match="below the configured floor") as info:
+            await journal.append(batch_of("lads_single"))
+        assert info.value.retry_after == 60
+    assert rows(journal_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"this is not a database, just text" * 100, "file is not a database"),
+        (
+            b"SQLite format 3\x00" + b"\x00" * 50,
+            "(not a usable streamd journal|file is not a database)",
+        ),
+    ],
+)
+async def test_hostile_journal_files(journal_path: Path, content: bytes, message: str) -> None:
+    journal_path.write_bytes(content)
+    with pytest.raises(JournalError, match=message):
+        async with open_journal(str(journal_path), WriterOptions()):
+            pass  # pragma: no cover
+
+
+async def test_truncated_journal_is_refused_not_rebuilt(journal_path: Path) -> None:
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        await journal.append(batch_of("lads_batch"))
+    data = journal_path.read_bytes()
+    journal_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(JournalError):
+        async with open_journal(str(journal_path), WriterOptions()) as journal:
+            await journal.append(batch_of("lads_batch"))
+            journal_stats(str(journal_path))
+            rows(journal_path, "PRAGMA integrity_check")
+            raise JournalError("truncated journal was opened")  # pragma: no cover
+
+
+async def test_newer_schema_and_foreign_database_are_refused(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(JournalError, match="schema version 99 is newer"):
+        async with open_journal(str(newer), WriterOptions()):
+            pass  # pragma: no cover
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.close()
+    with pytest.raises(JournalError, match="has tables but is not a streamd journal"):
+        async with open_journal(str(foreign), WriterOptions()):
+            pass  # pragma: no cover
+
+
+def test_stats_of_missing_or_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="no journal here"):
+        journal_stats(str(tmp_path / "absent.db"))
+    (tmp_path / "junk.db").write_bytes(b"junk" * 1000)
+    with pytest.raises(JournalError):
+        journal_stats(str(tmp_path / "junk.db"))

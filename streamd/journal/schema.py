@@ -1,5 +1,8 @@
 """The journal schema: ordered, named migrations and the connection set-up.
 
+The dedup index lives in a separate file (``dedup.py``); this module owns
+``journal.db``: deliveries, events, meta.
+
 ``PRAGMA user_version`` holds the number of applied migrations; the
 ``migrations`` table records each by name and time. Every migration runs in
 the same transaction as its bookkeeping, so a crash never leaves half of one.
@@ -50,16 +53,9 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
                 raw TEXT NOT NULL
             )
             """,
-            # Dedup on a 64-bit hash of the key in a rowid table: 8-byte cells
-            # instead of a UNIQUE index on 36-byte text (ARCHITECTURE.md, "dedup").
-            "CREATE TABLE dedup (key_hash INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
-            # Keys whose hash another key already owns: a collision must never
-            # make a distinct event look like a duplicate.
-            """
-            CREATE TABLE dedup_overflow (
-                event_key TEXT PRIMARY KEY, seq INTEGER NOT NULL
-            ) WITHOUT ROWID
-            """,
+            # Identifies this journal, so a dedup index built for another one is never trusted.
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "INSERT INTO meta VALUES ('journal_id', lower(hex(randomblob(16))))",
             "CREATE INDEX events_stream_type ON events(stream, type)",
             "CREATE INDEX events_munchkin ON events(munchkin_id)",
             "CREATE INDEX events_occurred ON events(occurred_at)",
@@ -100,6 +96,12 @@ def connect(
         return conn
     except sqlite3.Error as exc:
         raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
+
+
+def journal_id(conn: sqlite3.Connection) -> str:
+    """The random id written when the journal was created."""
+    row = conn.execute("SELECT value FROM main.meta WHERE key = 'journal_id'").fetchone()
+    return str(row[0])
 
 
 def migrate(conn: sqlite3.Connection, path: str, now: str) -> int:

@@ -1,10 +1,12 @@
-"""The journal writer: one thread, group commit, dedup in the same transaction.
+"""The journal writer: one thread, group commit, dedup decided in the same transaction.
 
 Requests hand their batch to :meth:`JournalWriter.submit`; the writer thread
 takes every batch waiting (up to ``max_events_per_commit``), writes each in
 its own savepoint, commits once, and only then reports each batch done. So
 many small requests share one fsync, and no request is answered before the
-commit that holds it (ack means durable).
+commit that holds it (ack means durable). Which events are duplicates is
+decided inside that transaction, against the dedup index plus the keys of
+the group so far; the index itself is updated right after (see dedup.py).
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from dataclasses import dataclass, field
 
 from streamd.core.wire import EventRecord
 from streamd.errors import JournalBusy, JournalClosed, JournalError
-from streamd.journal.schema import Synchronous, connect, migrate
-
-_IN_CHUNK = 500  # keys per "IN (...)" lookup; well under SQLITE_MAX_VARIABLE_NUMBER
+from streamd.journal.dedup import DedupIndex
+from streamd.journal.schema import Synchronous, connect, journal_id, migrate
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,16 @@ class WriterStatistics:
     queued_events: int = 0
     low_disk: bool = False
     checkpoints: int = 0
+    reindexed: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Group:
+    """Dedup decisions of the transaction being built (not yet in the index)."""
+
+    owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # hash -> (key, seq)
+    overflow: dict[str, int] = field(default_factory=dict)  # key -> seq
 
 
 _STOP = object()
@@ -111,6 +121,8 @@ class JournalWriter:
         self.stats = WriterStatistics()
         self._next_seq = 1
         self._next_delivery = 1
+        self._dedup_stale = False
+        self._dedup: DedupIndex
         self._disk_checked = 0.0
 
     # -- lifecycle ---------------------------------------------------------
@@ -165,7 +177,13 @@ class JournalWriter:
             conn = connect(
                 self.path, synchronous=self.options.synchronous, cache_mib=self.options.cache_mib
             )
+        except BaseException as exc:
+            self._fail_start(exc)
+            return
+        try:
             migrate(conn, self.path, self._now())
+            self._dedup = DedupIndex(conn, self.path, self.options.cache_mib)
+            self.stats.reindexed = self._dedup.open(journal_id(conn))
             self._next_seq = conn.execute(
                 "SELECT coalesce(max(seq), 0) + 1 FROM events"
             ).fetchone()[0]
@@ -174,10 +192,8 @@ class JournalWriter:
             ).fetchone()[0]
             self._check_disk(force=True)
         except BaseException as exc:
-            self._start_error = (
-                exc if isinstance(exc, JournalError) else JournalError(f"{self.path}: {exc}")
-            )
-            self._started.set()
+            conn.close()
+            self._fail_start(exc)
             return
         self._started.set()
         try:
@@ -206,11 +222,22 @@ class JournalWriter:
         finally:
             conn.close()
 
+    def _fail_start(self, exc: BaseException) -> None:
+        self._start_error = (
+            exc if isinstance(exc, JournalError) else JournalError(f"{self.path}: {exc}")
+        )
+        self._started.set()
+
     def _commit(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
         started = time.monotonic()
         seq0, delivery0 = self._next_seq, self._next_delivery
-        done: list[Job] = []
+        group = _Group()
+        committed = False
         try:
+            if self._dedup_stale:
+                # A failed index update: catch up from the journal before deciding anything.
+                self.stats.reindexed += self._dedup.reconcile()
+                self._dedup_stale = False
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 if job.abandoned:
@@ -218,28 +245,37 @@ class JournalWriter:
                     job.error = JournalBusy("abandoned before commit")
                     continue
                 conn.execute("SAVEPOINT batch")
+                added: list[int] = []
+                overflowed: list[str] = []
                 try:
-                    job.result = self._write(conn, job.batch)
+                    job.result = self._write(conn, job.batch, group, added, overflowed)
                     conn.execute("RELEASE batch")
                 except sqlite3.Error as exc:
                     conn.execute("ROLLBACK TO batch")
                     conn.execute("RELEASE batch")
+                    for h in added:
+                        del group.owners[h]
+                    for key in overflowed:
+                        del group.overflow[key]
                     job.result = None
                     job.error = JournalError(f"cannot journal the batch: {exc}")
                     self._note_error(f"batch from {job.batch.source}: {exc}")
             conn.execute("COMMIT")  # ack only after COMMIT: results are released below
-            done = jobs
-        except sqlite3.Error as exc:
+            committed = True
+        except (sqlite3.Error, JournalError) as exc:
             # The whole transaction is lost: nothing of any batch in it is acknowledged.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._next_seq, self._next_delivery = seq0, delivery0
             self._note_error(f"commit failed: {exc}")
-            error = JournalError(f"the journal commit failed: {exc}")
+            error = (
+                exc
+                if isinstance(exc, JournalError)
+                else JournalError(f"the journal commit failed: {exc}")
+            )
             for job in jobs:
                 job.result = None
                 job.error = error
-            done = jobs
         finally:
             elapsed = time.monotonic() - started
             with self._lock:
@@ -248,42 +284,61 @@ class JournalWriter:
             self.stats.commits += 1
             self.stats.last_commit_seconds = elapsed
             self.stats.max_commit_seconds = max(self.stats.max_commit_seconds, elapsed)
-            for job in done:
+            for job in jobs:
                 if job.result is not None:
                     self.stats.batches += 1
                     self.stats.events += job.result.accepted
                     self.stats.duplicates += job.result.duplicates
                 job.on_done(job)
             self._checkpoint_wake.set()
+        if committed and (group.owners or group.overflow):
+            try:
+                self._dedup.store(
+                    ((h, seq) for h, (_, seq) in group.owners.items()),
+                    group.overflow.items(),
+                    self._next_seq - 1,
+                )
+            except sqlite3.Error as exc:
+                self._dedup_stale = True
+                self._note_error(f"dedup index update failed (will reconcile): {exc}")
 
-    def _write(self, conn: sqlite3.Connection, batch: Batch) -> AppendResult:
+    def _write(
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        group: _Group,
+        added: list[int],
+        overflowed: list[str],
+    ) -> AppendResult:
         events = batch.events
         fresh: dict[str, EventRecord] = {}
         for record in events:
             fresh.setdefault(record.key, record)  # the same id twice in one batch
-        owners = self._lookup(conn, [r.key_hash for r in fresh.values()])
-        claimed: set[int] = set()  # hashes taken by earlier new events of this batch
+        known = self._dedup.lookup([r.key_hash for r in fresh.values()])
         delivery = self._next_delivery
         seq = self._next_seq
         rows = []
-        dedup_rows = []
-        overflow_rows = []
         for record in fresh.values():
-            owner = owners.get(record.key_hash)
-            if owner is None and record.key_hash not in claimed:
-                claimed.add(record.key_hash)
-                dedup_rows.append((record.key_hash, seq))
-            elif owner is not None and self._same_key(conn, owner, record.key):
+            h, key = record.key_hash, record.key
+            claimed = group.owners.get(h)
+            owner = known.get(h)
+            if claimed is None and owner is None:
+                group.owners[h] = (key, seq)
+                added.append(h)
+            elif (claimed is not None and claimed[0] == key) or (
+                owner is not None and self._dedup.key_of(owner) == key
+            ):
                 continue  # a duplicate: already journaled
-            elif self._in_overflow(conn, record.key):
+            elif key in group.overflow or self._dedup.in_overflow(key):
                 continue  # a duplicate of an earlier collision
             else:
                 # A distinct key whose 64-bit hash is taken: journal it, keyed by full text.
-                overflow_rows.append((record.key, seq))
+                group.overflow[key] = seq
+                overflowed.append(key)
             rows.append(
                 (
                     seq,
-                    record.key,
+                    key,
                     record.stream,
                     record.type,
                     record.munchkin_id,
@@ -316,37 +371,9 @@ class JournalWriter:
         )
         if rows:
             conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        if dedup_rows:
-            conn.executemany("INSERT INTO dedup VALUES (?, ?)", dedup_rows)
-        if overflow_rows:
-            conn.executemany("INSERT INTO dedup_overflow VALUES (?, ?)", overflow_rows)
         self._next_seq = seq
         self._next_delivery = delivery + 1
         return AppendResult(accepted=accepted, duplicates=duplicates, delivery=delivery)
-
-    @staticmethod
-    def _in_overflow(conn: sqlite3.Connection, key: str) -> bool:
-        row = conn.execute("SELECT 1 FROM dedup_overflow WHERE event_key = ?", (key,)).fetchone()
-        return row is not None
-
-    @staticmethod
-    def _lookup(conn: sqlite3.Connection, hashes: list[int]) -> dict[int, int]:
-        owners: dict[int, int] = {}
-        for i in range(0, len(hashes), _IN_CHUNK):
-            chunk = hashes[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            owners.update(
-                conn.execute(
-                    f"SELECT key_hash, seq FROM dedup WHERE key_hash IN ({marks})",  # noqa: S608
-                    chunk,
-                ).fetchall()
-            )
-        return owners
-
-    @staticmethod
-    def _same_key(conn: sqlite3.Connection, seq: int, key: str) -> bool:
-        row = conn.execute("SELECT event_key FROM events WHERE seq = ?", (seq,)).fetchone()
-        return row is not None and row[0] == key
 
     def _check_disk(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -366,23 +393,22 @@ class JournalWriter:
     def _checkpoint_loop(self) -> None:
         try:
             conn = connect(self.path, synchronous=self.options.synchronous, cache_mib=2)
-        except JournalError as exc:
-            self._note_error(str(exc))
+            conn.execute("ATTACH DATABASE ? AS dedup", (self._dedup.path,))
+        except (JournalError, sqlite3.Error) as exc:
+            self._note_error(f"checkpoints disabled: {exc}")
             return
-        wal = self.path + "-wal"
+        wals = (self.path + "-wal", self._dedup.path + "-wal")
         try:
             while True:
                 self._checkpoint_wake.wait()
                 self._checkpoint_wake.clear()
                 closing = self._stopped.is_set()
-                try:
-                    size = os.path.getsize(wal)
-                except OSError:
-                    size = 0
+                size = max(_size(wal) for wal in wals)
                 mode = (
                     "TRUNCATE" if closing or size > self.options.wal_truncate_bytes else "PASSIVE"
                 )
                 try:
+                    # No schema name: every attached database (journal and dedup index).
                     conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
                     self.stats.checkpoints += 1
                 except sqlite3.Error as exc:
@@ -393,3 +419,10 @@ class JournalWriter:
                 self._stopped.wait(self.options.checkpoint_interval)
         finally:
             conn.close()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -1,0 +1,218 @@
+"""The dedup index: a derived, rebuildable file beside the journal.
+
+Why a separate file (ARCHITECTURE.md, "dedup"): every new event inserts one
+random key into the dedup B-tree, and at millions of rows each commit dirties
+thousands of its pages. In the journal's own file those pages would go
+through the fsynced WAL at every commit. Here they live in ``*.dedup.db``
+with small pages and ``synchronous=NORMAL``: no fsync on the ack path.
+
+That is safe because the index is derived from ``events``:
+- the writer commits the events first (durably) and the index after, so the
+  index never holds a key whose event is not journaled (which would make a
+  retried event look like a duplicate and lose it);
+- ``dedup_state.covered_seq`` says up to which event the index is complete;
+  at start (and after a failed index commit) every event past it is indexed
+  again before any batch is accepted;
+- an index that is missing, corrupt, or built for another journal is rebuilt.
+
+Keys are 64-bit hashes in a rowid table (8-byte cells); a key whose hash
+another key already owns goes to ``dedup_overflow`` by its full text, so a
+collision never makes a distinct event look like a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+
+from streamd.core.normalise import key_hash
+from streamd.errors import JournalError
+
+log = logging.getLogger("streamd.journal")
+
+_IN_CHUNK = 500  # keys per "IN (...)" lookup; well under SQLITE_MAX_VARIABLE_NUMBER
+_RECONCILE_CHUNK = 20_000
+DEDUP_PAGE_SIZE = 1024
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS dedup.dedup (key_hash INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dedup.dedup_overflow "
+    "(event_key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS dedup.dedup_state (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "journal_id TEXT NOT NULL, covered_seq INTEGER NOT NULL)",
+)
+
+
+def dedup_path(journal_path: str) -> str:
+    """``journal.db`` → ``journal.dedup.db`` (same directory)."""
+    stem = journal_path[:-3] if journal_path.endswith(".db") else journal_path
+    return stem + ".dedup.db"
+
+
+class DedupIndex:
+    """The dedup index, attached as schema ``dedup`` to the writer's connection."""
+
+    def __init__(self, conn: sqlite3.Connection, journal_path: str, cache_mib: int) -> None:
+        self._conn = conn
+        self.path = dedup_path(journal_path)
+        self._cache_mib = cache_mib
+        self.covered_seq = 0
+
+    # -- opening -----------------------------------------------------------
+    def open(self, journal_id: str, on_progress: Callable[[int], None] | None = None) -> int:
+        """Attach (creating or rebuilding as needed) and bring the index up to date.
+
+        Returns how many events were indexed again. Raises :class:`JournalError`.
+        """
+        try:
+            self._attach(journal_id)
+        except sqlite3.DatabaseError as exc:
+            log.warning(
+                "dedup index %s is unusable (%s); rebuilding it from the journal", self.path, exc
+            )
+            self._detach_quietly()
+            self._remove_files()
+            try:
+                self._attach(journal_id)
+            except sqlite3.Error as again:
+                raise JournalError(
+                    f"{self.path}: cannot create the dedup index: {again}"
+                ) from again
+        return self.reconcile(on_progress)
+
+    def _attach(self, journal_id: str) -> None:
+        conn = self._conn
+        conn.execute("ATTACH DATABASE ? AS dedup", (self.path,))
+        # page_size only takes effect on a new file; small pages mean fewer bytes
+        # rewritten per random insert.
+        conn.execute(f"PRAGMA dedup.page_size = {DEDUP_PAGE_SIZE}")
+        mode = conn.execute("PRAGMA dedup.journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise sqlite3.DatabaseError(f"cannot switch the dedup index to WAL (got {mode})")
+        # Derived data: rebuilt from the journal after a crash, so no fsync per commit.
+        conn.execute("PRAGMA dedup.synchronous = NORMAL")
+        conn.execute(f"PRAGMA dedup.cache_size = {-1024 * self._cache_mib}")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        row = conn.execute("SELECT journal_id, covered_seq FROM dedup.dedup_state").fetchone()
+        if row is None or row[0] != journal_id:
+            if row is not None:
+                log.warning("dedup index %s belongs to another journal; rebuilding it", self.path)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM dedup.dedup")
+            conn.execute("DELETE FROM dedup.dedup_overflow")
+            conn.execute("INSERT OR REPLACE INTO dedup.dedup_state VALUES (1, ?, 0)", (journal_id,))
+            conn.execute("COMMIT")
+            self.covered_seq = 0
+        else:
+            self.covered_seq = int(row[1])
+
+    def _detach_quietly(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            self._conn.execute("DETACH DATABASE dedup")
+        except sqlite3.Error:
+            pass
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(self.path + suffix)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise JournalError(f"{self.path}{suffix}: cannot remove: {exc.strerror}") from exc
+
+    # -- reading (inside the writer's transaction) -------------------------
+    def lookup(self, hashes: list[int]) -> dict[int, int]:
+        """Map each known hash to the seq of the event that owns it."""
+        owners: dict[int, int] = {}
+        execute = self._conn.execute
+        for i in range(0, len(hashes), _IN_CHUNK):
+            chunk = hashes[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            owners.update(
+                execute(
+                    f"SELECT key_hash, seq FROM dedup.dedup WHERE key_hash IN ({marks})",  # noqa: S608
+                    chunk,
+                ).fetchall()
+            )
+        return owners
+
+    def key_of(self, seq: int) -> str | None:
+        """The full key of the event at ``seq`` (to tell a duplicate from a collision)."""
+        row = self._conn.execute(
+            "SELECT event_key FROM main.events WHERE seq = ?", (seq,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def in_overflow(self, key: str) -> bool:
+        """True when ``key`` was journaled as a hash collision."""
+        row = self._conn.execute(
+            "SELECT 1 FROM dedup.dedup_overflow WHERE event_key = ?", (key,)
+        ).fetchone()
+        return row is not None
+
+    # -- writing (its own transaction, after the events' commit) -----------
+    def store(
+        self,
+        owners: Iterable[tuple[int, int]],
+        overflow: Iterable[tuple[str, int]],
+        covered_seq: int,
+    ) -> None:
+        """Index newly committed events and advance ``covered_seq``, atomically.
+
+        Raises ``sqlite3.Error``; the caller then reconciles before the next batch.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR IGNORE INTO dedup.dedup VALUES (?, ?)", owners)
+            conn.executemany("INSERT OR IGNORE INTO dedup.dedup_overflow VALUES (?, ?)", overflow)
+            conn.execute("UPDATE dedup.dedup_state SET covered_seq = ?", (covered_seq,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.covered_seq = covered_seq
+
+    def reconcile(self, on_progress: Callable[[int], None] | None = None) -> int:
+        """Index every journaled event past ``covered_seq``; return how many.
+
+        Raises :class:`JournalError` when the journal or the index cannot be read or written.
+        """
+        done = 0
+        try:
+            while True:
+                rows = self._conn.execute(
+                    "SELECT seq, event_key FROM main.events WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (self.covered_seq, _RECONCILE_CHUNK),
+                ).fetchall()
+                if not rows:
+                    return done
+                hashed = [(seq, key, key_hash(key)) for seq, key in rows]
+                known = self.lookup([h for _, _, h in hashed])
+                owners: list[tuple[int, int]] = []
+                overflow: list[tuple[str, int]] = []
+                claimed: dict[int, str] = {}
+                for seq, key, h in hashed:
+                    owner = known.get(h)
+                    if owner == seq:
+                        continue  # already indexed
+                    if owner is None and h not in claimed:
+                        claimed[h] = key
+                        owners.append((h, seq))
+                    elif claimed.get(h) != key and (owner is None or self.key_of(owner) != key):
+                        overflow.append((key, seq))
+                self.store(owners, overflow, rows[-1][0])
+                done += len(rows)
+                if on_progress is not None:
+                    on_progress(done)
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"{self.path}: cannot bring the dedup index up to date: {exc}"
+            ) from exc

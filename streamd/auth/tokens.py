@@ -67,7 +67,8 @@ def ensure_token_file(path: str) -> str | None:
     """
     if os.path.exists(path):
         return None
-    token = secrets.token_urlsafe(32)
+    # A fixed prefix: recognisable in logs and secret scanners, and never starts with "-".
+    token = "sd_" + secrets.token_urlsafe(32)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp-{os.getpid()}"
     try:

@@ -15,6 +15,13 @@ That is safe because the index is derived from ``events``:
   again before any batch is accepted;
 - an index that is missing, corrupt, or built for another journal is rebuilt.
 
+The index is written by its own thread (:class:`Indexer`), so the writer can
+journal the next group while the last group's keys are indexed. Until the
+indexer has committed a group's keys they stay in memory (:class:`Pending`)
+and every lookup consults them; the writer copies that list *before* its
+read of the index begins, so each key is in the copy, in the index snapshot,
+or in both.
+
 Keys are 64-bit hashes in a rowid table (8-byte cells); a key whose hash
 another key already owns goes to ``dedup_overflow`` by its full text, so a
 collision never makes a distinct event look like a duplicate.
@@ -25,7 +32,9 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from streamd.core.normalise import key_hash
 from streamd.errors import JournalError
@@ -216,3 +225,140 @@ class DedupIndex:
             raise JournalError(
                 f"{self.path}: cannot bring the dedup index up to date: {exc}"
             ) from exc
+
+
+@dataclass(slots=True)
+class Generation:
+    """The keys of one committed group, in memory until the indexer has committed them."""
+
+    owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # hash -> (key, seq)
+    overflow: dict[str, int] = field(default_factory=dict)  # key -> seq
+    covered_seq: int = 0
+
+
+class Pending:
+    """Generations committed to the journal but not yet to the index (FIFO, bounded)."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: list[Generation] = []
+        self._cond = threading.Condition()
+        self._limit = limit
+        self.closed = False
+
+    def snapshot(self) -> list[Generation]:
+        """The current generations; take it before the index read begins."""
+        with self._cond:
+            return list(self._items)
+
+    def push(self, generation: Generation) -> None:
+        """Add a generation; waits while ``limit`` are pending (backpressure on the writer).
+
+        Never drops one: once the indexer has stopped, it just appends (the
+        keys stay visible to lookups, and the next start re-indexes them).
+        """
+        with self._cond:
+            while len(self._items) >= self._limit and not self.closed:
+                self._cond.wait(0.5)
+            self._items.append(generation)
+            self._cond.notify_all()
+
+    def oldest(self, stop: threading.Event) -> Generation | None:
+        """The oldest generation (left in place), or None once ``stop`` is set and none remain."""
+        with self._cond:
+            while not self._items:
+                if stop.is_set():
+                    return None
+                self._cond.wait(0.2)
+            return self._items[0]
+
+    def pop_oldest(self) -> None:
+        """Forget the oldest generation: the index now holds it."""
+        with self._cond:
+            self._items.pop(0)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Wake the indexer (to notice a stop)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class Indexer:
+    """The thread that writes committed keys into the index, in commit order."""
+
+    def __init__(self, index_path: str, pending: Pending, cache_mib: int) -> None:
+        self._path = index_path
+        self._pending = pending
+        self._cache_mib = cache_mib
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="journal-indexer", daemon=True)
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Index what is pending, then stop (blocking)."""
+        self._stop.set()
+        self._pending.wake()
+        self._thread.join()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA cache_size = {-1024 * self._cache_mib}")
+        return conn
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        backoff = 0.05
+        while True:
+            generation = self._pending.oldest(self._stop)
+            if generation is None:
+                break
+            try:
+                if conn is None:
+                    conn = self._connect()
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    "INSERT OR IGNORE INTO dedup VALUES (?, ?)",
+                    [(h, seq) for h, (_, seq) in generation.owners.items()],
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO dedup_overflow VALUES (?, ?)",
+                    generation.overflow.items(),
+                )
+                conn.execute("UPDATE dedup_state SET covered_seq = ?", (generation.covered_seq,))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # The generation stays pending (lookups still see it); try again.
+                self.failures += 1
+                self.last_error = str(exc)
+                log.warning("dedup index update failed, retrying: %s", exc)
+                if conn is not None:
+                    try:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        conn.close()
+                        conn = None
+                if self._stop.wait(backoff) and self.failures > 50:
+                    # Stopping and still failing: the journal has the events and the
+                    # next start re-indexes from covered_seq. Nothing is lost.
+                    break
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self._pending.pop_oldest()
+        if conn is not None:
+            conn.close()
+        self._pending.closed = True
+        self._pending.wake()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from streamd.core.wire import EventRecord
 from streamd.errors import JournalBusy, JournalClosed, JournalError
-from streamd.journal.dedup import DedupIndex
+from streamd.journal.dedup import DedupIndex, Generation, Indexer, Pending
 from streamd.journal.schema import Synchronous, connect, journal_id, migrate
 
 
@@ -88,15 +88,8 @@ class WriterStatistics:
     errors: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Group:
-    """Dedup decisions of the transaction being built (not yet in the index)."""
-
-    owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # hash -> (key, seq)
-    overflow: dict[str, int] = field(default_factory=dict)  # key -> seq
-
-
 _STOP = object()
+_OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
 
 
 class JournalWriter:
@@ -121,8 +114,9 @@ class JournalWriter:
         self.stats = WriterStatistics()
         self._next_seq = 1
         self._next_delivery = 1
-        self._dedup_stale = False
         self._dedup: DedupIndex
+        self._pending = Pending(limit=8)
+        self._indexer: Indexer | None = None
         self._disk_checked = 0.0
 
     # -- lifecycle ---------------------------------------------------------
@@ -184,6 +178,8 @@ class JournalWriter:
             migrate(conn, self.path, self._now())
             self._dedup = DedupIndex(conn, self.path, self.options.cache_mib)
             self.stats.reindexed = self._dedup.open(journal_id(conn))
+            self._indexer = Indexer(self._dedup.path, self._pending, self.options.cache_mib)
+            self._indexer.start()
             self._next_seq = conn.execute(
                 "SELECT coalesce(max(seq), 0) + 1 FROM events"
             ).fetchone()[0]
@@ -220,6 +216,8 @@ class JournalWriter:
                 self._commit(conn, jobs)
                 self._check_disk()
         finally:
+            if self._indexer is not None:
+                self._indexer.stop()  # index what is pending before the checkpoint
             conn.close()
 
     def _fail_start(self, exc: BaseException) -> None:
@@ -231,14 +229,14 @@ class JournalWriter:
     def _commit(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
         started = time.monotonic()
         seq0, delivery0 = self._next_seq, self._next_delivery
-        group = _Group()
+        group = Generation()
+        # Copy the pending generations *before* the index read begins (dedup.py).
+        earlier = self._pending.snapshot()
         committed = False
         try:
-            if self._dedup_stale:
-                # A failed index update: catch up from the journal before deciding anything.
-                self.stats.reindexed += self._dedup.reconcile()
-                self._dedup_stale = False
-            conn.execute("BEGIN IMMEDIATE")
+            # DEFERRED: the write lock is needed on the journal only, never on the index,
+            # which the indexer thread writes meanwhile.
+            conn.execute("BEGIN")
             for job in jobs:
                 if job.abandoned:
                     # The request already answered 503; the sender will retry.
@@ -248,7 +246,7 @@ class JournalWriter:
                 added: list[int] = []
                 overflowed: list[str] = []
                 try:
-                    job.result = self._write(conn, job.batch, group, added, overflowed)
+                    job.result = self._write(conn, job.batch, group, earlier, added, overflowed)
                     conn.execute("RELEASE batch")
                 except sqlite3.Error as exc:
                     conn.execute("ROLLBACK TO batch")
@@ -262,21 +260,21 @@ class JournalWriter:
                     self._note_error(f"batch from {job.batch.source}: {exc}")
             conn.execute("COMMIT")  # ack only after COMMIT: results are released below
             committed = True
-        except (sqlite3.Error, JournalError) as exc:
+        except sqlite3.Error as exc:
             # The whole transaction is lost: nothing of any batch in it is acknowledged.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._next_seq, self._next_delivery = seq0, delivery0
             self._note_error(f"commit failed: {exc}")
-            error = (
-                exc
-                if isinstance(exc, JournalError)
-                else JournalError(f"the journal commit failed: {exc}")
-            )
+            error = JournalError(f"the journal commit failed: {exc}")
             for job in jobs:
                 job.result = None
                 job.error = error
         finally:
+            if committed and (group.owners or group.overflow):
+                # Before any ack: the next group must see these keys, index or not.
+                group.covered_seq = self._next_seq - 1
+                self._pending.push(group)
             elapsed = time.monotonic() - started
             with self._lock:
                 self._queued -= sum(len(job.batch.events) for job in jobs)
@@ -291,22 +289,13 @@ class JournalWriter:
                     self.stats.duplicates += job.result.duplicates
                 job.on_done(job)
             self._checkpoint_wake.set()
-        if committed and (group.owners or group.overflow):
-            try:
-                self._dedup.store(
-                    ((h, seq) for h, (_, seq) in group.owners.items()),
-                    group.overflow.items(),
-                    self._next_seq - 1,
-                )
-            except sqlite3.Error as exc:
-                self._dedup_stale = True
-                self._note_error(f"dedup index update failed (will reconcile): {exc}")
 
     def _write(
         self,
         conn: sqlite3.Connection,
         batch: Batch,
-        group: _Group,
+        group: Generation,
+        earlier: list[Generation],
         added: list[int],
         overflowed: list[str],
     ) -> AppendResult:
@@ -320,17 +309,12 @@ class JournalWriter:
         rows = []
         for record in fresh.values():
             h, key = record.key_hash, record.key
-            claimed = group.owners.get(h)
-            owner = known.get(h)
-            if claimed is None and owner is None:
+            verdict = self._verdict(h, key, known.get(h), group, earlier)
+            if verdict == _DUPLICATE:
+                continue
+            if verdict == _OWNER:
                 group.owners[h] = (key, seq)
                 added.append(h)
-            elif (claimed is not None and claimed[0] == key) or (
-                owner is not None and self._dedup.key_of(owner) == key
-            ):
-                continue  # a duplicate: already journaled
-            elif key in group.overflow or self._dedup.in_overflow(key):
-                continue  # a duplicate of an earlier collision
             else:
                 # A distinct key whose 64-bit hash is taken: journal it, keyed by full text.
                 group.overflow[key] = seq
@@ -374,6 +358,19 @@ class JournalWriter:
         self._next_seq = seq
         self._next_delivery = delivery + 1
         return AppendResult(accepted=accepted, duplicates=duplicates, delivery=delivery)
+
+    def _verdict(
+        self, h: int, key: str, owner: int | None, group: Generation, earlier: list[Generation]
+    ) -> int:
+        """Is ``key`` the new owner of hash ``h``, a duplicate, or a collision?"""
+        claims = [g.owners[h][0] for g in (group, *earlier) if h in g.owners]
+        if owner is None and not claims:
+            return _OWNER
+        if key in claims or (owner is not None and self._dedup.key_of(owner) == key):
+            return _DUPLICATE
+        if any(key in g.overflow for g in (group, *earlier)) or self._dedup.in_overflow(key):
+            return _DUPLICATE  # a duplicate of an earlier collision
+        return _OVERFLOW
 
     def _check_disk(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -324,3 +324,25 @@ async def test_dedup_index_is_rebuilt_from_the_journal(journal_path: Path, damag
         (12, 12)
     ]
     assert rows(index, "SELECT covered_seq FROM dedup_state") == [(12,)]
+
+
+async def test_keys_not_yet_indexed_still_catch_duplicates(journal_path: Path) -> None:
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        await journal.append(batch_of("lads_single"))  # creates the index file
+        # Hold the index's write lock: the indexer cannot commit, keys stay pending.
+        index = sqlite3.connect(dedup_file(journal_path), isolation_level=None, timeout=0.1)
+        index.execute("BEGIN IMMEDIATE")
+        try:
+            first = await journal.append(batch_of("lads_batch"))
+            again = await journal.append(batch_of("lads_batch"))
+            mixed = await journal.append(batch_of("legacy_push"))
+            assert (first.accepted, again.duplicates, mixed.accepted) == (6, 6, 4)
+            assert index.execute("SELECT covered_seq FROM dedup_state").fetchone() == (1,)
+        finally:
+            index.execute("ROLLBACK")
+            index.close()
+        with trio.fail_after(10):
+            while rows(dedup_file(journal_path), "SELECT covered_seq FROM dedup_state") != [(11,)]:
+                await trio.sleep(0.02)
+        assert (await journal.append(batch_of("lads_batch"))).duplicates == 6
+    assert rows(dedup_file(journal_path), "SELECT count(*) FROM dedup") == [(11,)]

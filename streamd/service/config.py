@@ -28,7 +28,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MiB)] = 8 * _MiB
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
     graceful_timeout: Seconds = 10.0
-    keep_alive_timeout: Seconds = 75.0
+    keep_alive_timeout: Seconds = 30.0
     read_timeout: Seconds = 30.0
 
 

@@ -1,0 +1,82 @@
+"""The public surface is documented: every config key and CLI command is in the README."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from streamd.cli import build_parser
+from streamd.service.config import Config, JournalConfig, ServerConfig, SourceConfig, TokensConfig
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+
+
+def _keys() -> list[str]:
+    keys = [
+        f.name
+        for f in msgspec.structs.fields(Config)
+        if f.name not in {"server", "journal", "tokens", "sources"}
+    ]
+    keys.append("sources")
+    for prefix, struct in (
+        ("server", ServerConfig),
+        ("journal", JournalConfig),
+        ("tokens", TokensConfig),
+        ("sources[]", SourceConfig),
+    ):
+        keys += [f"{prefix}.{f.name}" for f in msgspec.structs.fields(struct)]
+    return keys
+
+
+@pytest.mark.parametrize("key", _keys())
+def test_every_config_key_is_in_the_reference(key: str) -> None:
+    assert f"| `{key}` |" in README, f"config key {key} is not in README's configuration reference"
+
+
+def _commands() -> list[tuple[str, argparse.ArgumentParser]]:
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+
+    def walk(prefix: str, parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    assert helps.get(name), f"{prefix} {name} has no help text"
+                    found.append((f"{prefix} {name}", sub))
+                    walk(f"{prefix} {name}", sub)
+
+    walk("streamd", build_parser())
+    return found
+
+
+@pytest.mark.parametrize(("command", "parser"), _commands(), ids=lambda v: str(v))
+def test_every_command_is_documented_with_help(
+    command: str, parser: argparse.ArgumentParser
+) -> None:
+    if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+        return  # a group of commands: its leaves are checked
+    assert f"`{command}" in README, f"{command} is not documented in README"
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings[0]} has no help"
+            assert f"`{action.option_strings[0]}" in README, (
+                f"{command} {action.option_strings[0]} is not documented in README"
+            )
+
+
+def test_quick_start_is_exactly_two_commands() -> None:
+    start = README.index("## Quick start")
+    block = README[start:].split("```sh\n", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in block.strip().splitlines()] == [
+        "make run",
+        "make test",
+    ]
+
+
+def test_changelog_and_architecture_exist() -> None:
+    assert "## " in (REPO / "CHANGELOG.md").read_text()
+    assert "journal.dedup.db" in (REPO / "ARCHITECTURE.md").read_text()

@@ -92,22 +92,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "check-config":
-            return _check_config(args)
-        if args.command == "journal":
-            return _journal_stats(args)
-    except ConfigError as exc:
+        return _dispatch(args)
+    except BaseExceptionGroup as group:
+        # trio nurseries wrap errors in groups; report ours as the one line they are.
+        ours, rest = group.split(StreamdError)
+        if ours is None or rest is not None:
+            raise
+        return _report(_first_leaf(ours))
+    except StreamdError as exc:
+        return _report(exc)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    return _journal_stats(args)
+
+
+def _first_leaf(group: BaseExceptionGroup[StreamdError]) -> StreamdError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _report(exc: StreamdError) -> int:
+    if isinstance(exc, ConfigError):
         print(f"streamd: configuration error: {exc}", file=sys.stderr)
         return 2
-    except JournalError as exc:
+    if isinstance(exc, JournalError):
         print(f"streamd: journal error: {exc}", file=sys.stderr)
         return 1
-    except StreamdError as exc:
-        print(f"streamd: error: {exc}", file=sys.stderr)
-        return 1
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    print(f"streamd: error: {exc}", file=sys.stderr)
+    return 1
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -133,8 +150,10 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     for source in config.sources:
         for path in config.token_files(source):
-            # The default token file is generated on first start; any other must exist.
-            if path == config.default_token_file and not os.path.exists(path):
+            # serve creates a missing global token file (default or tokens.files);
+            # a source's own token_files must exist.
+            creatable = path == config.default_token_file or path in config.tokens.files
+            if creatable and not os.path.exists(path):
                 continue
             read_token_file(path)
     where = args.config or "<defaults>"

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+import trio
 
 from streamd.auth import TokenSet, token_from_request
 from streamd.core import decode_delivery
@@ -67,11 +68,18 @@ class IngestApp:
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._stopping = False
+        self._idle = trio.Event()
         self.responses: dict[int, int] = {}
 
     def begin_shutdown(self) -> None:
         """From now on, POSTs get 503 + Retry-After (the sender keeps the events)."""
         self._stopping = True
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once shutdown has begun and no POST is being handled."""
+        await self._idle.wait()
 
     @property
     def in_flight(self) -> int:
@@ -113,6 +121,8 @@ class IngestApp:
             await self._error(send, 503, "internal error; retry later", retry_after=5)
         finally:
             self._in_flight -= 1
+            if self._stopping and self._in_flight == 0:
+                self._idle.set()
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, source: Source) -> None:
         if self._stopping:

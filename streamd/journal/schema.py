@@ -83,6 +83,9 @@ def connect(
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
         if not readonly:
+            # Refuse a file that is not ours before changing anything in it
+            # (journal_mode=WAL is persistent).
+            _precheck(conn, path)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise JournalError(f"{path}: cannot switch the journal to WAL mode (got {mode})")
@@ -98,6 +101,24 @@ def connect(
         raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
 
 
+def _precheck(conn: sqlite3.Connection, path: str) -> None:
+    """Raise :class:`JournalError` for a newer schema or a foreign database."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise JournalError(
+            f"{path}: journal schema version {version} is newer than this streamd "
+            f"understands ({SCHEMA_VERSION}); upgrade streamd"
+        )
+    if version == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[
+            0
+        ]
+        if tables:
+            conn.close()
+            raise JournalError(f"{path}: this SQLite file has tables but is not a streamd journal")
+
+
 def journal_id(conn: sqlite3.Connection) -> str:
     """The random id written when the journal was created."""
     row = conn.execute("SELECT value FROM main.meta WHERE key = 'journal_id'").fetchone()
@@ -111,20 +132,8 @@ def migrate(conn: sqlite3.Connection, path: str, now: str) -> int:
     or was written by a newer streamd.
     """
     try:
+        _precheck(conn, path)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise JournalError(
-                f"{path}: journal schema version {version} is newer than this streamd "
-                f"understands ({SCHEMA_VERSION}); upgrade streamd"
-            )
-        if version == 0:
-            tables = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-            ).fetchone()[0]
-            if tables:
-                raise JournalError(
-                    f"{path}: this SQLite file has tables but is not a streamd journal"
-                )
         for index in range(version, SCHEMA_VERSION):
             name, statements = MIGRATIONS[index]
             conn.execute("BEGIN IMMEDIATE")

@@ -188,10 +188,11 @@ def validate(config: Config, where: str, *, overrides: bool = False) -> None:
             )
         if source.name in names:
             raise ConfigError(f"{where}: key {key}.name: duplicate source name {source.name!r}")
-        if source.path.rstrip("/") in paths:
+        route = source.path.rstrip("/") or "/"  # the app routes "/a/" and "/a" alike
+        if route in paths:
             raise ConfigError(f"{where}: key {key}.path: duplicate source path {source.path!r}")
         names.add(source.name)
-        paths.add(source.path.rstrip("/") or "/")
+        paths.add(route)
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -199,8 +200,12 @@ def parse_listen(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host:
         raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
-    if host.startswith("[") and host.endswith("]"):
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f"{address!r}: unbalanced brackets around the IPv6 address")
         host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{address!r}: write an IPv6 address in brackets, e.g. [::1]:8080")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{address!r}: port must be a number from 0 to 65535")
     if not host or any(c.isspace() for c in host):

@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.errors import ConfigError
@@ -91,10 +93,19 @@ async def serve(
     Raises :class:`ConfigError` or :class:`JournalError` when it cannot start.
     """
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
-    sources = load_sources(config, announce=announce)
+    hconfig = hypercorn_config(config)
+    try:
+        # Bound here, outside any nursery, so "address in use" is one clear error.
+        sockets = hconfig.create_sockets()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {', '.join(config.server.listen)}: {exc.strerror or exc}"
+        ) from None
     async with open_journal(
         config.journal_path, writer_options(config), commit_budget=config.journal.commit_budget
     ) as journal:
+        # After the journal opened: a first start with a broken journal creates no token.
+        sources = load_sources(config, announce=announce)
         app = IngestApp(
             sources,
             journal,
@@ -104,12 +115,9 @@ async def serve(
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, app, stop)
-            try:
-                binds: list[str] = await nursery.start(
-                    _serve_http, app, hypercorn_config(config), stop, nursery.cancel_scope
-                )
-            except OSError as exc:
-                raise ConfigError(f"cannot listen on {config.server.listen}: {exc}") from None
+            binds: list[str] = await nursery.start(
+                _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
+            )
             for bind in binds:
                 announce(f"streamd ready: {bind}")
             log.info(
@@ -126,19 +134,35 @@ async def serve(
 async def _serve_http(
     app: IngestApp,
     hconfig: HypercornConfig,
+    sockets: Sockets,
     stop: trio.Event,
     scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # hypercorn returns once in-flight requests finished (or the grace ran out);
-    # then the signal watcher has nothing left to guard.
-    await hypercorn_serve(
-        app,  # type: ignore[arg-type]
-        hconfig,
-        shutdown_trigger=stop.wait,
-        task_status=task_status,
-    )
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(hconfig.backlog)
+    async with trio.open_nursery() as inner:
+        inner.start_soon(_cancel_when_drained, app, stop, inner.cancel_scope)
+        # hypercorn returns once in-flight requests finished (or the grace ran out).
+        await worker_serve(
+            wrap_app(app, hconfig.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
+            hconfig,
+            sockets=sockets,
+            shutdown_trigger=stop.wait,
+            task_status=task_status,
+        )
+        inner.cancel_scope.cancel()
+    scope.cancel()  # the signal watcher has nothing left to guard
+
+
+async def _cancel_when_drained(app: IngestApp, stop: trio.Event, scope: trio.CancelScope) -> None:
+    await stop.wait()
+    await app.wait_idle()
+    # Every POST has been answered. hypercorn 0.18 would otherwise wait out
+    # graceful_timeout for a keep-alive connection parked in h11's PAUSED state
+    # (a request pipelined behind the last answer); that request got, or would
+    # get, 503 anyway, so closing it now loses nothing.
     scope.cancel()
 
 

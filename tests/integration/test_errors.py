@@ -264,3 +264,52 @@ async def test_503_for_too_many_requests_in_flight(start_server: StartServer) ->
 
 def test_data_dir_fixture_is_empty(data_dir: Path) -> None:
     assert list(data_dir.iterdir()) == []
+
+
+async def test_a_truncated_body_stores_nothing_and_the_server_lives_on(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    body = fixture_bytes("lads_batch")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[: len(body) // 2]
+    )
+    await stream.aclose()  # the sender dies mid-body
+    # The next delivery is served normally, and the half body left no trace.
+    response = await server.post(fixture_bytes("lads_single"))
+    assert response.json() == {"accepted": 1, "duplicates": 0}
+    assert count(server) == 1
+
+
+async def test_oversized_headers_are_refused_and_the_server_lives_on(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        # Headers arriving in pieces past h11's 16 KiB bound for an incomplete head.
+        await stream.send_all(b"POST /events HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * 20_000)
+        response = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in response:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                response += data
+    assert response.startswith(b"HTTP/1.1 431")
+    assert count(server) == 0
+    assert (await server.post(fixture_bytes("lads_single"))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [b"Bearer \xff\xfe\xfd", b"Bearer " + b"x" * 8000, b"\x00\x01", b"Bearer  "],
+)
+async def test_hostile_authorization_headers_get_401(server: Server, authorization: bytes) -> None:
+    request = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: " + authorization + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    response = await raw_exchange(server, request, read_until_close=False)
+    status = response.split(b" ")[1]
+    assert status in (b"400", b"401"), response[:200]
+    assert count(server) == 0

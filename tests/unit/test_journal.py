@@ -328,7 +328,10 @@ async def test_dedup_index_is_rebuilt_from_the_journal(journal_path: Path, damag
 
 async def test_keys_not_yet_indexed_still_catch_duplicates(journal_path: Path) -> None:
     async with open_journal(str(journal_path), WriterOptions()) as journal:
-        await journal.append(batch_of("lads_single"))  # creates the index file
+        await journal.append(batch_of("lads_single"))
+        with trio.fail_after(10):
+            while rows(dedup_file(journal_path), "SELECT covered_seq FROM dedup_state") != [(1,)]:
+                await trio.sleep(0.02)
         # Hold the index's write lock: the indexer cannot commit, keys stay pending.
         index = sqlite3.connect(dedup_file(journal_path), isolation_level=None, timeout=0.1)
         index.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,1 @@
+"""System tests: the real ``streamd`` process (signals, crashes, CLI exit codes)."""

@@ -188,6 +188,8 @@ class JournalWriter:
             ).fetchone()[0]
             self._check_disk(force=True)
         except BaseException as exc:
+            if self._indexer is not None:
+                self._indexer.stop()
             conn.close()
             self._fail_start(exc)
             return
@@ -196,7 +198,13 @@ class JournalWriter:
             stopping = False
             while not stopping:
                 jobs: list[Job] = []
-                first = self._queue.get()
+                try:
+                    # Wake now and then even when idle: a low-disk state refuses every
+                    # batch, so only this re-check can lift it.
+                    first = self._queue.get(timeout=1.0)
+                except queue.Empty:
+                    self._check_disk()
+                    continue
                 if first is _STOP:
                     break
                 assert isinstance(first, Job)
@@ -260,7 +268,7 @@ class JournalWriter:
                     self._note_error(f"batch from {job.batch.source}: {exc}")
             conn.execute("COMMIT")  # ack only after COMMIT: results are released below
             committed = True
-        except sqlite3.Error as exc:
+        except Exception as exc:  # sqlite3.Error, or a bug: never a dead writer thread
             # The whole transaction is lost: nothing of any batch in it is acknowledged.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -349,3 +349,15 @@ async def test_keys_not_yet_indexed_still_catch_duplicates(journal_path: Path) -
                 await trio.sleep(0.02)
         assert (await journal.append(batch_of("lads_batch"))).duplicates == 6
     assert rows(dedup_file(journal_path), "SELECT count(*) FROM dedup") == [(11,)]
+
+
+async def test_low_disk_lifts_by_itself_when_space_returns(journal_path: Path) -> None:
+    async with open_journal(str(journal_path), WriterOptions(min_free_disk_bytes=2**62)) as journal:
+        with pytest.raises(JournalBusy, match="below the configured floor"):
+            await journal.append(batch_of("lads_single"))
+        # The operator frees space (here: the floor drops); no batch needs to arrive first.
+        journal._writer.options = WriterOptions(min_free_disk_bytes=0)
+        with trio.fail_after(5):
+            while journal.statistics().low_disk:
+                await trio.sleep(0.05)
+        assert (await journal.append(batch_of("lads_single"))).accepted == 1

@@ -20,6 +20,8 @@ from streamd.core.wire import (
     ITEM_DECODER,
     ITEMS_DECODER,
     LEGACY_DECODER,
+    LOOSE_EVENT_DECODER,
+    LOOSE_ITEM_DECODER,
     RAW_DECODER,
     CloudEvent,
     Delivery,
@@ -37,6 +39,7 @@ _STREAM_PREFIXES = (
     ("com.adobe.platform.marketo.notification.", "notification"),
 )
 _NO_DATA = EventData()
+_EMPTY_EVENT = CloudEvent()
 
 
 def key_hash(key: str) -> int:
@@ -117,12 +120,61 @@ def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | msgspec.Raw, path:
 
 
 def _decode_item(raw: msgspec.Raw, path: str) -> Item:
+    """One typed pass for the documented shapes; the loose path for odd nested types."""
     try:
         return ITEM_DECODER.decode(raw)
     except msgspec.ValidationError:
-        raise PayloadError(f"{path}: expected an object (an event), got {_kind(raw)}") from None
+        pass
     except msgspec.DecodeError as exc:
         raise PayloadError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        loose = LOOSE_ITEM_DECODER.decode(raw)
+    except msgspec.ValidationError:
+        raise PayloadError(f"{path}: expected an object (an event), got {_kind(raw)}") from None
+    activities = None
+    if loose.activities:
+        activities = _decode(ITEMS_DECODER, loose.activities, path + ".activities")
+    return Item(
+        id=loose.id,
+        type=loose.type,
+        time=loose.time,
+        specversion=loose.specversion,
+        data=_soft_data(loose.data),
+        eventid=loose.eventid,
+        event_id=loose.event_id,
+        event=_loose_event(loose.event, path + ".event", "an object") if loose.event else None,
+        activities=activities,
+        munchkinId=loose.munchkinId,
+        messageId=loose.messageId,
+        validationUrl=loose.validationUrl,
+    )
+
+
+def _loose_event(raw: msgspec.Raw, path: str, expected: str) -> CloudEvent:
+    try:
+        return CLOUDEVENT_DECODER.decode(raw)
+    except msgspec.ValidationError:
+        pass
+    try:
+        loose = LOOSE_EVENT_DECODER.decode(raw)
+    except msgspec.ValidationError:
+        raise PayloadError(f"{path}: expected {expected}") from None
+    body = None
+    if loose.body:
+        body = _loose_event(loose.body, path + ".body", "an object (a CloudEvent)")
+    return CloudEvent(
+        id=loose.id, type=loose.type, time=loose.time, data=_soft_data(loose.data), body=body
+    )
+
+
+def _soft_data(raw: msgspec.Raw) -> EventData | None:
+    """``data`` when it is an object; otherwise nothing to extract (never an error)."""
+    if not raw:
+        return None
+    try:
+        return DATA_DECODER.decode(raw)
+    except msgspec.ValidationError:
+        return None
 
 
 def _kind(raw: msgspec.Raw) -> str:
@@ -149,27 +201,21 @@ def _is_challenge(item: Item) -> bool:
 
 def _collect(item: Item, raw: msgspec.Raw, path: str, out: list[EventRecord]) -> str:
     """Append the events of one top-level item to ``out``; return the item's shape."""
-    if item.activities:
+    if item.activities is not None:
         _collect_legacy(item, path, out)
         return "legacy"
-    if item.event:
-        inner = _decode_soft(CLOUDEVENT_DECODER, item.event)
-        if inner is None:
-            raise PayloadError(f"{path}.event: expected an object")
-        if inner.body:
-            body = _decode_soft(CLOUDEVENT_DECODER, inner.body)
-            if body is None:
-                raise PayloadError(f"{path}.event.body: expected an object (a CloudEvent)")
-            out.append(_record(body, item, raw, path, ".event.body.id"))
+    if item.event is not None:
+        if item.event.body is not None:
+            out.append(_record(item.event.body, item, raw, path, ".event.body.id"))
             return "wrapper"
-        out.append(_record(inner, item, raw, path, ".event.id"))
+        out.append(_record(item.event, item, raw, path, ".event.id"))
         return "old-wrapper"
     if item.id is not None or item.specversion is not None or item.eventid is not None:
         event = CloudEvent(id=item.id, type=item.type, time=item.time, data=item.data)
         out.append(_record(event, item, raw, path, ".id"))
         return "cloudevent"
     if item.event_id is not None:
-        out.append(_record(CloudEvent(), item, raw, path, ".id"))
+        out.append(_record(_EMPTY_EVENT, item, raw, path, ".id"))
         return "old-wrapper"
     raise PayloadError(
         f"{path}: not a known delivery shape; expected a CloudEvent (with id), "
@@ -183,8 +229,6 @@ def _decode_soft(decoder: msgspec.json.Decoder[Any], raw: msgspec.Raw) -> Any:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError:
-        return None
-    except msgspec.DecodeError:  # pragma: no cover - the outer scan already validated it
         return None
 
 
@@ -203,7 +247,7 @@ def _record(
         )
     event_type = event.type if isinstance(event.type, str) else None
     stream = stream_of(event_type)
-    data = (_decode_soft(DATA_DECODER, event.data) if event.data else None) or _NO_DATA
+    data = event.data or _NO_DATA
     occurred = None
     if stream == "activity":
         occurred = normalise_timestamp(data.activityDate)
@@ -223,7 +267,7 @@ def _record(
 
 
 def _collect_legacy(item: Item, path: str, out: list[EventRecord]) -> None:
-    activities = _decode(ITEMS_DECODER, item.activities, path + ".activities")
+    activities = item.activities or []
     munchkin_id = _text(item.munchkinId)
     for index, raw in enumerate(activities):
         apath = f"{path}.activities[{index}]"

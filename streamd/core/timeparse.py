@@ -33,6 +33,18 @@ def parse_timestamp(text: str) -> datetime | None:
     """
     if len(text) > 64:
         return None
+    try:
+        # C-speed for the usual RFC 3339 forms; the regex below takes the odd ones.
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        try:
+            return dt.astimezone(UTC)
+        except OverflowError:
+            return None
     m = _TIMESTAMP.fullmatch(text)
     if m is None:
         return None

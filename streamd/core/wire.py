@@ -4,8 +4,11 @@ Only the fields streamd extracts are declared; everything else is skipped by
 the decoder and kept verbatim in the raw JSON. Leaf fields are ``Any`` on
 purpose: a sender that sends ``leadId`` as a string or ``activityTypeId`` as
 text must not get its event rejected (CONTRACT.md: nothing but a key is
-required of an event). Nested objects are kept as ``msgspec.Raw`` and decoded
-one level at a time, so a wrong type at one level never hides the rest.
+required of an event). Documented shapes decode in one typed pass (:class:`Item`);
+when a nested member has an unexpected type (``data`` as a string, say), the
+item is decoded again with :class:`LooseItem`, whose nested members are kept
+as ``msgspec.Raw`` and decoded one level at a time, so a wrong type at one
+level never rejects the event.
 """
 
 from __future__ import annotations
@@ -28,17 +31,44 @@ class EventData(msgspec.Struct, frozen=True):
 
 
 class CloudEvent(msgspec.Struct, frozen=True):
-    """A CloudEvent as delivered by Adobe I/O Events, or the inner event of a wrapper."""
+    """A CloudEvent, or the ``event`` member of a wrapper (which may hold one as ``body``)."""
+
+    id: Any = None
+    type: Any = None
+    time: Any = None
+    data: EventData | None = None
+    body: CloudEvent | None = None  # present only in the {"event": {"body": ...}} wrapper
+
+
+class Item(msgspec.Struct, frozen=True):
+    """One top-level delivery object: a CloudEvent, a wrapper, a legacy push or a challenge."""
+
+    id: Any = None
+    type: Any = None
+    time: Any = None
+    specversion: Any = None
+    data: EventData | None = None
+    eventid: Any = None
+    event_id: Any = None
+    event: CloudEvent | None = None
+    activities: list[msgspec.Raw] | None = None
+    munchkinId: Any = None
+    messageId: Any = None
+    validationUrl: Any = None
+
+
+class LooseEvent(msgspec.Struct, frozen=True):
+    """:class:`CloudEvent` with nested members kept raw: the path for odd types."""
 
     id: Any = None
     type: Any = None
     time: Any = None
     data: msgspec.Raw = _ABSENT
-    body: msgspec.Raw = _ABSENT  # present only in the {"event": {"body": ...}} wrapper
+    body: msgspec.Raw = _ABSENT
 
 
-class Item(msgspec.Struct, frozen=True):
-    """One top-level delivery object: a CloudEvent, a wrapper, a legacy push or a challenge."""
+class LooseItem(msgspec.Struct, frozen=True):
+    """:class:`Item` with nested members kept raw, decoded one level at a time."""
 
     id: Any = None
     type: Any = None
@@ -89,8 +119,10 @@ class Delivery(msgspec.Struct, frozen=True):
 
 # One decoder per type, created once (msgspec: decoders are reusable and cheap to call).
 ITEM_DECODER = msgspec.json.Decoder(Item)
+LOOSE_ITEM_DECODER = msgspec.json.Decoder(LooseItem)
 ITEMS_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
 RAW_DECODER = msgspec.json.Decoder(msgspec.Raw)
 CLOUDEVENT_DECODER = msgspec.json.Decoder(CloudEvent)
+LOOSE_EVENT_DECODER = msgspec.json.Decoder(LooseEvent)
 DATA_DECODER = msgspec.json.Decoder(EventData)
 LEGACY_DECODER = msgspec.json.Decoder(LegacyActivity)

@@ -32,7 +32,6 @@ class Journal:
     def __init__(self, writer: JournalWriter, commit_budget: float) -> None:
         self._writer = writer
         self._budget = commit_budget
-        self._token = trio.lowlevel.current_trio_token()
         self.path = writer.path
 
     async def append(self, batch: Batch) -> AppendResult:
@@ -44,14 +43,7 @@ class Journal:
         nothing was acknowledged and the sender must retry.
         """
         done = trio.Event()
-        token = self._token
-
-        def on_done(job: Job) -> None:  # runs in the writer thread
-            # If the loop is gone, nobody waits for the answer any more.
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(done.set)
-
-        job = Job(batch=batch, on_done=on_done)
+        job = Job(batch=batch, waiter=done)
         self._writer.submit(job)
         with trio.move_on_after(self._budget):
             await done.wait()
@@ -72,6 +64,12 @@ class Journal:
         return self._writer.stats
 
 
+def _wake(jobs: list[Job]) -> None:
+    for job in jobs:
+        if isinstance(job.waiter, trio.Event):
+            job.waiter.set()
+
+
 @asynccontextmanager
 async def open_journal(
     path: str, options: WriterOptions, *, commit_budget: float = 5.0
@@ -81,7 +79,14 @@ async def open_journal(
     On exit, everything already queued is committed before the writer stops.
     Raises :class:`JournalError` when the file cannot be used as a journal.
     """
-    writer = JournalWriter(path, options, utc_now)
+    token = trio.lowlevel.current_trio_token()
+
+    def notify(jobs: list[Job]) -> None:  # in the writer thread, once per commit
+        # One wake-up of the event loop per group, not one per request.
+        with contextlib.suppress(trio.RunFinishedError):  # loop gone: nobody waits
+            token.run_sync_soon(_wake, jobs)
+
+    writer = JournalWriter(path, options, utc_now, notify)
     await trio.to_thread.run_sync(writer.start)
     try:
         yield Journal(writer, commit_budget)

@@ -65,7 +65,8 @@ class Job:
     """A batch waiting for the writer, and its outcome once committed."""
 
     batch: Batch
-    on_done: Callable[[Job], None]
+    on_done: Callable[[Job], None] | None = None  # called in the writer thread, unless
+    waiter: object = None  # ... the writer's ``notify`` reports whole groups (then: its token)
     result: AppendResult | None = None
     error: BaseException | None = None
     abandoned: bool = False
@@ -95,8 +96,17 @@ _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
 class JournalWriter:
     """Owns the only writing connection to the journal, in its own thread."""
 
-    def __init__(self, path: str, options: WriterOptions, now: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        path: str,
+        options: WriterOptions,
+        now: Callable[[], str],
+        notify: Callable[[list[Job]], None] | None = None,
+    ) -> None:
+        """``notify``, when given, is called once per commit with its jobs (one wake-up
+        for the whole group); otherwise each job's ``on_done``."""
         self.path = path
+        self._notify = notify
         self.options = options
         self._now = now
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -295,7 +305,14 @@ class JournalWriter:
                     self.stats.batches += 1
                     self.stats.events += job.result.accepted
                     self.stats.duplicates += job.result.duplicates
-                job.on_done(job)
+                elif job.error is None:  # pragma: no cover - every path sets one
+                    job.error = JournalError("the batch was not journaled")
+            if self._notify is not None:
+                self._notify(jobs)
+            else:
+                for job in jobs:
+                    if job.on_done is not None:
+                        job.on_done(job)
             self._checkpoint_wake.set()
 
     def _write(

@@ -7,9 +7,11 @@ Every body is generated before the timed phase (``bench.payloads``; ids never re
 ``--concurrency`` keep-alive connections per process each post batches back to back, or
 paced so that all of them together offer ``--rate`` events/s. 200 with
 ``{"accepted": n, "duplicates": m}`` acknowledges a batch; 503/429 (and other retryable
-5xx) are counted and the same batch is retried after its Retry-After, capped at 0.05 s.
-Prints one JSON object on stdout. With ``--processes P`` the work is split over P child
-processes that start together after all have pre-generated; their figures are merged.
+5xx) are counted and the same batch is retried after its Retry-After, capped at 0.05 s,
+until it is acknowledged, 60 s have passed or the run's duration is over (then it counts
+as abandoned). Prints one JSON object on stdout. With ``--processes P`` the work is split
+over P child processes that start together after all have pre-generated; their figures
+are merged.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from bench.payloads import MAX_WORKERS, SHAPES, Shape, iter_batches
 _TIMEOUT_S: Final = 30.0  # Marketo's own sender gives up after 20 s
 _MAX_BACKOFF_S: Final = 0.05
 _MIN_BACKOFF_S: Final = 0.005  # never spin: the server shares the CPU with us
-_MAX_CONSECUTIVE_FAILURES: Final = 50
+_MAX_CONSECUTIVE_FAILURES: Final = 50  # connection-level failures: the server is gone
+_GIVE_UP_S: Final = 60.0  # a bench, not a sender: stop retrying one batch after this
 _DEFAULT_BUDGET_RATE: Final = 80_000  # events/s pre-generated per second of --duration
 
 
@@ -73,6 +76,7 @@ class _Tally:
     accepted: int = 0
     duplicates: int = 0
     failed_batches: int = 0
+    abandoned_batches: int = 0
     retries: int = 0
     inline_batches: int = 0
     reused_batches: int = 0
@@ -135,10 +139,21 @@ def _backoff(resp: Response) -> float:
     return min(max(wanted, _MIN_BACKOFF_S), _MAX_BACKOFF_S)
 
 
-async def _deliver(sender: _Sender, body: bytes, opts: Options, tally: _Tally, due: float) -> None:
-    """Post ``body`` until the server acknowledges or definitively refuses it."""
-    failures = 0
+async def _deliver(
+    sender: _Sender, body: bytes, opts: Options, tally: _Tally, due: float, deadline: float
+) -> None:
+    """Post ``body`` until the server acknowledges or refuses it, or we give up on it.
+
+    We give up (``abandoned_batches``) once retries have gone on for ``_GIVE_UP_S`` or the
+    run's ``deadline`` has passed, so a server that answers 503 forever ends the run too.
+    """
+    broken = 0  # consecutive connection-level failures
+    retrying = False
+    give_up_at = min(trio.current_time() + _GIVE_UP_S, deadline)
     while True:
+        if retrying and trio.current_time() >= give_up_at:
+            tally.abandoned_batches += 1
+            return
         sent = time.perf_counter()
         try:
             with trio.fail_after(_TIMEOUT_S):
@@ -146,9 +161,10 @@ async def _deliver(sender: _Sender, body: bytes, opts: Options, tally: _Tally, d
         except (HttpError, trio.TooSlowError) as exc:
             await sender.aclose()  # a timed-out exchange leaves the stream mid-response
             tally.errors["timeout" if isinstance(exc, trio.TooSlowError) else "connection"] += 1
-            failures += 1
-            if failures >= _MAX_CONSECUTIVE_FAILURES:
-                raise LoadgenError(f"{failures} consecutive failures; last: {exc!r}") from exc
+            broken += 1
+            if broken >= _MAX_CONSECUTIVE_FAILURES:
+                raise LoadgenError(f"{broken} consecutive failures; last: {exc!r}") from exc
+            retrying = True
             tally.retries += 1
             await trio.sleep(_MAX_BACKOFF_S)
             continue
@@ -168,6 +184,8 @@ async def _deliver(sender: _Sender, body: bytes, opts: Options, tally: _Tally, d
         tally.errors[str(resp.status)] += 1
         # Adobe retries 429 and 5xx except 505; every other status drops the batch.
         if resp.status == 429 or (resp.status >= 500 and resp.status != 505):
+            broken = 0
+            retrying = True
             tally.retries += 1
             await trio.sleep(_backoff(resp))
             continue
@@ -206,7 +224,7 @@ async def _connection(
                 body = next(more)
             if opts.rate:
                 await trio.sleep_until(due)
-            await _deliver(sender, body, opts, tally, due)
+            await _deliver(sender, body, opts, tally, due, deadline)
             k += 1
     finally:
         if isinstance(sender, RawConnection):
@@ -332,6 +350,7 @@ def _summarise(opts: Options, parts: list[dict[str, Any]]) -> dict[str, Any]:
         "accepted": total("accepted"),
         "duplicates": total("duplicates"),
         "failed_batches": total("failed_batches"),
+        "abandoned_batches": total("abandoned_batches"),
         "retries": total("retries"),
         "errors": dict(sorted(errors.items())),
         "latency_ms": percentiles_ms([x for p in parts for x in p["latencies_us"]]),

@@ -1,0 +1,226 @@
+"""Receiver processes for the benchmarks: start, wait for ready, measure, stop.
+
+Also which streamd to run: the working tree, or a snapshot of one commit (``export_ref``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+REPO: Final = Path(__file__).resolve().parent.parent
+READY_PREFIX: Final = "streamd ready: "
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+
+
+class ServerError(Exception):
+    """Raised when a receiver does not start, or does not stop cleanly in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopStats:
+    """What we learn about a receiver as it stops."""
+
+    peak_rss_mib: float
+    cpu_s: float
+    exit_code: int | None
+    stop_s: float
+
+
+def system_busy_s() -> float:
+    """CPU seconds all CPUs spent busy since boot (``/proc/stat``), to spot other load."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user/nice
+    return (sum(fields[:8]) - idle) / _CLK_TCK
+
+
+def streamd_command(src: Path | None = None) -> list[str]:
+    """How to run streamd: from ``src`` (a source snapshot) if given, else the venv's script."""
+    if src is not None:
+        # PYTHONPATH (set by the caller) puts the snapshot before the editable install;
+        # the log line proves which copy runs.
+        code = (
+            "import sys, streamd; from streamd.cli import main; "
+            "print('streamd imported from', streamd.__file__, file=sys.stderr); sys.exit(main())"
+        )
+        return [sys.executable, "-c", code]
+    script = Path(sys.executable).with_name("streamd")
+    if not script.exists():
+        raise ServerError(f"{script} not found: install the project (make test does)")
+    return [str(script)]
+
+
+class ServerProcess:
+    """A receiver started with stdout/stderr in files, ready once it prints its URL."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        logdir: Path,
+        name: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+    ) -> None:
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.out_path = logdir / f"{name}.server.out"
+        self.err_path = logdir / f"{name}.server.err"
+        # Files, not pipes: a chatty server must never block on a full pipe mid-run.
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=env)
+        self.base_url = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 60.0) -> str:
+        """Return the first ``http://host:port`` it announces; raise ``ServerError``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.out_path.read_text(errors="replace").splitlines():
+                if line.startswith(READY_PREFIX):
+                    self.base_url = line[len(READY_PREFIX) :].strip().rstrip("/")
+                    return self.base_url
+            if self.proc.poll() is not None:
+                raise ServerError(
+                    f"server exited {self.proc.returncode} before ready: {self.stderr_tail()}"
+                )
+            time.sleep(0.05)
+        self.kill()
+        raise ServerError(f"server not ready after {timeout} s: {self.stderr_tail()}")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of all its threads so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self, timeout: float = 60.0) -> StopStats:
+        """Read peak RSS and CPU, send SIGTERM, wait for exit; kill after ``timeout``."""
+        rss, cpu = self.peak_rss_mib(), self.cpu_s()
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = None
+        return StopStats(round(rss, 1), round(cpu, 2), code, round(time.monotonic() - t0, 3))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        return self.err_path.read_text(errors="replace")[-limit:]
+
+
+def start_streamd(
+    workdir: Path,
+    data_dir: Path,
+    synchronous: str,
+    logdir: Path,
+    name: str,
+    src: Path | None = None,
+) -> tuple[ServerProcess, str]:
+    """Start ``streamd serve`` on a free loopback port; return it and its API token.
+
+    With ``src``, the streamd package is imported from that directory instead of the
+    working tree. Raises ``ServerError`` when it does not come up.
+    """
+    config = workdir / "streamd.toml"
+    config.write_text(f'[journal]\nsynchronous = "{synchronous}"\n')
+    token_file = data_dir / "api-token"
+    cmd = [
+        *streamd_command(src),
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(data_dir),
+        "--token-file",
+        str(token_file),
+    ]
+    if src is None:
+        server = ServerProcess(cmd, logdir, name)
+    else:
+        # cwd too: ``python -c`` puts the working directory first on sys.path.
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        server = ServerProcess(cmd, logdir, name, env, cwd=src)
+    try:
+        server.wait_ready()
+        tokens = [t.strip() for t in token_file.read_text().splitlines() if t.strip()]
+        if not tokens:
+            raise ServerError(f"{token_file} holds no token")
+    except BaseException:
+        server.kill()
+        raise
+    return server, tokens[0]
+
+
+def start_baseline(logdir: Path, name: str) -> ServerProcess:
+    """Start ``bench.baseline_app`` on a free loopback port."""
+    cmd = [sys.executable, "-m", "bench.baseline_app", "--listen", "127.0.0.1:0"]
+    server = ServerProcess(cmd, logdir, name)
+    server.wait_ready()
+    return server
+
+
+def source_hash(src: Path | None) -> str:
+    """Changes when streamd or the payloads change, so a cached journal is rebuilt."""
+    root = src or REPO
+    h = hashlib.sha256()
+    for f in sorted((root / "streamd").rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    h.update((REPO / "bench" / "payloads.py").read_bytes())
+    return h.hexdigest()[:12]
+
+
+def export_ref(ref: str, cache: Path) -> tuple[str, Path]:
+    """Extract ``streamd/`` at git ``ref`` under ``cache``; return (commit, directory).
+
+    Benchmarking a commit, not the working tree, keeps a long run on one version of
+    streamd while someone keeps editing it. Raises ``RuntimeError`` for an unknown ref.
+    """
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if rev.returncode != 0:
+        raise RuntimeError(f"unknown git ref {ref!r}: {rev.stderr.strip()}")
+    sha = rev.stdout.strip()
+    dest = cache / f"src-{sha[:12]}"
+    if not dest.exists():
+        tmp = cache / f"src-{sha[:12]}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", sha, "streamd"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        tmp.rename(dest)
+    return sha, dest

@@ -74,6 +74,9 @@ IO_TYPE_PREFIX: Final = "com.adobe.platform.marketo.activity."
 # Deliveries are dated from here on, one second per ten events, so runs are reproducible.
 _EPOCH: Final = 1_777_712_400  # 2026-05-02T09:00:00Z
 _DAY: Final = 86_400
+# Data streams deliver within seconds to minutes of the activity: stamp event
+# times up to five minutes behind the stream's clock (not a random day).
+_LAG: Final = 300
 _POOL_SIZE: Final = 1009
 
 _PAGES: Final = (
@@ -196,7 +199,7 @@ class _Stream:
         else:
             primary_id, primary = rng.randrange(0, 100), rng.choice(("", "Job Title", "Score"))
         fields: dict[str, Any] = {
-            "activityDate": self.stamp(_DAY),
+            "activityDate": self.stamp(_LAG),
             "activityTypeId": type_id,
             "activityType": type_name,
             "primaryAttributeValueId": primary_id,
@@ -238,7 +241,7 @@ class _Stream:
                 "specversion": "1.0",
                 "type": event_type,
                 "source": "urn:marketo_activity_stream",
-                "time": self.stamp(_DAY),
+                "time": self.stamp(_LAG),
                 "datacontenttype": "application/json",
                 "data": data,
                 "recipientclientid": RECIPIENT_CLIENT_ID,

@@ -314,6 +314,7 @@ class Indexer:
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
         conn.execute(f"PRAGMA cache_size = {-1024 * self._cache_mib}")
         return conn
 

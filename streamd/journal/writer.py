@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from streamd.core.wire import EventRecord
 from streamd.errors import JournalBusy, JournalClosed, JournalError
-from streamd.journal.dedup import DedupIndex, Generation, Indexer, Pending
+from streamd.journal.dedup import DEDUP_PAGE_SIZE, DedupIndex, Generation, Indexer, Pending
 from streamd.journal.schema import Synchronous, connect, journal_id, migrate
 
 
@@ -35,7 +35,7 @@ class WriterOptions:
     max_queued_events: int = 200_000
     min_free_disk_bytes: int = 256 * 1024 * 1024
     checkpoint_interval: float = 1.0
-    wal_truncate_bytes: int = 256 * 1024 * 1024
+    wal_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,7 @@ class WriterStatistics:
 
 _STOP = object()
 _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
+_PAGE_SIZES = {"main": 4096, "dedup": DEDUP_PAGE_SIZE}
 
 
 class JournalWriter:
@@ -181,6 +182,8 @@ class JournalWriter:
             conn = connect(
                 self.path, synchronous=self.options.synchronous, cache_mib=self.options.cache_mib
             )
+            # When a checkpoint lets the WAL restart, trim the file to this size.
+            conn.execute(f"PRAGMA journal_size_limit = {self.options.wal_max_bytes}")
         except BaseException as exc:
             self._fail_start(exc)
             return
@@ -419,32 +422,36 @@ class JournalWriter:
         except (JournalError, sqlite3.Error) as exc:
             self._note_error(f"checkpoints disabled: {exc}")
             return
-        wals = (self.path + "-wal", self._dedup.path + "-wal")
         try:
             while True:
                 self._checkpoint_wake.wait()
                 self._checkpoint_wake.clear()
                 closing = self._stopped.is_set()
-                size = max(_size(wal) for wal in wals)
-                mode = (
-                    "TRUNCATE" if closing or size > self.options.wal_truncate_bytes else "PASSIVE"
-                )
-                try:
-                    # No schema name: every attached database (journal and dedup index).
-                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-                    self.stats.checkpoints += 1
-                except sqlite3.Error as exc:
-                    self._note_error(f"checkpoint ({mode}) failed: {exc}")
                 if closing:
+                    self._checkpoint(conn, "TRUNCATE")
                     return
+                # PASSIVE never blocks the writer, but under steady load it never
+                # catches the WAL's end either, so the WAL would only grow. Past
+                # wal_max_bytes, RESTART (most frames are already copied, so it
+                # holds the writer only briefly) makes the next commit start the
+                # WAL over; journal_size_limit then trims the file.
+                wal_bytes = self._checkpoint(conn, "PASSIVE")
+                if wal_bytes > self.options.wal_max_bytes:
+                    self._checkpoint(conn, "RESTART")
                 # Bound checkpoint frequency; commits in between only set the flag.
                 self._stopped.wait(self.options.checkpoint_interval)
         finally:
             conn.close()
 
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> int:
+        """Checkpoint the journal and the dedup index; return the larger WAL in bytes."""
+        wal_bytes = 0
+        for schema in ("main", "dedup"):
+            try:
+                _, log, _ = conn.execute(f"PRAGMA {schema}.wal_checkpoint({mode})").fetchone()
+            except sqlite3.Error as exc:
+                self._note_error(f"checkpoint ({schema}, {mode}) failed: {exc}")
+                continue
+            self.stats.checkpoints += 1
+            wal_bytes = max(wal_bytes, log * _PAGE_SIZES[schema])
+        return wal_bytes

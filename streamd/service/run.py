@@ -41,7 +41,7 @@ def writer_options(config: Config) -> WriterOptions:
         max_queued_events=j.max_queued_events,
         min_free_disk_bytes=j.min_free_disk_mib * _MiB,
         checkpoint_interval=j.checkpoint_interval,
-        wal_truncate_bytes=j.wal_truncate_mib * _MiB,
+        wal_max_bytes=j.wal_max_mib * _MiB,
     )
 
 
@@ -79,6 +79,8 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.errorlog = logging.getLogger("streamd.http")
     hc.include_server_header = False
     hc.backlog = 1024
+    # Senders keep connections open; no reason to make them reconnect every 1,000 requests.
+    hc.keep_alive_max_requests = 100_000
     return hc
 
 

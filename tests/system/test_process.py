@@ -276,7 +276,7 @@ max_events_per_commit = 10000
 max_queued_events = 100000
 min_free_disk_mib = 64
 cache_mib = 16
-wal_truncate_mib = 128
+wal_max_mib = 128
 checkpoint_interval = 2.0
 
 [tokens]

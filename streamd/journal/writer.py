@@ -189,9 +189,12 @@ class JournalWriter:
             return
         try:
             migrate(conn, self.path, self._now())
-            self._dedup = DedupIndex(conn, self.path, self.options.cache_mib)
+            # The dedup index gets a quarter of the cache in each of its two connections:
+            # lookups that miss are served by the OS page cache, which is not our RSS.
+            dedup_cache = max(1, self.options.cache_mib // 4)
+            self._dedup = DedupIndex(conn, self.path, dedup_cache)
             self.stats.reindexed = self._dedup.open(journal_id(conn))
-            self._indexer = Indexer(self._dedup.path, self._pending, self.options.cache_mib)
+            self._indexer = Indexer(self._dedup.path, self._pending, dedup_cache)
             self._indexer.start()
             self._next_seq = conn.execute(
                 "SELECT coalesce(max(seq), 0) + 1 FROM events"

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "contract" / "fixtures"
+# The contract's own copy when it sits beside the repository (as in CI); else the copy
+# vendored in tests/fixtures/contract (test_vendored_fixtures_match_the_contract keeps
+# the two equal whenever both exist).
+_SHARED = REPO.parent / "shared" / "contract" / "fixtures"
+VENDORED = REPO / "tests" / "fixtures" / "contract"
+FIXTURES = _SHARED if _SHARED.is_dir() else VENDORED
 
 
 def fixture_bytes(name: str) -> bytes:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.conftest import FIXTURES  # the contract's copy, or the vendored one
+
 REPO_ROOT = Path(__file__).parents[2]
-FIXTURES = REPO_ROOT / ".." / "shared" / "contract" / "fixtures"
 LOAD_CLIENT = Path(__file__).with_name("_load_client.py")
 READY = re.compile(r"^streamd ready: http://127\.0\.0\.1:(\d+)\n", re.MULTILINE)
 GENERATED = re.compile(r"^streamd: generated an API token \(kept in (.+)\): (\S+)\n", re.MULTILINE)

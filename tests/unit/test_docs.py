@@ -80,3 +80,15 @@ def test_quick_start_is_exactly_two_commands() -> None:
 def test_changelog_and_architecture_exist() -> None:
     assert "## " in (REPO / "CHANGELOG.md").read_text()
     assert "journal.dedup.db" in (REPO / "ARCHITECTURE.md").read_text()
+
+
+def test_vendored_fixtures_match_the_contract() -> None:
+    from tests.conftest import VENDORED
+
+    shared = REPO.parent / "shared" / "contract" / "fixtures"
+    if not shared.is_dir():
+        pytest.skip("no ../shared beside the repository; the vendored copy is used")
+    names = sorted(p.name for p in shared.iterdir())
+    assert names == sorted(p.name for p in VENDORED.iterdir())
+    for name in names:
+        assert (shared / name).read_bytes() == (VENDORED / name).read_bytes(), name

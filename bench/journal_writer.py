@@ -1,0 +1,123 @@
+"""How fast is the journal writer by itself, with no HTTP, as the journal grows?
+
+    python -m bench.journal_writer --synchronous full --batch 500 --inflight 16 \\
+        --prefill 2000000 --events 400000
+
+Decodes generated bodies with streamd's own ``decode_delivery`` before the clock
+starts, then submits them to a real ``JournalWriter`` (group commit, dedup, indexer
+and checkpoint threads) keeping ``--inflight`` batches outstanding, as concurrent
+requests would. ``--prefill`` events go in first, untimed in the result but reported.
+Timed: ``--events`` more. Prints one JSON object: events/s, commits, batches per
+commit, and the journal's size. This is the question behind the dedup-index design
+in ARCHITECTURE.md; each run is its own process on a fresh journal in a temporary
+directory under ``bench/.cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from bench.payloads import SHAPES, iter_batches
+from streamd.core import Delivery, decode_delivery
+from streamd.journal import Batch, Job, JournalWriter, WriterOptions, utc_now
+
+_CACHE: Final = Path(__file__).resolve().parent / ".cache"
+
+
+def _deliveries(shape: str, batch: int, events: int, seed: int, worker: int) -> list[Delivery]:
+    count = max(1, events // batch)
+    bodies = iter_batches(shape, batch, seed=seed, worker=worker)  # type: ignore[arg-type]
+    return [decode_delivery(body) for body in islice(bodies, count)]
+
+
+def _drive(writer: JournalWriter, deliveries: list[Delivery], inflight: int) -> float:
+    """Submit every delivery with at most ``inflight`` outstanding; return seconds."""
+    slots = threading.Semaphore(inflight)
+    errors: list[BaseException] = []
+
+    def done(job: Job) -> None:
+        if job.error is not None:
+            errors.append(job.error)
+        slots.release()
+
+    started = time.perf_counter()
+    for delivery in deliveries:
+        slots.acquire()
+        batch = Batch("bench", utc_now(), delivery.shape, delivery.events)
+        writer.submit(Job(batch=batch, on_done=done))
+    for _ in range(inflight):
+        slots.acquire()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} batches failed, first: {errors[0]}")
+    return elapsed
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    _CACHE.mkdir(exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="journal-writer-", dir=_CACHE)
+    try:
+        prefill = (
+            _deliveries(args.shape, args.batch, args.prefill, args.seed, 1) if args.prefill else []
+        )
+        timed = _deliveries(args.shape, args.batch, args.events, args.seed, 2)
+        options = WriterOptions(synchronous=args.synchronous, max_queued_events=10**9)
+        writer = JournalWriter(os.path.join(directory, "journal.db"), options, utc_now)
+        writer.start()
+        try:
+            prefill_s = _drive(writer, prefill, args.inflight) if prefill else 0.0
+            commits_before = writer.stats.commits
+            elapsed = _drive(writer, timed, args.inflight)
+            commits = writer.stats.commits - commits_before
+        finally:
+            writer.close()
+        timed_events = sum(len(d.events) for d in timed)
+        size = sum(p.stat().st_size for p in Path(directory).iterdir())
+        return {
+            "question": "journal writer alone",
+            "synchronous": args.synchronous,
+            "shape": args.shape,
+            "batch": args.batch,
+            "inflight": args.inflight,
+            "prefill_events": sum(len(d.events) for d in prefill),
+            "prefill_events_per_s": round(sum(len(d.events) for d in prefill) / prefill_s, 1)
+            if prefill_s
+            else None,
+            "events": timed_events,
+            "seconds": round(elapsed, 3),
+            "events_per_s": round(timed_events / elapsed, 1),
+            "commits": commits,
+            "batches_per_commit": round(len(timed) / max(1, commits), 2),
+            "journal_bytes": size,
+        }
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.journal_writer", description=__doc__)
+    ap.add_argument("--synchronous", choices=("full", "normal"), default="full")
+    ap.add_argument("--shape", choices=SHAPES, default="legacy")
+    ap.add_argument("--batch", type=int, default=500, help="events per batch (request)")
+    ap.add_argument("--inflight", type=int, default=16, help="batches outstanding at once")
+    ap.add_argument("--prefill", type=int, default=0, help="events journaled before timing")
+    ap.add_argument("--events", type=int, default=200_000, help="events timed")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    print(orjson.dumps(run(args)).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

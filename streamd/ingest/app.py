@@ -161,14 +161,14 @@ class IngestApp:
         try:
             delivery = decode_delivery(body)
         except PayloadError as exc:
-            log.info("rejected a body from source %s: %s", source.name, exc)
+            log.info("rejected a body from source %s: %r", source.name, str(exc))
             await self._error(send, 400, str(exc))
             return
         if delivery.shape == "challenge":
             # Never journaled; someone (or a later streamd) must GET it within 5 minutes.
             log.warning(
                 "source %s received an Adobe validationUrl; open it within 5 minutes to "
-                "confirm the registration: %s",
+                "confirm the registration: %r",  # repr: a body cannot forge log lines
                 source.name,
                 delivery.validation_url,
             )

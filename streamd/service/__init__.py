@@ -1,6 +1,6 @@
 """The daemon: configuration, the root nursery, signals, hypercorn."""
 
 from streamd.service.config import Config, load_config
-from streamd.service.run import serve
+from streamd.service.run import Running, serve
 
-__all__ = ["Config", "load_config", "serve"]
+__all__ = ["Config", "Running", "load_config", "serve"]

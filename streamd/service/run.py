@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -24,11 +25,20 @@ from hypercorn.utils import wrap_app
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
-from streamd.journal import WriterOptions, open_journal
+from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.service.config import Config
 
 log = logging.getLogger("streamd.service")
 _MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What a started service reports: its URLs, and the parts to observe (metrics, tests)."""
+
+    binds: list[str]
+    app: IngestApp
+    journal: Journal
 
 
 def writer_options(config: Config) -> WriterOptions:
@@ -88,9 +98,9 @@ async def serve(
     config: Config,
     *,
     announce: Callable[[str], None] = print,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run streamd until a signal stops it; reports the bound URLs through ``task_status``.
+    """Run streamd until a signal stops it; reports a :class:`Running` through ``task_status``.
 
     Raises :class:`ConfigError` or :class:`JournalError` when it cannot start.
     """
@@ -128,7 +138,7 @@ async def serve(
                 config.journal.synchronous,
                 ", ".join(f"{s.name} at {s.path}" for s in sources),
             )
-            task_status.started(binds)
+            task_status.started(Running(binds, app, journal))
         log.info("stopped accepting; committing what is queued")
     log.info("journal closed; exiting")
 

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import trio
 
-from streamd.service import serve
+from streamd.service import Running, serve
 from streamd.service.config import Config, decode_config
 
 TOKEN = "integration-token-0123456789"
@@ -26,6 +26,14 @@ class Server:
     data_dir: Path
     client: httpx.AsyncClient
     announced: list[str]
+    running: Running
+
+    async def wait_for(self, condition: Callable[[], bool], what: str) -> None:
+        """Wait (at most 10 s) until ``condition()`` holds."""
+        with trio.fail_after(10):
+            while not condition():
+                await trio.sleep(0.01)
+        assert condition(), what
 
     @property
     def journal(self) -> Path:
@@ -67,8 +75,8 @@ async def start_server(data_dir: Path) -> AsyncIterator[StartServer]:
         async def start(toml: str = "") -> Server:
             config = make_config(data_dir, toml)
             announced: list[str] = []
-            binds = await nursery.start(partial(serve, config, announce=announced.append))
-            return Server(binds[0], TOKEN, data_dir, client, announced)
+            running = await nursery.start(partial(serve, config, announce=announced.append))
+            return Server(running.binds[0], TOKEN, data_dir, client, announced, running)
 
         yield start
         nursery.cancel_scope.cancel()

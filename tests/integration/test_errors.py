@@ -183,7 +183,8 @@ async def test_503_when_the_writer_queue_is_full(start_server: StartServer) -> N
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stuck)
-            await trio.sleep(0.3)  # the first batch is queued behind the lock
+            journal = server.running.journal
+            await server.wait_for(lambda: journal.statistics().queued_events == 6, "queued")
             response = await server.post(fixture_bytes("lads_batch"))
             assert response.status_code == 503
             assert response.headers["retry-after"] == "2"
@@ -250,7 +251,7 @@ async def test_503_for_too_many_requests_in_flight(start_server: StartServer) ->
                 statuses.append((await server.post(fixture_bytes("lads_single"))).status_code)
 
             nursery.start_soon(stuck)
-            await trio.sleep(0.3)
+            await server.wait_for(lambda: server.running.app.in_flight == 1, "in flight")
             response = await server.post(fixture_bytes("lads_batch"))
             assert response.status_code == 503
             assert "too many requests in flight" in response.json()["error"]

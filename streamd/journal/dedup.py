@@ -33,7 +33,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from streamd.core.normalise import key_hash
@@ -70,7 +70,7 @@ class DedupIndex:
         self.covered_seq = 0
 
     # -- opening -----------------------------------------------------------
-    def open(self, journal_id: str, on_progress: Callable[[int], None] | None = None) -> int:
+    def open(self, journal_id: str) -> int:
         """Attach (creating or rebuilding as needed) and bring the index up to date.
 
         Returns how many events were indexed again. Raises :class:`JournalError`.
@@ -89,7 +89,7 @@ class DedupIndex:
                 raise JournalError(
                     f"{self.path}: cannot create the dedup index: {again}"
                 ) from again
-        return self.reconcile(on_progress)
+        return self.reconcile()
 
     def _attach(self, journal_id: str) -> None:
         conn = self._conn
@@ -189,7 +189,7 @@ class DedupIndex:
             raise
         self.covered_seq = covered_seq
 
-    def reconcile(self, on_progress: Callable[[int], None] | None = None) -> int:
+    def reconcile(self) -> int:
         """Index every journaled event past ``covered_seq``; return how many.
 
         Raises :class:`JournalError` when the journal or the index cannot be read or written.
@@ -219,8 +219,6 @@ class DedupIndex:
                         overflow.append((key, seq))
                 self.store(owners, overflow, rows[-1][0])
                 done += len(rows)
-                if on_progress is not None:
-                    on_progress(done)
         except sqlite3.Error as exc:
             raise JournalError(
                 f"{self.path}: cannot bring the dedup index up to date: {exc}"
@@ -281,10 +279,6 @@ class Pending:
         """Wake the indexer (to notice a stop)."""
         with self._cond:
             self._cond.notify_all()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
 
 
 class Indexer:

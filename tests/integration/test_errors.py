@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,22 @@ from streamd.ingest import app as app_module
 from tests.conftest import fixture_bytes
 from tests.integration.conftest import TOKEN, Server, StartServer
 from tests.integration.test_ingest import count
+
+
+@contextlib.contextmanager
+def write_locked(journal: Path) -> Iterator[sqlite3.Connection]:
+    """Hold the journal's write lock from another connection: the writer stalls.
+
+    Release early with ``conn.execute("ROLLBACK")``; released in any case on exit.
+    """
+    blocker = sqlite3.connect(journal, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield blocker
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
 
 
 async def raw_exchange(server: Server, request: bytes, *, read_until_close: bool = False) -> bytes:
@@ -173,9 +191,7 @@ async def test_400_for_a_malformed_content_length(server: Server) -> None:
 
 async def test_503_when_the_writer_queue_is_full(start_server: StartServer) -> None:
     server = await start_server("[journal]\nmax_queued_events = 10\ncommit_budget = 30.0\n")
-    blocker = sqlite3.connect(server.journal, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # stall the writer: nothing can commit
-    try:
+    with write_locked(server.journal) as blocker:  # stall the writer: nothing can commit
         first: list[int] = []
 
         async def stuck() -> None:
@@ -190,23 +206,14 @@ async def test_503_when_the_writer_queue_is_full(start_server: StartServer) -> N
             assert response.headers["retry-after"] == "2"
             assert "queue is full" in response.json()["error"]
             blocker.execute("ROLLBACK")
-    finally:
-        if blocker.in_transaction:
-            blocker.execute("ROLLBACK")
-        blocker.close()
     assert first == [200]
     assert count(server) == 6
 
 
 async def test_503_when_the_commit_exceeds_its_budget(start_server: StartServer) -> None:
     server = await start_server("[journal]\ncommit_budget = 0.3\n")
-    blocker = sqlite3.connect(server.journal, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
+    with write_locked(server.journal):
         response = await server.post(fixture_bytes("lads_batch"))
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     assert response.status_code == 503
     assert "did not commit within 0.3 s" in response.json()["error"]
     assert "retry-after" in response.headers
@@ -241,10 +248,8 @@ async def test_503_for_an_unexpected_error_never_a_traceback(
 
 async def test_503_for_too_many_requests_in_flight(start_server: StartServer) -> None:
     server = await start_server("[server]\nmax_in_flight = 1\n[journal]\ncommit_budget = 30.0\n")
-    blocker = sqlite3.connect(server.journal, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
     statuses: list[int] = []
-    try:
+    with write_locked(server.journal) as blocker:
         async with trio.open_nursery() as nursery:
 
             async def stuck() -> None:
@@ -256,10 +261,6 @@ async def test_503_for_too_many_requests_in_flight(start_server: StartServer) ->
             assert response.status_code == 503
             assert "too many requests in flight" in response.json()["error"]
             blocker.execute("ROLLBACK")
-    finally:
-        if blocker.in_transaction:
-            blocker.execute("ROLLBACK")
-        blocker.close()
     assert statuses == [200]
 
 

@@ -56,9 +56,26 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
             # Identifies this journal, so a dedup index built for another one is never trusted.
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
             "INSERT INTO meta VALUES ('journal_id', lower(hex(randomblob(16))))",
+            # The one secondary index on events: every index costs ingest a B-tree write
+            # per event (ARCHITECTURE.md, "Indexes on events", has the figures).
             "CREATE INDEX events_stream_type ON events(stream, type)",
-            "CREATE INDEX events_munchkin ON events(munchkin_id)",
-            "CREATE INDEX events_occurred ON events(occurred_at)",
+            # Per-minute counts, written by the writer in the same transaction as the
+            # events they count: time windows and totals without scanning events.
+            """
+            CREATE TABLE event_counts (
+                minute TEXT NOT NULL,
+                source TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                type TEXT NOT NULL,
+                munchkin_id TEXT NOT NULL,
+                events INTEGER NOT NULL,
+                first_seq INTEGER NOT NULL,
+                last_seq INTEGER NOT NULL,
+                min_occurred_at TEXT,
+                max_occurred_at TEXT,
+                PRIMARY KEY (minute, source, stream, type, munchkin_id)
+            ) WITHOUT ROWID
+            """,
         ),
     ),
 )

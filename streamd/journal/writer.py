@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamd.core.wire import EventRecord
 from streamd.errors import JournalBusy, JournalClosed, JournalError
@@ -91,6 +92,22 @@ class WriterStatistics:
 
 _STOP = object()
 _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
+
+# event_counts: (stream, type, munchkin) -> [events, first_seq, last_seq, min_occ, max_occ]
+_Counts = dict[tuple[str, str, str], list[Any]]
+_UPSERT_COUNTS = """
+INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (minute, source, stream, type, munchkin_id) DO UPDATE SET
+    events = events + excluded.events,
+    first_seq = min(first_seq, excluded.first_seq),
+    last_seq = max(last_seq, excluded.last_seq),
+    min_occurred_at = coalesce(
+        min(min_occurred_at, excluded.min_occurred_at), min_occurred_at, excluded.min_occurred_at
+    ),
+    max_occurred_at = coalesce(
+        max(max_occurred_at, excluded.max_occurred_at), max_occurred_at, excluded.max_occurred_at
+    )
+"""
 _PAGE_SIZES = {"main": 4096, "dedup": DEDUP_PAGE_SIZE}
 
 
@@ -256,6 +273,7 @@ class JournalWriter:
         group = Generation()
         # Copy the pending generations *before* the index read begins (dedup.py).
         earlier = self._pending.snapshot()
+        counts: dict[tuple[str, str, str, str, str], list[Any]] = {}
         committed = False
         try:
             # DEFERRED: the write lock is needed on the journal only, never on the index,
@@ -269,9 +287,13 @@ class JournalWriter:
                 conn.execute("SAVEPOINT batch")
                 added: list[int] = []
                 overflowed: list[str] = []
+                batch_counts: _Counts = {}
                 try:
-                    job.result = self._write(conn, job.batch, group, earlier, added, overflowed)
+                    job.result = self._write(
+                        conn, job.batch, group, earlier, added, overflowed, batch_counts
+                    )
                     conn.execute("RELEASE batch")
+                    _merge_counts(counts, job.batch, batch_counts)
                 except sqlite3.Error as exc:
                     conn.execute("ROLLBACK TO batch")
                     conn.execute("RELEASE batch")
@@ -282,6 +304,8 @@ class JournalWriter:
                     job.result = None
                     job.error = JournalError(f"cannot journal the batch: {exc}")
                     self._note_error(f"batch from {job.batch.source}: {exc}")
+            if counts:
+                conn.executemany(_UPSERT_COUNTS, [(*k, *v) for k, v in counts.items()])
             conn.execute("COMMIT")  # ack only after COMMIT: results are released below
             committed = True
         except Exception as exc:  # sqlite3.Error, or a bug: never a dead writer thread
@@ -329,6 +353,7 @@ class JournalWriter:
         earlier: list[Generation],
         added: list[int],
         overflowed: list[str],
+        counts: _Counts,
     ) -> AppendResult:
         events = batch.events
         fresh: dict[str, EventRecord] = {}
@@ -350,6 +375,19 @@ class JournalWriter:
                 # A distinct key whose 64-bit hash is taken: journal it, keyed by full text.
                 group.overflow[key] = seq
                 overflowed.append(key)
+            occurred = record.occurred_at
+            ck = (record.stream, record.type or "", record.munchkin_id or "")
+            c = counts.get(ck)
+            if c is None:
+                counts[ck] = [1, seq, seq, occurred, occurred]
+            else:
+                c[0] += 1
+                c[2] = seq
+                if occurred is not None:
+                    if c[3] is None or occurred < c[3]:
+                        c[3] = occurred
+                    if c[4] is None or occurred > c[4]:
+                        c[4] = occurred
             rows.append(
                 (
                     seq,
@@ -458,3 +496,23 @@ class JournalWriter:
             self.stats.checkpoints += 1
             wal_bytes = max(wal_bytes, log * _PAGE_SIZES[schema])
         return wal_bytes
+
+
+def _merge_counts(
+    into: dict[tuple[str, str, str, str, str], list[Any]], batch: Batch, counts: _Counts
+) -> None:
+    """Add one committed batch's counts to its group's, keyed by minute and source."""
+    minute = batch.received_at[:16]  # YYYY-MM-DDTHH:MM
+    for (stream, type_, munchkin), c in counts.items():
+        key = (minute, batch.source, stream, type_, munchkin)
+        g = into.get(key)
+        if g is None:
+            into[key] = c
+            continue
+        g[0] += c[0]
+        g[1] = min(g[1], c[1])
+        g[2] = max(g[2], c[2])
+        if c[3] is not None and (g[3] is None or c[3] < g[3]):
+            g[3] = c[3]
+        if c[4] is not None and (g[4] is None or c[4] > g[4]):
+            g[4] = c[4]

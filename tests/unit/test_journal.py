@@ -52,6 +52,23 @@ def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
+def assert_counts_agree(path: Path) -> None:
+    """event_counts (kept by the writer) must equal what a scan of events says."""
+    kept = rows(
+        path,
+        "SELECT minute, source, stream, type, munchkin_id, events, first_seq, last_seq, "
+        "min_occurred_at, max_occurred_at FROM event_counts ORDER BY 1, 2, 3, 4, 5",
+    )
+    scanned = rows(
+        path,
+        "SELECT substr(received_at, 1, 16), source, stream, coalesce(type, ''), "
+        "coalesce(munchkin_id, ''), count(*), min(seq), max(seq), min(occurred_at), "
+        "max(occurred_at) FROM events GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+    )
+    assert kept == scanned
+    assert kept, "no events: the comparison would prove nothing"
+
+
 def dedup_file(journal_path: Path) -> Path:
     return Path(dedup_path(str(journal_path)))
 
@@ -82,6 +99,7 @@ async def test_fixtures_are_journaled_once(journal_path: Path) -> None:
     assert stats["duplicates"] == 14
     assert stats["deliveries"] == 12
     assert stats["by_stream"] == {"activity": 11, "audit": 2, "notification": 1}
+    assert_counts_agree(journal_path)
 
 
 async def test_columns_and_raw_are_stored(journal_path: Path) -> None:
@@ -131,6 +149,7 @@ async def test_hash_collision_never_hides_a_distinct_event(journal_path: Path) -
         ("k1",), ("k2",), ("k3",)
     ]  # fmt: skip
     assert rows(dedup_file(journal_path), "SELECT count(*) FROM dedup_overflow") == [(2,)]
+    assert_counts_agree(journal_path)
 
 
 async def test_concurrent_batches_share_commits(journal_path: Path) -> None:
@@ -150,6 +169,48 @@ async def test_concurrent_batches_share_commits(journal_path: Path) -> None:
     # Group commit: many requests per transaction (one fsync each).
     assert stats.commits < 200
     assert rows(journal_path, "SELECT count(*) FROM events") == [(4000,)]
+    assert_counts_agree(journal_path)
+
+
+async def test_a_failing_batch_takes_nothing_of_itself_or_its_group(journal_path: Path) -> None:
+    # A real SQLite failure in the middle of one batch (a trigger raises on one event):
+    # that batch's savepoint is rolled back, the other batches of the same commit stay,
+    # and the per-minute counts count exactly the rows that stayed.
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        conn = sqlite3.connect(journal_path)
+        conn.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.event_key LIKE 'poison%' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned event'); END"
+        )
+        conn.close()
+        outcomes: dict[int, object] = {}
+
+        async def send(i: int) -> None:
+            keys = [f"{i}-{j}" for j in range(10)]
+            if i % 3 == 0:
+                keys[5] = f"poison-{i}"
+            try:
+                result = await journal.append(
+                    Batch(f"src{i % 2}", utc_now(), "x", [record(k) for k in keys])
+                )
+                outcomes[i] = result.accepted
+            except JournalError as exc:
+                outcomes[i] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(send, i)
+        stats = journal.statistics()
+    assert stats.commits < 30  # the failures happened inside shared commits
+    for i, outcome in outcomes.items():
+        if i % 3 == 0:
+            assert isinstance(outcome, str) and "poisoned event" in outcome
+        else:
+            assert outcome == 10
+    assert rows(journal_path, "SELECT count(*) FROM events") == [(200,)]
+    assert rows(journal_path, "SELECT count(*) FROM events WHERE event_key LIKE '0-%'") == [(0,)]
+    assert rows(journal_path, "SELECT count(*) FROM deliveries") == [(20,)]
+    assert_counts_agree(journal_path)
 
 
 async def test_reopen_continues_sequence_and_dedup(journal_path: Path) -> None:

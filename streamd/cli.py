@@ -19,6 +19,7 @@ from streamd.errors import ConfigError, JournalError, StreamdError
 from streamd.journal import journal_stats
 from streamd.service import load_config, serve
 from streamd.service.config import Config, default_data_dir
+from streamd.service.sdnotify import Notifier, take_environment
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -138,9 +139,15 @@ def _announce(line: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Taken out of the environment first: children must not speak for the daemon.
+    notifier = Notifier(take_environment())
     config = _load(args)
     try:
-        trio.run(partial(serve, config, announce=_announce))
+        trio.run(
+            partial(
+                serve, config, announce=_announce, notifier=notifier, reload=partial(_load, args)
+            )
+        )
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled by the service
         return 1
     return 0

@@ -71,6 +71,10 @@ class IngestApp:
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
 
+    def replace_sources(self, sources: list[Source]) -> None:
+        """Swap in new sources (a reload): requests already routed keep their old one."""
+        self._routes = {s.path.rstrip("/") or "/": s for s in sources}
+
     def begin_shutdown(self) -> None:
         """From now on, POSTs get 503 + Retry-After (the sender keeps the events)."""
         self._stopping = True

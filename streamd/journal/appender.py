@@ -59,6 +59,10 @@ class Journal:
         assert job.result is not None
         return job.result
 
+    def making_progress(self, within: float) -> bool:
+        """Is the writer alive and committing (or idle)? For the systemd watchdog."""
+        return self._writer.making_progress(within)
+
     def statistics(self) -> WriterStatistics:
         """The writer's counters (commits, events, duplicates, queue, disk state)."""
         return self._writer.stats

@@ -88,6 +88,9 @@ class WriterStatistics:
     checkpoints: int = 0
     reindexed: int = 0
     errors: list[str] = field(default_factory=list)
+    # time.monotonic() when the writer thread last finished a commit or found
+    # nothing to do: a stale value with batches waiting means a wedged writer.
+    progress_at: float = field(default_factory=time.monotonic)
 
 
 _STOP = object()
@@ -175,6 +178,15 @@ class JournalWriter:
         if self._checkpointer.is_alive():
             self._checkpointer.join()
 
+    def making_progress(self, within: float) -> bool:
+        """True unless the writer thread died, or has batches waiting and has not
+        finished a commit (nor been idle) in the last ``within`` seconds."""
+        if not self._thread.is_alive():
+            return False
+        if time.monotonic() - self.stats.progress_at < within:
+            return True
+        return self._queued == 0 and self._queue.empty()
+
     # -- submission (any thread) -------------------------------------------
     def submit(self, job: Job) -> None:
         """Queue a batch for the next commit.
@@ -238,6 +250,7 @@ class JournalWriter:
                     # batch, so only this re-check can lift it.
                     first = self._queue.get(timeout=1.0)
                 except queue.Empty:
+                    self.stats.progress_at = time.monotonic()
                     self._check_disk()
                     continue
                 if first is _STOP:
@@ -257,6 +270,7 @@ class JournalWriter:
                     jobs.append(nxt)
                     events += len(nxt.batch.events)
                 self._commit(conn, jobs)
+                self.stats.progress_at = time.monotonic()
                 self._check_disk()
         finally:
             if self._indexer is not None:

@@ -27,6 +27,7 @@ from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
 from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.service.config import Config
+from streamd.service.sdnotify import Notifier
 
 log = logging.getLogger("streamd.service")
 _MiB = 1024 * 1024
@@ -69,7 +70,13 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
                 if path == config.default_token_file or path in config.tokens.files:
                     generated = ensure_token_file(path)
                     if generated is not None and announce is not None:
-                        announce(f"streamd: generated an API token (kept in {path}): {generated}")
+                        if os.environ.get("INVOCATION_ID"):
+                            # Under systemd stdout is the journal: a secret never goes there.
+                            announce(f"streamd: generated an API token; read it in {path}")
+                        else:
+                            announce(
+                                f"streamd: generated an API token (kept in {path}): {generated}"
+                            )
                 if loose_permissions(path):
                     log.warning("token file %s is readable by group or others; chmod 600 it", path)
                 cache[path] = read_token_file(path)
@@ -94,18 +101,46 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     return hc
 
 
+def activated_binds(environ: dict[str, str] | None = None) -> list[str] | None:
+    """``fd://N`` binds for the sockets systemd passed (socket activation), else None.
+
+    Honours ``$LISTEN_FDS`` only when ``$LISTEN_PID`` names this process, as
+    sd_listen_fds(3) does; removes both so children do not inherit them.
+    """
+    env = os.environ if environ is None else environ
+    pid, count = env.pop("LISTEN_PID", None), env.pop("LISTEN_FDS", None)
+    env.pop("LISTEN_FDNAMES", None)
+    if pid is None or count is None or pid != str(os.getpid()):
+        return None
+    if not count.isdigit() or not 0 < int(count) <= 64:
+        raise ConfigError(f"LISTEN_FDS={count!r}: expected 1 to 64 sockets from systemd")
+    return [f"fd://{3 + i}" for i in range(int(count))]
+
+
 async def serve(
     config: Config,
     *,
     announce: Callable[[str], None] = print,
+    notifier: Notifier | None = None,
+    reload: Callable[[], Config] | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run streamd until a signal stops it; reports a :class:`Running` through ``task_status``.
 
+    ``notifier`` speaks systemd's notify protocol (READY, STATUS, WATCHDOG,
+    STOPPING); without one, nothing is sent. ``reload`` re-reads the
+    configuration on SIGHUP (raising :class:`ConfigError` when it is invalid);
+    without one, SIGHUP is logged and ignored.
     Raises :class:`ConfigError` or :class:`JournalError` when it cannot start.
     """
+    notify = notifier or Notifier({})
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     hconfig = hypercorn_config(config)
+    activated = activated_binds()
+    if activated is not None:
+        log.info("socket activation: serving the %d socket(s) systemd passed", len(activated))
+        hconfig.bind = activated
+    notify.status("opening the journal")
     try:
         # Bound here, outside any nursery, so "address in use" is one clear error.
         sockets = hconfig.create_sockets()
@@ -126,10 +161,12 @@ async def serve(
         )
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, app, stop)
+            reloader = _Reloader(config, reload, app, notify)
+            nursery.start_soon(_watch_signals, app, stop, notify, reloader)
             binds: list[str] = await nursery.start(
                 _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
             )
+            nursery.start_soon(_report_to_systemd, notify, app, journal, binds, stop)
             for bind in binds:
                 announce(f"streamd ready: {bind}")
             log.info(
@@ -140,6 +177,8 @@ async def serve(
             )
             task_status.started(Running(binds, app, journal))
         log.info("stopped accepting; committing what is queued")
+        notify.stopping("committing what is queued and checkpointing the journal")
+        notify.extend_timeout(10.0)
     log.info("journal closed; exiting")
 
 
@@ -178,19 +217,108 @@ async def _cancel_when_drained(app: IngestApp, stop: trio.Event, scope: trio.Can
     scope.cancel()
 
 
-async def _watch_signals(app: IngestApp, stop: trio.Event) -> None:
+async def _report_to_systemd(
+    notify: Notifier, app: IngestApp, journal: Journal, binds: list[str], stop: trio.Event
+) -> None:
+    """READY once listening; then STATUS lines and watchdog pings until stop.
+
+    A ping goes out only while the journal writer makes progress (commits, or
+    is idle with nothing queued): a wedged writer stops the pings and systemd
+    restarts the process (WatchdogSec), rather than senders hanging on it.
+    """
+    if not notify.enabled:
+        return
+    stats = journal.statistics()
+    notify.ready(f"listening on {', '.join(binds)}; {stats.events} events journaled")
+    usec = notify.watchdog_usec
+    tick = min(usec / 2_000_000, 5.0) if usec else 5.0
+    stale_after = max(usec / 1_000_000 if usec else 0.0, 2.5)  # the writer idles 1 s at most
+    last_events, last_time, next_status, wedged = stats.events, trio.current_time(), 0.0, False
+    while not stop.is_set():
+        now = trio.current_time()
+        if usec:
+            if journal.making_progress(stale_after):
+                notify.watchdog()
+                wedged = False
+            elif not wedged:
+                wedged = True
+                log.error(
+                    "journal writer has made no progress for %.1f s with batches waiting; "
+                    "withholding watchdog pings",
+                    stale_after,
+                )
+        if now >= next_status:
+            rate = (stats.events - last_events) / max(now - last_time, 1e-9)
+            last_events, last_time, next_status = stats.events, now, now + 10.0
+            notify.status(
+                f"{stats.events} events journaled ({rate:.0f}/s), {stats.queued_events} queued, "
+                f"{app.in_flight} requests in flight" + ("; LOW DISK" if stats.low_disk else "")
+            )
+        with trio.move_on_after(tick):
+            await stop.wait()
+    # Stopping: keep extending systemd's stop timeout while requests still finish.
+    while app.in_flight:
+        notify.extend_timeout(3.0)
+        await trio.sleep(1.0)
+
+
+class _Reloader:
+    """SIGHUP: re-read and fully validate the configuration, then swap in what can
+    change live (sources and their tokens). An invalid configuration changes
+    nothing: the old one stays and the log says why."""
+
+    # Settings a running process cannot take over; they need a restart.
+    _RESTART_ONLY = ("data_dir", "server", "journal")
+
+    def __init__(
+        self,
+        config: Config,
+        load: Callable[[], Config] | None,
+        app: IngestApp,
+        notify: Notifier,
+    ) -> None:
+        self.config = config
+        self._load = load
+        self._app = app
+        self._notify = notify
+
+    async def __call__(self) -> None:
+        if self._load is None:
+            log.warning("SIGHUP: this process was started without a reloadable configuration")
+            return
+        self._notify.reloading()
+        try:
+            new = await trio.to_thread.run_sync(self._load)
+            sources = await trio.to_thread.run_sync(load_sources, new)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, keeping the old one: %s", exc)
+        else:
+            for name in self._RESTART_ONLY:
+                if getattr(new, name) != getattr(self.config, name):
+                    log.warning("SIGHUP: a change to [%s] takes effect only after a restart", name)
+            self._app.replace_sources(sources)
+            self.config = new
+            log.info(
+                "SIGHUP: configuration reloaded; sources: %s",
+                ", ".join(f"{s.name} at {s.path}" for s in sources),
+            )
+        self._notify.ready("configuration reloaded; serving")
+
+
+async def _watch_signals(
+    app: IngestApp, stop: trio.Event, notify: Notifier, reload: _Reloader
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                log.warning(
-                    "SIGHUP: configuration reload is not supported by this version; "
-                    "restart streamd to apply changes"
-                )
+                if not stop.is_set():
+                    await reload()
                 continue
             if stop.is_set():
                 log.warning("second signal: exiting now (acknowledged events are committed)")
                 sys.stderr.flush()
                 os._exit(1)
             log.info("%s: stopping gracefully", signal.Signals(signum).name)
+            notify.stopping("stopping: finishing in-flight requests")
             app.begin_shutdown()
             stop.set()

@@ -24,6 +24,7 @@ from ._harness import (
     assert_no_traceback,
     check_batches_atomic,
     check_journal,
+    clean_env,
     fixture_bytes,
     journal_keys,
     legacy_ids,
@@ -76,6 +77,22 @@ def test_token_file_flag_creates_that_file(tmp_path: Path, processes: Processes)
     assert GENERATED.findall(server.spawned.stdout()) == [(str(token_file), token)]
     assert not (tmp_path / "data" / "api-token").exists()
     assert post(server.port, LEGACY, token=token).status == 200
+    stop_gracefully(server)
+
+
+def test_under_systemd_the_generated_token_is_never_printed(
+    tmp_path: Path, processes: Processes
+) -> None:
+    # systemd sets INVOCATION_ID; stdout then goes to the journal, where no secret belongs.
+    data_dir = tmp_path / "data"
+    argv = [*streamd_argv(), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    env = {**clean_env(), "INVOCATION_ID": "0123456789abcdef0123456789abcdef"}
+    server = Server(processes.spawn(argv, "under-systemd", env=env), data_dir)
+    server.wait_ready()
+    token = server.token()
+    out = server.spawned.stdout() + server.spawned.stderr()
+    assert f"streamd: generated an API token; read it in {data_dir / 'api-token'}" in out
+    assert token not in out
     stop_gracefully(server)
 
 

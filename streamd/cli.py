@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from streamd.errors import ConfigError, JournalError, StreamdError
 from streamd.journal import journal_stats
 from streamd.service import load_config, serve
 from streamd.service.config import Config, default_data_dir
+from streamd.service.logs import LOG_FORMATS, configure_logging
 from streamd.service.sdnotify import Notifier, take_environment
 
 
@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (default: info, or $STREAMD_LOG_LEVEL)",
     )
+    log_format = os.environ.get("STREAMD_LOG_FORMAT", "auto")
+    parser.add_argument(
+        "--log-format",
+        default=log_format if log_format in LOG_FORMATS else "auto",
+        choices=LOG_FORMATS,
+        help="log lines as text or JSON; auto: text on a terminal, JSON otherwise "
+        "(default: auto, or $STREAMD_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -87,11 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamd`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         return _dispatch(args)
     except BaseExceptionGroup as group:

@@ -96,6 +96,17 @@ def test_under_systemd_the_generated_token_is_never_printed(
     stop_gracefully(server)
 
 
+def test_logs_are_json_lines_off_a_terminal(tmp_path: Path, processes: Processes) -> None:
+    server = serve(processes, tmp_path / "data")
+    assert post(server.port, LEGACY, token=server.token()).status == 200
+    stop_gracefully(server)
+    lines = server.spawned.stderr().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {"ts", "level", "logger", "msg"} <= set(entries[0])
+    assert any(e["msg"] == "SIGTERM: stopping gracefully" for e in entries)
+    assert server.token() not in server.spawned.stderr()
+
+
 # -- (b) a signal while idle; (d) SIGINT behaves like SIGTERM ----------------------
 
 

@@ -196,7 +196,7 @@ def retried(
 
 _EVENT_COLUMNS = (
     "seq, event_key, stream, type, munchkin_id, activity_type_id, source, occurred_at, "
-    "received_at, raw"
+    "received_at, raw, lead_id"
 )
 
 

@@ -25,6 +25,7 @@ class DrainEvent:
     occurred_at: str | None
     received_at: str
     raw: str
+    lead_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ def envelope(event: DrainEvent) -> bytes:
             "source": event.source,
             "munchkin_id": event.munchkin_id,
             "activity_type_id": event.activity_type_id,
+            "lead_id": event.lead_id,
             "occurred_at": event.occurred_at,
             "received_at": event.received_at,
             "event": orjson.Fragment(event.raw),

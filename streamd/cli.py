@@ -19,6 +19,7 @@ from streamd.errors import ConfigError, JournalError, StreamdError
 from streamd.journal import journal_stats
 from streamd.service import load_config, serve
 from streamd.service.config import Config, default_data_dir
+from streamd.service.sinks import build_specs
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -156,11 +157,14 @@ def _check_config(args: argparse.Namespace) -> int:
             if creatable and not os.path.exists(path):
                 continue
             read_token_file(path)
+    specs = build_specs(config)  # the sinks' token and secret files
     where = args.config or "<defaults>"
     print(
         f"{where}: ok — listen {', '.join(config.server.listen)}; data dir {config.data_dir}; "
         f"synchronous={config.journal.synchronous}; sources: "
         + ", ".join(f"{s.name} at {s.path}" for s in config.sources)
+        + "; sinks: "
+        + (", ".join(f"{s.name} ({s.kind})" for s in specs) or "none")
     )
     return 0
 

@@ -72,3 +72,12 @@ async def test_a_directory_that_refuses_writes_pauses_then_resumes(
         await wait_until(lambda: drain.statistics()[0].cursor == 2, "resumed by the probe")
         assert drain.statistics()[0].state == "active"
     assert [e["id"] for e in lines(blocked / "sub")] == ["b1", "b2"]
+
+
+def test_envelope_is_one_line_and_keeps_the_json() -> None:
+    from streamd.drain.sinks.base import DrainEvent, envelope
+
+    raw = '{\r\n  "a": "line\\nbreak",\n  "b": [1,\n 2]\n}'
+    line = envelope(DrainEvent(1, "k", "other", None, None, None, "s", None, "t", raw))
+    assert b"\n" not in line and b"\r" not in line
+    assert json.loads(line)["event"] == json.loads(raw)

@@ -67,7 +67,14 @@ class Sink(Protocol):
 
 def envelope(event: DrainEvent) -> bytes:
     """The JSON object every sink delivers for an event: the journal's columns and,
-    under ``event``, the event's JSON exactly as received (never re-encoded)."""
+    under ``event``, the event's JSON as received (never re-encoded).
+
+    Always one line: a line break in JSON text can only be insignificant
+    whitespace (inside strings it must be escaped), so each becomes a space.
+    """
+    raw = event.raw
+    if "\n" in raw or "\r" in raw:
+        raw = raw.replace("\r", " ").replace("\n", " ")
     return orjson.dumps(
         {
             "id": event.key,
@@ -80,7 +87,7 @@ def envelope(event: DrainEvent) -> bytes:
             "lead_id": event.lead_id,
             "occurred_at": event.occurred_at,
             "received_at": event.received_at,
-            "event": orjson.Fragment(event.raw),
+            "event": orjson.Fragment(raw),
         }
     )
 

@@ -99,6 +99,10 @@ class Journal:
         assert job.result is not None
         return job.result
 
+    def refuse_intake(self, reason: str | None) -> None:
+        """Answer every new batch 503 with ``reason`` (None: accept again)."""
+        self._writer.refusal = reason
+
     def statistics(self) -> WriterStatistics:
         """The writer's counters (commits, events, duplicates, queue, disk state)."""
         return self._writer.stats

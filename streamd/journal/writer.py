@@ -149,6 +149,7 @@ class JournalWriter:
         self._indexer: Indexer | None = None
         self._disk_checked = 0.0
         self._lock_file: int | None = None
+        self.refusal: str | None = None  # set by retention when the size cap is reached
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -189,6 +190,8 @@ class JournalWriter:
                 raise JournalClosed("streamd is shutting down", retry_after=10)
             if self.stats.low_disk:
                 raise JournalBusy("free disk space is below the configured floor", retry_after=60)
+            if self.refusal is not None:
+                raise JournalBusy(self.refusal, retry_after=60)
             if self._queued and self._queued + n > self.options.max_queued_events:
                 raise JournalBusy("the journal writer queue is full", retry_after=2)
             self._queued += n

@@ -163,6 +163,15 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exec: ExecSinkConfig | None = None
 
 
+class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[retention]: how long the journal keeps events and how large it may grow."""
+
+    max_age: Annotated[float, msgspec.Meta(ge=3600, le=3650 * 86_400)] = 7 * 86_400.0
+    max_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**50)] = 0
+    policy: Literal["refuse", "drop_confirmed"] = "refuse"
+    interval: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
+
+
 def _default_sources() -> list[SourceConfig]:
     return [SourceConfig(name="events", path="/events")]
 
@@ -178,6 +187,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sinks: Annotated[list[SinkConfig], msgspec.Meta(max_length=64)] = msgspec.field(
         default_factory=list
     )
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
     @property
     def journal_path(self) -> str:

@@ -24,6 +24,7 @@ from hypercorn.utils import wrap_app
 
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.drain import Drain, open_drain
+from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
 from streamd.journal import Journal, WriterOptions, open_journal
@@ -42,6 +43,7 @@ class Running:
     app: IngestApp
     journal: Journal
     drain: Drain
+    retention: Retention
 
 
 def writer_options(config: Config) -> WriterOptions:
@@ -134,6 +136,13 @@ async def serve(
         async with open_drain(journal, specs, grace=config.server.graceful_timeout) as drain:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals, app, stop)
+                r = config.retention
+                retention = Retention(
+                    journal,
+                    [spec.name for spec in specs],
+                    RetentionSettings(r.max_age, r.max_bytes, r.policy, r.interval),
+                )
+                await nursery.start(serve_retention, retention)
                 binds: list[str] = await nursery.start(
                     _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
                 )
@@ -146,7 +155,7 @@ async def serve(
                     ", ".join(f"{s.name} at {s.path}" for s in sources),
                     ", ".join(f"{s.name} ({s.kind})" for s in specs) or "none",
                 )
-                task_status.started(Running(binds, app, journal, drain))
+                task_status.started(Running(binds, app, journal, drain, retention))
             log.info("stopped accepting; letting the sinks finish their batches in flight")
         log.info("drain stopped; committing what is queued")
     log.info("journal closed; exiting")

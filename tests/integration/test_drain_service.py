@@ -54,3 +54,14 @@ streams = ["audit"]
     files = list((data_dir / "out").iterdir())
     got = [json.loads(line)["id"] for f in files for line in f.read_text().splitlines()]
     assert got == audit and audit
+
+
+async def test_journal_over_its_cap_answers_503_with_retry_after(
+    start_server: StartServer,
+) -> None:
+    server = await start_server("[retention]\nmax_bytes = 4096\n")
+    await server.wait_for(lambda: server.running.retention.stats.refusing, "cap reached")
+    response = await server.post(fixture_bytes("lads_batch"))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "60"
+    assert "journal is full" in response.json()["error"]

@@ -115,7 +115,7 @@ class Drain:
                 _, oldest = store.lag(self._reader, s.cursor)
                 result.append(
                     dataclasses.replace(
-                        s, lag_seconds=_age(oldest, now), dead_letters=counts.get(s.name, 0)
+                        s, lag_seconds=age_seconds(oldest, now), dead_letters=counts.get(s.name, 0)
                     )
                 )
             return result
@@ -384,7 +384,7 @@ def replay_cursor(
     return store.seq_before_time(conn, received_at)
 
 
-def _age(received_at: str | None, now: datetime) -> float | None:
+def age_seconds(received_at: str | None, now: datetime) -> float | None:
     if received_at is None:
         return 0.0
     try:

@@ -317,11 +317,19 @@ def open_offline(path: str, now: str) -> Iterator[sqlite3.Connection]:
             "for a running daemon go through the admin listener, not available in this build)"
         ) from None
     try:
+        # Look before opening for writing: a write connection switches the file to WAL,
+        # which would change a file that is not a journal at all.
+        probe = connect(path, synchronous="full", cache_mib=1, readonly=True)
+        try:
+            version = probe.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{path}: not a usable streamd journal: {exc}") from exc
+        finally:
+            probe.close()
+        if version == 0:
+            raise JournalError(f"{path}: not a streamd journal (schema version 0)")
         conn = connect(path, synchronous="full", cache_mib=8)
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                raise JournalError(f"{path}: not a streamd journal (schema version 0)")
             if version < SCHEMA_VERSION:
                 migrate(conn, path, now)
             yield conn

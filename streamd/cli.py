@@ -14,12 +14,14 @@ import trio
 
 from streamd import __version__
 from streamd.auth import read_token_file
+from streamd.drain import offline
 from streamd.errors import ConfigError, JournalError, StreamdError
 from streamd.journal import journal_stats
 from streamd.service import load_config, serve
 from streamd.service.config import Config, default_data_dir
 from streamd.service.logs import LOG_FORMATS, configure_logging
 from streamd.service.sdnotify import Notifier, take_environment
+from streamd.service.sinks import build_specs
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +91,96 @@ def build_parser() -> argparse.ArgumentParser:
     p_stats.add_argument("--data-dir", metavar="DIR", help="data directory (default: as for serve)")
     p_stats.add_argument("--journal", metavar="FILE", help="journal file (overrides --data-dir)")
     p_stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _drain_commands(sub)
     return parser
+
+
+def _bounded_int(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _time_arg(text: str) -> str:
+    try:
+        return offline.parse_time(text)
+    except StreamdError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _journal_flags(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    parser.add_argument("--data-dir", metavar="DIR", help="data directory (default: as for serve)")
+    parser.add_argument("--journal", metavar="FILE", help="journal file (overrides --data-dir)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _drain_commands(sub: Any) -> None:
+    p_sinks = sub.add_parser(
+        "sinks", help="list and control the sinks (changes need a stopped daemon)"
+    )
+    ssub = p_sinks.add_subparsers(dest="sinks_command", metavar="SUBCOMMAND")
+    ssub.required = True
+    p = ssub.add_parser("list", help="state, cursor, lag, dead letters and last error of each sink")
+    _journal_flags(p, json_flag=True)
+    for verb, text in (
+        ("pause", "stop delivering to a sink until resumed"),
+        ("resume", "deliver to a paused sink again"),
+        ("disable", "turn a sink off until enabled (retention no longer waits for it)"),
+        ("enable", "turn a disabled sink on again"),
+    ):
+        p = ssub.add_parser(verb, help=text)
+        p.add_argument("name", help="the sink's name")
+        _journal_flags(p)
+    p = ssub.add_parser("replay", help="rewind a sink to deliver again from a sequence or a time")
+    p.add_argument("name", help="the sink's name")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--from-seq", metavar="SEQ", type=_bounded_int(1, 2**62),
+        help="deliver again from the event with this seq",
+    )  # fmt: skip
+    where.add_argument(
+        "--since", metavar="TIME", type=_time_arg,
+        help="deliver again from the first event received at or after TIME (ISO 8601, UTC)",
+    )  # fmt: skip
+    _journal_flags(p)
+
+    p_dlq = sub.add_parser("dlq", help="inspect, retry or drop dead letters")
+    dsub = p_dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND")
+    dsub.required = True
+    p = dsub.add_parser("list", help="dead letters in id order (without the event JSON)")
+    p.add_argument("--sink", metavar="NAME", help="only this sink's")
+    p.add_argument(
+        "--after-id", metavar="ID", type=_bounded_int(0, 2**62), default=0,
+        help="start after this id (paging)",
+    )  # fmt: skip
+    p.add_argument(
+        "--limit", metavar="N", type=_bounded_int(1, 10_000), default=100,
+        help="at most N (1-10000, default 100)",
+    )  # fmt: skip
+    _journal_flags(p, json_flag=True)
+    p = dsub.add_parser("show", help="one dead letter, with the event's JSON")
+    p.add_argument("id", type=_bounded_int(1, 2**62), help="the dead letter's id")
+    _journal_flags(p, json_flag=True)
+    for verb, text in (
+        ("retry", "deliver dead letters again (when the daemon next runs)"),
+        ("drop", "delete dead letters"),
+    ):
+        p = dsub.add_parser(verb, help=text)
+        p.add_argument("--sink", metavar="NAME", required=True, help="the sink they belong to")
+        p.add_argument(
+            "ids", nargs="*", type=_bounded_int(1, 2**62), metavar="ID",
+            help="dead letter ids (or --all)",
+        )  # fmt: skip
+        p.add_argument("--all", action="store_true", help="every dead letter of the sink")
+        _journal_flags(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +204,98 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "sinks":
+        return _sinks(args)
+    if args.command == "dlq":
+        return _dlq(args)
     return _journal_stats(args)
+
+
+def _journal_path(args: argparse.Namespace) -> str:
+    return str(args.journal or os.path.join(args.data_dir or default_data_dir(), "journal.db"))
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _sinks(args: argparse.Namespace) -> int:
+    path = _journal_path(args)
+    command = args.sinks_command
+    if command == "list":
+        sinks = offline.list_sinks(path)
+        if args.json:
+            _print_json(sinks)
+            return 0
+        if not sinks:
+            print("no sinks")
+        for s in sinks:
+            lag = s["lag_seconds"]
+            print(
+                f"{s['name']:<24} {s['state']:<9} cursor {s['cursor']:<10} "
+                f"lag {s['lag_events']} events"
+                + (f" ({lag:.0f} s)" if lag else "")
+                + f"  confirmed {s['confirmed']}  dead letters {s['dead_letters']}"
+                + (f"  reason: {s['reason']}" if s["reason"] else "")
+                + (f"  last error: {s['last_error']}" if s["last_error"] else "")
+            )
+        return 0
+    if command == "replay":
+        row = offline.replay(path, args.name, seq=args.from_seq, received_at=args.since)
+        print(f"sink {row.name}: cursor {row.cursor}; it delivers again from seq {row.cursor + 1}")
+        return 0
+    state, reason = {
+        "pause": ("paused", "paused by the operator"),
+        "resume": ("active", None),
+        "disable": ("disabled", "disabled by the operator"),
+        "enable": ("active", None),
+    }[command]
+    row = offline.set_state(path, args.name, state, reason)
+    print(f"sink {row.name}: {row.state}")
+    return 0
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    path = _journal_path(args)
+    command = args.dlq_command
+    if command == "list":
+        letters = offline.list_dead_letters(
+            path, args.sink, after_id=args.after_id, limit=args.limit
+        )
+        if args.json:
+            _print_json(letters)
+            return 0
+        if not letters:
+            print("no dead letters")
+        for d in letters:
+            print(
+                f"{d['id']:>8}  {d['sink']:<20} seq {d['seq']:<10} {d['event_id']}  "
+                f"{d['attempts']} attempts  {d['failed_at']}  {d['reason']}"
+                + ("  (retry asked)" if d["retry"] else "")
+            )
+        return 0
+    if command == "show":
+        letter = offline.show_dead_letter(path, args.id)
+        if args.json:
+            _print_json(letter)
+        else:
+            for key, value in letter.items():
+                print(f"{key:<14} {value}")
+        return 0
+    if bool(args.all) == bool(args.ids):
+        print(f"streamd dlq {command}: usage error: give dead letter ids or --all", file=sys.stderr)
+        return 2
+    if len(args.ids) > 10_000:
+        print(f"streamd dlq {command}: usage error: at most 10000 ids at once", file=sys.stderr)
+        return 2
+    ids = None if args.all else list(args.ids)
+    if command == "retry":
+        n = offline.retry_dead_letters(path, args.sink, ids)
+        print(f"{n} dead letters of {args.sink} will be delivered again when streamd runs")
+    else:
+        n = offline.drop_dead_letters(path, args.sink, ids)
+        print(f"{n} dead letters of {args.sink} dropped")
+    return 0
 
 
 def _first_leaf(group: BaseExceptionGroup[StreamdError]) -> StreamdError:
@@ -167,11 +349,14 @@ def _check_config(args: argparse.Namespace) -> int:
             if creatable and not os.path.exists(path):
                 continue
             read_token_file(path)
+    specs = build_specs(config)  # the sinks' token and secret files
     where = args.config or "<defaults>"
     print(
         f"{where}: ok — listen {', '.join(config.server.listen)}; data dir {config.data_dir}; "
         f"synchronous={config.journal.synchronous}; sources: "
         + ", ".join(f"{s.name} at {s.path}" for s in config.sources)
+        + "; sinks: "
+        + (", ".join(f"{s.name} ({s.kind})" for s in specs) or "none")
     )
     return 0
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -14,6 +15,7 @@ from streamd.errors import CommitTimeout, JournalBusy, JournalError
 from streamd.journal.writer import (
     AppendResult,
     Batch,
+    Control,
     Job,
     JournalWriter,
     WriterOptions,
@@ -33,6 +35,44 @@ class Journal:
         self._writer = writer
         self._budget = commit_budget
         self.path = writer.path
+        self._committed = trio.Event()
+
+    @property
+    def last_seq(self) -> int:
+        """The highest committed ``events.seq``."""
+        return self._writer.stats.last_seq
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once an event with a sequence above ``seq`` is committed.
+
+        Woken by the writer's per-commit notification: no polling, so an idle
+        reader costs no CPU.
+        """
+        while self._writer.stats.last_seq <= seq:
+            await self._committed.wait()
+
+    def _on_commit(self) -> None:  # in the trio thread, once per commit
+        event, self._committed = self._committed, trio.Event()
+        event.set()
+
+    async def control(self, op: Callable[[sqlite3.Connection], object]) -> object:
+        """Run ``op`` in the writer thread inside its next group transaction; return its
+        result once that transaction committed.
+
+        Raises :class:`JournalClosed` when the journal is closing and
+        :class:`JournalError` when the op or the commit failed.
+        """
+        done = trio.Event()
+        control = Control(op=op, waiter=done)
+        self._writer.submit_control(control)
+        # Shielded: once queued, the op will run; the caller must learn its outcome.
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        if control.error is not None:
+            if isinstance(control.error, JournalError):
+                raise control.error
+            raise JournalError(f"{control.error}") from control.error
+        return control.result
 
     async def append(self, batch: Batch) -> AppendResult:
         """Journal a batch atomically and return once it is durably committed.
@@ -63,15 +103,21 @@ class Journal:
         """Is the writer alive and committing (or idle)? For the systemd watchdog."""
         return self._writer.making_progress(within)
 
+    def refuse_intake(self, reason: str | None) -> None:
+        """Answer every new batch 503 with ``reason`` (None: accept again)."""
+        self._writer.refusal = reason
+
     def statistics(self) -> WriterStatistics:
         """The writer's counters (commits, events, duplicates, queue, disk state)."""
         return self._writer.stats
 
 
-def _wake(jobs: list[Job]) -> None:
+def _wake(journal: list[Journal], jobs: list[Job | Control]) -> None:
     for job in jobs:
         if isinstance(job.waiter, trio.Event):
             job.waiter.set()
+    if journal:
+        journal[0]._on_commit()
 
 
 @asynccontextmanager
@@ -84,16 +130,18 @@ async def open_journal(
     Raises :class:`JournalError` when the file cannot be used as a journal.
     """
     token = trio.lowlevel.current_trio_token()
+    holder: list[Journal] = []  # filled once started; commits before that wake nobody
 
-    def notify(jobs: list[Job]) -> None:  # in the writer thread, once per commit
+    def notify(jobs: list[Job | Control]) -> None:  # in the writer thread, once per commit
         # One wake-up of the event loop per group, not one per request.
         with contextlib.suppress(trio.RunFinishedError):  # loop gone: nobody waits
-            token.run_sync_soon(_wake, jobs)
+            token.run_sync_soon(_wake, holder, jobs)
 
     writer = JournalWriter(path, options, utc_now, notify)
     await trio.to_thread.run_sync(writer.start)
     try:
-        yield Journal(writer, commit_budget)
+        holder.append(Journal(writer, commit_budget))
+        yield holder[0]
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(writer.close)

@@ -78,6 +78,42 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
             """,
         ),
     ),
+    (
+        # The drain's state: one row per sink, and the events a sink could not take.
+        # Self-contained (touches no table of 0001) so it can be renumbered at merge.
+        "0002_sinks",
+        (
+            """
+            CREATE TABLE sinks (
+                name TEXT PRIMARY KEY,
+                cursor INTEGER NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('active', 'paused', 'disabled')),
+                reason TEXT,
+                last_error TEXT,
+                confirmed INTEGER NOT NULL DEFAULT 0,
+                updated_at TEXT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE dead_letters (
+                id INTEGER PRIMARY KEY,
+                sink TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                event_key TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                type TEXT,
+                reason TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                last_response TEXT,
+                failed_at TEXT NOT NULL,
+                retry INTEGER NOT NULL DEFAULT 0,
+                raw TEXT NOT NULL,
+                UNIQUE (sink, seq)
+            )
+            """,
+            "CREATE INDEX dead_letters_retry ON dead_letters(sink, retry)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

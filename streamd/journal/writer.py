@@ -11,6 +11,7 @@ the group so far; the index itself is updated right after (see dedup.py).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import sqlite3
@@ -73,6 +74,22 @@ class Job:
     abandoned: bool = False
 
 
+@dataclass(slots=True, eq=False)
+class Control:
+    """A small write of another part (drain cursors, dead letters, retention) for the writer.
+
+    ``op`` runs in the writer thread inside the next group transaction, in its own
+    savepoint, so the drain never opens a second writing connection (which would make
+    ingest commits wait for SQLite's single write lock). Its return value becomes
+    ``result``; an exception rolls back that op alone and becomes ``error``.
+    """
+
+    op: Callable[[sqlite3.Connection], object]
+    waiter: object = None
+    result: object = None
+    error: BaseException | None = None
+
+
 @dataclass(slots=True)
 class WriterStatistics:
     """Counters of the writer thread (read without a lock: each is one word)."""
@@ -87,6 +104,8 @@ class WriterStatistics:
     low_disk: bool = False
     checkpoints: int = 0
     reindexed: int = 0
+    last_seq: int = 0  # the highest committed events.seq
+    controls: int = 0
     errors: list[str] = field(default_factory=list)
     # time.monotonic() when the writer thread last finished a commit or found
     # nothing to do: a stale value with batches waiting means a wedged writer.
@@ -124,10 +143,10 @@ class JournalWriter:
         path: str,
         options: WriterOptions,
         now: Callable[[], str],
-        notify: Callable[[list[Job]], None] | None = None,
+        notify: Callable[[list[Job | Control]], None] | None = None,
     ) -> None:
-        """``notify``, when given, is called once per commit with its jobs (one wake-up
-        for the whole group); otherwise each job's ``on_done``."""
+        """``notify``, when given, is called once per commit with its jobs and controls
+        (one wake-up for the whole group); otherwise each job's ``on_done``."""
         self.path = path
         self._notify = notify
         self.options = options
@@ -151,6 +170,8 @@ class JournalWriter:
         self._pending = Pending(limit=8)
         self._indexer: Indexer | None = None
         self._disk_checked = 0.0
+        self._lock_file: int | None = None
+        self.refusal: str | None = None  # set by retention when the size cap is reached
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -200,22 +221,38 @@ class JournalWriter:
                 raise JournalClosed("streamd is shutting down", retry_after=10)
             if self.stats.low_disk:
                 raise JournalBusy("free disk space is below the configured floor", retry_after=60)
+            if self.refusal is not None:
+                raise JournalBusy(self.refusal, retry_after=60)
             if self._queued and self._queued + n > self.options.max_queued_events:
                 raise JournalBusy("the journal writer queue is full", retry_after=2)
             self._queued += n
             self.stats.queued_events = self._queued
         self._queue.put(job)
 
+    def submit_control(self, control: Control) -> None:
+        """Queue a control op for the next group transaction (never refused for a full
+        queue: controls are small, and they are how the drain frees journal space).
+
+        Raises :class:`JournalClosed` once closing has begun.
+        """
+        with self._lock:
+            if self._closing:
+                raise JournalClosed("streamd is shutting down", retry_after=10)
+            # Under the lock: never behind the stop marker, where it would wait forever.
+            self._queue.put(control)
+
     # -- the writer thread -------------------------------------------------
     def _run(self) -> None:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._lock_file = hold_writer_lock(self.path)
             conn = connect(
                 self.path, synchronous=self.options.synchronous, cache_mib=self.options.cache_mib
             )
             # When a checkpoint lets the WAL restart, trim the file to this size.
             conn.execute(f"PRAGMA journal_size_limit = {self.options.wal_max_bytes}")
         except BaseException as exc:
+            self._release_lock()
             self._fail_start(exc)
             return
         try:
@@ -238,13 +275,15 @@ class JournalWriter:
             if self._indexer is not None:
                 self._indexer.stop()
             conn.close()
+            self._release_lock()
             self._fail_start(exc)
             return
+        self.stats.last_seq = self._next_seq - 1
         self._started.set()
         try:
             stopping = False
             while not stopping:
-                jobs: list[Job] = []
+                jobs: list[Job | Control] = []
                 try:
                     # Wake now and then even when idle: a low-disk state refuses every
                     # batch, so only this re-check can lift it.
@@ -255,9 +294,9 @@ class JournalWriter:
                     continue
                 if first is _STOP:
                     break
-                assert isinstance(first, Job)
+                assert isinstance(first, Job | Control)
                 jobs.append(first)
-                events = len(first.batch.events)
+                events = len(first.batch.events) if isinstance(first, Job) else 0
                 while events < self.options.max_events_per_commit:
                     try:
                         nxt = self._queue.get_nowait()
@@ -266,9 +305,10 @@ class JournalWriter:
                     if nxt is _STOP:
                         stopping = True
                         break
-                    assert isinstance(nxt, Job)
+                    assert isinstance(nxt, Job | Control)
                     jobs.append(nxt)
-                    events += len(nxt.batch.events)
+                    if isinstance(nxt, Job):
+                        events += len(nxt.batch.events)
                 self._commit(conn, jobs)
                 self.stats.progress_at = time.monotonic()
                 self._check_disk()
@@ -276,6 +316,12 @@ class JournalWriter:
             if self._indexer is not None:
                 self._indexer.stop()  # index what is pending before the checkpoint
             conn.close()
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            os.close(self._lock_file)  # closing the descriptor releases the flock
+            self._lock_file = None
 
     def _fail_start(self, exc: BaseException) -> None:
         self._start_error = (
@@ -283,7 +329,9 @@ class JournalWriter:
         )
         self._started.set()
 
-    def _commit(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
+    def _commit(self, conn: sqlite3.Connection, items: list[Job | Control]) -> None:
+        jobs = [item for item in items if isinstance(item, Job)]
+        controls = [item for item in items if isinstance(item, Control)]
         started = time.monotonic()
         seq0, delivery0 = self._next_seq, self._next_delivery
         group = Generation()
@@ -293,7 +341,7 @@ class JournalWriter:
         committed = False
         try:
             try:
-                self._commit_together(conn, jobs, group, earlier, counts)
+                self._commit_together(conn, jobs, controls, group, earlier, counts)
             except sqlite3.Error:
                 # Which batch failed is unknown: start over, each batch in its own
                 # savepoint, so only the failing one is refused.
@@ -304,7 +352,7 @@ class JournalWriter:
                 counts.clear()
                 for job in jobs:
                     job.result = None
-                self._commit_each(conn, jobs, group, earlier, counts)
+                self._commit_each(conn, jobs, controls, group, earlier, counts)
             committed = True
         except Exception as exc:  # sqlite3.Error, or a bug: never a dead writer thread
             # The whole transaction is lost: nothing of any batch in it is acknowledged.
@@ -316,6 +364,9 @@ class JournalWriter:
             for job in jobs:
                 job.result = None
                 job.error = error
+            for control in controls:
+                control.result = None
+                control.error = error
         finally:
             if committed and (group.owners or group.overflow):
                 # Before any ack: the next group must see these keys, index or not.
@@ -326,6 +377,9 @@ class JournalWriter:
                 self._queued -= sum(len(job.batch.events) for job in jobs)
                 self.stats.queued_events = self._queued
             self.stats.commits += 1
+            self.stats.controls += len(controls)
+            if committed:
+                self.stats.last_seq = self._next_seq - 1
             self.stats.last_commit_seconds = elapsed
             self.stats.max_commit_seconds = max(self.stats.max_commit_seconds, elapsed)
             for job in jobs:
@@ -336,7 +390,7 @@ class JournalWriter:
                 elif job.error is None:  # pragma: no cover - every path sets one
                     job.error = JournalError("the batch was not journaled")
             if self._notify is not None:
-                self._notify(jobs)
+                self._notify(items)
             else:
                 for job in jobs:
                     if job.on_done is not None:
@@ -347,6 +401,7 @@ class JournalWriter:
         self,
         conn: sqlite3.Connection,
         jobs: list[Job],
+        controls: list[Control],
         group: Generation,
         earlier: list[Generation],
         counts: dict[tuple[str, str, str, str, str], list[Any]],
@@ -381,12 +436,14 @@ class JournalWriter:
             conn.executemany(_INSERT_EVENT, rows)
         if counts:
             conn.executemany(_UPSERT_COUNTS, [(*k, *v) for k, v in counts.items()])
+        _run_controls(conn, controls)
         conn.execute("COMMIT")  # ack only after COMMIT: results are released by _commit
 
     def _commit_each(
         self,
         conn: sqlite3.Connection,
         jobs: list[Job],
+        controls: list[Control],
         group: Generation,
         earlier: list[Generation],
         counts: dict[tuple[str, str, str, str, str], list[Any]],
@@ -422,6 +479,7 @@ class JournalWriter:
                 self._note_error(f"batch from {job.batch.source}: {exc}")
         if counts:
             conn.executemany(_UPSERT_COUNTS, [(*k, *v) for k, v in counts.items()])
+        _run_controls(conn, controls)
         conn.execute("COMMIT")  # ack only after COMMIT: results are released by _commit
 
     def _write(
@@ -622,3 +680,45 @@ def _merge_counts(
             g[3] = c[3]
         if c[4] is not None and (g[4] is None or c[4] > g[4]):
             g[4] = c[4]
+
+
+def lock_path(journal_path: str) -> str:
+    """The lock file held by the process that writes a journal."""
+    return journal_path + ".lock"
+
+
+def hold_writer_lock(journal_path: str) -> int:
+    """Take the journal's writer lock (an ``flock`` the kernel drops when the process dies).
+
+    Returns the descriptor to close on release. Raises :class:`JournalError`
+    when another process (a running streamd) holds it.
+    """
+    path = lock_path(journal_path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot open the lock file: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise JournalError(
+            f"{journal_path}: another process (a running streamd) is writing this journal"
+        ) from None
+    return fd
+
+
+def _run_controls(conn: sqlite3.Connection, controls: list[Control]) -> None:
+    """Each control op in its own savepoint: a failing one takes only itself."""
+    for control in controls:
+        control.result = None
+        control.error = None
+        conn.execute("SAVEPOINT control")
+        try:
+            control.result = control.op(conn)
+            conn.execute("RELEASE control")
+        except Exception as exc:  # sqlite3.Error, or a bug in the op: it fails alone
+            conn.execute("ROLLBACK TO control")
+            conn.execute("RELEASE control")
+            control.result = None
+            control.error = exc if isinstance(exc, JournalError) else JournalError(f"{exc}")

@@ -61,6 +61,117 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     query_token: bool = True
 
 
+Streams = Literal["activity", "audit", "notification", "other"]
+_Text = Annotated[str, msgspec.Meta(max_length=1024)]
+_Short = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class FilterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[[sinks.filters]]: events matching every field set here (a list: any item)."""
+
+    streams: Annotated[list[Streams], msgspec.Meta(max_length=4)] = msgspec.field(
+        default_factory=list
+    )
+    types: Annotated[list[_Short], msgspec.Meta(max_length=256)] = msgspec.field(
+        default_factory=list
+    )
+    munchkin_ids: Annotated[list[_Short], msgspec.Meta(max_length=256)] = msgspec.field(
+        default_factory=list
+    )
+    activity_type_ids: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=0, le=2**31)]], msgspec.Meta(max_length=1024)
+    ] = msgspec.field(default_factory=list)
+    sources: Annotated[list[_Short], msgspec.Meta(max_length=256)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.pool]: how hard to push; unset keys come from the preset."""
+
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    linger: Annotated[float, msgspec.Meta(ge=0, le=60)] | None = None
+    interval: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    timeout: Annotated[float, msgspec.Meta(ge=0.1, le=600)] | None = None
+
+
+class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.retry]: backoff, dead letters, pause; unset keys come from the preset."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=0, le=1000)] | None = None
+    backoff_base: Annotated[float, msgspec.Meta(ge=0.001, le=3600)] | None = None
+    backoff_cap: Annotated[float, msgspec.Meta(ge=0.001, le=86_400)] | None = None
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    pause_after: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    probe_interval: Annotated[float, msgspec.Meta(ge=0.1, le=86_400)] | None = None
+
+
+class HttpSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.http]: where and how to POST."""
+
+    url: _Text
+    headers: dict[_Short, _Text] = msgspec.field(default_factory=dict)
+    bearer_token_file: _Text = ""
+    secret_files: Annotated[list[_Text], msgspec.Meta(max_length=8)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class FileSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.file]: JSON Lines files."""
+
+    directory: _Text
+    prefix: _Short = ""
+    max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=2**40)] = 64 * _MiB
+    max_age: Annotated[float, msgspec.Meta(ge=1, le=31 * 86_400)] = 3600.0
+    gzip: bool = False
+    fsync: bool = True
+
+
+class SqliteSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.sqlite]: the database that gets one table per stream."""
+
+    path: _Text
+    table_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{0,32}$")] = ""
+
+
+class ExecSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.exec]: the command run for each batch."""
+
+    command: Annotated[list[_Text], msgspec.Meta(min_length=1, max_length=256)]
+    env: dict[_Short, _Text] = msgspec.field(default_factory=dict)
+    cwd: _Text = ""
+
+
+class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[[sinks]]: one destination the journal drains to."""
+
+    name: str
+    kind: Literal["http", "file", "sqlite", "exec", "stdout"]
+    preset: Literal["default", "marketo"] = "default"
+    start: Literal["oldest", "latest"] = "oldest"
+    filters: Annotated[list[FilterConfig], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    http: HttpSinkConfig | None = None
+    file: FileSinkConfig | None = None
+    sqlite: SqliteSinkConfig | None = None
+    exec: ExecSinkConfig | None = None
+
+
+class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[retention]: how long the journal keeps events and how large it may grow."""
+
+    max_age: Annotated[float, msgspec.Meta(ge=3600, le=3650 * 86_400)] = 7 * 86_400.0
+    max_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**50)] = 0
+    policy: Literal["refuse", "drop_confirmed"] = "refuse"
+    interval: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
+
+
 def _default_sources() -> list[SourceConfig]:
     return [SourceConfig(name="events", path="/events")]
 
@@ -73,6 +184,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
     tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=_default_sources)
+    sinks: Annotated[list[SinkConfig], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
     @property
     def journal_path(self) -> str:
@@ -193,6 +308,63 @@ def validate(config: Config, where: str, *, overrides: bool = False) -> None:
             raise ConfigError(f"{where}: key {key}.path: duplicate source path {source.path!r}")
         names.add(source.name)
         paths.add(route)
+    validate_sinks(config, where)
+
+
+_KIND_TABLES = ("http", "file", "sqlite", "exec")
+
+
+def validate_sinks(config: Config, where: str) -> None:
+    """Names, the kind's own table, and bounds that depend on each other."""
+    from streamd.service.sinks import resolve  # the preset's values fill unset keys
+
+    names: set[str] = set()
+    for index, sink in enumerate(config.sinks):
+        key = f"sinks[{index}]"
+        if not _NAME.fullmatch(sink.name):
+            raise ConfigError(
+                f"{where}: key {key}.name: {sink.name!r} is not a valid name "
+                "(letters, digits, '_', '.', '-'; at most 64)"
+            )
+        if sink.name in names:
+            raise ConfigError(f"{where}: key {key}.name: duplicate sink name {sink.name!r}")
+        names.add(sink.name)
+        for table in _KIND_TABLES:
+            present = getattr(sink, table) is not None
+            if table == sink.kind and not present:
+                raise ConfigError(
+                    f"{where}: key {key}.{table}: a {sink.kind} sink needs a [sinks.{table}] table"
+                )
+            if table != sink.kind and present:
+                raise ConfigError(
+                    f"{where}: key {key}.{table}: only for kind = {table!r} "
+                    f"(this sink is {sink.kind!r})"
+                )
+        pool, retry = resolve(sink)
+        if pool.batch_size > pool.max_in_flight:
+            raise ConfigError(
+                f"{where}: key {key}.pool.batch_size: {pool.batch_size} is larger than "
+                f"pool.max_in_flight ({pool.max_in_flight})"
+            )
+        if retry.backoff_base > retry.backoff_cap:
+            raise ConfigError(
+                f"{where}: key {key}.retry.backoff_base: {retry.backoff_base:g} is larger "
+                f"than retry.backoff_cap ({retry.backoff_cap:g})"
+            )
+        if sink.http is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", sink.http.url):
+            raise ConfigError(
+                f"{where}: key {key}.http.url: {sink.http.url!r} is not an http:// or https:// URL"
+            )
+        if sink.file is not None and not sink.file.directory:
+            raise ConfigError(f"{where}: key {key}.file.directory: must not be empty")
+        if sink.sqlite is not None and not sink.sqlite.path:
+            raise ConfigError(f"{where}: key {key}.sqlite.path: must not be empty")
+        for findex, f in enumerate(sink.filters):
+            if not (f.streams or f.types or f.munchkin_ids or f.activity_type_ids or f.sources):
+                raise ConfigError(
+                    f"{where}: key {key}.filters[{findex}]: an empty filter matches everything; "
+                    "leave out filters to take every event"
+                )
 
 
 def parse_listen(address: str) -> tuple[str, int]:

@@ -87,6 +87,15 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be
+    replaced after set-up: by a test harness, or a daemon re-opening it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def stream_is_journald(stream: TextIO, environ: Mapping[str, str]) -> bool:
     """True when ``stream`` is the journald stream systemd connected (``$JOURNAL_STREAM``)."""
     expected = environ.get("JOURNAL_STREAM", "")
@@ -115,7 +124,9 @@ def configure_logging(
     journald = stream_is_journald(out, env)
     if fmt == "auto":
         fmt = "text" if out.isatty() else "json"
-    handler = logging.StreamHandler(out)
+    handler: logging.StreamHandler = (  # type: ignore[type-arg]
+        _StderrHandler(out) if stream is None else logging.StreamHandler(out)
+    )
     handler.setFormatter(
         JsonFormatter(journald=journald) if fmt == "json" else TextFormatter(journald=journald)
     )

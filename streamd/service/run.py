@@ -23,11 +23,14 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
+from streamd.drain import Drain, open_drain
+from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
 from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.service.config import Config
 from streamd.service.sdnotify import Notifier
+from streamd.service.sinks import build_specs
 
 log = logging.getLogger("streamd.service")
 _MiB = 1024 * 1024
@@ -40,6 +43,8 @@ class Running:
     binds: list[str]
     app: IngestApp
     journal: Journal
+    drain: Drain
+    retention: Retention
 
 
 def writer_options(config: Config) -> WriterOptions:
@@ -134,6 +139,7 @@ async def serve(
     Raises :class:`ConfigError` or :class:`JournalError` when it cannot start.
     """
     notify = notifier or Notifier({})
+    specs = build_specs(config)  # reads the sinks' secret files: a problem stops us here
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     hconfig = hypercorn_config(config)
     activated = activated_binds()
@@ -160,23 +166,36 @@ async def serve(
             max_in_flight=config.server.max_in_flight,
         )
         stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            reloader = _Reloader(config, reload, app, notify)
-            nursery.start_soon(_watch_signals, app, stop, notify, reloader)
-            binds: list[str] = await nursery.start(
-                _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
-            )
-            nursery.start_soon(_report_to_systemd, notify, app, journal, binds, stop)
-            for bind in binds:
-                announce(f"streamd ready: {bind}")
-            log.info(
-                "journal %s (synchronous=%s); sources: %s",
-                config.journal_path,
-                config.journal.synchronous,
-                ", ".join(f"{s.name} at {s.path}" for s in sources),
-            )
-            task_status.started(Running(binds, app, journal))
-        log.info("stopped accepting; committing what is queued")
+        # Stops after the listeners (its exit waits up to graceful_timeout for the
+        # batches in flight; cursors only pass what was confirmed).
+        async with open_drain(journal, specs, grace=config.server.graceful_timeout) as drain:
+            async with trio.open_nursery() as nursery:
+                reloader = _Reloader(config, reload, app, notify)
+                nursery.start_soon(_watch_signals, app, stop, notify, reloader)
+                r = config.retention
+                retention = Retention(
+                    journal,
+                    [spec.name for spec in specs],
+                    RetentionSettings(r.max_age, r.max_bytes, r.policy, r.interval),
+                )
+                await nursery.start(serve_retention, retention)
+                binds: list[str] = await nursery.start(
+                    _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
+                )
+                nursery.start_soon(_report_to_systemd, notify, app, journal, binds, stop)
+                for bind in binds:
+                    announce(f"streamd ready: {bind}")
+                log.info(
+                    "journal %s (synchronous=%s); sources: %s; sinks: %s",
+                    config.journal_path,
+                    config.journal.synchronous,
+                    ", ".join(f"{s.name} at {s.path}" for s in sources),
+                    ", ".join(f"{s.name} ({s.kind})" for s in specs) or "none",
+                )
+                task_status.started(Running(binds, app, journal, drain, retention))
+            log.info("stopped accepting; letting the sinks finish their batches in flight")
+            notify.stopping("letting the sinks finish their batches in flight")
+        log.info("drain stopped; committing what is queued")
         notify.stopping("committing what is queued and checkpointing the journal")
         notify.extend_timeout(10.0)
     log.info("journal closed; exiting")

@@ -104,6 +104,61 @@ query_token = false
         ("[server]\nlisten = []", "key server.listen: at least one address"),
         ("[server]\nlisten = ['localhost']", "key server.listen[0]: 'localhost' is not HOST:PORT"),
         ("[server]\nlisten = ['a:99999']", "port must be a number from 0 to 65535"),
+        ("[[sinks]]\nname = 'a'\nkind = 'ftp'", "key sinks[0].kind: invalid enum value 'ftp'"),
+        ("[[sinks]]\nname = 'a'\nkind = 'http'", "key sinks[0].http: a http sink needs"),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\n[sinks.file]\ndirectory = 'x'",
+            "key sinks[0].file: only for kind = 'file'",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'http'\n[sinks.http]\nurl = 'ftp://x'",
+            "key sinks[0].http.url: 'ftp://x' is not an http",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\n[[sinks]]\nname = 'a'\nkind = 'stdout'",
+            "key sinks[1].name: duplicate sink name 'a'",
+        ),
+        ("[[sinks]]\nname = '../x'\nkind = 'stdout'", "key sinks[0].name: '../x' is not"),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\n[sinks.pool]\nworkers = 0",
+            "key sinks[0].pool.workers: expected `int` >= 1",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\n[sinks.pool]\nworkers = 100000",
+            "key sinks[0].pool.workers: expected `int` <= 64",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\n[sinks.pool]\nbatch_size = 600\n"
+            "max_in_flight = 500",
+            "key sinks[0].pool.batch_size: 600 is larger than pool.max_in_flight (500)",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\npreset = 'marketo'\n[sinks.pool]\n"
+            "batch_size = 1000",
+            "key sinks[0].pool.batch_size: 1000 is larger than pool.max_in_flight (500)",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\n[sinks.retry]\nbackoff_base = 10.0\n"
+            "backoff_cap = 1.0",
+            "key sinks[0].retry.backoff_base: 10 is larger than retry.backoff_cap (1)",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\n[[sinks.filters]]",
+            "key sinks[0].filters[0]: an empty filter matches everything",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'stdout'\n[[sinks.filters]]\nstreams = ['x']",
+            "key sinks[0].filters[0].streams[0]: invalid enum value 'x'",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'sqlite'\n[sinks.sqlite]\npath = 'a.db'\n"
+            "table_prefix = 'x; drop'",
+            "key sinks[0].sqlite.table_prefix: expected `str` matching",
+        ),
+        (
+            "[[sinks]]\nname = 'a'\nkind = 'exec'\n[sinks.exec]\ncommand = []",
+            "key sinks[0].exec.command: expected `array` of length >= 1",
+        ),
         ("x = ", "not valid TOML"),
         ("[server", "not valid TOML"),
         (b"\xff\xfe\x00", "not valid TOML"),
@@ -143,3 +198,75 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(AttributeError):
         config.data_dir = "x"  # type: ignore[misc]
+
+
+def test_sinks_with_a_preset_and_overrides(tmp_path: Path) -> None:
+    from streamd.service.sinks import build_specs, resolve
+
+    secret = tmp_path / "secret"
+    secret.write_text(
+        "# rotation: both sign\nwhsec_"
+        + "a2V5" * 8
+        + "\nwhsec_"
+        + "b3RoZXItc2VjcmV0LTAxMjM0NTY3ODlhYmNkZWY="
+        + "\n"
+    )
+    path = write(
+        tmp_path,
+        f"""
+[[sinks]]
+name = "legacy"
+kind = "http"
+preset = "marketo"
+[sinks.http]
+url = "https://example.com/hook"
+secret_files = ["{secret}"]
+[sinks.retry]
+probe_interval = 60.0
+[[sinks]]
+name = "files"
+kind = "file"
+[sinks.file]
+directory = "out"
+[[sinks.filters]]
+types = ["com.adobe.*"]
+streams = ["activity"]
+""",
+    )
+    config = load_config(path, data_dir=str(tmp_path / "data"))
+    pool, retry = resolve(config.sinks[0])
+    assert (pool.workers, pool.batch_size, pool.linger, pool.timeout) == (1, 500, 2.0, 20.0)
+    assert (retry.backoff_base, retry.pause_after, retry.max_attempts) == (180.0, 4, 0)
+    assert retry.probe_interval == 60.0  # the override wins over the preset
+    legacy, files = build_specs(config)
+    assert legacy.timeout == 20.0 and files.workers == 4
+    assert files.route.filters[0].types == ("com.adobe.*",)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read the signing secret: No such file"),
+        ("", "holds no signing secret"),
+        ("sk_live_123", "must look like whsec_"),
+        ("whsec_%%%", "not valid base64"),
+        (b"\xff\xfe", "not UTF-8"),
+        ("x" * 70_000, "larger than"),
+    ],
+)
+def test_bad_secret_files_are_named(
+    tmp_path: Path, content: str | bytes | None, message: str
+) -> None:
+    from streamd.service.sinks import build_specs
+
+    secret = tmp_path / "secret"
+    if content is not None:
+        secret.write_bytes(content.encode() if isinstance(content, str) else content)
+    path = write(
+        tmp_path,
+        f'[[sinks]]\nname="h"\nkind="http"\n[sinks.http]\nurl="http://x/"\n'
+        f'secret_files=["{secret}"]\n',
+    )
+    with pytest.raises(ConfigError, match=message) as info:
+        build_specs(load_config(path))
+    assert str(secret) in str(info.value)

@@ -1,4 +1,5 @@
-"""streamd/core is sans-IO: no trio, sqlite3, sockets, hypercorn, threads or clock."""
+"""streamd/core (and the drain's policy, routing and presets) is sans-IO: no trio,
+sqlite3, sockets, hypercorn, threads or clock."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parents[2] / "streamd" / "core"
+DRAIN = CORE.parent / "drain"
+SANS_IO_DRAIN = ("policy.py", "routing.py", "presets.py")
 FORBIDDEN_MODULES = {
     "trio",
     "anyio",
@@ -29,7 +32,9 @@ FORBIDDEN_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"
 def _core_files() -> list[Path]:
     files = sorted(CORE.glob("*.py"))
     assert files, "no core modules found"
-    return files
+    drain = [DRAIN / name for name in SANS_IO_DRAIN]
+    assert all(p.exists() for p in drain)
+    return files + drain
 
 
 @pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.name)

@@ -9,26 +9,40 @@ import msgspec
 import pytest
 
 from streamd.cli import build_parser
-from streamd.service.config import Config, JournalConfig, ServerConfig, SourceConfig, TokensConfig
+from streamd.service.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 
 
-def _keys() -> list[str]:
-    keys = [
-        f.name
-        for f in msgspec.structs.fields(Config)
-        if f.name not in {"server", "journal", "tokens", "sources"}
-    ]
-    keys.append("sources")
-    for prefix, struct in (
-        ("server", ServerConfig),
-        ("journal", JournalConfig),
-        ("tokens", TokensConfig),
-        ("sources[]", SourceConfig),
-    ):
-        keys += [f"{prefix}.{f.name}" for f in msgspec.structs.fields(struct)]
+def _struct_of(annotation: object) -> type[msgspec.Struct] | None:
+    """The Struct inside ``T``, ``T | None`` or ``list[T]`` (None for plain values)."""
+    info = msgspec.inspect.type_info(annotation)
+    if isinstance(info, msgspec.inspect.UnionType):
+        inner = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        info = inner[0] if len(inner) == 1 else info
+    if isinstance(info, msgspec.inspect.ListType):
+        info = info.item_type
+    if isinstance(info, msgspec.inspect.StructType):
+        return info.cls
+    return None
+
+
+def _keys(struct: type[msgspec.Struct] = Config, prefix: str = "") -> list[str]:
+    """Every key of the configuration file, as the README's reference names it."""
+    keys = []
+    for f in msgspec.structs.fields(struct):
+        name = f"{prefix}{f.name}"
+        inner = _struct_of(f.type)
+        info = msgspec.inspect.type_info(f.type)
+        if inner is None:
+            keys.append(name)
+            continue
+        if isinstance(info, msgspec.inspect.ListType):
+            keys.append(name)  # a list of tables: itself, then each key as name[].key
+            keys += _keys(inner, f"{name}[].")
+        else:
+            keys += _keys(inner, f"{name}.")
     return keys
 
 

@@ -1,0 +1,450 @@
+"""The drain engine: one :class:`SinkRunner` per sink, their state saved through the
+journal writer, and the operator's operations on a running daemon.
+
+Writes (cursors, dead letters, sink states) are controls run by the journal
+writer inside its group transactions (``Journal.control``): the drain never
+holds SQLite's write lock, so it never makes an ingest commit wait. At most
+one progress save is in flight; saves made meanwhile coalesce into the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import trio
+
+from streamd.drain import store
+from streamd.drain.runner import SinkRunner, SinkSpec
+from streamd.drain.store import NewDeadLetter, Progress, SinkRow
+from streamd.errors import JournalError, StreamdError
+from streamd.journal import Journal, utc_now
+
+log = logging.getLogger("streamd.drain")
+
+# Between two progress saves: bounds the fsyncs an idle-ingest drain causes.
+_SAVE_INTERVAL = 0.02
+
+
+class DrainError(StreamdError):
+    """Raised when an operator's request names an unknown sink or cannot be done."""
+
+    status_hint = 400
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatus:
+    """What ``streamd sinks list`` shows for one sink."""
+
+    name: str
+    kind: str
+    state: str  # active, paused, auto-paused, disabled
+    cursor: int
+    lag_events: int
+    lag_seconds: float | None
+    confirmed: int
+    dead_letters: int
+    last_error: str | None
+
+
+class _Slot:
+    """A sink's place in the engine: its spec, its current runner, and its scope."""
+
+    def __init__(self, spec: SinkSpec, row: SinkRow) -> None:
+        self.spec = spec
+        self.row = row
+        self.runner: SinkRunner | None = None
+        self.scope: trio.CancelScope | None = None
+        self.wanted = trio.Event()  # set: (re)start the runner
+        self.finished = trio.Event()
+        self.lock = trio.Lock()  # one operator change at a time
+
+
+class Drain:
+    """The running drain (see :func:`open_drain`)."""
+
+    def __init__(self, journal: Journal, specs: Sequence[SinkSpec], *, read_threads: int) -> None:
+        self.journal = journal
+        self._specs = {spec.name: spec for spec in specs}
+        self._slot: dict[str, _Slot] = {}
+        self._nursery: trio.Nursery | None = None
+        self._limiter = trio.CapacityLimiter(read_threads)
+        self._dirty = trio.Event()
+        self._stopping = False
+        self._reader: sqlite3.Connection | None = None
+
+    # -- operator operations (for the admin listener) ----------------------------------
+    def statistics(self) -> list[SinkStatus]:
+        """Every sink's state, cursor and lag, from memory (no journal read)."""
+        out = []
+        for slot in self._slot.values():
+            runner = slot.runner
+            cursor = runner.cursor if runner else slot.row.cursor
+            out.append(
+                SinkStatus(
+                    name=slot.spec.name,
+                    kind=slot.spec.kind,
+                    state=runner.status if runner else slot.row.state,
+                    cursor=cursor,
+                    lag_events=max(0, self.journal.last_seq - cursor),
+                    lag_seconds=None,
+                    confirmed=runner.confirmed_total if runner else slot.row.confirmed,
+                    dead_letters=runner.dead_lettered if runner else 0,
+                    last_error=(runner.health.last_error if runner else None)
+                    or slot.row.last_error,
+                )
+            )
+        return out
+
+    async def sinks(self) -> list[SinkStatus]:
+        """Every sink's state, with lag in seconds and dead-letter counts from the journal."""
+        statuses = self.statistics()
+        now = datetime.now(UTC)
+
+        def read() -> list[SinkStatus]:
+            assert self._reader is not None
+            counts = store.dead_letter_counts(self._reader)
+            result = []
+            for s in statuses:
+                _, oldest = store.lag(self._reader, s.cursor)
+                result.append(
+                    dataclasses.replace(
+                        s, lag_seconds=age_seconds(oldest, now), dead_letters=counts.get(s.name, 0)
+                    )
+                )
+            return result
+
+        return await trio.to_thread.run_sync(read, limiter=self._limiter)
+
+    async def pause(self, name: str) -> SinkRow:
+        """Stop delivering to ``name`` (in-flight attempts finish) until :meth:`resume`."""
+        slot = self._get(name)
+        async with slot.lock:
+            row = await self._set_state(slot, "paused", "paused by the operator")
+            if slot.runner is not None:
+                slot.runner.state = "paused"
+                slot.runner.changed.fire()
+            return row
+
+    async def resume(self, name: str) -> SinkRow:
+        """Resume a paused sink (also one paused for failures: it retries at once)."""
+        slot = self._get(name)
+        async with slot.lock:
+            if slot.row.state == "disabled":
+                raise DrainError(f"sink {name!r} is disabled; enable it instead")
+            row = await self._set_state(slot, "active", None)
+            if slot.runner is not None:
+                slot.runner.state = "active"
+                slot.runner.resumes += 1
+                slot.runner.changed.fire()
+            return row
+
+    async def disable(self, name: str, reason: str = "disabled by the operator") -> SinkRow:
+        """Stop the sink until :meth:`enable`; batches in flight are not confirmed."""
+        slot = self._get(name)
+        async with slot.lock:
+            await self._retire(slot)
+            return await self._set_state(slot, "disabled", reason)
+
+    async def enable(self, name: str) -> SinkRow:
+        """Start a disabled sink again from its cursor."""
+        slot = self._get(name)
+        async with slot.lock:
+            row = await self._set_state(slot, "active", None)
+            if slot.runner is None:
+                slot.wanted.set()
+            return row
+
+    async def replay(
+        self, name: str, *, seq: int | None = None, received_at: str | None = None
+    ) -> SinkRow:
+        """Rewind ``name`` so that it delivers again from event ``seq`` (or from the first
+        event received at or after ``received_at``); returns the new row."""
+        slot = self._get(name)
+        async with slot.lock:
+            was_running = slot.runner is not None
+            await self._retire(slot)
+
+            def rewind(conn: sqlite3.Connection) -> SinkRow:
+                cursor = replay_cursor(conn, seq=seq, received_at=received_at)
+                return store.set_cursor(conn, name, cursor, utc_now())
+
+            row = await self._control(rewind)
+            assert isinstance(row, SinkRow)
+            slot.row = row
+            if was_running:
+                slot.wanted.set()
+            return row
+
+    async def retry_dead_letters(self, name: str, ids: Sequence[int] | None) -> int:
+        """Mark dead letters of ``name`` (None: all) for re-delivery; return how many."""
+        slot = self._get(name)
+        count = await self._control(lambda conn: store.mark_retry(conn, name, ids))
+        assert isinstance(count, int)
+        if slot.runner is not None:
+            slot.runner.dlq_wake.fire()
+        return count
+
+    async def drop_dead_letters(self, name: str, ids: Sequence[int] | None) -> int:
+        """Delete dead letters of ``name`` (None: all); return how many."""
+        self._get(name)
+        count = await self._control(lambda conn: store.drop_dead_letters(conn, name, ids))
+        assert isinstance(count, int)
+        return count
+
+    # -- internals ----------------------------------------------------------------------
+    def _get(self, name: str) -> _Slot:
+        try:
+            return self._slot[name]
+        except KeyError:
+            raise DrainError(
+                f"no sink named {name!r} (configured: {', '.join(self._slot) or 'none'})"
+            ) from None
+
+    async def _control(self, op: object) -> object:
+        try:
+            return await self.journal.control(op)  # type: ignore[arg-type]
+        except JournalError as exc:
+            raise DrainError(str(exc)) from exc
+
+    async def _set_state(self, slot: _Slot, state: str, reason: str | None) -> SinkRow:
+        name = slot.spec.name
+        row = await self._control(
+            lambda conn: store.set_state(conn, name, state, reason, utc_now())
+        )
+        assert isinstance(row, SinkRow)
+        slot.row = row
+        return row
+
+    async def _retire(self, slot: _Slot) -> None:
+        """Cancel the slot's runner and wait until its progress is saved (so nothing
+        saved later can move the cursor back past what an operator sets)."""
+        if slot.runner is not None:
+            assert slot.scope is not None
+            slot.scope.cancel()
+            await slot.finished.wait()
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def _disable_from_sink(self, runner: SinkRunner, reason: str) -> None:
+        log.error("sink %s: disabled: %s", runner.spec.name, reason)
+        slot = self._slot[runner.spec.name]
+        runner.state = "disabled"
+        if slot.scope is not None:
+            slot.scope.cancel()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._persist_disabled, slot, reason)
+
+    async def _persist_disabled(self, slot: _Slot, reason: str) -> None:
+        async with slot.lock:
+            await slot.finished.wait()
+            with contextlib.suppress(DrainError):
+                await self._set_state(slot, "disabled", reason)
+
+    async def _save(self, runners: Sequence[SinkRunner]) -> None:
+        """Persist dead letters and cursors of ``runners`` (one control, one commit)."""
+        progress: dict[str, Progress] = {}
+        dead: list[tuple[str, NewDeadLetter]] = []
+        taken: list[tuple[SinkRunner, int, int, list[NewDeadLetter]]] = []
+        for r in runners:
+            if r.cursor == r.persisted and not r.staged_dead and not r.confirmed_unsaved:
+                continue
+            staged, r.staged_dead = r.staged_dead, []
+            dead += [(r.spec.name, d) for d in staged]
+            progress[r.spec.name] = Progress(r.cursor, r.confirmed_unsaved, r.health.last_error)
+            taken.append((r, r.cursor, r.confirmed_unsaved, staged))
+        if not taken:
+            return
+        now = utc_now()
+        try:
+            await self.journal.control(lambda conn: store.save_progress(conn, progress, dead, now))
+        except JournalError:
+            for r, _, _, staged in taken:
+                r.staged_dead[:0] = staged  # try again with the next save
+            raise
+        for r, cursor, confirmed, _ in taken:
+            r.persisted_up_to(cursor, confirmed)
+
+    async def _save_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            runners = [s.runner for s in self._slot.values() if s.runner is not None]
+            try:
+                await self._save(runners)
+            except JournalError as exc:
+                log.error("cannot save the drain's progress (will retry): %s", exc)
+                self._dirty.set()
+                await trio.sleep(1.0)
+            await trio.sleep(_SAVE_INTERVAL)
+
+    async def _wake_on_commit(self) -> None:
+        seen = self.journal.last_seq
+        while True:
+            await self.journal.wait_beyond(seen)
+            seen = self.journal.last_seq
+            for slot in self._slot.values():
+                if slot.runner is not None:
+                    slot.runner.changed.fire()
+
+    async def _supervise(self, slot: _Slot) -> None:
+        while True:
+            await slot.wanted.wait()
+            if self._stopping:
+                return
+            runner = SinkRunner(
+                slot.spec,
+                slot.row,
+                self.journal,
+                limiter=self._limiter,
+                dirty=self._mark_dirty,
+                disable=self._disable_from_sink,
+            )
+            slot.finished = trio.Event()
+            # Visible (and cancellable) at once: an operator's change must reach it.
+            slot.runner, slot.scope = runner, trio.CancelScope()
+            try:
+                with slot.scope:
+                    await self._run_runner(slot, runner)
+            finally:
+                slot.runner, slot.scope = None, None
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    try:
+                        await self._save([runner])
+                    except JournalError as exc:
+                        log.error("sink %s: cannot save its progress: %s", slot.spec.name, exc)
+                slot.row = _row_after(slot.row, runner)
+                # Run again only when an operator asks (enable, replay) before this is set.
+                slot.wanted = trio.Event()
+                slot.finished.set()
+
+    async def _run_runner(self, slot: _Slot, runner: SinkRunner) -> None:
+        conn = await trio.to_thread.run_sync(store.open_reader, self.journal.path)
+        try:
+            sink = slot.spec.open_sink()
+            try:
+                if self._stopping:
+                    return
+                log.info(
+                    "sink %s (%s): starting at cursor %d (%s)",
+                    slot.spec.name,
+                    slot.spec.kind,
+                    runner.cursor,
+                    runner.state,
+                )
+                await runner.run(conn, sink)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    try:
+                        await sink.aclose()
+                    except Exception as exc:  # a sink's close problem must not stop the drain
+                        log.warning("sink %s: closing: %s", slot.spec.name, exc)
+        finally:
+            await trio.to_thread.run_sync(conn.close)
+
+    def _stop_all(self) -> None:
+        self._stopping = True
+        for slot in self._slot.values():
+            slot.wanted.set()  # a supervisor waiting for it sees _stopping and returns
+            if slot.runner is not None:
+                slot.runner.stop()
+
+
+def _row_after(row: SinkRow, runner: SinkRunner) -> SinkRow:
+    """The row as the runner left it (its cursor was just saved)."""
+    return SinkRow(
+        row.name,
+        runner.persisted,
+        row.state,
+        row.reason,
+        runner.health.last_error or row.last_error,
+        runner.confirmed_total,
+        row.updated_at,
+    )
+
+
+def replay_cursor(
+    conn: sqlite3.Connection, *, seq: int | None = None, received_at: str | None = None
+) -> int:
+    """The cursor that makes a sink deliver again from ``seq`` or from ``received_at``."""
+    if (seq is None) == (received_at is None):
+        raise DrainError("replay needs exactly one of a sequence or a time")
+    if seq is not None:
+        if seq < 1:
+            raise DrainError(f"replay: sequence {seq} is not a positive number")
+        return seq - 1
+    assert received_at is not None
+    return store.seq_before_time(conn, received_at)
+
+
+def age_seconds(received_at: str | None, now: datetime) -> float | None:
+    if received_at is None:
+        return 0.0
+    try:
+        then = datetime.strptime(received_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return max(0.0, (now - then).total_seconds())
+
+
+@asynccontextmanager
+async def open_drain(
+    journal: Journal,
+    specs: Sequence[SinkSpec],
+    *,
+    grace: float = 10.0,
+    read_threads: int = 2,
+) -> AsyncIterator[Drain]:
+    """Start a runner for every enabled sink; on exit, stop gracefully.
+
+    The stop reads nothing more, lets batches in flight finish their current attempt
+    for up to ``grace`` seconds, cancels what is left (unconfirmed: delivered again
+    after the restart), and saves every cursor. Raises :class:`JournalError` when
+    the sinks' rows cannot be created.
+    """
+    drain = Drain(journal, specs, read_threads=read_threads)
+    starts = {spec.name: spec.start for spec in specs}
+    rows = await journal.control(lambda conn: store.ensure_sinks(conn, starts, utc_now()))
+    assert isinstance(rows, dict)
+    drain._reader = await trio.to_thread.run_sync(store.open_reader, journal.path)
+    try:
+        async with trio.open_nursery() as nursery:
+            drain._nursery = nursery
+            for spec in specs:
+                slot = _Slot(spec, rows[spec.name])
+                drain._slot[spec.name] = slot
+                if slot.row.state != "disabled":
+                    slot.wanted.set()
+                nursery.start_soon(drain._supervise, slot)
+            nursery.start_soon(drain._save_loop)
+            nursery.start_soon(drain._wake_on_commit)
+            try:
+                yield drain
+            finally:
+                drain._stop_all()
+                with trio.move_on_after(grace) as grace_scope:
+                    for slot in drain._slot.values():
+                        if slot.runner is not None:
+                            await slot.finished.wait()
+                if grace_scope.cancelled_caught:
+                    log.warning(
+                        "drain: grace period over; batches still in flight are "
+                        "delivered again after the restart"
+                    )
+                for slot in drain._slot.values():
+                    if slot.scope is not None:
+                        slot.scope.cancel()
+                with trio.CancelScope(shield=True):
+                    for slot in drain._slot.values():
+                        if slot.runner is not None:
+                            await slot.finished.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        drain._reader.close()

@@ -1,0 +1,128 @@
+"""Retry, backoff, pause and probe decisions of one sink (sans-IO: time is passed in).
+
+The engine reports each attempt's outcome with the current time and is told
+what to do next: retry at a time, dead-letter the batch, or hold it until the
+sink resumes. A sink whose destination keeps failing (``pause_after``
+consecutive transient failures) pauses: one batch, the probe, is retried every
+``probe_interval``; its success resumes the sink. While paused, failures never
+count towards dead-lettering: an outage of hours leaves the events waiting in
+the journal, not in the dead-letter table.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(Enum):
+    """How an attempt ended."""
+
+    CONFIRMED = "confirmed"
+    TRANSIENT = "transient"  # retry: 429, 5xx, timeouts, connection errors
+    PERMANENT = "permanent"  # the batch will never be accepted: dead-letter it
+    GONE = "gone"  # the destination says it is gone for good (HTTP 410): disable the sink
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """A sink's retry policy; ``max_attempts`` 0 means transient failures never dead-letter."""
+
+    max_attempts: int = 8
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    jitter: float = 0.5
+    pause_after: int = 5
+    probe_interval: float = 30.0
+    max_retry_after: float = 3600.0
+
+
+class Action(Enum):
+    """What the engine does with a batch after a transient failure."""
+
+    RETRY = "retry"  # try again at ``Verdict.at``
+    DEAD_LETTER = "dead_letter"
+    PROBE = "probe"  # the sink just paused: this batch is the probe, tried at ``at``
+    HOLD = "hold"  # the sink is paused and another batch probes: wait for the resume
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    at: float = 0.0
+
+
+def backoff(settings: RetrySettings, attempts: int, rng: random.Random) -> float:
+    """Delay after the ``attempts``-th failed attempt: exponential, capped, with jitter.
+
+    The jitter takes off up to ``jitter`` of the delay, so many sinks failing at
+    once do not retry in lockstep; it never makes the delay exceed the cap.
+    """
+    exponent = min(max(attempts - 1, 0), 62)
+    delay = min(settings.backoff_cap, settings.backoff_base * (2.0**exponent))
+    if settings.jitter:
+        delay *= 1.0 - settings.jitter * rng.random()
+    return delay
+
+
+class Health:
+    """Pause/resume state of one sink, fed with attempt outcomes."""
+
+    def __init__(self, settings: RetrySettings, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.consecutive_failures = 0
+        self.paused = False
+        self.probe: object | None = None  # the batch that probes while paused
+        self.last_error: str | None = None
+
+    def succeeded(self) -> bool:
+        """Record a confirmed attempt; True when it ended a pause (resume everything)."""
+        self.consecutive_failures = 0
+        resumed = self.paused
+        self.paused = False
+        self.probe = None
+        return resumed
+
+    def failed(
+        self,
+        batch: object,
+        attempts: int,
+        now: float,
+        *,
+        reason: str,
+        retry_after: float | None = None,
+    ) -> Verdict:
+        """Decide what follows the ``attempts``-th transient failure of ``batch`` at ``now``."""
+        s = self.settings
+        self.last_error = reason
+        self.consecutive_failures += 1
+        wait = backoff(s, attempts, self._rng)
+        if retry_after is not None:
+            # The destination said when: never sooner, and never absurdly later.
+            wait = max(wait, min(max(retry_after, 0.0), s.max_retry_after))
+        if self.paused:
+            if batch is self.probe:
+                return Verdict(Action.PROBE, now + max(s.probe_interval, _bounded(retry_after, s)))
+            return Verdict(Action.HOLD)
+        if self.consecutive_failures >= s.pause_after:
+            self.paused = True
+            self.probe = batch
+            return Verdict(Action.PROBE, now + max(s.probe_interval, _bounded(retry_after, s)))
+        if s.max_attempts and attempts >= s.max_attempts:
+            return Verdict(Action.DEAD_LETTER)
+        return Verdict(Action.RETRY, now + wait)
+
+    def permanent(self, reason: str) -> bool:
+        """Record a permanent failure: the destination answered, so it is up again.
+
+        True when that ended a pause (resume everything).
+        """
+        resumed = self.succeeded()
+        self.last_error = reason
+        return resumed
+
+
+def _bounded(retry_after: float | None, s: RetrySettings) -> float:
+    return 0.0 if retry_after is None else min(max(retry_after, 0.0), s.max_retry_after)

@@ -1,0 +1,45 @@
+"""Named presets of pool and retry settings (sans-IO data).
+
+``marketo`` reproduces the legacy Marketo push's documented behaviour towards
+its receivers: a batch every 2 s of up to 500 events, a 20 s timeout, 3
+retries 3 minutes apart, then a pause that retries every 3 minutes until a
+delivery succeeds (which resumes the stream). Transient failures never
+dead-letter under this preset: the legacy stream waited, it did not drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamd.drain.policy import RetrySettings
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    workers: int = 4
+    batch_size: int = 500
+    linger: float = 0.2
+    interval: float = 0.0
+    max_in_flight: int = 5000
+    timeout: float = 20.0
+
+
+DEFAULT_POOL = PoolSettings()
+DEFAULT_RETRY = RetrySettings()
+
+PRESETS: dict[str, tuple[PoolSettings, RetrySettings]] = {
+    "marketo": (
+        # One batch at a time, at most one every 2 s, each closed after 2 s or 500 events.
+        PoolSettings(
+            workers=1, batch_size=500, linger=2.0, interval=2.0, max_in_flight=500, timeout=20.0
+        ),
+        RetrySettings(
+            max_attempts=0,  # never dead-letter a transient failure
+            backoff_base=180.0,
+            backoff_cap=180.0,
+            jitter=0.0,
+            pause_after=4,  # the first attempt and 3 retries
+            probe_interval=180.0,
+        ),
+    ),
+}

@@ -1,0 +1,361 @@
+"""One sink's pool: a reader that batches the journal, bounded workers that deliver.
+
+Invariants:
+- ``cursor`` (the low-water mark) only passes events whose batch was confirmed,
+  dead-lettered, or did not match the sink's route. Batches may finish out of
+  order; the cursor moves over the contiguous finished prefix.
+- ``outstanding`` counts matching events read but not yet persisted as passed:
+  the reader never lets it exceed ``max_in_flight``, so memory is bounded by
+  that window and, after a crash, redelivery is confined to it.
+- The reader wakes on journal commits (``Journal.wait_beyond``), never polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from streamd.drain.policy import Action, Health, Kind, RetrySettings
+from streamd.drain.routing import Route
+from streamd.drain.sinks.base import DrainEvent, Result, Sink, transient
+from streamd.drain.store import NewDeadLetter, SinkRow, dead_letters, read_events, retried
+from streamd.journal import Journal
+
+log = logging.getLogger("streamd.drain")
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSpec:
+    """Everything the engine needs to run one sink (built from its config)."""
+
+    name: str
+    kind: str
+    route: Route
+    open_sink: Callable[[], Sink]
+    workers: int = 4
+    batch_size: int = 500
+    linger: float = 0.2
+    interval: float = 0.0
+    max_in_flight: int = 5000
+    timeout: float = 20.0
+    start: str = "oldest"
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+
+class Broadcast:
+    """Wake every waiter once per :meth:`fire` (a re-armed ``trio.Event``)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def fire(self) -> None:
+        event, self._event = self._event, trio.Event()
+        event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    """Events ``(start, end]`` of the journal; ``events`` are the ones routed to the sink."""
+
+    start: int
+    end: int
+    events: list[DrainEvent]
+    attempts: int = 0
+    done: bool = False
+
+
+class SinkRunner:
+    """Runs one sink from its persisted row until stopped, cancelled or disabled."""
+
+    def __init__(
+        self,
+        spec: SinkSpec,
+        row: SinkRow,
+        journal: Journal,
+        *,
+        limiter: trio.CapacityLimiter,
+        dirty: Callable[[], None],
+        disable: Callable[[SinkRunner, str], None],
+    ) -> None:
+        self.spec = spec
+        self.journal = journal
+        self.health = Health(spec.retry)
+        self.state = row.state  # operator state: active, paused, disabled
+        self.cursor = row.cursor  # low-water mark of what is passed (in memory)
+        self.persisted = row.cursor  # ... and of what is committed to the journal
+        self.read_pos = row.cursor
+        self.confirmed_unsaved = 0
+        self.confirmed_total = row.confirmed
+        self.dead_lettered = 0
+        self.attempts_failed = 0
+        self.staged_dead: list[NewDeadLetter] = []
+        self.outstanding = 0
+        self.changed = Broadcast()  # state, health, capacity, stop
+        self.dlq_wake = Broadcast()
+        self._limiter = limiter
+        self._dirty = dirty
+        self._disable = disable
+        self._in_order: deque[Batch] = deque()  # read, not yet passed by the cursor
+        self._unsaved: deque[Batch] = deque()  # passed, cursor not yet persisted
+        self._stopping = False
+        self._conn: sqlite3.Connection | None = None
+        self._sink: Sink | None = None
+        self._last_dispatch = -math.inf
+        self.resumes = 0  # bumped by an operator's resume: cuts a probe's wait short
+
+    # -- what the engine sees --------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """``active``, ``paused`` (operator), ``auto-paused`` (probing) or ``disabled``."""
+        if self.state != "active":
+            return self.state
+        return "auto-paused" if self.health.paused else "active"
+
+    def stop(self) -> None:
+        """Begin a graceful stop: read nothing more; batches in flight finish their attempt."""
+        self._stopping = True
+        self.changed.fire()
+
+    def persisted_up_to(self, cursor: int, confirmed: int) -> None:
+        """The journal now holds ``cursor``: free the window behind it."""
+        self.persisted = cursor
+        self.confirmed_unsaved -= confirmed
+        while self._unsaved and self._unsaved[0].end <= cursor:
+            self.outstanding -= len(self._unsaved.popleft().events)
+        self.changed.fire()
+
+    # -- running ---------------------------------------------------------------------
+    async def run(self, conn: sqlite3.Connection, sink: Sink) -> None:
+        """Deliver until stopped (returns once the workers finished what they hold) or
+        cancelled (the engine does that to disable, replay, or end the grace period)."""
+        self._conn, self._sink = conn, sink
+        send, receive = trio.open_memory_channel[Batch](0)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._retry_dead_letters)
+            async with trio.open_nursery() as workers:
+                for _ in range(self.spec.workers):
+                    workers.start_soon(self._worker, receive.clone())
+                receive.close()
+                async with send:
+                    await self._read(send)
+            outer.cancel_scope.cancel()  # the dead-letter retrier
+
+    async def _read(self, send: trio.MemorySendChannel[Batch]) -> None:
+        spec = self.spec
+        pending: list[DrainEvent] = []
+        first_at = 0.0
+        while not self._stopping:
+            deadline = first_at + spec.linger if pending else math.inf
+            if pending and trio.current_time() >= deadline:
+                await self._dispatch(send, pending, self.read_pos)
+                pending = []
+                continue
+            caught_up = self.read_pos >= self.journal.last_seq
+            room = spec.max_in_flight - self.outstanding
+            if caught_up or room < min(spec.batch_size, spec.max_in_flight):
+                # Woken by a commit (the engine fires ``changed``), a freed window,
+                # an operator, a stop, or the linger deadline. Never by a timer when idle.
+                with trio.move_on_at(deadline):
+                    await self.changed.wait()
+                continue
+            snapshot = self.journal.last_seq
+            limit = min(room, max(spec.batch_size, 1000))
+            conn = self._conn
+            assert conn is not None
+            rows = await trio.to_thread.run_sync(
+                read_events, conn, self.read_pos, limit, limiter=self._limiter
+            )
+            for event in rows:
+                if spec.route.matches(event):
+                    if not pending:
+                        first_at = trio.current_time()
+                    pending.append(event)
+                    self.outstanding += 1
+                    if len(pending) >= spec.batch_size:
+                        await self._dispatch(send, pending, event.seq)
+                        pending = []
+            if rows:
+                self.read_pos = rows[-1].seq
+            if len(rows) < limit:
+                self.read_pos = max(self.read_pos, snapshot)
+            if not pending and self.read_pos > self._range_start():
+                self._pass_unmatched(self.read_pos)
+        # Stopping: what was read but not dispatched is simply not passed.
+        self.outstanding -= len(pending)
+
+    def _range_start(self) -> int:
+        return self._in_order[-1].end if self._in_order else self.cursor
+
+    def _pass_unmatched(self, end: int) -> None:
+        """Events up to ``end`` matched nothing: they pass once everything before them did."""
+        batch = Batch(self._range_start(), end, [], done=True)
+        self._in_order.append(batch)
+        self._advance()
+
+    async def _dispatch(
+        self, send: trio.MemorySendChannel[Batch], events: list[DrainEvent], end: int
+    ) -> None:
+        if self.spec.interval:
+            await trio.sleep_until(self._last_dispatch + self.spec.interval)
+            self._last_dispatch = trio.current_time()
+        batch = Batch(self._range_start(), end, events)
+        self._in_order.append(batch)
+        await send.send(batch)
+
+    def _advance(self) -> None:
+        moved = False
+        while self._in_order and self._in_order[0].done:
+            batch = self._in_order.popleft()
+            self.cursor = batch.end
+            self._unsaved.append(batch)
+            moved = True
+        if moved:
+            self._dirty()
+            self.changed.fire()
+
+    # -- workers ---------------------------------------------------------------------
+    async def _worker(self, receive: trio.MemoryReceiveChannel[Batch]) -> None:
+        async with receive:
+            async for batch in receive:
+                await self._deliver(batch)
+
+    async def _attempt(self, events: Sequence[DrainEvent]) -> Result:
+        assert self._sink is not None
+        with trio.move_on_after(self.spec.timeout):
+            return await self._sink.deliver(events)
+        return transient(f"no answer within {self.spec.timeout:g} s")
+
+    async def _deliver(self, batch: Batch) -> None:
+        while True:
+            if not await self._gate(batch):
+                return  # stopping: the batch stays unconfirmed
+            result = await self._attempt(batch.events)
+            batch.attempts += 1
+            if result.kind is Kind.CONFIRMED:
+                if self.health.succeeded():
+                    log.info("sink %s: delivery succeeded; resuming", self.spec.name)
+                    self.changed.fire()
+                self.confirmed_unsaved += len(batch.events)
+                self.confirmed_total += len(batch.events)
+                self._finish(batch)
+                return
+            self.attempts_failed += 1
+            if result.kind is Kind.GONE:
+                self.health.last_error = result.reason
+                self._disable(self, result.reason)  # cancels this runner; the batch stays
+                return
+            if result.kind is Kind.PERMANENT:
+                if self.health.permanent(result.reason):
+                    self.changed.fire()
+                log.warning(
+                    "sink %s: %d events dead-lettered: %s",
+                    self.spec.name,
+                    len(batch.events),
+                    result.reason,
+                )
+                self._dead_letter(batch, result)
+                return
+            verdict = self.health.failed(
+                batch,
+                batch.attempts,
+                trio.current_time(),
+                reason=result.reason,
+                retry_after=result.retry_after,
+            )
+            self._dirty()  # persist last_error
+            if verdict.action is Action.DEAD_LETTER:
+                log.warning(
+                    "sink %s: %d events dead-lettered after %d attempts: %s",
+                    self.spec.name,
+                    len(batch.events),
+                    batch.attempts,
+                    result.reason,
+                )
+                self._dead_letter(batch, result)
+                return
+            if verdict.action is Action.PROBE and self.health.probe is batch:
+                failures = self.health.consecutive_failures
+                if failures == self.spec.retry.pause_after:
+                    log.warning(
+                        "sink %s: paused after %d failures in a row (%s); probing every %g s",
+                        self.spec.name,
+                        failures,
+                        result.reason,
+                        self.spec.retry.probe_interval,
+                    )
+                self.changed.fire()
+            if verdict.action is Action.HOLD:
+                batch.attempts = 0  # attempts during an outage do not count
+                continue
+            if self._stopping:
+                return
+            await self._sleep_until(verdict.at)
+
+    async def _gate(self, batch: Batch) -> bool:
+        """Wait until this batch may be attempted; False when stopping instead."""
+        while True:
+            if self._stopping and batch.attempts:
+                return False
+            if self.state == "active" and (not self.health.paused or self.health.probe is batch):
+                return True
+            if self._stopping:
+                return False
+            await self.changed.wait()
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until ``deadline``; an operator's resume or a stop ends it early."""
+        resumes = self.resumes
+        with trio.move_on_at(deadline):
+            while not self._stopping and self.resumes == resumes:
+                await self.changed.wait()
+
+    def _dead_letter(self, batch: Batch, result: Result) -> None:
+        self.staged_dead.extend(
+            NewDeadLetter(event, result.reason, batch.attempts, result.response)
+            for event in batch.events
+        )
+        self.dead_lettered += len(batch.events)
+        self._finish(batch)
+
+    def _finish(self, batch: Batch) -> None:
+        batch.done = True
+        self._advance()
+
+    # -- dead letters asked to be retried --------------------------------------------
+    async def _retry_dead_letters(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while not self._stopping:
+            letters = await trio.to_thread.run_sync(
+                lambda: dead_letters(
+                    conn, self.spec.name, retry_only=True, limit=self.spec.batch_size
+                ),
+                limiter=self._limiter,
+            )
+            if not letters:
+                await self.dlq_wake.wait()
+                continue
+            events = [
+                DrainEvent(
+                    d.seq, d.event_key, d.stream, d.type, None, None, "", None, d.failed_at, d.raw
+                )
+                for d in letters
+            ]
+            result = await self._attempt(events)
+            ids = [d.id for d in letters]
+            if result.kind is Kind.CONFIRMED:
+                log.info("sink %s: %d dead letters delivered", self.spec.name, len(ids))
+                await self.journal.control(partial(retried, delivered=ids, failed=[]))
+            else:
+                failed = [(i, result.reason, result.response) for i in ids]
+                await self.journal.control(partial(retried, delivered=[], failed=failed))

@@ -1,0 +1,1 @@
+"""Destinations, one module each, behind :class:`streamd.drain.sinks.base.Sink`."""

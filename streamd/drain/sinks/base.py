@@ -1,0 +1,97 @@
+"""The one small protocol every sink implements, and what a delivery looks like."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from streamd.drain.policy import Kind
+
+
+@dataclass(frozen=True, slots=True)
+class DrainEvent:
+    """One journaled event as the drain reads it."""
+
+    seq: int
+    key: str
+    stream: str
+    type: str | None
+    munchkin_id: str | None
+    activity_type_id: int | None
+    source: str
+    occurred_at: str | None
+    received_at: str
+    raw: str
+    lead_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How one delivery attempt ended; ``response`` is kept with dead letters."""
+
+    kind: Kind
+    reason: str = ""
+    response: str | None = None
+    retry_after: float | None = None
+
+
+CONFIRMED = Result(Kind.CONFIRMED)
+
+
+def transient(reason: str, response: str | None = None, retry_after: float | None = None) -> Result:
+    """A failure worth retrying."""
+    return Result(Kind.TRANSIENT, reason, response, retry_after)
+
+
+def permanent(reason: str, response: str | None = None) -> Result:
+    """A failure that retrying cannot fix: the batch goes to the dead letters."""
+    return Result(Kind.PERMANENT, reason, response)
+
+
+class Sink(Protocol):
+    """A destination. ``deliver`` returns a :class:`Result` for destination problems and
+    raises only for bugs; the engine bounds each call with the sink's timeout (so
+    ``deliver`` must be cancellable) and retries, pauses or dead-letters."""
+
+    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+        """Deliver a batch (in journal order) and say how it went."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the sink holds (connections, open files)."""
+        ...
+
+
+def envelope(event: DrainEvent) -> bytes:
+    """The JSON object every sink delivers for an event: the journal's columns and,
+    under ``event``, the event's JSON as received (never re-encoded).
+
+    Always one line: a line break in JSON text can only be insignificant
+    whitespace (inside strings it must be escaped), so each becomes a space.
+    """
+    raw = event.raw
+    if "\n" in raw or "\r" in raw:
+        raw = raw.replace("\r", " ").replace("\n", " ")
+    return orjson.dumps(
+        {
+            "id": event.key,
+            "seq": event.seq,
+            "stream": event.stream,
+            "type": event.type,
+            "source": event.source,
+            "munchkin_id": event.munchkin_id,
+            "activity_type_id": event.activity_type_id,
+            "lead_id": event.lead_id,
+            "occurred_at": event.occurred_at,
+            "received_at": event.received_at,
+            "event": orjson.Fragment(raw),
+        }
+    )
+
+
+def json_lines(events: Sequence[DrainEvent]) -> bytes:
+    """The batch as JSON Lines (one envelope per line)."""
+    return b"".join(envelope(event) + b"\n" for event in events)

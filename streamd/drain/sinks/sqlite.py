@@ -1,0 +1,130 @@
+"""The ``sqlite`` sink: events as analysis-ready tables in another SQLite database.
+
+One table per stream (``<prefix>activity``, ``<prefix>audit``, ...), keyed by
+the event id, with the journal's extracted columns and the event's JSON in
+``event``; readable by ``sqlite-utils`` and Datasette. Tables and indexes are
+created with sqlite-utils; rows are upserted by event id in one transaction per
+batch (a re-delivered event overwrites its row), committed with
+``synchronous=FULL`` before the cursor moves.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlite_utils
+import trio
+
+from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, transient
+
+_COLUMNS = {
+    "id": str,
+    "seq": int,
+    "type": str,
+    "source": str,
+    "munchkin_id": str,
+    "activity_type_id": int,
+    "lead_id": int,
+    "occurred_at": str,
+    "received_at": str,
+    "event": str,
+}
+_INDEXED = (("occurred_at",), ("type",), ("lead_id",))
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteSettings:
+    path: str
+    table_prefix: str = ""
+
+
+class SqliteSink:
+    """Writes batches in a worker thread through one connection."""
+
+    def __init__(self, settings: SqliteSettings) -> None:
+        self.settings = settings
+        self._db: sqlite_utils.Database | None = None
+        self._tables: set[str] = set()
+        self._limiter = trio.CapacityLimiter(1)  # one connection, one writer
+
+    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+        try:
+            await trio.to_thread.run_sync(self._write, events, limiter=self._limiter)
+        except (sqlite3.Error, OSError) as exc:
+            self._close()
+            return transient(f"{self.settings.path}: {exc}")
+        return CONFIRMED
+
+    def _open(self) -> sqlite_utils.Database:
+        if self._db is None:
+            directory = os.path.dirname(os.path.abspath(self.settings.path))
+            os.makedirs(directory, exist_ok=True)
+            conn = sqlite3.connect(self.settings.path, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 5000")  # readers (Datasette) may hold it
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # committed before the cursor moves
+            self._db = sqlite_utils.Database(conn)
+            self._tables = set()
+        return self._db
+
+    def _table(self, db: sqlite_utils.Database, stream: str) -> str:
+        name = f"{self.settings.table_prefix}{stream}"
+        if name not in self._tables:
+            table = db.table(name)
+            table.create(_COLUMNS, pk="id", not_null={"seq", "received_at", "event"},
+                         if_not_exists=True)  # fmt: skip
+            for columns in _INDEXED:
+                table.create_index(columns, if_not_exists=True)
+            self._tables.add(name)
+        return name
+
+    def _write(self, events: Sequence[DrainEvent]) -> None:
+        db = self._open()
+        by_table: dict[str, list[tuple[object, ...]]] = {}
+        for e in events:
+            by_table.setdefault(self._table(db, e.stream), []).append(
+                (
+                    e.key,
+                    e.seq,
+                    e.type,
+                    e.source,
+                    e.munchkin_id,
+                    e.activity_type_id,
+                    e.lead_id,
+                    e.occurred_at,
+                    e.received_at,
+                    e.raw,
+                )
+            )
+        conn = db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name, rows in by_table.items():
+                # Upsert by event id: a redelivery (at least once) replaces, never duplicates.
+                conn.executemany(
+                    f"INSERT INTO [{name}] (id, seq, type, source, munchkin_id, "  # noqa: S608
+                    "activity_type_id, lead_id, occurred_at, received_at, event) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "seq = excluded.seq, type = excluded.type, source = excluded.source, "
+                    "munchkin_id = excluded.munchkin_id, "
+                    "activity_type_id = excluded.activity_type_id, lead_id = excluded.lead_id, "
+                    "occurred_at = excluded.occurred_at, received_at = excluded.received_at, "
+                    "event = excluded.event",
+                    rows,
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.conn.close()
+            self._db = None
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._close, limiter=self._limiter)

@@ -1,0 +1,351 @@
+"""The drain's state in the journal: cursors, sink states, dead letters.
+
+Every write here is a function of a connection that the engine hands to the
+journal writer (:meth:`Journal.control`): it runs in the writer's thread
+inside a group transaction, so the drain never competes with ingest for
+SQLite's single write lock. Reads use the drain's own read-only connections.
+The operator commands of a stopped daemon run the same functions against the
+file, holding the writer lock (:func:`open_offline`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from streamd.drain.sinks.base import DrainEvent
+from streamd.errors import JournalError
+from streamd.journal.schema import SCHEMA_VERSION, connect, migrate
+from streamd.journal.writer import hold_writer_lock
+
+STATES = ("active", "paused", "disabled")
+
+
+@dataclass(frozen=True, slots=True)
+class SinkRow:
+    """A sink's persisted state."""
+
+    name: str
+    cursor: int
+    state: str
+    reason: str | None
+    last_error: str | None
+    confirmed: int
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a sink could not take, with why and how often it was tried."""
+
+    id: int
+    sink: str
+    seq: int
+    event_key: str
+    stream: str
+    type: str | None
+    reason: str
+    attempts: int
+    last_response: str | None
+    failed_at: str
+    retry: bool
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewDeadLetter:
+    event: DrainEvent
+    reason: str
+    attempts: int
+    last_response: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A sink's progress to persist: its low-water mark and what it confirmed since."""
+
+    cursor: int
+    confirmed: int
+    last_error: str | None
+
+
+# -- writes (run by the journal writer, or offline under the writer lock) ------------
+
+
+def ensure_sinks(conn: sqlite3.Connection, starts: dict[str, str], now: str) -> dict[str, SinkRow]:
+    """Create the rows of configured sinks that have none; return every sink's row.
+
+    ``starts`` maps a sink to ``"oldest"`` (deliver the whole journal) or
+    ``"latest"`` (only what arrives from now on).
+    """
+    last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    for name, start in starts.items():
+        conn.execute(
+            "INSERT OR IGNORE INTO sinks (name, cursor, state, updated_at) VALUES (?, ?, ?, ?)",
+            (name, 0 if start == "oldest" else last, "active", now),
+        )
+    return load_sinks(conn)
+
+
+def save_progress(
+    conn: sqlite3.Connection,
+    progress: dict[str, Progress],
+    dead: Sequence[tuple[str, NewDeadLetter]],
+    now: str,
+) -> None:
+    """Record dead letters, then move cursors: both in one transaction, so a cursor is
+    never past an event that is neither confirmed nor in the dead letters."""
+    conn.executemany(
+        "INSERT INTO dead_letters (sink, seq, event_key, stream, type, reason, attempts, "
+        "last_response, failed_at, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (sink, seq) DO UPDATE SET reason = excluded.reason, "
+        "attempts = dead_letters.attempts + excluded.attempts, "
+        "last_response = excluded.last_response, failed_at = excluded.failed_at, retry = 0",
+        [
+            (
+                sink,
+                d.event.seq,
+                d.event.key,
+                d.event.stream,
+                d.event.type,
+                d.reason,
+                d.attempts,
+                d.last_response,
+                now,
+                d.event.raw,
+            )
+            for sink, d in dead
+        ],
+    )
+    for name, p in progress.items():
+        # Plain assignment: the writer runs controls in submission order, and a replay
+        # retires the sink's runner (and flushes it) before it moves the cursor.
+        conn.execute(
+            "UPDATE sinks SET cursor = ?, confirmed = confirmed + ?, "
+            "last_error = ?, updated_at = ? WHERE name = ?",
+            (p.cursor, p.confirmed, p.last_error, now, name),
+        )
+
+
+def set_state(
+    conn: sqlite3.Connection, name: str, state: str, reason: str | None, now: str
+) -> SinkRow:
+    """Set a sink's operator state; raises :class:`JournalError` for an unknown sink."""
+    assert state in STATES
+    changed = conn.execute(
+        "UPDATE sinks SET state = ?, reason = ?, updated_at = ? WHERE name = ?",
+        (state, reason, now, name),
+    ).rowcount
+    if not changed:
+        raise JournalError(f"no sink named {name!r} in the journal")
+    return _sink(conn, name)
+
+
+def set_cursor(conn: sqlite3.Connection, name: str, cursor: int, now: str) -> SinkRow:
+    """Move a sink's cursor (replay: backwards); raises :class:`JournalError` for an
+    unknown sink."""
+    changed = conn.execute(
+        "UPDATE sinks SET cursor = ?, updated_at = ? WHERE name = ?", (cursor, now, name)
+    ).rowcount
+    if not changed:
+        raise JournalError(f"no sink named {name!r} in the journal")
+    return _sink(conn, name)
+
+
+def mark_retry(conn: sqlite3.Connection, sink: str, ids: Sequence[int] | None) -> int:
+    """Ask for the dead letters ``ids`` (None: all of ``sink``'s) to be delivered again."""
+    if ids is None:
+        return conn.execute("UPDATE dead_letters SET retry = 1 WHERE sink = ?", (sink,)).rowcount
+    return sum(
+        conn.execute(
+            "UPDATE dead_letters SET retry = 1 WHERE sink = ? AND id = ?", (sink, i)
+        ).rowcount
+        for i in ids
+    )
+
+
+def drop_dead_letters(conn: sqlite3.Connection, sink: str, ids: Sequence[int] | None) -> int:
+    """Delete dead letters (None: all of ``sink``'s); return how many."""
+    if ids is None:
+        return conn.execute("DELETE FROM dead_letters WHERE sink = ?", (sink,)).rowcount
+    return sum(
+        conn.execute("DELETE FROM dead_letters WHERE sink = ? AND id = ?", (sink, i)).rowcount
+        for i in ids
+    )
+
+
+def retried(
+    conn: sqlite3.Connection,
+    delivered: Sequence[int],
+    failed: Sequence[tuple[int, str, str | None]],
+) -> None:
+    """Record the outcome of re-delivered dead letters: delivered ones are removed,
+    failed ones stay (retry flag cleared, one more attempt, the new reason)."""
+    conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in delivered])
+    conn.executemany(
+        "UPDATE dead_letters SET retry = 0, attempts = attempts + 1, reason = ?, "
+        "last_response = ? WHERE id = ?",
+        [(reason, response, i) for i, reason, response in failed],
+    )
+
+
+# -- reads -------------------------------------------------------------------------
+
+_EVENT_COLUMNS = (
+    "seq, event_key, stream, type, munchkin_id, activity_type_id, source, occurred_at, "
+    "received_at, raw, lead_id"
+)
+
+
+def read_events(conn: sqlite3.Connection, after: int, limit: int) -> list[DrainEvent]:
+    """Up to ``limit`` events with ``seq > after``, in order."""
+    return [
+        DrainEvent(*row)
+        for row in conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            (after, limit),
+        )
+    ]
+
+
+def load_sinks(conn: sqlite3.Connection) -> dict[str, SinkRow]:
+    """Every sink row, by name."""
+    return {
+        row[0]: SinkRow(*row)
+        for row in conn.execute(
+            "SELECT name, cursor, state, reason, last_error, confirmed, updated_at "
+            "FROM sinks ORDER BY name"
+        )
+    }
+
+
+def _sink(conn: sqlite3.Connection, name: str) -> SinkRow:
+    return load_sinks(conn)[name]
+
+
+def dead_letters(
+    conn: sqlite3.Connection,
+    sink: str | None = None,
+    *,
+    retry_only: bool = False,
+    after_id: int = 0,
+    limit: int = 100,
+) -> list[DeadLetter]:
+    """Dead letters in id order, optionally of one sink or only those asked to retry."""
+    where = ["id > ?"]
+    args: list[object] = [after_id]
+    if sink is not None:
+        where.append("sink = ?")
+        args.append(sink)
+    if retry_only:
+        where.append("retry = 1")
+    args.append(limit)
+    return [
+        DeadLetter(a, b, c, d, e, f, g, h, i, j, bool(k), m)
+        for a, b, c, d, e, f, g, h, i, j, k, m in conn.execute(
+            # Only fixed fragments are joined; every value is a parameter.
+            "SELECT id, sink, seq, event_key, stream, type, reason, attempts, last_response, "  # noqa: S608
+            f"failed_at, retry, raw FROM dead_letters WHERE {' AND '.join(where)} "
+            "ORDER BY id LIMIT ?",
+            args,
+        )
+    ]
+
+
+def dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many dead letters each sink has."""
+    return dict(conn.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink"))
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    """The highest journaled sequence (0 for an empty journal)."""
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
+
+def seq_before_time(conn: sqlite3.Connection, received_at: str) -> int:
+    """The sequence just before the first event received at or after ``received_at``.
+
+    ``received_at`` follows ``seq`` up to concurrent requests, so a binary search
+    over the primary key finds it without an index on time.
+    """
+    lo, hi = 0, last_seq(conn)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        row = conn.execute(
+            "SELECT received_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
+        ).fetchone()
+        if row is None or row[0] >= received_at:
+            hi = mid - 1
+        else:
+            lo = mid
+    return lo
+
+
+def lag(conn: sqlite3.Connection, cursor: int) -> tuple[int, str | None]:
+    """Events past ``cursor`` and the receive time of the oldest of them.
+
+    Sequences past any cursor have no gaps (retention deletes only below every
+    cursor), so the count is a subtraction, not a scan of the backlog.
+    """
+    count = max(0, last_seq(conn) - cursor)
+    oldest = conn.execute(
+        "SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (cursor,)
+    ).fetchone()
+    return int(count), None if oldest is None else str(oldest[0])
+
+
+def open_reader(path: str, cache_mib: int = 8) -> sqlite3.Connection:
+    """A read-only connection for the drain (raises :class:`JournalError`)."""
+    return connect(path, synchronous="full", cache_mib=cache_mib, readonly=True)
+
+
+@contextlib.contextmanager
+def open_offline(path: str, now: str) -> Iterator[sqlite3.Connection]:
+    """Write to the journal of a stopped daemon: take the writer lock (refusing when a
+    daemon holds it), migrate, and yield a connection; each ``with conn_transaction``
+    is the caller's. Raises :class:`JournalError`."""
+    if not os.path.exists(path):
+        raise JournalError(f"{path}: no journal here (is --data-dir right?)")
+    try:
+        fd = hold_writer_lock(path)
+    except JournalError:
+        raise JournalError(
+            f"{path}: streamd is running on this journal; stop it first (operator commands "
+            "for a running daemon go through the admin listener, not available in this build)"
+        ) from None
+    try:
+        # Look before opening for writing: a write connection switches the file to WAL,
+        # which would change a file that is not a journal at all.
+        probe = connect(path, synchronous="full", cache_mib=1, readonly=True)
+        try:
+            version = probe.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{path}: not a usable streamd journal: {exc}") from exc
+        finally:
+            probe.close()
+        if version == 0:
+            raise JournalError(f"{path}: not a streamd journal (schema version 0)")
+        conn = connect(path, synchronous="full", cache_mib=8)
+        try:
+            if version < SCHEMA_VERSION:
+                migrate(conn, path, now)
+            yield conn
+        finally:
+            conn.close()
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

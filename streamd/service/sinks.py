@@ -1,0 +1,155 @@
+"""From ``[[sinks]]`` config to the drain's :class:`SinkSpec`s (reading secret files)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any
+
+import msgspec
+
+from streamd.auth import loose_permissions
+from streamd.drain import Filter, Route, SinkSpec
+from streamd.drain.policy import RetrySettings
+from streamd.drain.presets import DEFAULT_POOL, DEFAULT_RETRY, PRESETS, PoolSettings
+from streamd.drain.sinks.base import Sink
+from streamd.drain.sinks.exec import ExecSettings, ExecSink
+from streamd.drain.sinks.file import FileSettings, FileSink
+from streamd.drain.sinks.http import HttpSettings, HttpSink, parse_secret
+from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
+from streamd.drain.sinks.stdout import StdoutSink
+from streamd.errors import ConfigError
+from streamd.service.config import Config, SinkConfig
+
+_MAX_SECRET_FILE = 64 * 1024
+
+
+def resolve(sink: SinkConfig) -> tuple[PoolSettings, RetrySettings]:
+    """The preset's pool and retry settings with the keys the sink sets on top."""
+    pool, retry = PRESETS.get(sink.preset, (DEFAULT_POOL, DEFAULT_RETRY))
+    pool = dataclasses.replace(
+        pool, **{k: v for k, v in _fields(sink.pool).items() if v is not None}
+    )
+    retry = dataclasses.replace(
+        retry, **{k: v for k, v in _fields(sink.retry).items() if v is not None}
+    )
+    return pool, retry
+
+
+def _fields(struct: msgspec.Struct) -> dict[str, Any]:
+    return {name: getattr(struct, name) for name in struct.__struct_fields__}
+
+
+def _read_lines(path: str, what: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    if len(data) > _MAX_SECRET_FILE:
+        raise ConfigError(f"{path}: the {what} file is larger than {_MAX_SECRET_FILE} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the {what} file is not UTF-8 text") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if not lines:
+        raise ConfigError(f"{path}: the {what} file holds no {what}")
+    return lines
+
+
+def _opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> object:
+    prefix = f"sinks {sink.name!r}"
+    if sink.kind == "http":
+        assert sink.http is not None
+        h = sink.http
+        token = None
+        if h.bearer_token_file:
+            token = _read_lines(h.bearer_token_file, "bearer token")[0]
+        secrets = []
+        for path in h.secret_files:
+            secrets += [parse_secret(line, path) for line in _read_lines(path, "signing secret")]
+        for path in [h.bearer_token_file, *h.secret_files]:
+            if path and loose_permissions(path):
+                print(f"streamd: warning: {path} is readable by group or others", file=sys.stderr)
+        settings = HttpSettings(
+            url=h.url,
+            sink=sink.name,
+            headers=dict(h.headers),
+            bearer_token=token,
+            secrets=tuple(secrets),
+            connections=pool.workers + 1,
+            timeout=pool.timeout,
+        )
+        return lambda: HttpSink(settings)
+    if sink.kind == "file":
+        assert sink.file is not None
+        f = sink.file
+        fs = FileSettings(
+            directory=os.path.join(config.data_dir, f.directory)
+            if not os.path.isabs(f.directory)
+            else f.directory,
+            prefix=f.prefix or sink.name,
+            max_bytes=f.max_bytes,
+            max_age=f.max_age,
+            gzip=f.gzip,
+            fsync=f.fsync,
+        )
+        return lambda: FileSink(fs)
+    if sink.kind == "sqlite":
+        assert sink.sqlite is not None
+        path = sink.sqlite.path
+        ss = SqliteSettings(
+            path if os.path.isabs(path) else os.path.join(config.data_dir, path),
+            sink.sqlite.table_prefix,
+        )
+        return lambda: SqliteSink(ss)
+    if sink.kind == "exec":
+        assert sink.exec is not None
+        es = ExecSettings(tuple(sink.exec.command), dict(sink.exec.env), sink.exec.cwd or None)
+        return lambda: ExecSink(es)
+    if sink.kind == "stdout":
+        return lambda: StdoutSink()
+    raise ConfigError(f"{prefix}: unknown kind {sink.kind!r}")  # pragma: no cover
+
+
+def build_specs(config: Config) -> list[SinkSpec]:
+    """The drain's sink specs; reads token and secret files (raises :class:`ConfigError`
+    naming the file and the problem)."""
+    specs = []
+    for sink in config.sinks:
+        pool, retry = resolve(sink)
+        route = Route(
+            [
+                Filter(
+                    streams=tuple(f.streams),
+                    types=tuple(f.types),
+                    munchkin_ids=tuple(f.munchkin_ids),
+                    activity_type_ids=tuple(f.activity_type_ids),
+                    sources=tuple(f.sources),
+                )
+                for f in sink.filters
+            ]
+        )
+        opener = _opener(config, sink, pool)
+        specs.append(
+            SinkSpec(
+                name=sink.name,
+                kind=sink.kind,
+                route=route,
+                open_sink=opener,  # type: ignore[arg-type]
+                workers=pool.workers,
+                batch_size=pool.batch_size,
+                linger=pool.linger,
+                interval=pool.interval,
+                max_in_flight=pool.max_in_flight,
+                timeout=pool.timeout,
+                start=sink.start,
+                retry=retry,
+            )
+        )
+    return specs
+
+
+__all__ = ["Sink", "build_specs", "resolve"]

@@ -1,0 +1,128 @@
+"""The exec sink with real processes and the sqlite sink with a real database file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+from streamd.drain import RetrySettings, open_drain
+from streamd.drain.sinks.exec import ExecSettings, ExecSink
+from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
+from streamd.journal import Journal
+
+from .conftest import append, spec, wait_until
+
+FAST = RetrySettings(backoff_base=0.01, backoff_cap=0.02, jitter=0.0, pause_after=50)
+
+
+def dead(journal: Journal) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(journal.path)
+    try:
+        return conn.execute("SELECT event_key, reason, last_response FROM dead_letters").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_exec_gets_json_lines_on_stdin(tmp_path: Path, journal: Journal) -> None:
+    await append(journal, ["e1", "e2", "e3"])
+    out = tmp_path / "got.jsonl"
+    sink = ExecSink(ExecSettings(["sh", "-c", f"cat >> {out}"]))
+    async with open_drain(journal, [spec("cmd", sink, batch_size=2, workers=1)]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 3, "confirmed")
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["e1", "e2", "e3"]
+
+
+async def test_a_failing_command_is_retried_then_succeeds(tmp_path: Path, journal: Journal) -> None:
+    await append(journal, ["f1"])
+    marker = tmp_path / "attempts"
+    # Fails twice (exit 3, with a message), then succeeds.
+    script = (
+        f"echo x >> {marker}; n=$(wc -l < {marker}); "
+        'if [ "$n" -lt 3 ]; then echo "database locked" >&2; exit 3; fi; cat > /dev/null'
+    )
+    sink = ExecSink(ExecSettings(["sh", "-c", script]))
+    async with open_drain(journal, [spec("cmd", sink, retry=FAST)]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 1, "confirmed on the third try")
+        assert d.statistics()[0].last_error == "sh exited with status 3"
+    assert marker.read_text().count("x") == 3
+    assert dead(journal) == []
+
+
+async def test_exit_65_dead_letters_with_stderr(journal: Journal) -> None:
+    await append(journal, ["bad"])
+    sink = ExecSink(ExecSettings(["sh", "-c", "cat > /dev/null; echo 'bad record' >&2; exit 65"]))
+    async with open_drain(journal, [spec("cmd", sink)]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 1, "dead-lettered")
+    assert dead(journal) == [("bad", "sh exited with status 65", "bad record")]
+
+
+async def test_a_hanging_command_group_is_killed_on_timeout(
+    tmp_path: Path, journal: Journal
+) -> None:
+    await append(journal, ["h1"])
+    pidfile = tmp_path / "child.pid"
+    # The command starts a grandchild that would outlive a plain kill of the shell.
+    script = f"sleep 300 & echo $! > {pidfile}; wait"
+    sink = ExecSink(ExecSettings(["sh", "-c", script]))
+    retry = RetrySettings(max_attempts=1, pause_after=50)
+    async with open_drain(journal, [spec("cmd", sink, retry=retry, timeout=0.5)]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 1, "timed out, dead-lettered")
+    assert dead(journal)[0][1] == "no answer within 0.5 s"
+    child = int(pidfile.read_text())
+    await wait_until(lambda: not _alive(child), "the grandchild killed with its group")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_a_missing_command_is_transient(journal: Journal) -> None:
+    await append(journal, ["m1"])
+    sink = ExecSink(ExecSettings(["/nonexistent/streamd-test-command"]))
+    retry = RetrySettings(backoff_base=0.01, backoff_cap=0.01, pause_after=2, probe_interval=60)
+    async with open_drain(journal, [spec("cmd", sink, retry=retry)]) as d:
+        await wait_until(lambda: d.statistics()[0].state == "auto-paused", "paused")
+        assert "cannot start" in (d.statistics()[0].last_error or "")
+
+
+async def test_sqlite_tables_per_stream_upserted_by_id(tmp_path: Path, journal: Journal) -> None:
+    await append(journal, ["a1", "a2"])
+    await append(journal, ["u1"], stream="audit", type="com.adobe.platform.marketo.audit.x")
+    target = tmp_path / "analysis.db"
+    async with open_drain(
+        journal, [spec("tables", SqliteSink(SqliteSettings(str(target), "mkto_")))]
+    ) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 3, "written")
+        await d.replay("tables", seq=1)  # everything again: upserts, no duplicates
+        await wait_until(lambda: d.statistics()[0].cursor == 3, "rewritten")
+    db = sqlite_utils.Database(target)
+    assert sorted(db.table_names()) == ["mkto_activity", "mkto_audit"]
+    rows = list(db["mkto_activity"].rows)
+    assert [r["id"] for r in rows] == ["a1", "a2"]
+    assert rows[0]["lead_id"] == 7 and rows[0]["activity_type_id"] == 1
+    assert json.loads(rows[0]["event"]) == {"id": "a1", "n": 1}
+    assert db.table("mkto_activity").pks == ["id"]
+    assert db["mkto_audit"].count == 1
+
+
+async def test_sqlite_target_that_cannot_be_opened_is_transient(
+    tmp_path: Path, journal: Journal
+) -> None:
+    await append(journal, ["x1"])
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    sink = SqliteSink(SqliteSettings(os.path.join(blocker, "t.db")))
+    retry = RetrySettings(backoff_base=0.01, backoff_cap=0.01, pause_after=2, probe_interval=0.05)
+    async with open_drain(journal, [spec("t", sink, retry=retry)]) as d:
+        await wait_until(lambda: d.statistics()[0].state == "auto-paused", "paused")
+        blocker.unlink()
+        await wait_until(lambda: d.statistics()[0].cursor == 1, "written after the fix")
+    assert sqlite_utils.Database(Path(blocker) / "t.db")["activity"].count == 1

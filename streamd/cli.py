@@ -20,6 +20,7 @@ from streamd.journal import journal_stats
 from streamd.service import load_config, serve
 from streamd.service.config import Config, default_data_dir
 from streamd.service.logs import LOG_FORMATS, configure_logging
+from streamd.service.run import signature_check
 from streamd.service.sdnotify import Notifier, take_environment
 from streamd.service.sinks import build_specs
 
@@ -342,6 +343,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     for source in config.sources:
+        if source.auth == "adobe-signature":
+            signature_check(config, source)  # pinned keys and the secret must load
+            continue
         for path in config.token_files(source):
             # serve creates a missing global token file (default or tokens.files);
             # a source's own token_files must exist.

@@ -79,14 +79,16 @@ def decode_delivery(body: bytes) -> Delivery:
             return Delivery(shape="batch", events=[])
         events: list[EventRecord] = []
         shapes: set[str] = set()
+        recipients: set[str] = set()
         for index, raw in enumerate(raws):
             path = f"$[{index}]"
             item = _decode_item(raw, path)
             if item.validationUrl is not None and _is_challenge(item):
                 raise PayloadError(f"{path}: a validation request cannot be part of a batch")
             shapes.add(_collect(item, raw, path, events))
+            _recipients(item, recipients)
         shape = shapes.pop() if len(shapes) == 1 else "mixed"
-        return Delivery(shape=shape, events=events)
+        return Delivery(shape=shape, events=events, recipients=frozenset(recipients))
     if start == b"{":
         raw = _decode(RAW_DECODER, body, "$")
         item = _decode_item(raw, "$")
@@ -97,16 +99,26 @@ def decode_delivery(body: bytes) -> Delivery:
         events = []
         shape = _collect(item, raw, "$", events)
         message_id = item.messageId if shape == "legacy" else None
+        named: set[str] = set()
+        _recipients(item, named)
         return Delivery(
             shape=shape,
             events=events,
             message_id=None if message_id is None else str(message_id)[:200],
+            recipients=frozenset(named),
         )
     if not body.strip():
         raise PayloadError("$: the body is empty; expected a JSON object or array")
     # Let msgspec name the exact position of the problem.
     _decode(RAW_DECODER, body, "$")
     raise PayloadError("$: expected a JSON object or an array of objects")
+
+
+def _recipients(item: Item, into: set[str]) -> None:
+    for value in (item.recipientclientid, item.recipient_client_id):
+        if value is not None:
+            # A non-string never equals a configured client id; keep it visible as such.
+            into.add(value if isinstance(value, str) else repr(value))
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | msgspec.Raw, path: str) -> Any:
@@ -147,6 +159,8 @@ def _decode_item(raw: msgspec.Raw, path: str) -> Item:
         munchkinId=loose.munchkinId,
         messageId=loose.messageId,
         validationUrl=loose.validationUrl,
+        recipientclientid=loose.recipientclientid,
+        recipient_client_id=loose.recipient_client_id,
     )
 
 

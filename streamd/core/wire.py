@@ -55,6 +55,8 @@ class Item(msgspec.Struct, frozen=True):
     munchkinId: Any = None
     messageId: Any = None
     validationUrl: Any = None
+    recipientclientid: Any = None
+    recipient_client_id: Any = None
 
 
 class LooseEvent(msgspec.Struct, frozen=True):
@@ -82,6 +84,8 @@ class LooseItem(msgspec.Struct, frozen=True):
     munchkinId: Any = None
     messageId: Any = None
     validationUrl: Any = None
+    recipientclientid: Any = None
+    recipient_client_id: Any = None
 
 
 class LegacyActivity(msgspec.Struct, frozen=True):
@@ -115,6 +119,9 @@ class Delivery(msgspec.Struct, frozen=True):
     events: list[EventRecord]
     message_id: str | None = None
     validation_url: str | None = None
+    # The client ids the items name as their recipient (recipientclientid or
+    # recipient_client_id), for sources that check Adobe signatures.
+    recipients: frozenset[str] = frozenset()
 
 
 # One decoder per type, created once (msgspec: decoders are reusable and cheap to call).

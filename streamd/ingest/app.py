@@ -19,6 +19,7 @@ import orjson
 import trio
 
 from streamd.auth import TokenSet, token_from_request
+from streamd.auth.adobe import Presented, SignatureCheck
 from streamd.core import decode_delivery
 from streamd.errors import JournalBusy, PayloadError, StreamdError
 from streamd.journal import Batch, Journal, utc_now
@@ -47,8 +48,9 @@ class Source:
 
     name: str
     path: str
-    tokens: TokenSet
+    tokens: TokenSet | None  # None for a signed source
     query_token: bool = True
+    adobe: SignatureCheck | None = None  # set: Adobe signatures instead of tokens
 
 
 class IngestApp:
@@ -70,6 +72,10 @@ class IngestApp:
         self._stopping = False
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
+
+    def sources(self) -> list[Source]:
+        """The sources served now."""
+        return list(self._routes.values())
 
     def replace_sources(self, sources: list[Source]) -> None:
         """Swap in new sources (a reload): requests already routed keep their old one."""
@@ -133,15 +139,23 @@ class IngestApp:
             await self._error(send, 503, "streamd is shutting down", retry_after=10)
             return
         headers = _headers(scope)
-        presented = token_from_request(
-            headers.get(b"authorization"), scope["query_string"], allow_query=source.query_token
-        )
-        if not source.tokens.check(presented):
-            what = "missing" if presented is None else "invalid"
-            await self._error(
-                send, 401, f"{what} credentials", [(b"www-authenticate", b'Bearer realm="streamd"')]
+        signed: Presented | None = None
+        if source.adobe is not None:
+            # Present and well-formed before the body is read (SignatureInvalid: 401).
+            signed = source.adobe.presented(headers)
+        else:
+            presented = token_from_request(
+                headers.get(b"authorization"), scope["query_string"], allow_query=source.query_token
             )
-            return
+            if source.tokens is None or not source.tokens.check(presented):
+                what = "missing" if presented is None else "invalid"
+                await self._error(
+                    send,
+                    401,
+                    f"{what} credentials",
+                    [(b"www-authenticate", b'Bearer realm="streamd"')],
+                )
+                return
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if media and media not in _JSON_TYPES:
             await self._error(
@@ -162,12 +176,20 @@ class IngestApp:
         if body is None:
             await self._error(send, 413, self._too_large())
             return
+        if source.adobe is not None and signed is not None:
+            await source.adobe.verify(signed, body)  # 401, or 503 when the key host fails
         try:
             delivery = decode_delivery(body)
         except PayloadError as exc:
             log.info("rejected a body from source %s: %r", source.name, str(exc))
             await self._error(send, 400, str(exc))
             return
+        if source.adobe is not None:
+            problem = source.adobe.check_recipient(delivery.recipients)
+            if problem is not None:
+                log.warning("refused a signed delivery on %s: %s", source.name, problem)
+                await self._error(send, 403, problem)
+                return
         if delivery.shape == "challenge":
             # Never journaled; someone (or a later streamd) must GET it within 5 minutes.
             log.warning(

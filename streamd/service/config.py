@@ -51,14 +51,27 @@ class TokensConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     files: list[str] = msgspec.field(default_factory=list)
 
 
+class AdobeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sources.adobe]: Adobe I/O Events signature checks of one source."""
+
+    client_id: str
+    key_host: str = "https://static.adobeioevents.com"
+    fetch_keys: bool = True
+    pinned_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    key_cache_hours: Annotated[float, msgspec.Meta(gt=0, le=24)] = 24.0
+    fetch_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    client_secret_file: str = ""
+
+
 class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[[sources]]: one named endpoint (a legacy push subscription or an I/O registration)."""
 
     name: str
     path: str
-    auth: Literal["token"] = "token"
+    auth: Literal["token", "adobe-signature"] = "token"
     token_files: list[str] = msgspec.field(default_factory=list)
     query_token: bool = True
+    adobe: AdobeConfig | None = None
 
 
 Streams = Literal["activity", "audit", "notification", "other"]
@@ -308,7 +321,39 @@ def validate(config: Config, where: str, *, overrides: bool = False) -> None:
             raise ConfigError(f"{where}: key {key}.path: duplicate source path {source.path!r}")
         names.add(source.name)
         paths.add(route)
+        _validate_adobe(source, f"{where}: key {key}")
     validate_sinks(config, where)
+
+
+_KEY_HOST = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def _validate_adobe(source: SourceConfig, where: str) -> None:
+    adobe = source.adobe
+    if source.auth == "adobe-signature" and adobe is None:
+        raise ConfigError(
+            f'{where}.adobe: auth = "adobe-signature" needs an [sources.adobe] table with client_id'
+        )
+    if adobe is None:
+        return
+    if source.auth != "adobe-signature":
+        raise ConfigError(f'{where}.adobe: only for auth = "adobe-signature"')
+    if not adobe.client_id.strip():
+        raise ConfigError(f"{where}.adobe.client_id: must not be empty")
+    if not _KEY_HOST.fullmatch(adobe.key_host.rstrip("/")):
+        raise ConfigError(
+            f"{where}.adobe.key_host: {adobe.key_host!r} is not an http(s)://host[:port] URL"
+        )
+    from streamd.auth.adobe import KEY_PATH  # here: config must not import crypto eagerly
+
+    for path in adobe.pinned_keys:
+        if not KEY_PATH.fullmatch(path):
+            raise ConfigError(
+                f"{where}.adobe.pinned_keys: {path!r} is not an Adobe key path "
+                "(/prod/keys/pub-key-<id>.pem)"
+            )
+    if not adobe.fetch_keys and not adobe.pinned_keys:
+        raise ConfigError(f"{where}.adobe: fetch_keys = false needs pinned_keys")
 
 
 _KIND_TABLES = ("http", "file", "sqlite", "exec")

@@ -23,12 +23,13 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
+from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
 from streamd.drain import Drain, open_drain
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
 from streamd.journal import Journal, WriterOptions, open_journal
-from streamd.service.config import Config
+from streamd.service.config import Config, SourceConfig
 from streamd.service.sdnotify import Notifier
 from streamd.service.sinks import build_specs
 
@@ -69,6 +70,10 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
     cache: dict[str, list[str]] = {}
     sources = []
     for source in config.sources:
+        if source.auth == "adobe-signature":
+            check = signature_check(config, source)
+            sources.append(Source(source.name, source.path, None, False, check))
+            continue
         tokens: list[str] = []
         for path in config.token_files(source):
             if path not in cache:
@@ -88,6 +93,51 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
             tokens.extend(cache[path])
         sources.append(Source(source.name, source.path, TokenSet(tokens), source.query_token))
     return sources
+
+
+def read_secret(path: str, what: str) -> bytes:
+    """A secret from a file; a relative path is looked up in ``$CREDENTIALS_DIRECTORY``
+    (systemd's ``LoadCredential=``). Raises :class:`ConfigError` naming the file."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    full = os.path.join(creds, path) if creds and not os.path.isabs(path) else path
+    try:
+        with open(full, "rb") as f:
+            data = f.read(64 * 1024 + 1)
+    except OSError as exc:
+        raise ConfigError(f"{full}: cannot read the {what}: {exc.strerror}") from None
+    if len(data) > 64 * 1024:
+        raise ConfigError(f"{full}: the {what} is larger than 64 KiB")
+    secret = data.strip()
+    if not secret:
+        raise ConfigError(f"{full}: the {what} is empty")
+    return secret
+
+
+def signature_check(config: Config, source: SourceConfig) -> SignatureCheck:
+    """The Adobe signature check of a source: pinned keys and secret read now.
+
+    Raises :class:`ConfigError` naming the file and the problem.
+    """
+    adobe = source.adobe
+    assert adobe is not None  # validated with the config
+    pinned = {}
+    for path, file in adobe.pinned_keys.items():
+        try:
+            pinned[path] = load_public_key(read_secret(file, "pinned Adobe key"), file)
+        except ValueError as exc:
+            raise ConfigError(f"sources {source.name!r}: adobe.pinned_keys: {exc}") from None
+    secret = None
+    if adobe.client_secret_file:
+        secret = read_secret(adobe.client_secret_file, "Adobe client secret")
+    keys = KeyStore(
+        key_host=adobe.key_host,
+        cache_dir=os.path.join(config.data_dir, "adobe-keys"),
+        max_age=adobe.key_cache_hours * 3600,
+        fetch=adobe.fetch_keys,
+        timeout=adobe.fetch_timeout,
+        pinned=pinned,
+    )
+    return SignatureCheck(keys, adobe.client_id, secret)
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:

@@ -80,6 +80,38 @@ query_token = false
     assert io.query_token is False
 
 
+_SIGNED = "[[sources]]\nname='s'\npath='/s'\nauth = 'adobe-signature'\n"
+_ADOBE = _SIGNED + "[sources.adobe]\nclient_id = 'c'\n"
+ADOBE_ERRORS = [
+    (_SIGNED, 'key sources[0].adobe: auth = "adobe-signature" needs an [sources.adobe] table'),
+    (
+        "[[sources]]\nname='s'\npath='/s'\n[sources.adobe]\nclient_id = 'c'",
+        "key sources[0].adobe: only for auth =",
+    ),
+    (
+        _SIGNED + "[sources.adobe]\nclient_id = ' '",
+        "key sources[0].adobe.client_id: must not be empty",
+    ),
+    (
+        _ADOBE + "key_host = 'file:///etc'",
+        "key sources[0].adobe.key_host: 'file:///etc' is not an http(s)://host[:port] URL",
+    ),
+    (
+        _ADOBE + "pinned_keys = { '/etc/passwd' = 'x' }",
+        "key sources[0].adobe.pinned_keys: '/etc/passwd' is not an Adobe key path",
+    ),
+    (_ADOBE + "fetch_keys = false", "key sources[0].adobe: fetch_keys = false needs pinned_keys"),
+    (
+        _ADOBE + "key_cache_hours = 48",
+        "key sources[0].adobe.key_cache_hours: expected `float` <= 24",
+    ),
+    (
+        "[[sources]]\nname='s'\npath='/s'\nauth = 'oauth'",
+        "key sources[0].auth: invalid enum value 'oauth'",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -101,6 +133,7 @@ query_token = false
             "key sources[1].name: duplicate source name 'a'",
         ),
         ("sources = []", "key sources: at least one source"),
+        *ADOBE_ERRORS,
         ("[server]\nlisten = []", "key server.listen: at least one address"),
         ("[server]\nlisten = ['localhost']", "key server.listen[0]: 'localhost' is not HOST:PORT"),
         ("[server]\nlisten = ['a:99999']", "port must be a number from 0 to 65535"),

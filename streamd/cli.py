@@ -15,7 +15,8 @@ import trio
 
 from streamd import __version__
 from streamd.auth import read_token_file
-from streamd.errors import ConfigError, JournalError, StreamdError
+from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
+from streamd.inspect import cli as inspect_cli
 from streamd.journal import journal_stats
 from streamd.service import load_config, serve
 from streamd.service.config import Config, default_data_dir
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_stats.add_argument("--data-dir", metavar="DIR", help="data directory (default: as for serve)")
     p_stats.add_argument("--journal", metavar="FILE", help="journal file (overrides --data-dir)")
     p_stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect_cli.register(jsub)
     return parser
 
 
@@ -93,6 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _dispatch(args)
+    except BrokenPipeError:
+        # `streamd journal grep ... | head`: the reader has what it wanted.
+        _silence_stdout()
+        return 0
+    except KeyboardInterrupt:
+        if args.command == "journal":
+            _silence_stdout()
+            return 130
+        raise
     except BaseExceptionGroup as group:
         # trio nurseries wrap errors in groups; report ours as the one line they are.
         ours, rest = group.split(StreamdError)
@@ -108,7 +119,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args)
-    return _journal_stats(args)
+    if args.journal_command == "stats":
+        return _journal_stats(args)
+    return inspect_cli.run(args)
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; a closed pipe would print a second error then.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _first_leaf(group: BaseExceptionGroup[StreamdError]) -> StreamdError:
@@ -119,6 +141,9 @@ def _first_leaf(group: BaseExceptionGroup[StreamdError]) -> StreamdError:
 def _report(exc: StreamdError) -> int:
     if isinstance(exc, ConfigError):
         print(f"streamd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, UsageError):
+        print(f"streamd: {exc}", file=sys.stderr)
         return 2
     if isinstance(exc, JournalError):
         print(f"streamd: journal error: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The ``streamd`` command: serve, check-config, journal stats."""
+"""The ``streamd`` command: serve, check-config, and the ``journal`` inspection commands."""
 
 from __future__ import annotations
 
@@ -8,18 +8,15 @@ import os
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
-import orjson
 import trio
 
 from streamd import __version__
 from streamd.auth import read_token_file
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
 from streamd.inspect import cli as inspect_cli
-from streamd.journal import journal_stats
 from streamd.service import load_config, serve
-from streamd.service.config import Config, default_data_dir
+from streamd.service.config import Config
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -75,12 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_journal = sub.add_parser("journal", help="inspect the journal (read-only)")
     jsub = p_journal.add_subparsers(dest="journal_command", metavar="SUBCOMMAND")
     jsub.required = True
-    p_stats = jsub.add_parser(
-        "stats", help="counts by stream and type, duplicates, time range, file sizes"
-    )
-    p_stats.add_argument("--data-dir", metavar="DIR", help="data directory (default: as for serve)")
-    p_stats.add_argument("--journal", metavar="FILE", help="journal file (overrides --data-dir)")
-    p_stats.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect_cli.register(jsub)
     return parser
 
@@ -119,8 +110,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args)
-    if args.journal_command == "stats":
-        return _journal_stats(args)
     return inspect_cli.run(args)
 
 
@@ -188,42 +177,6 @@ def _check_config(args: argparse.Namespace) -> int:
         + ", ".join(f"{s.name} at {s.path}" for s in config.sources)
     )
     return 0
-
-
-def _journal_stats(args: argparse.Namespace) -> int:
-    path = args.journal or os.path.join(args.data_dir or default_data_dir(), "journal.db")
-    stats = journal_stats(path)
-    if args.json:
-        sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        sys.stdout.write(_format_stats(stats))
-    return 0
-
-
-def _format_stats(stats: dict[str, Any]) -> str:
-    lines = [
-        f"journal     {stats['path']} (schema {stats['schema_version']})",
-        f"events      {stats['events']}  "
-        + "  ".join(f"{k}={v}" for k, v in stats["by_stream"].items()),
-        f"deliveries  {stats['deliveries']}  "
-        + "  ".join(f"{k}={v}" for k, v in stats["deliveries_by_source"].items()),
-        f"duplicates  {stats['duplicates']} of {stats['events_received']} events received",
-    ]
-    if stats["first"]:
-        lines.append(
-            f"received    {stats['first']['received_at']} (seq {stats['first']['seq']}) .. "
-            f"{stats['last']['received_at']} (seq {stats['last']['seq']})"
-        )
-        occurred = stats["occurred_range"]
-        lines.append(f"occurred    {occurred['min']} .. {occurred['max']}")
-    sizes = stats["file_bytes"]
-    lines.append("file bytes  " + "  ".join(f"{name}={size}" for name, size in sizes.items()))
-    if stats["by_type"]:
-        lines.append("by type:")
-        width = max(len(str(t["type"])) for t in stats["by_type"])
-        for row in stats["by_type"]:
-            lines.append(f"  {row['events']:>10}  {row['stream']:<12} {row['type']!s:<{width}}")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,7 @@ def _format_flag(parser: argparse.ArgumentParser, choices: tuple[str, ...] = FOR
     )
 
 
-def add_filter_flags(parser: argparse.ArgumentParser) -> None:
+def add_filter_flags(parser: argparse.ArgumentParser, clock: str = "occurred") -> None:
     """The event filters shared by grep, find, tail, export and stats."""
     g = parser.add_argument_group("filters (repeat a flag or use a,b for alternatives)")
     g.add_argument(
@@ -61,9 +61,9 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--clock",
         choices=("occurred", "received"),
-        default="occurred",
-        help="which time --since/--until apply to: when it happened (occurred_at, default) "
-        "or when streamd received it (received_at)",
+        default=clock,
+        help="which time --since/--until apply to: when it happened (occurred_at) "
+        f"or when streamd received it (received_at); default {clock}",
     )
     g.add_argument(
         "--where",
@@ -75,7 +75,18 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add every journal subcommand except ``stats`` (kept in streamd/cli.py's order)."""
+    """Add every ``streamd journal`` subcommand to ``jsub``."""
+    p = jsub.add_parser(
+        "stats",
+        help="counts by stream, type, Munchkin id and source in a window; rate, duplicates, sizes",
+    )
+    _journal_flags(p)
+    # A window of stats is about ingest: --since/--until mean received_at unless told.
+    add_filter_flags(p, clock="received")
+    _format_flag(p)
+    p.add_argument("--json", action="store_true", help="one indented JSON document")
+    p.set_defaults(run=_stats)
+
     for name, what in (
         ("grep", "events matching filters, as a table or JSON Lines (--count: how many)"),
         ("find", "the same as grep"),
@@ -120,6 +131,12 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _format_flag(p)
     p.add_argument("sql", metavar="SQL", help="a SELECT (or read-only PRAGMA); writes are refused")
     p.set_defaults(run=commands.cmd_query)
+
+
+def _stats(args: argparse.Namespace, out: IO[str]) -> int:
+    from streamd.inspect.stats import cmd_stats  # stats imports commands: no cycle at load
+
+    return cmd_stats(args, out)
 
 
 def _limit(text: str) -> int:

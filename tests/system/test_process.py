@@ -601,7 +601,9 @@ def test_journal_stats_counts_what_was_delivered(tmp_path: Path, processes: Proc
         assert stats["last"]["seq"] == accepted
         assert sum(t["events"] for t in stats["by_type"]) == accepted
 
-    text = processes.run([*streamd_argv(), "journal", "stats", "--data-dir", str(data_dir)])
+    text = processes.run(
+        [*streamd_argv(), "journal", "stats", "--data-dir", str(data_dir), "--format", "table"]
+    )
     assert text.returncode == 0, text.stderr
     assert f"events      {accepted} " in text.stdout
     assert f"duplicates  {duplicates} of {accepted + duplicates}" in text.stdout

@@ -126,6 +126,23 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(run=commands.cmd_show)
 
+    p = jsub.add_parser(
+        "export", help="matching events as JSON Lines or CSV, streamed in constant memory"
+    )
+    _journal_flags(p)
+    add_filter_flags(p)
+    p.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="jsonl (default) or csv"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write here (replaced only once the export is complete); default stdout",
+    )
+    p.add_argument("--limit", type=_limit, metavar="N", help="at most N events (oldest first)")
+    p.set_defaults(run=_export)
+
     p = jsub.add_parser("query", help="run one read-only SQL statement against the journal")
     _journal_flags(p)
     _format_flag(p)
@@ -137,6 +154,12 @@ def _stats(args: argparse.Namespace, out: IO[str]) -> int:
     from streamd.inspect.stats import cmd_stats  # stats imports commands: no cycle at load
 
     return cmd_stats(args, out)
+
+
+def _export(args: argparse.Namespace, out: IO[str]) -> int:
+    from streamd.inspect.export import cmd_export
+
+    return cmd_export(args, out)
 
 
 def _limit(text: str) -> int:

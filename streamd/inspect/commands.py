@@ -60,10 +60,10 @@ def filters_from(args: argparse.Namespace) -> Filters:
     )
 
 
-def open_from(args: argparse.Namespace) -> tuple[str, sqlite3.Connection]:
+def open_from(args: argparse.Namespace, cache_mib: int = 16) -> tuple[str, sqlite3.Connection]:
     """The journal path of ``--data-dir``/``--journal`` and a read-only connection to it."""
     path = journal_path(args.data_dir, args.journal)
-    return path, open_readonly(path)
+    return path, open_readonly(path, cache_mib=cache_mib)
 
 
 def write_bytes(out: IO[str], data: bytes) -> None:

@@ -153,6 +153,20 @@ def iter_events(
     page: int = 2000,
 ) -> Iterator[Row]:
     """Matching events in ``seq`` order, ``after < seq <= upto`` (default: the newest now)."""
+    for rows in iter_pages(conn, filters, after=after, upto=upto, limit=limit, page=page):
+        yield from rows
+
+
+def iter_pages(
+    conn: sqlite3.Connection,
+    filters: Filters,
+    *,
+    after: int = 0,
+    upto: int | None = None,
+    limit: int | None = None,
+    page: int = 2000,
+) -> Iterator[list[Row]]:
+    """:func:`iter_events` a page (one short statement) at a time."""
     lo, hi = seq_window(conn, filters)
     lo = max(lo, after)
     if upto is not None:
@@ -162,7 +176,7 @@ def iter_events(
 
 def _pages(
     conn: sqlite3.Connection, filters: Filters, lo: int, hi: int, limit: int | None, page: int
-) -> Iterator[Row]:
+) -> Iterator[list[Row]]:
     condition, params = filters.where_sql()
     sql = (
         f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
@@ -174,7 +188,8 @@ def _pages(
         if n <= 0:
             return
         rows: list[Row] = conn.execute(sql, (lo, hi, *params, n)).fetchall()
-        yield from rows
+        if rows:
+            yield rows
         if len(rows) < n:
             return
         lo = rows[-1][0]

@@ -143,6 +143,20 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--limit", type=_limit, metavar="N", help="at most N events (oldest first)")
     p.set_defaults(run=_export)
 
+    p = jsub.add_parser(
+        "verify",
+        help="integrity check plus streamd's invariants; exit 0 when healthy, 1 when not",
+    )
+    _journal_flags(p)
+    _format_flag(p)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="quick_check and the delivery invariants only (skips the per-row and duplicate-key "
+        "checks)",
+    )
+    p.set_defaults(run=_verify)
+
     p = jsub.add_parser("query", help="run one read-only SQL statement against the journal")
     _journal_flags(p)
     _format_flag(p)
@@ -160,6 +174,12 @@ def _export(args: argparse.Namespace, out: IO[str]) -> int:
     from streamd.inspect.export import cmd_export
 
     return cmd_export(args, out)
+
+
+def _verify(args: argparse.Namespace, out: IO[str]) -> int:
+    from streamd.inspect.verify import cmd_verify
+
+    return cmd_verify(args, out)
 
 
 def _limit(text: str) -> int:

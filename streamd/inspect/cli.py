@@ -157,6 +157,18 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(run=_verify)
 
+    p = jsub.add_parser(
+        "backup", help="an online, consistent copy of the journal, verified before it is kept"
+    )
+    _journal_flags(p)
+    p.add_argument(
+        "dest", metavar="DEST", help="new file (or a directory: journal-<UTC time>.db in it)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="verify the copy with verify --quick's checks"
+    )
+    p.set_defaults(run=_backup)
+
     p = jsub.add_parser("query", help="run one read-only SQL statement against the journal")
     _journal_flags(p)
     _format_flag(p)
@@ -180,6 +192,12 @@ def _verify(args: argparse.Namespace, out: IO[str]) -> int:
     from streamd.inspect.verify import cmd_verify
 
     return cmd_verify(args, out)
+
+
+def _backup(args: argparse.Namespace, out: IO[str]) -> int:
+    from streamd.inspect.backup import cmd_backup
+
+    return cmd_backup(args, out)
 
 
 def _limit(text: str) -> int:

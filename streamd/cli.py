@@ -39,6 +39,12 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
         "(default: $STATE_DIRECTORY, else ./streamd-data)",
     )
     parser.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        action="append",
+        help="admin listener address, overrides admin.listen and turns it on (repeatable)",
+    )
+    parser.add_argument(
         "--token-file",
         metavar="FILE",
         help="API token file (one token per line; created with a new token if missing), "
@@ -143,7 +149,11 @@ def _report(exc: StreamdError) -> int:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(
-        args.config, listen=args.listen, data_dir=args.data_dir, token_file=args.token_file
+        args.config,
+        listen=args.listen,
+        data_dir=args.data_dir,
+        token_file=args.token_file,
+        admin_listen=args.admin_listen,
     )
 
 
@@ -170,11 +180,15 @@ def _check_config(args: argparse.Namespace) -> int:
             if creatable and not os.path.exists(path):
                 continue
             read_token_file(path)
+    if config.admin.addresses and os.path.exists(config.admin_token_file):
+        read_token_file(config.admin_token_file)  # serve creates it when missing
     where = args.config or "<defaults>"
     print(
         f"{where}: ok — listen {', '.join(config.server.listen)}; data dir {config.data_dir}; "
         f"synchronous={config.journal.synchronous}; sources: "
         + ", ".join(f"{s.name} at {s.path}" for s in config.sources)
+        + "; admin "
+        + (", ".join(config.admin.addresses) or "off")
     )
     return 0
 

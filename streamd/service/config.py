@@ -61,6 +61,22 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     query_token: bool = True
 
 
+class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[admin]: the authenticated admin listener (the journal pull endpoint, and more later)."""
+
+    enabled: bool = True
+    listen: str | list[str] = "127.0.0.1:8081"
+    token_file: str = ""
+    pull_retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where to listen; empty when the listener is off."""
+        if not self.enabled:
+            return []
+        return [self.listen] if isinstance(self.listen, str) else list(self.listen)
+
+
 def _default_sources() -> list[SourceConfig]:
     return [SourceConfig(name="events", path="/events")]
 
@@ -73,6 +89,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
     tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=_default_sources)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
     @property
     def journal_path(self) -> str:
@@ -83,6 +100,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def default_token_file(self) -> str:
         """Where the generated API token lives when no token file is configured."""
         return os.path.join(self.data_dir, "api-token")
+
+    @property
+    def admin_token_file(self) -> str:
+        """The admin listener's token file: ``admin.token_file`` or ``<data_dir>/admin-token``."""
+        return self.admin.token_file or os.path.join(self.data_dir, "admin-token")
 
     def token_files(self, source: SourceConfig) -> list[str]:
         """The token files that authenticate ``source``."""
@@ -104,6 +126,7 @@ def load_config(
     listen: list[str] | None = None,
     data_dir: str | None = None,
     token_file: str | None = None,
+    admin_listen: list[str] | None = None,
 ) -> Config:
     """Load and validate the configuration, then apply command-line overrides.
 
@@ -121,9 +144,13 @@ def load_config(
         changes["server"] = msgspec.structs.replace(config.server, listen=list(listen))
     if token_file is not None:
         changes["tokens"] = TokensConfig(files=[token_file])
+    if admin_listen:
+        changes["admin"] = msgspec.structs.replace(
+            config.admin, enabled=True, listen=list(admin_listen)
+        )
     if changes:
         config = msgspec.structs.replace(config, **changes)
-    validate(config, where, overrides=bool(listen))
+    validate(config, where, overrides=bool(listen), admin_overrides=bool(admin_listen))
     return config
 
 
@@ -160,7 +187,9 @@ def _explain(message: str) -> str:
     return f"key {key or '(top level)'}: {problem}"
 
 
-def validate(config: Config, where: str, *, overrides: bool = False) -> None:
+def validate(
+    config: Config, where: str, *, overrides: bool = False, admin_overrides: bool = False
+) -> None:
     """Check what types alone cannot: addresses, names, paths, uniqueness."""
     if not config.server.listen:
         raise ConfigError(f"{where}: key server.listen: at least one address is needed")
@@ -170,6 +199,7 @@ def validate(config: Config, where: str, *, overrides: bool = False) -> None:
         except ValueError as exc:
             origin = "--listen" if overrides else f"key server.listen[{index}]"
             raise ConfigError(f"{where}: {origin}: {exc}") from None
+    _validate_admin(config, where, admin_overrides)
     if not config.sources:
         raise ConfigError(f"{where}: key sources: at least one source is needed")
     names: set[str] = set()
@@ -193,6 +223,33 @@ def validate(config: Config, where: str, *, overrides: bool = False) -> None:
             raise ConfigError(f"{where}: key {key}.path: duplicate source path {source.path!r}")
         names.add(source.name)
         paths.add(route)
+
+
+def _validate_admin(config: Config, where: str, overrides: bool) -> None:
+    ingest = set()
+    for address in config.server.listen:
+        host, port = parse_listen(address)
+        if port:
+            ingest.add((host, port))
+    for index, address in enumerate(config.admin.addresses):
+        origin = (
+            "--admin-listen"
+            if overrides
+            else (
+                "key admin.listen"
+                if isinstance(config.admin.listen, str)
+                else f"key admin.listen[{index}]"
+            )
+        )
+        try:
+            host, port = parse_listen(address)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {origin}: {exc}") from None
+        if (host, port) in ingest:
+            raise ConfigError(
+                f"{where}: {origin}: {address} is also in server.listen; the admin listener "
+                "needs its own address"
+            )
 
 
 def parse_listen(address: str) -> tuple[str, int]:

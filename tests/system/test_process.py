@@ -510,7 +510,7 @@ def test_files_beside_the_journal_are_only_derived_state(
     server.spawned.popen.kill()  # a crash: nothing is closed or checkpointed
     assert server.spawned.wait(10) == -signal.SIGKILL
 
-    essential = {"api-token", "journal.db", "journal.db-wal", "journal.db-shm"}
+    essential = {"api-token", "admin-token", "journal.db", "journal.db-wal", "journal.db-shm"}
     derived = sorted(p for p in data_dir.iterdir() if p.name not in essential)
     print(f"{damage}: {[p.name for p in derived]}")
     rng = random.Random(len(derived))

@@ -9,7 +9,14 @@ import msgspec
 import pytest
 
 from streamd.cli import build_parser
-from streamd.service.config import Config, JournalConfig, ServerConfig, SourceConfig, TokensConfig
+from streamd.service.config import (
+    AdminConfig,
+    Config,
+    JournalConfig,
+    ServerConfig,
+    SourceConfig,
+    TokensConfig,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -19,7 +26,7 @@ def _keys() -> list[str]:
     keys = [
         f.name
         for f in msgspec.structs.fields(Config)
-        if f.name not in {"server", "journal", "tokens", "sources"}
+        if f.name not in {"server", "journal", "tokens", "sources", "admin"}
     ]
     keys.append("sources")
     for prefix, struct in (
@@ -27,6 +34,7 @@ def _keys() -> list[str]:
         ("journal", JournalConfig),
         ("tokens", TokensConfig),
         ("sources[]", SourceConfig),
+        ("admin", AdminConfig),
     ):
         keys += [f"{prefix}.{f.name}" for f in msgspec.structs.fields(struct)]
     return keys

@@ -1,4 +1,4 @@
-"""The ``streamd`` command: serve, check-config, journal stats."""
+"""The ``streamd`` command: serve, check-config, and the ``journal`` inspection commands."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import trio
 from streamd import __version__
 from streamd.auth import read_token_file
 from streamd.drain import offline
-from streamd.errors import ConfigError, JournalError, StreamdError
-from streamd.journal import journal_stats
+from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
+from streamd.inspect import cli as inspect_cli
 from streamd.service import load_config, serve
 from streamd.service.config import Config, default_data_dir
 from streamd.service.logs import LOG_FORMATS, configure_logging
@@ -43,6 +43,12 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="data directory holding the journal, overrides data_dir "
         "(default: $STATE_DIRECTORY, else ./streamd-data)",
+    )
+    parser.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        action="append",
+        help="admin listener address, overrides admin.listen and turns it on (repeatable)",
     )
     parser.add_argument(
         "--token-file",
@@ -86,12 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_journal = sub.add_parser("journal", help="inspect the journal (read-only)")
     jsub = p_journal.add_subparsers(dest="journal_command", metavar="SUBCOMMAND")
     jsub.required = True
-    p_stats = jsub.add_parser(
-        "stats", help="counts by stream and type, duplicates, time range, file sizes"
-    )
-    p_stats.add_argument("--data-dir", metavar="DIR", help="data directory (default: as for serve)")
-    p_stats.add_argument("--journal", metavar="FILE", help="journal file (overrides --data-dir)")
-    p_stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect_cli.register(jsub)
     _drain_commands(sub)
     return parser
 
@@ -190,6 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         return _dispatch(args)
+    except BrokenPipeError:
+        # `streamd journal grep ... | head`: the reader has what it wanted.
+        _silence_stdout()
+        return 0
+    except KeyboardInterrupt:
+        if args.command == "journal":
+            _silence_stdout()
+            return 130
+        raise
     except BaseExceptionGroup as group:
         # trio nurseries wrap errors in groups; report ours as the one line they are.
         ours, rest = group.split(StreamdError)
@@ -209,7 +219,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _sinks(args)
     if args.command == "dlq":
         return _dlq(args)
-    return _journal_stats(args)
+    return inspect_cli.run(args)
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; a closed pipe would print a second error then.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _journal_path(args: argparse.Namespace) -> str:
@@ -308,6 +327,9 @@ def _report(exc: StreamdError) -> int:
     if isinstance(exc, ConfigError):
         print(f"streamd: configuration error: {exc}", file=sys.stderr)
         return 2
+    if isinstance(exc, UsageError):
+        print(f"streamd: {exc}", file=sys.stderr)
+        return 2
     if isinstance(exc, JournalError):
         print(f"streamd: journal error: {exc}", file=sys.stderr)
         return 1
@@ -317,7 +339,11 @@ def _report(exc: StreamdError) -> int:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(
-        args.config, listen=args.listen, data_dir=args.data_dir, token_file=args.token_file
+        args.config,
+        listen=args.listen,
+        data_dir=args.data_dir,
+        token_file=args.token_file,
+        admin_listen=args.admin_listen,
     )
 
 
@@ -354,6 +380,8 @@ def _check_config(args: argparse.Namespace) -> int:
                 continue
             read_token_file(path)
     specs = build_specs(config)  # the sinks' token and secret files
+    if config.admin.addresses and os.path.exists(config.admin_token_file):
+        read_token_file(config.admin_token_file)  # serve creates it when missing
     where = args.config or "<defaults>"
     print(
         f"{where}: ok — listen {', '.join(config.server.listen)}; data dir {config.data_dir}; "
@@ -361,44 +389,10 @@ def _check_config(args: argparse.Namespace) -> int:
         + ", ".join(f"{s.name} at {s.path}" for s in config.sources)
         + "; sinks: "
         + (", ".join(f"{s.name} ({s.kind})" for s in specs) or "none")
+        + "; admin "
+        + (", ".join(config.admin.addresses) or "off")
     )
     return 0
-
-
-def _journal_stats(args: argparse.Namespace) -> int:
-    path = args.journal or os.path.join(args.data_dir or default_data_dir(), "journal.db")
-    stats = journal_stats(path)
-    if args.json:
-        sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        sys.stdout.write(_format_stats(stats))
-    return 0
-
-
-def _format_stats(stats: dict[str, Any]) -> str:
-    lines = [
-        f"journal     {stats['path']} (schema {stats['schema_version']})",
-        f"events      {stats['events']}  "
-        + "  ".join(f"{k}={v}" for k, v in stats["by_stream"].items()),
-        f"deliveries  {stats['deliveries']}  "
-        + "  ".join(f"{k}={v}" for k, v in stats["deliveries_by_source"].items()),
-        f"duplicates  {stats['duplicates']} of {stats['events_received']} events received",
-    ]
-    if stats["first"]:
-        lines.append(
-            f"received    {stats['first']['received_at']} (seq {stats['first']['seq']}) .. "
-            f"{stats['last']['received_at']} (seq {stats['last']['seq']})"
-        )
-        occurred = stats["occurred_range"]
-        lines.append(f"occurred    {occurred['min']} .. {occurred['max']}")
-    sizes = stats["file_bytes"]
-    lines.append("file bytes  " + "  ".join(f"{name}={size}" for name, size in sizes.items()))
-    if stats["by_type"]:
-        lines.append("by type:")
-        width = max(len(str(t["type"])) for t in stats["by_type"])
-        for row in stats["by_type"]:
-            lines.append(f"  {row['events']:>10}  {row['stream']:<12} {row['type']!s:<{width}}")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,3 +46,9 @@ class JournalClosed(JournalBusy):
 
 class CommitTimeout(JournalBusy):
     """Raised when a batch was not committed within the commit latency budget."""
+
+
+class UsageError(StreamdError):
+    """Raised when a command-line argument or a query parameter is malformed (exit 2, HTTP 400)."""
+
+    status_hint = 400

@@ -185,6 +185,22 @@ class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     interval: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
 
 
+class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[admin]: the authenticated admin listener (the journal pull endpoint, and more later)."""
+
+    enabled: bool = True
+    listen: str | list[str] = "127.0.0.1:8081"
+    token_file: str = ""
+    pull_retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where to listen; empty when the listener is off."""
+        if not self.enabled:
+            return []
+        return [self.listen] if isinstance(self.listen, str) else list(self.listen)
+
+
 def _default_sources() -> list[SourceConfig]:
     return [SourceConfig(name="events", path="/events")]
 
@@ -201,6 +217,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         default_factory=list
     )
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
     @property
     def journal_path(self) -> str:
@@ -211,6 +228,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def default_token_file(self) -> str:
         """Where the generated API token lives when no token file is configured."""
         return os.path.join(self.data_dir, "api-token")
+
+    @property
+    def admin_token_file(self) -> str:
+        """The admin listener's token file: ``admin.token_file`` or ``<data_dir>/admin-token``."""
+        return self.admin.token_file or os.path.join(self.data_dir, "admin-token")
 
     def token_files(self, source: SourceConfig) -> list[str]:
         """The token files that authenticate ``source``."""
@@ -232,6 +254,7 @@ def load_config(
     listen: list[str] | None = None,
     data_dir: str | None = None,
     token_file: str | None = None,
+    admin_listen: list[str] | None = None,
 ) -> Config:
     """Load and validate the configuration, then apply command-line overrides.
 
@@ -249,9 +272,13 @@ def load_config(
         changes["server"] = msgspec.structs.replace(config.server, listen=list(listen))
     if token_file is not None:
         changes["tokens"] = TokensConfig(files=[token_file])
+    if admin_listen:
+        changes["admin"] = msgspec.structs.replace(
+            config.admin, enabled=True, listen=list(admin_listen)
+        )
     if changes:
         config = msgspec.structs.replace(config, **changes)
-    validate(config, where, overrides=bool(listen))
+    validate(config, where, overrides=bool(listen), admin_overrides=bool(admin_listen))
     return config
 
 
@@ -288,7 +315,9 @@ def _explain(message: str) -> str:
     return f"key {key or '(top level)'}: {problem}"
 
 
-def validate(config: Config, where: str, *, overrides: bool = False) -> None:
+def validate(
+    config: Config, where: str, *, overrides: bool = False, admin_overrides: bool = False
+) -> None:
     """Check what types alone cannot: addresses, names, paths, uniqueness."""
     if not config.server.listen:
         raise ConfigError(f"{where}: key server.listen: at least one address is needed")
@@ -298,6 +327,7 @@ def validate(config: Config, where: str, *, overrides: bool = False) -> None:
         except ValueError as exc:
             origin = "--listen" if overrides else f"key server.listen[{index}]"
             raise ConfigError(f"{where}: {origin}: {exc}") from None
+    _validate_admin(config, where, admin_overrides)
     if not config.sources:
         raise ConfigError(f"{where}: key sources: at least one source is needed")
     names: set[str] = set()
@@ -410,6 +440,33 @@ def validate_sinks(config: Config, where: str) -> None:
                     f"{where}: key {key}.filters[{findex}]: an empty filter matches everything; "
                     "leave out filters to take every event"
                 )
+
+
+def _validate_admin(config: Config, where: str, overrides: bool) -> None:
+    ingest = set()
+    for address in config.server.listen:
+        host, port = parse_listen(address)
+        if port:
+            ingest.add((host, port))
+    for index, address in enumerate(config.admin.addresses):
+        origin = (
+            "--admin-listen"
+            if overrides
+            else (
+                "key admin.listen"
+                if isinstance(config.admin.listen, str)
+                else f"key admin.listen[{index}]"
+            )
+        )
+        try:
+            host, port = parse_listen(address)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {origin}: {exc}") from None
+        if (host, port) in ingest:
+            raise ConfigError(
+                f"{where}: {origin}: {address} is also in server.listen; the admin listener "
+                "needs its own address"
+            )
 
 
 def parse_listen(address: str) -> tuple[str, int]:

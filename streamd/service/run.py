@@ -1,7 +1,7 @@
 """The service: config in, one root nursery, hypercorn in-process, signals.
 
-Start-up order: journal open (migrated) → sources' tokens loaded → listeners
-bound → "ready". Stop (SIGTERM/SIGINT): refuse new POSTs with 503, stop
+Start-up order: listeners bound (ingest, then admin) → journal open (migrated)
+→ sources' and admin tokens loaded → "ready". Stop (SIGTERM/SIGINT): refuse new POSTs with 503, stop
 accepting, let in-flight requests finish within ``graceful_timeout``, commit
 what is queued, exit 0. A second signal exits at once: everything
 acknowledged is already committed.
@@ -22,6 +22,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from streamd.admin import AdminApp, journal_routes
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
 from streamd.drain import Drain, open_drain
@@ -46,6 +47,8 @@ class Running:
     journal: Journal
     drain: Drain
     retention: Retention
+    admin_binds: list[str]
+    admin: AdminApp | None
 
 
 def writer_options(config: Config) -> WriterOptions:
@@ -140,6 +143,26 @@ def signature_check(config: Config, source: SourceConfig) -> SignatureCheck:
     return SignatureCheck(keys, adobe.client_id, secret)
 
 
+def load_admin(config: Config, *, announce: Callable[[str], None] | None = None) -> AdminApp:
+    """The admin app with its token (generated on first start) and the pull endpoint."""
+    path = config.admin_token_file
+    generated = ensure_token_file(path)
+    if generated is not None and announce is not None:
+        announce(f"streamd: generated an admin token (kept in {path}): {generated}")
+    if loose_permissions(path):
+        log.warning("token file %s is readable by group or others; chmod 600 it", path)
+    routes = journal_routes(config.journal_path, retry_after=config.admin.pull_retry_after)
+    return AdminApp(TokenSet(read_token_file(path)), routes)
+
+
+def admin_hypercorn_config(config: Config) -> HypercornConfig:
+    """Hypercorn settings of the admin listener: the same bounds, its own binds."""
+    hc = hypercorn_config(config)
+    hc.bind = config.admin.addresses
+    hc.errorlog = logging.getLogger("streamd.admin.http")
+    return hc
+
+
 def hypercorn_config(config: Config) -> HypercornConfig:
     """Hypercorn settings: our binds and bounds, no access log, errors to our logger."""
     hc = HypercornConfig()
@@ -204,11 +227,23 @@ async def serve(
         raise ConfigError(
             f"cannot listen on {', '.join(config.server.listen)}: {exc.strerror or exc}"
         ) from None
+    aconfig = admin_hypercorn_config(config)
+    admin_sockets: Sockets | None = None
+    if config.admin.addresses:
+        try:
+            admin_sockets = aconfig.create_sockets()
+        except OSError as exc:
+            _close(sockets)
+            raise ConfigError(
+                f"cannot listen on {', '.join(config.admin.addresses)} (admin.listen): "
+                f"{exc.strerror or exc}"
+            ) from None
     async with open_journal(
         config.journal_path, writer_options(config), commit_budget=config.journal.commit_budget
     ) as journal:
         # After the journal opened: a first start with a broken journal creates no token.
         sources = load_sources(config, announce=announce)
+        admin = load_admin(config, announce=announce) if admin_sockets is not None else None
         app = IngestApp(
             sources,
             journal,
@@ -232,9 +267,16 @@ async def serve(
                 binds: list[str] = await nursery.start(
                     _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
                 )
+                admin_binds: list[str] = []
+                if admin is not None and admin_sockets is not None:
+                    admin_binds = await nursery.start(
+                        _serve_admin, admin, aconfig, admin_sockets, stop
+                    )
                 nursery.start_soon(_report_to_systemd, notify, app, journal, binds, stop)
                 for bind in binds:
                     announce(f"streamd ready: {bind}")
+                for bind in admin_binds:
+                    announce(f"streamd admin ready: {bind}")
                 log.info(
                     "journal %s (synchronous=%s); sources: %s; sinks: %s",
                     config.journal_path,
@@ -242,7 +284,17 @@ async def serve(
                     ", ".join(f"{s.name} at {s.path}" for s in sources),
                     ", ".join(f"{s.name} ({s.kind})" for s in specs) or "none",
                 )
-                task_status.started(Running(binds, app, journal, drain, retention))
+                task_status.started(
+                    Running(
+                        binds=binds,
+                        app=app,
+                        journal=journal,
+                        drain=drain,
+                        retention=retention,
+                        admin_binds=admin_binds,
+                        admin=admin,
+                    )
+                )
             log.info("stopped accepting; letting the sinks finish their batches in flight")
             notify.stopping("letting the sinks finish their batches in flight")
         log.info("drain stopped; committing what is queued")
@@ -274,6 +326,32 @@ async def _serve_http(
         )
         inner.cancel_scope.cancel()
     scope.cancel()  # the signal watcher has nothing left to guard
+
+
+async def _serve_admin(
+    app: AdminApp,
+    hconfig: HypercornConfig,
+    sockets: Sockets,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    # Stops with the ingest listener: the same trigger, and the nursery is cancelled
+    # once ingest has drained.
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(hconfig.backlog)
+    await worker_serve(
+        wrap_app(app, hconfig.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
+        hconfig,
+        sockets=sockets,
+        shutdown_trigger=stop.wait,
+        task_status=task_status,
+    )
+
+
+def _close(sockets: Sockets) -> None:
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.close()
 
 
 async def _cancel_when_drained(app: IngestApp, stop: trio.Event, scope: trio.CancelScope) -> None:

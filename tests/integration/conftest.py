@@ -58,6 +58,13 @@ def make_config(data_dir: Path, toml: str = "") -> Config:
         config,
         data_dir=str(data_dir),
         server=msgspec.structs.replace(config.server, listen=["127.0.0.1:0"]),
+        # Port 0: tests run side by side; the default 8081 would collide.
+        admin=msgspec.structs.replace(
+            config.admin,
+            listen=["127.0.0.1:0"]
+            if config.admin.listen == "127.0.0.1:8081"
+            else config.admin.listen,
+        ),
         tokens=msgspec.structs.replace(
             config.tokens, files=config.tokens.files or [str(token_file)]
         ),

@@ -243,6 +243,8 @@ def serve(
         "serve",
         "--listen",
         f"127.0.0.1:{port}",
+        "--admin-listen",  # not the default 8081: other tests and engineers run beside us
+        "127.0.0.1:0",
         "--data-dir",
         str(data_dir),
         *args,

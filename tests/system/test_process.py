@@ -538,7 +538,7 @@ def test_files_beside_the_journal_are_only_derived_state(
     server.spawned.popen.kill()  # a crash: nothing is closed or checkpointed
     assert server.spawned.wait(10) == -signal.SIGKILL
 
-    essential = {"api-token", "journal.db", "journal.db-wal", "journal.db-shm"}
+    essential = {"api-token", "admin-token", "journal.db", "journal.db-wal", "journal.db-shm"}
     derived = sorted(p for p in data_dir.iterdir() if p.name not in essential)
     print(f"{damage}: {[p.name for p in derived]}")
     rng = random.Random(len(derived))
@@ -629,7 +629,9 @@ def test_journal_stats_counts_what_was_delivered(tmp_path: Path, processes: Proc
         assert stats["last"]["seq"] == accepted
         assert sum(t["events"] for t in stats["by_type"]) == accepted
 
-    text = processes.run([*streamd_argv(), "journal", "stats", "--data-dir", str(data_dir)])
+    text = processes.run(
+        [*streamd_argv(), "journal", "stats", "--data-dir", str(data_dir), "--format", "table"]
+    )
     assert text.returncode == 0, text.stderr
     assert f"events      {accepted} " in text.stdout
     assert f"duplicates  {duplicates} of {accepted + duplicates}" in text.stdout

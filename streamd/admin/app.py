@@ -1,0 +1,208 @@
+"""The admin ASGI app: a small route table behind a bearer token.
+
+Routes are ``(method, path) -> handler``; a handler takes a :class:`Request`
+and returns a :class:`Response`. Other parts add their routes with
+:meth:`AdminApp.add_route` (or pass them in) before serving, e.g.::
+
+    app.add_route(Route("GET", "/sinks", list_sinks))
+
+Order of checks: route → method → token (``Authorization: Bearer``; never in
+the URL, so it stays out of logs) → body (methods that have one, bounded) →
+handler. A :class:`StreamdError` becomes its ``status_hint`` with
+``{"error": ...}``; anything else is logged and answered 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from streamd.auth import TokenSet
+from streamd.errors import StreamdError
+
+log = logging.getLogger("streamd.admin")
+
+Scope = Mapping[str, Any]
+Message = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY = 1024 * 1024
+MAX_QUERY_FIELDS = 50
+_COMMON_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a handler sees of a request."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[bytes, bytes]
+    base_url: str  # scheme://host[:port] as the client addressed us, for links
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Response:
+    """What a handler answers; ``json`` is encoded unless ``body`` is given."""
+
+    status: int = 200
+    json: Any = None
+    body: bytes | None = None
+    content_type: bytes = b"application/json"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One admin route."""
+
+    method: str
+    path: str
+    handler: Handler
+
+
+class AdminApp:
+    """The admin listener's ASGI application."""
+
+    def __init__(self, tokens: TokenSet, routes: Iterable[Route] = ()) -> None:
+        self._tokens = tokens
+        self._routes: dict[str, dict[str, Handler]] = {}
+        for route in routes:
+            self.add_route(route)
+
+    def add_route(self, route: Route) -> None:
+        """Register a route. Raises ``ValueError`` when (method, path) is taken."""
+        methods = self._routes.setdefault(route.path.rstrip("/") or "/", {})
+        if route.method in methods:
+            raise ValueError(f"admin route {route.method} {route.path} is already registered")
+        methods[route.method] = route.handler
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        """(method, path) of every route, sorted."""
+        return sorted((m, p) for p, methods in self._routes.items() for m in methods)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"].rstrip("/") or "/"
+        methods = self._routes.get(path)
+        if methods is None:
+            await _send(send, Response(404, {"error": f"no admin route at {scope['path'][:200]}"}))
+            return
+        handler = methods.get(scope["method"])
+        if handler is None:
+            allow = ", ".join(sorted(methods)).encode()
+            await _send(
+                send,
+                Response(
+                    405, {"error": f"{scope['method']} not allowed"}, headers=[(b"allow", allow)]
+                ),
+            )
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        if not self._tokens.check(_bearer(headers.get(b"authorization"))):
+            await _send(
+                send,
+                Response(
+                    401,
+                    {"error": "missing or invalid admin token"},
+                    headers=[(b"www-authenticate", b'Bearer realm="streamd-admin"')],
+                ),
+            )
+            return
+        try:
+            query = parse_qsl(
+                scope["query_string"].decode("latin-1"),
+                keep_blank_values=True,
+                max_num_fields=MAX_QUERY_FIELDS,
+            )
+        except ValueError:
+            await _send(send, Response(400, {"error": f"more than {MAX_QUERY_FIELDS} parameters"}))
+            return
+        body = b""
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            read = await _read_body(receive)
+            if read is None:
+                await _send(send, Response(413, {"error": f"body larger than {MAX_BODY} bytes"}))
+                return
+            body = read
+        request = Request(scope["method"], path, query, headers, _base_url(scope, headers), body)
+        try:
+            response = await handler(request)
+        except StreamdError as exc:
+            response = Response(exc.status_hint, {"error": str(exc)})
+            if exc.status_hint >= 500:
+                response.headers.append((b"retry-after", b"5"))
+        except Exception:
+            log.exception("admin route %s %s failed", scope["method"], path)
+            response = Response(500, {"error": "internal error"})
+        await _send(send, response)
+
+
+def _bearer(value: bytes | None) -> bytes | None:
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" and token else None
+
+
+def _base_url(scope: Scope, headers: dict[bytes, bytes]) -> str:
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not host or len(host) > 255 or not all(c.isalnum() or c in ".-:[]" for c in host):
+        server = scope.get("server") or ("127.0.0.1", 0)
+        host = f"[{server[0]}]:{server[1]}" if ":" in str(server[0]) else f"{server[0]}:{server[1]}"
+    scheme = scope.get("scheme", "http")
+    return f"{scheme if scheme in ('http', 'https') else 'http'}://{host}"
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(send: Send, response: Response) -> None:
+    body = response.body
+    if body is None:
+        body = b"" if response.status == 204 else orjson.dumps(response.json)
+    headers = [*_COMMON_HEADERS, *response.headers]
+    if response.status != 204:
+        headers = [
+            (b"content-type", response.content_type),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,285 @@
+"""The read side of the journal: a read-only connection and filtered, paged selects.
+
+Every inspection command and the pull endpoint read through here. The
+connection is opened with ``mode=ro`` *and* ``PRAGMA query_only``, so it can
+neither write nor create a file; it is safe while the daemon ingests (WAL
+readers never block the writer).
+
+Selects are paged by ``seq`` (keyset pagination, one short statement per
+page) and bounded by the newest ``seq`` when the command started: the events
+table is append-only, so the pages form a consistent view, and no read
+transaction stays open long enough to hold back the daemon's checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from streamd.core.timeparse import format_utc, parse_timestamp
+from streamd.errors import JournalError
+from streamd.inspect.filters import Filters
+from streamd.journal.schema import SCHEMA_VERSION
+
+COLUMNS = (
+    "seq",
+    "event_key",
+    "stream",
+    "type",
+    "munchkin_id",
+    "activity_type_id",
+    "lead_id",
+    "occurred_at",
+    "received_at",
+    "source",
+    "delivery",
+    "raw",
+)
+_SELECT = ", ".join(COLUMNS)
+Row = tuple[
+    int, str, str, str | None, str | None, int | None, int | None, str | None, str, str, int, str
+]
+# received_at is stamped just before a batch is queued, and batches commit in queue
+# order, so it grows with seq; the margin absorbs a clock stepped back by NTP.
+RECEIVED_MARGIN = timedelta(seconds=60)
+
+
+def open_readonly(path: str, *, cache_mib: int = 16) -> sqlite3.Connection:
+    """Open the journal for reading only (``mode=ro`` + ``query_only``).
+
+    Raises :class:`JournalError` when the file is missing, is not a streamd
+    journal, or was written by a newer streamd.
+    """
+    if not os.path.exists(path):
+        raise JournalError(f"{path}: no journal here (is --data-dir right?)")
+    try:
+        conn = sqlite3.connect(
+            f"file:{_uri_path(path)}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA cache_size = {-1024 * cache_mib}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            raise JournalError(f"{path}: not a streamd journal (schema version 0)")
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{path}: journal schema {version} is newer than this streamd understands "
+                f"({SCHEMA_VERSION}); upgrade streamd"
+            )
+        conn.execute("SELECT seq FROM events LIMIT 0")
+    except JournalError:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        raise JournalError(f"{path}: not a readable streamd journal: {exc}") from exc
+    return conn
+
+
+def _uri_path(path: str) -> str:
+    # A URI filename: '?' and '#' would end the path, '%' starts an escape.
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def journal_path(data_dir: str | None, journal: str | None) -> str:
+    """``--journal FILE`` or ``<--data-dir>/journal.db`` (default data dir as for serve)."""
+    if journal:
+        return journal
+    from streamd.service.config import default_data_dir
+
+    return os.path.join(data_dir or default_data_dir(), "journal.db")
+
+
+def max_seq(conn: sqlite3.Connection) -> int:
+    """The newest event's ``seq`` (0 for an empty journal)."""
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
+
+def first_seq_received(conn: sqlite3.Connection, at: str, newest: int) -> int:
+    """The smallest ``seq`` whose ``received_at >= at`` (``newest + 1`` if none): a bisection."""
+    lo, hi = 1, newest + 1  # answer in [lo, hi]
+    probe = "SELECT seq, received_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1"
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(probe, (mid,)).fetchone()
+        if row is None or row[0] > newest or row[1] >= at:
+            hi = mid
+        else:
+            lo = row[0] + 1
+    return lo
+
+
+def _shift(text: str, delta: timedelta) -> str:
+    parsed = parse_timestamp(text)
+    assert parsed is not None  # produced by parse_filters
+    try:
+        return format_utc(parsed + delta)
+    except OverflowError:
+        return text
+
+
+def seq_window(conn: sqlite3.Connection, filters: Filters) -> tuple[int, int]:
+    """``(after, upto)``: the ``seq`` range that can hold matches, ``after < seq <= upto``.
+
+    With ``clock='received'`` the window is narrowed by bisection (received_at
+    grows with seq), so a time window costs a range scan of the primary key.
+    """
+    newest = max_seq(conn)
+    after, upto = 0, newest
+    if filters.clock == "received":
+        if filters.since is not None:
+            after = first_seq_received(conn, _shift(filters.since, -RECEIVED_MARGIN), newest) - 1
+        if filters.until is not None:
+            upto = first_seq_received(conn, _shift(filters.until, RECEIVED_MARGIN), newest) - 1
+    return after, upto
+
+
+def iter_events(
+    conn: sqlite3.Connection,
+    filters: Filters,
+    *,
+    after: int = 0,
+    upto: int | None = None,
+    limit: int | None = None,
+    page: int = 2000,
+) -> Iterator[Row]:
+    """Matching events in ``seq`` order, ``after < seq <= upto`` (default: the newest now)."""
+    for rows in iter_pages(conn, filters, after=after, upto=upto, limit=limit, page=page):
+        yield from rows
+
+
+def iter_pages(
+    conn: sqlite3.Connection,
+    filters: Filters,
+    *,
+    after: int = 0,
+    upto: int | None = None,
+    limit: int | None = None,
+    page: int = 2000,
+) -> Iterator[list[Row]]:
+    """:func:`iter_events` a page (one short statement) at a time."""
+    lo, hi = seq_window(conn, filters)
+    lo = max(lo, after)
+    if upto is not None:
+        hi = min(hi, upto)
+    yield from _pages(conn, filters, lo, hi, limit, page)
+
+
+def _pages(
+    conn: sqlite3.Connection, filters: Filters, lo: int, hi: int, limit: int | None, page: int
+) -> Iterator[list[Row]]:
+    condition, params = filters.where_sql()
+    sql = (
+        f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
+        "ORDER BY seq LIMIT ?"
+    )
+    remaining = limit
+    while lo < hi:
+        n = page if remaining is None else min(page, remaining)
+        if n <= 0:
+            return
+        rows: list[Row] = conn.execute(sql, (lo, hi, *params, n)).fetchall()
+        if rows:
+            yield rows
+        if len(rows) < n:
+            return
+        lo = rows[-1][0]
+        if remaining is not None:
+            remaining -= len(rows)
+
+
+def last_events(
+    conn: sqlite3.Connection, filters: Filters, count: int, upto: int | None = None
+) -> list[Row]:
+    """The newest ``count`` matching events with ``seq <= upto``, oldest first."""
+    lo, hi = seq_window(conn, filters)
+    if upto is not None:
+        hi = min(hi, upto)
+    condition, params = filters.where_sql()
+    rows: list[Row] = conn.execute(
+        f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
+        "ORDER BY seq DESC LIMIT ?",
+        (lo, hi, *params, count),
+    ).fetchall()
+    rows.reverse()
+    return rows
+
+
+def count_events(conn: sqlite3.Connection, filters: Filters) -> int:
+    """How many events match."""
+    lo, hi = seq_window(conn, filters)
+    condition, params = filters.where_sql()
+    return int(
+        conn.execute(
+            f"SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND {condition}",
+            (lo, hi, *params),
+        ).fetchone()[0]
+    )
+
+
+def get_event(conn: sqlite3.Connection, ident: str, dedup_path: str | None = None) -> Row | None:
+    """One event by ``seq`` (digits) or by its dedup key (anything else, or ``key:...``).
+
+    A key is looked up in the dedup index (``journal.dedup.db``, by its 64-bit
+    hash) when there is one, and confirmed against ``events.event_key``; else,
+    or when the index does not know it yet, by a scan.
+    """
+    if ident.startswith("key:"):
+        ident, by_seq = ident[4:], False
+    else:
+        by_seq = ident.isascii() and ident.isdigit() and len(ident) <= 19
+    if by_seq:
+        row = conn.execute(f"SELECT {_SELECT} FROM events WHERE seq = ?", (int(ident),)).fetchone()
+        if row is not None:
+            return row  # type: ignore[no-any-return]
+    for seq in _dedup_candidates(ident, dedup_path):
+        row = conn.execute(
+            f"SELECT {_SELECT} FROM events WHERE seq = ? AND event_key = ?", (seq, ident)
+        ).fetchone()
+        if row is not None:
+            return row  # type: ignore[no-any-return]
+    # event_key has no index in journal.db (the dedup index is the other file): a scan.
+    found = conn.execute(
+        f"SELECT {_SELECT} FROM events WHERE event_key = ? ORDER BY seq DESC LIMIT 1", (ident,)
+    ).fetchone()
+    return found  # type: ignore[no-any-return]
+
+
+def _dedup_candidates(key: str, dedup_path: str | None) -> list[int]:
+    if dedup_path is None or not os.path.exists(dedup_path):
+        return []
+    from streamd.core.normalise import key_hash
+
+    try:
+        dedup = sqlite3.connect(f"file:{_uri_path(dedup_path)}?mode=ro", uri=True)
+        try:
+            dedup.execute("PRAGMA query_only = ON")
+            seqs = [
+                r[0]
+                for r in dedup.execute("SELECT seq FROM dedup WHERE key_hash = ?", (key_hash(key),))
+            ]
+            seqs += [
+                r[0]
+                for r in dedup.execute("SELECT seq FROM dedup_overflow WHERE event_key = ?", (key,))
+            ]
+            return seqs
+        finally:
+            dedup.close()
+    except sqlite3.Error:
+        return []  # derived data; the scan below still answers
+
+
+def now_utc() -> datetime:
+    """The current time (a seam for tests of relative windows)."""
+    from datetime import UTC
+
+    return datetime.now(UTC)

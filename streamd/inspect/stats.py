@@ -1,0 +1,221 @@
+"""``streamd journal stats``: what arrived in a window, how fast, and how big the files are.
+
+One pass over the window's rows (``GROUP BY stream, type, munchkin_id,
+source``, folded in Python) gives every breakdown; with the default
+``--clock received`` the window is a ``seq`` range found by bisection, so a
+24-hour window costs a range scan of the primary key, not of the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+from collections import Counter
+from contextlib import closing
+from datetime import datetime
+from typing import IO, Any
+
+import orjson
+
+from streamd.core.timeparse import parse_timestamp
+from streamd.errors import JournalError
+from streamd.inspect.commands import filters_from, open_from, write_bytes
+from streamd.inspect.filters import Filters
+from streamd.inspect.output import colour_enabled, resolve_format, write_table
+from streamd.inspect.reader import now_utc, seq_window
+
+
+def _seconds(a: str | None, b: str | None) -> float | None:
+    start = parse_timestamp(a) if a else None
+    end = parse_timestamp(b) if b else None
+    if start is None or end is None:
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
+def window_stats(
+    conn: sqlite3.Connection, path: str, filters: Filters, now: datetime
+) -> dict[str, Any]:
+    """Counts by stream, type, Munchkin id and source in the window, rate, duplicates, sizes."""
+    lo, hi = seq_window(conn, filters)
+    condition, params = filters.where_sql()
+    groups = conn.execute(
+        "SELECT stream, type, munchkin_id, source, count(*), min(seq), max(seq), "
+        "min(received_at), max(received_at), min(occurred_at), max(occurred_at) "
+        f"FROM events WHERE seq > ? AND seq <= ? AND {condition} GROUP BY 1, 2, 3, 4",
+        (lo, hi, *params),
+    ).fetchall()
+    streams: Counter[str] = Counter()
+    types: Counter[tuple[str, str | None]] = Counter()
+    munchkins: Counter[str | None] = Counter()
+    sources: Counter[str] = Counter()
+    seqs: list[int] = []
+    received: list[str] = []
+    occurred: list[str] = []
+    for stream, etype, munchkin, source, n, s0, s1, r0, r1, o0, o1 in groups:
+        streams[stream] += n
+        types[(stream, etype)] += n
+        munchkins[munchkin] += n
+        sources[source] += n
+        seqs += [s0, s1]
+        received += [r0, r1]
+        occurred += [o for o in (o0, o1) if o is not None]
+    total = sum(streams.values())
+    since = filters.since if filters.clock == "received" else None
+    until = filters.until if filters.clock == "received" else None
+    first_received = min(received) if received else None
+    last_received = max(received) if received else None
+    window_start = since or first_received
+    window_end = until or (now.strftime("%Y-%m-%dT%H:%M:%S.000Z") if since else last_received)
+    span = _seconds(window_start, window_end)
+    deliveries = _deliveries(conn, filters)
+    return {
+        "path": path,
+        "schema_version": conn.execute("PRAGMA user_version").fetchone()[0],
+        "window": {
+            "clock": filters.clock,
+            "since": filters.since,
+            "until": filters.until,
+            "filtered": filters
+            != Filters(since=filters.since, until=filters.until, clock=filters.clock),
+        },
+        "events": total,
+        "by_stream": dict(sorted(streams.items())),
+        "by_type": [
+            {"stream": s, "type": t, "events": n}
+            for (s, t), n in sorted(
+                types.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1] or "")
+            )
+        ],
+        "by_munchkin": {str(k): v for k, v in sorted(munchkins.items(), key=lambda kv: -kv[1])},
+        "by_source": dict(sorted(sources.items())),
+        "first": None
+        if not seqs
+        else {
+            "seq": min(seqs),
+            "received_at": first_received,
+            "occurred_at": min(occurred, default=None),
+        },
+        "last": None
+        if not seqs
+        else {
+            "seq": max(seqs),
+            "received_at": last_received,
+            "occurred_at": max(occurred, default=None),
+        },
+        "rate": {
+            "seconds": span,
+            "events_per_second": None if not span else round(total / span, 3),
+        },
+        **deliveries,
+        "file_bytes": _sizes(path),
+    }
+
+
+def _deliveries(conn: sqlite3.Connection, filters: Filters) -> dict[str, Any]:
+    """Requests and duplicates in the window (by received_at; the source filter applies)."""
+    parts, params = ["1"], []
+    if filters.clock == "received" and filters.since is not None:
+        parts.append("received_at >= ?")
+        params.append(filters.since)
+    if filters.clock == "received" and filters.until is not None:
+        parts.append("received_at < ?")
+        params.append(filters.until)
+    if filters.sources:
+        parts.append(f"source IN ({', '.join('?' * len(filters.sources))})")
+        params.extend(filters.sources)
+    count, received, accepted, duplicates = conn.execute(
+        "SELECT count(*), coalesce(sum(events), 0), coalesce(sum(accepted), 0), "
+        f"coalesce(sum(duplicates), 0) FROM deliveries WHERE {' AND '.join(parts)}",
+        params,
+    ).fetchone()
+    by_source = dict(
+        conn.execute(
+            f"SELECT source, count(*) FROM deliveries WHERE {' AND '.join(parts)} "
+            "GROUP BY source ORDER BY source",
+            params,
+        ).fetchall()
+    )
+    return {
+        "deliveries": count,
+        "deliveries_by_source": by_source,
+        "events_received": received,
+        "events_accepted": accepted,
+        "duplicates": duplicates,
+    }
+
+
+def _sizes(path: str) -> dict[str, int]:
+    sizes = {}
+    base = path[: -len(".db")] if path.endswith(".db") else path
+    for name, file in (
+        ("journal", path),
+        ("journal-wal", path + "-wal"),
+        ("journal-shm", path + "-shm"),
+        ("dedup", base + ".dedup.db"),
+        ("dedup-wal", base + ".dedup.db-wal"),
+    ):
+        try:
+            sizes[name] = os.path.getsize(file)
+        except OSError:
+            sizes[name] = 0
+    return sizes
+
+
+def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
+    """Print the window's statistics (a summary on a terminal, one JSON document otherwise)."""
+    filters = filters_from(args)
+    path, conn = open_from(args)
+    with closing(conn):
+        try:
+            stats = window_stats(conn, path, filters, now_utc())
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
+    fmt = "json" if args.json else resolve_format(args.format, out)
+    if fmt == "json":
+        out.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif fmt == "jsonl":
+        write_bytes(out, orjson.dumps(stats, option=orjson.OPT_APPEND_NEWLINE))
+    else:
+        _print_summary(out, stats, colour=colour_enabled(out))
+    return 0
+
+
+def _print_summary(out: IO[str], s: dict[str, Any], *, colour: bool) -> None:
+    w = s["window"]
+    window = "whole journal"
+    if w["since"] or w["until"]:
+        window = f"{w['clock']}_at in [{w['since'] or '…'}, {w['until'] or 'now'})"
+    rate = s["rate"]["events_per_second"]
+    rate_text = "-" if rate is None else f"{rate:,.1f}" if rate >= 10 else f"{rate:.3g}"
+    span = s["rate"]["seconds"]
+    span_text = "-" if span is None else f"{span:,.0f}"
+    lines = [
+        f"journal     {s['path']} (schema {s['schema_version']})",
+        f"window      {window}" + ("  (filtered)" if w["filtered"] else ""),
+        f"events      {s['events']}  " + "  ".join(f"{k}={v}" for k, v in s["by_stream"].items()),
+        f"rate        {rate_text} events/s over {span_text} s",
+        f"deliveries  {s['deliveries']}  "
+        + "  ".join(f"{k}={v}" for k, v in s["deliveries_by_source"].items()),
+        f"duplicates  {s['duplicates']} of {s['events_received']} events received",
+    ]
+    for end in ("first", "last"):
+        e = s[end]
+        if e:
+            lines.append(
+                f"{end:<11} seq {e['seq']}  received {e['received_at']}  "
+                f"occurred {e['occurred_at']}"
+            )
+    lines.append("file bytes  " + "  ".join(f"{k}={v}" for k, v in s["file_bytes"].items()))
+    out.write("\n".join(lines) + "\n")
+    if s["by_source"]:
+        out.write("\n")
+        write_table(out, ["SOURCE", "EVENTS"], list(s["by_source"].items()), colour=colour)
+    if s["by_munchkin"]:
+        out.write("\n")
+        write_table(out, ["MUNCHKIN", "EVENTS"], list(s["by_munchkin"].items()), colour=colour)
+    if s["by_type"]:
+        out.write("\n")
+        rows = [(t["events"], t["stream"], t["type"]) for t in s["by_type"]]
+        write_table(out, ["EVENTS", "STREAM", "TYPE"], rows, colour=colour)

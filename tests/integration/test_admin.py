@@ -1,0 +1,243 @@
+"""The admin listener and GET /journal, against a real server on loopback.
+
+The pull client below is written from Adobe's Journaling API documentation
+(CONTRACT.md §2): start anywhere, follow the ``next`` link of every answer,
+and on 204 wait ``Retry-After`` seconds before asking ``next`` again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+import streamd.admin.journal as journal_api
+from streamd.errors import ConfigError
+from streamd.service import load_config
+from tests.conftest import fixture_bytes
+from tests.integration.conftest import Server, StartServer
+
+_NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
+
+
+def admin_url(server: Server) -> str:
+    return server.running.admin_binds[0]
+
+
+def admin_auth(server: Server) -> dict[str, str]:
+    token = (server.data_dir / "admin-token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def next_link(response: httpx.Response) -> str:
+    match = _NEXT.search(response.headers["link"])
+    assert match, response.headers["link"]
+    return match.group(1)
+
+
+async def pull(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    want: int,
+    on_wait: Callable[[], None] = lambda: None,
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Adobe's documented client loop; returns the events and the waits it honoured."""
+    events: list[dict[str, Any]] = []
+    waits: list[int] = []
+    with trio.fail_after(30):
+        while len(events) < want:
+            response = await client.get(url, headers=headers)
+            if response.status_code == 200:
+                page = response.json()
+                assert page["_page"]["count"] == len(page["events"])
+                events.extend(page["events"])
+                url = next_link(response)
+            elif response.status_code == 204:
+                wait = int(response.headers["retry-after"])
+                waits.append(wait)
+                url = next_link(response)
+                on_wait()
+                await trio.sleep(wait)
+            else:
+                raise AssertionError(f"{response.status_code}: {response.text}")
+    return events, waits
+
+
+@pytest.fixture
+async def admin(start_server: StartServer) -> Server:
+    server: Server = await start_server("[admin]\npull_retry_after = 1\n")
+    return server
+
+
+async def test_the_admin_token_is_generated_and_required(admin: Server) -> None:
+    assert any(line.startswith("streamd: generated an admin token") for line in admin.announced)
+    assert (admin.data_dir / "admin-token").stat().st_mode & 0o077 == 0
+    url = admin_url(admin) + "/journal"
+    client = admin.client
+    for headers in ({}, admin.auth(), {"Authorization": "Bearer nope-nope-nope-nope"},
+                    {"Authorization": admin_auth(admin)["Authorization"].split()[1]}):  # fmt: skip
+        response = await client.get(url, headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    token = admin_auth(admin)["Authorization"].split()[1]
+    assert (await client.get(f"{url}?access_token={token}")).status_code == 401
+    # ... and an admin token is no API token.
+    reply = await admin.post(fixture_bytes("lads_single"), headers=admin_auth(admin))
+    assert reply.status_code == 401
+    assert (await client.get(url, headers=admin_auth(admin))).status_code == 204
+
+
+async def test_routes(admin: Server) -> None:
+    base, auth = admin_url(admin), admin_auth(admin)
+    assert (await admin.client.get(base + "/nope", headers=auth)).status_code == 404
+    response = await admin.client.post(base + "/journal", headers=auth)
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+    assert admin.running.admin is not None
+    assert admin.running.admin.routes == [("GET", "/journal")]
+
+
+async def test_an_adobe_journal_client_reads_everything_once_in_order(admin: Server) -> None:
+    for name in ("legacy_push", "lads_single", "lads_batch"):
+        assert (await admin.post(fixture_bytes(name))).status_code == 200
+    url = admin_url(admin) + "/journal?limit=3"
+    late = ["audit_wrapper", "audit_old_wrapper", "notification"]
+
+    async def deliver_later() -> None:
+        await admin.wait_for(lambda: pulled_to_the_end.is_set(), "the client reached the end")
+        for name in late:
+            assert (await admin.post(fixture_bytes(name))).status_code == 200
+
+    pulled_to_the_end = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deliver_later)
+        events, waits = await pull(
+            admin.client, url, admin_auth(admin), want=14, on_wait=pulled_to_the_end.set
+        )
+    positions = [int(e["position"]) for e in events]
+    assert positions == list(range(1, 15))
+    assert waits and set(waits) == {1}  # honoured the server's Retry-After
+    keys = [e["event"].get("marketoGUID") or e["event"].get("id") or e["event"].get("eventid")
+            or e["event"].get("event_id") for e in events]  # fmt: skip
+    assert len(set(keys)) == 14
+    legacy = json.loads(fixture_bytes("legacy_push"))["activities"]
+    assert [e["event"] for e in events[:4]] == legacy  # exactly as received
+
+
+async def test_pages_and_links(admin: Server) -> None:
+    assert (await admin.post(fixture_bytes("lads_batch"))).status_code == 200
+    base, auth = admin_url(admin), admin_auth(admin)
+    response = await admin.client.get(f"{base}/journal?limit=4&stream=activity", headers=auth)
+    assert response.status_code == 200
+    assert response.json()["_page"] == {"last": "4", "count": 4}
+    assert next_link(response) == f"{base}/journal?since=4&limit=4&stream=activity"
+    response = await admin.client.get(next_link(response), headers=auth)
+    assert response.json()["_page"] == {"last": "6", "count": 2}
+    response = await admin.client.get(next_link(response), headers=auth)
+    assert response.status_code == 204 and response.content == b""
+    assert response.headers["retry-after"] == "1"
+    assert next_link(response) == f"{base}/journal?since=6&limit=4&stream=activity"
+    latest = await admin.client.get(f"{base}/journal?latest=true", headers=auth)
+    assert latest.status_code == 204 and "since=6" in next_link(latest)
+
+
+async def test_filters(admin: Server) -> None:
+    for name in ("legacy_push", "lads_single", "lads_batch", "audit_wrapper"):
+        assert (await admin.post(fixture_bytes(name))).status_code == 200
+    base, auth = admin_url(admin), admin_auth(admin)
+
+    async def positions(query: str) -> list[str]:
+        response = await admin.client.get(f"{base}/journal?{query}", headers=auth)
+        assert response.status_code == 200, response.text
+        return [e["position"] for e in response.json()["events"]]
+
+    assert await positions("lead=4412") == ["2"]
+    assert await positions("activity_type=Open+Email") == ["5", "6"]
+    assert await positions("where=data.primaryAttributeValue%3DSpring*&limit=2") == ["5", "6"]
+    assert await positions("stream=audit") == ["12"]
+    assert await positions("type=*.openemail&from=2026-05-02&until=2026-05-03") == ["5", "6"]
+
+
+async def test_a_rare_filter_scans_a_bounded_window(
+    admin: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_api, "SCAN_WINDOW", 5)
+    for name in ("legacy_push", "lads_single", "lads_batch"):
+        assert (await admin.post(fixture_bytes(name))).status_code == 200
+    url = admin_url(admin) + "/journal?lead=2099"
+    seen = []
+    for _ in range(3):
+        response = await admin.client.get(url, headers=admin_auth(admin))
+        assert response.status_code == 200
+        page = response.json()
+        seen.append((page["_page"], [e["position"] for e in page["events"]]))
+        url = next_link(response)
+    assert seen == [
+        ({"last": "5", "count": 0}, []),
+        ({"last": "10", "count": 0}, []),
+        ({"last": "11", "count": 1}, ["11"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("since=-1", "since: '-1' is not a whole number"),
+        ("since=abc", "since: 'abc' is not a whole number"),
+        ("since=99999999999999999999", "since: "),
+        ("limit=0", "limit: expected 1 to 1000"),
+        ("limit=1001", "limit: expected 1 to 1000"),
+        ("since=1&since=2", "since given more than once"),
+        ("since=1&latest=true", "since and latest=true cannot be combined"),
+        ("latest=maybe", "latest: expected true or false"),
+        ("seek=-PT2H", "seek is not supported"),
+        ("color=red", "unknown parameter 'color'"),
+        ("lead=1%20OR%201%3D1", "lead: '1 OR 1=1' is not a whole number"),
+        ("from=yesterday", "from: 'yesterday' is not a duration or a time"),
+        ("where=x'%3B--", 'where: "x\';--" is not PATH=VALUE'),
+        ("activity_type=Nope", "activity_type: 'Nope' is neither an id"),
+        ("&".join(f"a{i}=1" for i in range(60)), "more than 50 parameters"),
+    ],
+)
+async def test_hostile_parameters_get_400(admin: Server, query: str, message: str) -> None:
+    response = await admin.client.get(
+        f"{admin_url(admin)}/journal?{query}", headers=admin_auth(admin)
+    )
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("admin_toml", ["enabled = false", "listen = []"])
+async def test_the_listener_can_be_off(
+    start_server: StartServer, data_dir: Path, admin_toml: str
+) -> None:
+    server = await start_server(f"[admin]\n{admin_toml}\n")
+    assert server.running.admin_binds == [] and server.running.admin is None
+    assert not (data_dir / "admin-token").exists()
+
+
+@pytest.mark.parametrize(
+    ("toml", "flags", "message"),
+    [
+        ('[admin]\nlisten = "nope"\n', {}, "key admin.listen: 'nope' is not HOST:PORT"),
+        ('[admin]\nlisten = ["127.0.0.1:1", "x:y"]\n', {}, "key admin.listen[1]: 'x:y': port"),
+        ('[server]\nlisten = ["127.0.0.1:9000"]\n[admin]\nlisten = "127.0.0.1:9000"\n', {},
+         "is also in server.listen"),
+        ("[admin]\npull_retry_after = 0\n", {}, "key admin.pull_retry_after"),
+        ("[admin]\nlisten = 8081\n", {}, "key admin.listen"),
+        ("", {"admin_listen": ["localhost"]}, "--admin-listen: 'localhost' is not HOST:PORT"),
+    ],
+)  # fmt: skip
+def test_admin_config_errors(
+    tmp_path: Path, toml: str, flags: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "streamd.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(str(path), **flags)

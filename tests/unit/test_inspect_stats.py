@@ -1,0 +1,138 @@
+"""journal stats over windows, and the received_at bisection behind fast windows."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from streamd.cli import main
+from streamd.core.timeparse import format_utc
+from streamd.inspect.filters import Filters
+from streamd.inspect.reader import iter_events, open_readonly, seq_window
+from tests.journals import fixture_journal, generated_journal
+
+BASE = datetime(2026, 5, 2, 9, 0, 0, tzinfo=UTC)  # generated_journal's first delivery
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fixture_journal(tmp_path_factory.mktemp("stats") / "journal.db")
+
+
+def stats(
+    capsys: pytest.CaptureFixture[str], journal: Path, *flags: str
+) -> tuple[int, dict[str, object] | str]:
+    status = main(["journal", "stats", "--journal", str(journal), *flags])
+    out, err = capsys.readouterr()
+    if status != 0:
+        return status, err
+    return status, json.loads(out) if "--format" not in flags else out
+
+
+def test_whole_journal(capsys: pytest.CaptureFixture[str], journal: Path) -> None:
+    status, s = stats(capsys, journal, "--json")
+    assert status == 0 and isinstance(s, dict)
+    assert s["events"] == 14
+    assert s["by_stream"] == {"activity": 11, "audit": 2, "notification": 1}
+    assert s["by_source"] == {"adobe-io": 10, "marketo-push": 4}
+    assert s["by_munchkin"] == {"123-ABC-456": 14}
+    assert (s["deliveries"], s["events_received"], s["duplicates"]) == (7, 15, 1)
+    assert s["first"] == {
+        "seq": 1, "received_at": "2026-05-01T10:00:00.000Z",
+        "occurred_at": "2020-05-28T19:20:47.280Z",
+    }  # fmt: skip
+    assert s["last"] == {
+        "seq": 14, "received_at": "2026-05-03T08:00:00.000Z",
+        "occurred_at": "2026-05-02T09:14:01.000Z",
+    }  # fmt: skip
+    by_type = {t["type"]: t["events"] for t in s["by_type"]}  # type: ignore[attr-defined]
+    assert by_type["com.adobe.platform.marketo.activity.standard.openemail"] == 2
+    assert sum(by_type.values()) == 14
+    sizes = s["file_bytes"]
+    assert isinstance(sizes, dict) and sizes["journal"] > 0 and "journal-wal" in sizes
+
+
+def test_a_received_window_with_rate_and_duplicates(
+    capsys: pytest.CaptureFixture[str], journal: Path
+) -> None:
+    status, s = stats(
+        capsys, journal, "--since", "2026-05-02T00:00Z", "--until", "2026-05-03T00:00Z", "--json"
+    )
+    assert status == 0 and isinstance(s, dict)
+    assert s["events"] == 9  # lads_single 1, lads_batch 6, two audits
+    assert s["deliveries"] == 4 and s["duplicates"] == 0
+    assert s["rate"] == {"seconds": 86400.0, "events_per_second": round(9 / 86400, 3)}
+    status, s = stats(capsys, journal, "--since", "2026-05-03T00:00Z", "--json")
+    assert isinstance(s, dict)
+    assert (s["events"], s["deliveries"], s["duplicates"]) == (1, 2, 1)
+
+
+def test_filters_and_the_occurred_clock(capsys: pytest.CaptureFixture[str], journal: Path) -> None:
+    _, s = stats(capsys, journal, "--source", "marketo-push", "--json")
+    assert isinstance(s, dict)
+    assert s["events"] == 4 and s["deliveries"] == 1 and s["window"]["filtered"]  # type: ignore[index]
+    _, s = stats(capsys, journal, "--clock", "occurred", "--until", "2025-01-01", "--json")
+    assert isinstance(s, dict)
+    assert s["by_stream"] == {"audit": 2, "notification": 1}
+
+
+def test_summary_on_a_terminal_format(capsys: pytest.CaptureFixture[str], journal: Path) -> None:
+    status, out = stats(capsys, journal, "--format", "table")
+    assert status == 0 and isinstance(out, str)
+    assert "events      14  activity=11  audit=2  notification=1" in out
+    assert "duplicates  1 of 15 events received" in out
+    assert "marketo-push  4" in out and "123-ABC-456  14" in out
+    status, out = stats(capsys, journal, "--format", "jsonl")
+    assert isinstance(out, str) and len(out.splitlines()) == 1 and json.loads(out)["events"] == 14
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--since", "24 hours"], "--since: '24 hours' is not a duration"),
+        (["--format", "xml"], "invalid choice"),
+        (["--clock", "now"], "invalid choice"),
+    ],
+)
+def test_bad_flags(
+    capsys: pytest.CaptureFixture[str], journal: Path, flags: list[str], message: str
+) -> None:
+    try:
+        status, err = stats(capsys, journal, *flags)
+    except SystemExit as exc:  # argparse's own usage errors
+        status, err = int(exc.code or 0), capsys.readouterr().err
+    assert status == 2 and message in str(err)
+
+
+def test_received_windows_match_a_plain_scan(tmp_path: Path) -> None:
+    seed = random.randrange(10**6)
+    print("seed", seed)
+    rng = random.Random(seed)
+    path = generated_journal(tmp_path / "journal.db", 6000, batch=100)  # 60 s of deliveries
+    conn = open_readonly(str(path))
+    raw = sqlite3.connect(path)
+    try:
+        for _ in range(30):
+            a, b = sorted(rng.sample(range(-5, 70), 2))
+            since = format_utc(BASE + timedelta(seconds=a))
+            until = format_utc(BASE + timedelta(seconds=b))
+            f = Filters(since=since, until=until, clock="received")
+            expected = [
+                r[0]
+                for r in raw.execute(
+                    "SELECT seq FROM events WHERE received_at >= ? AND received_at < ? "
+                    "ORDER BY seq",
+                    (since, until),
+                )
+            ]
+            assert [r[0] for r in iter_events(conn, f)] == expected, (since, until)
+            lo, hi = seq_window(conn, f)
+            assert lo <= (expected[0] - 1 if expected else hi)
+    finally:
+        conn.close()
+        raw.close()

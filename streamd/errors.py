@@ -12,6 +12,8 @@ class StreamdError(Exception):
     """Base of every error streamd raises on purpose."""
 
     status_hint: int = 503
+    # For the 503s a sender gets: a short, stable label (metrics, logs).
+    reason: str = "error"
 
 
 class ConfigError(StreamdError):
@@ -30,22 +32,30 @@ class JournalError(StreamdError):
     """Raised when the journal cannot be opened, read or written."""
 
     status_hint = 503
+    reason = "journal_error"
 
 
 class JournalBusy(JournalError):
     """Raised when the journal cannot take a batch now (queue full, low disk, stopping)."""
 
-    def __init__(self, message: str, retry_after: int = 5) -> None:
+    def __init__(self, message: str, retry_after: int = 5, reason: str = "journal_busy") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class JournalClosed(JournalBusy):
     """Raised when a batch is submitted after the journal began to close."""
 
+    def __init__(self, message: str, retry_after: int = 10) -> None:
+        super().__init__(message, retry_after, "shutting_down")
+
 
 class CommitTimeout(JournalBusy):
     """Raised when a batch was not committed within the commit latency budget."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message, retry_after, "commit_budget")
 
 
 class UsageError(StreamdError):

@@ -70,6 +70,7 @@ class Route:
     method: str
     path: str
     handler: Handler
+    public: bool = False  # no token needed (health checks: they reveal nothing)
 
 
 class AdminApp:
@@ -78,6 +79,7 @@ class AdminApp:
     def __init__(self, tokens: TokenSet, routes: Iterable[Route] = ()) -> None:
         self._tokens = tokens
         self._routes: dict[str, dict[str, Handler]] = {}
+        self._public: set[tuple[str, str]] = set()
         for route in routes:
             self.add_route(route)
 
@@ -87,6 +89,8 @@ class AdminApp:
         if route.method in methods:
             raise ValueError(f"admin route {route.method} {route.path} is already registered")
         methods[route.method] = route.handler
+        if route.public:
+            self._public.add((route.method, route.path.rstrip("/") or "/"))
 
     @property
     def routes(self) -> list[tuple[str, str]]:
@@ -122,7 +126,8 @@ class AdminApp:
             )
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
-        if not self._tokens.check(_bearer(headers.get(b"authorization"))):
+        public = (scope["method"], path) in self._public
+        if not public and not self._tokens.check(_bearer(headers.get(b"authorization"))):
             await _send(
                 send,
                 Response(

@@ -61,6 +61,7 @@ class KeyHostUnavailable(StreamdError):
     """The key host did not answer usably: answer 503 so Adobe retries."""
 
     status_hint = 503
+    reason = "key_host"
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ class SinkStatus:
     confirmed: int
     dead_letters: int
     last_error: str | None
+    failed_attempts: int = 0  # since start
 
 
 class _Slot:
@@ -98,6 +99,7 @@ class Drain:
                     dead_letters=runner.dead_lettered if runner else 0,
                     last_error=(runner.health.last_error if runner else None)
                     or slot.row.last_error,
+                    failed_attempts=runner.attempts_failed if runner else 0,
                 )
             )
         return out

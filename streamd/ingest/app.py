@@ -21,7 +21,7 @@ import trio
 from streamd.auth import TokenSet, token_from_request
 from streamd.auth.adobe import Presented, SignatureCheck
 from streamd.core import decode_delivery
-from streamd.errors import JournalBusy, PayloadError, StreamdError
+from streamd.errors import JournalBusy, JournalClosed, PayloadError, StreamdError
 from streamd.journal import Batch, Journal, utc_now
 
 log = logging.getLogger("streamd.ingest")
@@ -72,6 +72,8 @@ class IngestApp:
         self._stopping = False
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
+        # Called once per answered POST: (source, status, seconds, reason of a 503 or None).
+        self.observer: Callable[[str, int, float, str | None], None] | None = None
 
     def sources(self) -> list[Source]:
         """The sources served now."""
@@ -90,6 +92,11 @@ class IngestApp:
     async def wait_idle(self) -> None:
         """Return once shutdown has begun and no POST is being handled."""
         await self._idle.wait()
+
+    @property
+    def stopping(self) -> bool:
+        """True once shutdown has begun."""
+        return self._stopping
 
     @property
     def in_flight(self) -> int:
@@ -115,8 +122,22 @@ class IngestApp:
         if method != "POST":
             await self._error(send, 405, f"{method} not allowed", [(b"allow", b"GET, POST")])
             return
+        observer = self.observer
+        started = trio.current_time() if observer is not None else 0.0
+        answered = [0]
+        if observer is not None:
+            inner_send = send
+
+            async def send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    answered[0] = message["status"]
+                await inner_send(message)
+
+        reason: str | None = None
         if self._in_flight >= self._max_in_flight:
             await self._error(send, 503, "too many requests in flight", retry_after=1)
+            if observer is not None:
+                observer(source.name, 503, trio.current_time() - started, "in_flight")
             return
         self._in_flight += 1
         try:
@@ -124,20 +145,23 @@ class IngestApp:
         except _Disconnected:
             log.info("client went away before sending its whole body to %s", source.name)
         except StreamdError as exc:
+            reason = exc.reason if exc.status_hint >= 500 else None
             await self._error(send, exc.status_hint, str(exc), retry_after=_retry_after(exc))
         except Exception:
             # Never a traceback to the sender, never a 4xx for our own fault.
             log.exception("unexpected error on %s %s", method, scope["path"])
+            reason = "internal"
             await self._error(send, 503, "internal error; retry later", retry_after=5)
         finally:
             self._in_flight -= 1
             if self._stopping and self._in_flight == 0:
                 self._idle.set()
+            if observer is not None and answered[0]:
+                observer(source.name, answered[0], trio.current_time() - started, reason)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, source: Source) -> None:
         if self._stopping:
-            await self._error(send, 503, "streamd is shutting down", retry_after=10)
-            return
+            raise JournalClosed("streamd is shutting down")  # 503, Retry-After: 10
         headers = _headers(scope)
         signed: Presented | None = None
         if source.adobe is not None:

@@ -26,6 +26,10 @@ from streamd.errors import JournalBusy, JournalClosed, JournalError
 from streamd.journal.dedup import DEDUP_PAGE_SIZE, DedupIndex, Generation, Indexer, Pending
 from streamd.journal.schema import Synchronous, connect, journal_id, migrate
 
+# Upper bounds (seconds) of the commit-latency histogram; the last bucket is +Inf.
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MAX_MUNCHKINS_TRACKED = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class WriterOptions:
@@ -110,6 +114,12 @@ class WriterStatistics:
     # time.monotonic() when the writer thread last finished a commit or found
     # nothing to do: a stale value with batches waiting means a wedged writer.
     progress_at: float = field(default_factory=time.monotonic)
+    # For metrics (written by the writer thread only; read without a lock).
+    commit_buckets: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS) + 1))
+    commit_seconds_sum: float = 0.0
+    events_by_stream: dict[tuple[str, str], int] = field(default_factory=dict)  # source, stream
+    # (source, munchkin id) -> time.time() of its newest committed event; bounded
+    munchkin_seen: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 _STOP = object()
@@ -220,11 +230,17 @@ class JournalWriter:
             if self._closing:
                 raise JournalClosed("streamd is shutting down", retry_after=10)
             if self.stats.low_disk:
-                raise JournalBusy("free disk space is below the configured floor", retry_after=60)
+                raise JournalBusy(
+                    "free disk space is below the configured floor",
+                    retry_after=60,
+                    reason="low_disk",
+                )
             if self.refusal is not None:
-                raise JournalBusy(self.refusal, retry_after=60)
+                raise JournalBusy(self.refusal, retry_after=60, reason="journal_full")
             if self._queued and self._queued + n > self.options.max_queued_events:
-                raise JournalBusy("the journal writer queue is full", retry_after=2)
+                raise JournalBusy(
+                    "the journal writer queue is full", retry_after=2, reason="queue_full"
+                )
             self._queued += n
             self.stats.queued_events = self._queued
         self._queue.put(job)
@@ -382,6 +398,7 @@ class JournalWriter:
                 self.stats.last_seq = self._next_seq - 1
             self.stats.last_commit_seconds = elapsed
             self.stats.max_commit_seconds = max(self.stats.max_commit_seconds, elapsed)
+            self._observe(elapsed, counts if committed else {})
             for job in jobs:
                 if job.result is not None:
                     self.stats.batches += 1
@@ -396,6 +413,24 @@ class JournalWriter:
                     if job.on_done is not None:
                         job.on_done(job)
             self._checkpoint_wake.set()
+
+    def _observe(
+        self, elapsed: float, counts: dict[tuple[str, str, str, str, str], list[Any]]
+    ) -> None:
+        stats = self.stats
+        index = 0
+        while index < len(COMMIT_BUCKETS) and elapsed > COMMIT_BUCKETS[index]:
+            index += 1
+        stats.commit_buckets[index] += 1
+        stats.commit_seconds_sum += elapsed
+        if not counts:
+            return
+        now = time.time()
+        by_stream, seen = stats.events_by_stream, stats.munchkin_seen
+        for (_, source, stream, _, munchkin), c in counts.items():
+            by_stream[(source, stream)] = by_stream.get((source, stream), 0) + c[0]
+            if munchkin and ((source, munchkin) in seen or len(seen) < MAX_MUNCHKINS_TRACKED):
+                seen[(source, munchkin)] = now
 
     def _commit_together(
         self,

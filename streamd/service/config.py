@@ -176,6 +176,14 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exec: ExecSinkConfig | None = None
 
 
+class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[health]: when to warn that a stream is silent or failing."""
+
+    silence_warning: Annotated[float, msgspec.Meta(ge=0, le=30 * 86_400)] = 3600.0
+    failure_warning_ratio: Annotated[float, msgspec.Meta(ge=0.05, le=0.8)] = 0.5
+    check_interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+
+
 class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[retention]: how long the journal keeps events and how large it may grow."""
 
@@ -217,6 +225,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         default_factory=list
     )
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
     @property

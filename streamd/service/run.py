@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
 from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.service.config import Config, SourceConfig
+from streamd.service.health import StreamHealth
+from streamd.service.metrics import Metrics, Parts
 from streamd.service.sdnotify import Notifier
 from streamd.service.sinks import build_specs
 
@@ -49,6 +52,7 @@ class Running:
     retention: Retention
     admin_binds: list[str]
     admin: AdminApp | None
+    metrics: Metrics
 
 
 def writer_options(config: Config) -> WriterOptions:
@@ -264,6 +268,20 @@ async def serve(
                     RetentionSettings(r.max_age, r.max_bytes, r.policy, r.interval),
                 )
                 await nursery.start(serve_retention, retention)
+                health = StreamHealth(
+                    [s.name for s in config.sources],
+                    silence_warning=config.health.silence_warning,
+                    failure_warning_ratio=config.health.failure_warning_ratio,
+                    clock=time.time,
+                )
+                metrics = Metrics(
+                    Parts(app, journal, drain, retention, health, config.journal_path)
+                )
+                app.observer = metrics.observe
+                if admin is not None:
+                    for route in metrics.routes():
+                        admin.add_route(route)
+                nursery.start_soon(_warn_about_streams, health, config.health.check_interval)
                 binds: list[str] = await nursery.start(
                     _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
                 )
@@ -293,8 +311,10 @@ async def serve(
                         retention=retention,
                         admin_binds=admin_binds,
                         admin=admin,
+                        metrics=metrics,
                     )
                 )
+            metrics.close()
             log.info("stopped accepting; letting the sinks finish their batches in flight")
             notify.stopping("letting the sinks finish their batches in flight")
         log.info("drain stopped; committing what is queued")
@@ -450,6 +470,14 @@ class _Reloader:
                 ", ".join(f"{s.name} at {s.path}" for s in sources),
             )
         self._notify.ready("configuration reloaded; serving")
+
+
+async def _warn_about_streams(health: StreamHealth, interval: float) -> None:
+    """Log when a stream goes silent or its failure share nears Adobe's limit."""
+    while True:
+        await trio.sleep(interval)
+        for warning in health.check():
+            log.warning("%s", warning)
 
 
 async def _watch_signals(

@@ -100,7 +100,12 @@ async def test_routes(admin: Server) -> None:
     response = await admin.client.post(base + "/journal", headers=auth)
     assert response.status_code == 405 and response.headers["allow"] == "GET"
     assert admin.running.admin is not None
-    assert admin.running.admin.routes == [("GET", "/journal")]
+    assert admin.running.admin.routes == [
+        ("GET", "/healthz"),
+        ("GET", "/journal"),
+        ("GET", "/metrics"),
+        ("GET", "/readyz"),
+    ]
 
 
 async def test_an_adobe_journal_client_reads_everything_once_in_order(admin: Server) -> None:

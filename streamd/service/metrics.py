@@ -1,0 +1,292 @@
+"""Prometheus metrics, health and readiness on the admin listener.
+
+Counters that move per request (answers, ack latency) are prometheus_client
+objects updated by the ingest app's observer; everything else is read at
+scrape time from the parts' own statistics (the journal writer, the drain,
+retention, stream health), so nothing is counted twice and an idle daemon
+does no metrics work. Names follow Prometheus conventions: ``_total`` for
+counters, ``_seconds`` and ``_bytes`` for units. README.md ("Metrics") lists
+every metric.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from streamd.admin.app import Request, Response, Route
+from streamd.drain import store
+from streamd.drain.engine import Drain, age_seconds
+from streamd.drain.retention import Retention
+from streamd.errors import JournalError
+from streamd.ingest import IngestApp
+from streamd.journal import Journal
+from streamd.journal.writer import COMMIT_BUCKETS
+from streamd.service.health import StreamHealth
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SINK_STATES = ("active", "paused", "auto-paused", "disabled")
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class Parts:
+    """What the metrics read at scrape time."""
+
+    app: IngestApp
+    journal: Journal
+    drain: Drain | None
+    retention: Retention | None
+    health: StreamHealth
+    journal_path: str
+
+
+class Metrics:
+    """The registry, the per-request observer, and the admin routes."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "streamd_requests",
+            "POST deliveries answered, by source and HTTP status.",
+            ["source", "status"],
+            registry=self.registry,
+        )
+        self._unavailable = Counter(
+            "streamd_unavailable_responses",
+            "503 answers (the sender retries), by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._ack = Histogram(
+            "streamd_ack_latency_seconds",
+            "From the request's arrival to its answer, for POST deliveries answered 200.",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._collector = _StateCollector(parts)
+        self.registry.register(self._collector)
+        self._render_lock = trio.Lock()
+
+    def observe(self, source: str, status: int, seconds: float, reason: str | None) -> None:
+        """The ingest app's observer: one answered POST."""
+        self._requests.labels(source, str(status)).inc()
+        if status == 200:
+            self._ack.labels(source).observe(seconds)
+        elif status == 503:
+            self._unavailable.labels(reason or "other").inc()
+        self.parts.health.observe(source, status)
+
+    def render(self) -> bytes:
+        """The text exposition (reads the journal for sink lag: call it off the event loop)."""
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        self._collector.close()
+
+    # -- admin routes --------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET", "/metrics", self._metrics),
+            Route("GET", "/healthz", self._healthz, public=True),
+            Route("GET", "/readyz", self._readyz, public=True),
+        ]
+
+    async def _metrics(self, request: Request) -> Response:
+        async with self._render_lock:  # one scrape at a time: one reader connection
+            body = await trio.to_thread.run_sync(self.render)
+        return Response(200, body=body, content_type=CONTENT_TYPE)
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response(200, {"status": "alive"})
+
+    async def _readyz(self, request: Request) -> Response:
+        problems = self.not_ready()
+        if problems:
+            return Response(
+                503, {"ready": False, "problems": problems}, headers=[(b"retry-after", b"5")]
+            )
+        return Response(200, {"ready": True})
+
+    def not_ready(self) -> list[str]:
+        """Why ingest would not accept a delivery now (empty: ready)."""
+        parts = self.parts
+        stats = parts.journal.statistics()
+        problems = []
+        if not parts.journal.making_progress(within=10.0):
+            problems.append("the journal writer is not making progress")
+        if stats.low_disk:
+            problems.append("free disk space is below journal.min_free_disk_mib")
+        if parts.retention is not None and parts.retention.stats.refusing:
+            problems.append("the journal is over retention.max_bytes")
+        if parts.app.stopping:
+            problems.append("streamd is stopping")
+        return problems
+
+
+class _StateCollector(Collector):
+    """Metrics read from the parts at scrape time."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self._reader: sqlite3.Connection | None = None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _lag_seconds(self, cursor: int, now: datetime) -> float:
+        """Age of the first event after ``cursor`` (0 when there is none)."""
+        try:
+            if self._reader is None:
+                self._reader = store.open_reader(self.parts.journal_path, cache_mib=2)
+            _, oldest = store.lag(self._reader, cursor)
+        except (JournalError, sqlite3.Error):
+            return 0.0
+        return age_seconds(oldest, now) or 0.0
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        p = self.parts
+        stats = p.journal.statistics()
+        events = CounterMetricFamily(
+            "streamd_events_journaled",
+            "New (not duplicate) events committed to the journal, by source and stream.",
+            labels=["source", "stream"],
+        )
+        for (source, stream), n in sorted(stats.events_by_stream.copy().items()):
+            events.add_metric([source, stream], n)
+        yield events
+        yield CounterMetricFamily(
+            "streamd_duplicates",
+            "Events dropped as duplicates by event id.",
+            value=stats.duplicates,
+        )
+        yield CounterMetricFamily(
+            "streamd_journal_commits", "Journal transactions committed.", value=stats.commits
+        )
+        buckets, cumulative = [], 0
+        for bound, count in zip((*COMMIT_BUCKETS, float("inf")), stats.commit_buckets, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        commit = HistogramMetricFamily(
+            "streamd_commit_seconds", "Duration of each journal group commit (fsync included)."
+        )
+        commit.add_metric([], buckets, stats.commit_seconds_sum)
+        yield commit
+        yield GaugeMetricFamily(
+            "streamd_journal_queued_events", "Events waiting for a commit.", stats.queued_events
+        )
+        yield GaugeMetricFamily(
+            "streamd_requests_in_flight", "POST deliveries being handled.", p.app.in_flight
+        )
+        yield GaugeMetricFamily(
+            "streamd_low_disk", "1 while free disk is under the floor (503s).", int(stats.low_disk)
+        )
+        yield GaugeMetricFamily(
+            "streamd_journal_last_seq", "The newest event's sequence number.", stats.last_seq
+        )
+        sizes = GaugeMetricFamily(
+            "streamd_journal_file_bytes", "Size of the journal's files.", labels=["file"]
+        )
+        for suffix, name in (("", "journal"), ("-wal", "wal"), (".dedup.db", "dedup")):
+            try:
+                sizes.add_metric([name], os.path.getsize(p.journal_path + suffix))
+            except OSError:
+                sizes.add_metric([name], 0)
+        yield sizes
+        yield from self._sinks()
+        yield from self._streams()
+
+    def _sinks(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        drain = self.parts.drain
+        if drain is None:
+            return
+        statuses = drain.statistics()
+        delivered = CounterMetricFamily(
+            "streamd_sink_delivered_events", "Events a sink confirmed.", labels=["sink"]
+        )
+        dead = CounterMetricFamily(
+            "streamd_sink_dead_lettered_events",
+            "Events moved to the dead letters since start.",
+            labels=["sink"],
+        )
+        failed = CounterMetricFamily(
+            "streamd_sink_failed_attempts", "Delivery attempts that failed.", labels=["sink"]
+        )
+        lag = GaugeMetricFamily(
+            "streamd_sink_lag_events", "Journaled events the sink has not passed.", labels=["sink"]
+        )
+        state = GaugeMetricFamily(
+            "streamd_sink_state", "1 for the sink's current state.", labels=["sink", "state"]
+        )
+        for s in statuses:
+            delivered.add_metric([s.name], s.confirmed)
+            dead.add_metric([s.name], s.dead_letters)
+            failed.add_metric([s.name], s.failed_attempts)
+            lag.add_metric([s.name], s.lag_events)
+            for name in SINK_STATES:
+                state.add_metric([s.name, name], int(s.state == name))
+        yield from (delivered, dead, failed, lag, state)
+        lag_seconds = GaugeMetricFamily(
+            "streamd_sink_lag_seconds",
+            "Age of the oldest event the sink has not passed (0 when caught up).",
+            labels=["sink"],
+        )
+        oldest = 0.0
+        now = datetime.now(UTC)
+        for s in statuses:
+            age = self._lag_seconds(s.cursor, now) if s.lag_events else 0.0
+            lag_seconds.add_metric([s.name], age)
+            if s.state != "disabled":
+                oldest = max(oldest, age)
+        yield lag_seconds
+        yield GaugeMetricFamily(
+            "streamd_oldest_unconfirmed_event_age_seconds",
+            "Age of the oldest event some enabled sink has not confirmed.",
+            oldest,
+        )
+
+    def _streams(self) -> Iterator[GaugeMetricFamily]:
+        health = self.parts.health
+        silence = GaugeMetricFamily(
+            "streamd_source_silence_seconds",
+            "Seconds since the source's last accepted delivery (since start if none).",
+            labels=["source"],
+        )
+        attempts = GaugeMetricFamily(
+            "streamd_source_requests_24h", "POST deliveries answered in 24 h.", labels=["source"]
+        )
+        ratio = GaugeMetricFamily(
+            "streamd_source_failure_ratio_24h",
+            "Share of those answered with a non-2xx status (Adobe: Unstable at 0.8 of >= 10).",
+            labels=["source"],
+        )
+        for name in health.sources:
+            silence.add_metric([name], health.silence(name))
+            n, failed = health.window(name)
+            attempts.add_metric([name], n)
+            ratio.add_metric([name], failed / n if n else 0.0)
+        yield from (silence, attempts, ratio)
+        munchkins = GaugeMetricFamily(
+            "streamd_munchkin_silence_seconds",
+            "Seconds since the newest event of each Munchkin id was journaled.",
+            labels=["source", "munchkin_id"],
+        )
+        now = time.time()
+        for (source, munchkin), seen in sorted(
+            self.parts.journal.statistics().munchkin_seen.items()
+        ):
+            munchkins.add_metric([source, munchkin], max(0.0, now - seen))
+        yield munchkins

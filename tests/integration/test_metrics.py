@@ -1,0 +1,171 @@
+"""/metrics, /healthz and /readyz on the admin listener of a real server.
+
+The exposition is parsed with prometheus_client's own text parser (what a
+Prometheus scrape would read); the disk floor is crossed for real, on a
+small tmpfs filled by a ballast file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamd.service import serve
+from tests.conftest import fixture_bytes
+from tests.integration.conftest import Server, StartServer, make_config
+from tests.integration.test_admin import admin_auth, admin_url
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def scrape(server: Server) -> Samples:
+    reply = await server.client.get(admin_url(server) + "/metrics", headers=admin_auth(server))
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return samples(reply.text)
+
+
+def value(
+    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_parse_and_move_as_events_flow(start_server: StartServer) -> None:
+    server: Server = await start_server(
+        '[[sinks]]\nname = "out"\nkind = "file"\n[sinks.file]\ndirectory = "out"\n'
+    )
+    before = await scrape(server)
+    assert value(before, "streamd_requests_total", source="events", status="200") == 0
+    assert value(before, "streamd_sink_state", sink="out", state="active") == 1
+
+    assert (await server.post(fixture_bytes("lads_batch"))).status_code == 200
+    assert (await server.post(fixture_bytes("legacy_push"))).status_code == 200
+    assert (await server.post(fixture_bytes("lads_batch"))).status_code == 200  # duplicates
+    assert (await server.post(b"{not json")).status_code == 400
+    bad = await server.client.post(
+        server.url + "/events", content=b"[]", headers={"Authorization": "Bearer wrong"}
+    )
+    assert bad.status_code == 401
+    await server.wait_for(
+        lambda: server.running.drain.statistics()[0].confirmed == 10, "the sink confirmed all"
+    )
+
+    after = await scrape(server)
+    assert value(after, "streamd_requests_total", source="events", status="200") == 3
+    assert value(after, "streamd_requests_total", source="events", status="400") == 1
+    assert value(after, "streamd_requests_total", source="events", status="401") == 1
+    assert value(after, "streamd_events_journaled_total", source="events", stream="activity") == 10
+    assert value(after, "streamd_duplicates_total") == 6
+    assert value(after, "streamd_ack_latency_seconds_count", source="events") == 3
+    assert value(after, "streamd_ack_latency_seconds_bucket", source="events", le="+Inf") == 3
+    assert value(after, "streamd_commit_seconds_count") >= 2
+    assert value(after, "streamd_journal_last_seq") == 10
+    assert value(after, "streamd_journal_file_bytes", file="journal") > 0
+    assert value(after, "streamd_sink_delivered_events_total", sink="out") == 10
+    assert value(after, "streamd_sink_lag_events", sink="out") == 0
+    assert value(after, "streamd_oldest_unconfirmed_event_age_seconds") == 0
+    assert value(after, "streamd_source_requests_24h", source="events") == 5
+    assert value(after, "streamd_source_failure_ratio_24h", source="events") == pytest.approx(0.4)
+    assert value(after, "streamd_source_silence_seconds", source="events") < 60
+    assert (
+        "streamd_munchkin_silence_seconds",
+        (("munchkin_id", "123-ABC-456"), ("source", "events")),
+    ) in after
+
+
+async def test_503_reasons_are_counted(start_server: StartServer) -> None:
+    server: Server = await start_server("[journal]\nmin_free_disk_mib = 1000000000\n")
+    reply = await server.post(fixture_bytes("lads_single"))
+    assert reply.status_code == 503
+    m = await scrape(server)
+    assert value(m, "streamd_unavailable_responses_total", reason="low_disk") == 1
+    assert value(m, "streamd_low_disk") == 1
+
+
+async def test_health_needs_no_token_metrics_does(server: Server) -> None:
+    base = admin_url(server)
+    health = await server.client.get(base + "/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "alive"})
+    ready = await server.client.get(base + "/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    assert (await server.client.get(base + "/metrics")).status_code == 401
+    # Never on the public ingest listener.
+    assert (await server.client.get(server.url + "/metrics")).status_code == 404
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, mib: int) -> Iterator[Path]:
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+async def test_readyz_turns_unready_when_the_disk_floor_is_crossed(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk", 64) as disk:
+        data_dir = disk / "data"
+        data_dir.mkdir()
+        config = make_config(data_dir, "[journal]\nmin_free_disk_mib = 24\n")
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(serve, config)
+            async with httpx.AsyncClient(timeout=10) as client:
+                token = (data_dir / "admin-token").read_text().strip()
+                base = running.admin_binds[0]
+                assert (await client.get(base + "/readyz")).status_code == 200
+                ballast = disk / "ballast"
+                with ballast.open("wb") as f:  # leave less than the 24 MiB floor free
+                    f.write(b"\0" * (48 * 1024 * 1024))
+                    f.flush()
+                    os.fsync(f.fileno())
+                with trio.fail_after(10):
+                    while (reply := await client.get(base + "/readyz")).status_code == 200:
+                        await trio.sleep(0.1)
+                assert reply.status_code == 503
+                assert reply.json() == {
+                    "ready": False,
+                    "problems": ["free disk space is below journal.min_free_disk_mib"],
+                }
+                post = await client.post(
+                    running.binds[0] + "/events",
+                    content=fixture_bytes("lads_single"),
+                    headers={
+                        "Authorization": f"Bearer {(data_dir / 'tokens').read_text().strip()}"
+                    },
+                )
+                assert post.status_code == 503
+                ballast.unlink()  # space returns: ready again, by itself
+                with trio.fail_after(10):
+                    while (await client.get(base + "/readyz")).status_code != 200:
+                        await trio.sleep(0.1)
+                metrics = await client.get(
+                    base + "/metrics", headers={"Authorization": f"Bearer {token}"}
+                )
+                m = samples(metrics.text)
+                assert value(m, "streamd_unavailable_responses_total", reason="low_disk") == 1
+            nursery.cancel_scope.cancel()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import httpx
 import orjson
 import trio
 
@@ -17,8 +18,9 @@ from streamd.auth import read_token_file
 from streamd.drain import offline
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
 from streamd.inspect import cli as inspect_cli
+from streamd.journal.writer import hold_writer_lock
 from streamd.service import load_config, serve
-from streamd.service.config import Config, default_data_dir
+from streamd.service.config import Config, default_data_dir, parse_listen
 from streamd.service.logs import LOG_FORMATS, configure_logging
 from streamd.service.run import signature_check
 from streamd.service.sdnotify import Notifier, take_environment
@@ -124,9 +126,27 @@ def _journal_flags(parser: argparse.ArgumentParser, *, json_flag: bool = False) 
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _admin_flags(parser: argparse.ArgumentParser) -> None:
+    """Where a running daemon's admin listener is (for the commands that change things)."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=os.environ.get("STREAMD_CONFIG"),
+        help="the daemon's configuration, for its data directory and admin listener "
+        "(default: $STREAMD_CONFIG)",
+    )
+    parser.add_argument(
+        "--admin-url",
+        metavar="URL",
+        help="the running daemon's admin listener (default: from the configuration, "
+        "http://127.0.0.1:8081)",
+    )
+
+
 def _drain_commands(sub: Any) -> None:
     p_sinks = sub.add_parser(
-        "sinks", help="list and control the sinks (changes need a stopped daemon)"
+        "sinks",
+        help="list and control the sinks (through the admin listener while streamd runs)",
     )
     ssub = p_sinks.add_subparsers(dest="sinks_command", metavar="SUBCOMMAND")
     ssub.required = True
@@ -141,6 +161,7 @@ def _drain_commands(sub: Any) -> None:
         p = ssub.add_parser(verb, help=text)
         p.add_argument("name", help="the sink's name")
         _journal_flags(p)
+        _admin_flags(p)
     p = ssub.add_parser("replay", help="rewind a sink to deliver again from a sequence or a time")
     p.add_argument("name", help="the sink's name")
     where = p.add_mutually_exclusive_group(required=True)
@@ -153,6 +174,7 @@ def _drain_commands(sub: Any) -> None:
         help="deliver again from the first event received at or after TIME (ISO 8601, UTC)",
     )  # fmt: skip
     _journal_flags(p)
+    _admin_flags(p)
 
     p_dlq = sub.add_parser("dlq", help="inspect, retry or drop dead letters")
     dsub = p_dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND")
@@ -183,6 +205,7 @@ def _drain_commands(sub: Any) -> None:
         )  # fmt: skip
         p.add_argument("--all", action="store_true", help="every dead letter of the sink")
         _journal_flags(p)
+        _admin_flags(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,7 +255,13 @@ def _silence_stdout() -> None:
 
 
 def _journal_path(args: argparse.Namespace) -> str:
-    return str(args.journal or os.path.join(args.data_dir or default_data_dir(), "journal.db"))
+    if args.journal:
+        return str(args.journal)
+    if args.data_dir:
+        return os.path.join(args.data_dir, "journal.db")
+    if getattr(args, "config", None):
+        return load_config(args.config).journal_path
+    return os.path.join(default_data_dir(), "journal.db")
 
 
 def _print_json(value: object) -> None:
@@ -261,8 +290,20 @@ def _sinks(args: argparse.Namespace) -> int:
             )
         return 0
     if command == "replay":
-        row = offline.replay(path, args.name, seq=args.from_seq, received_at=args.since)
-        print(f"sink {row.name}: cursor {row.cursor}; it delivers again from seq {row.cursor + 1}")
+        if _daemon_running(path):
+            body: dict[str, Any] = {"name": args.name}
+            body.update({"from_seq": args.from_seq} if args.from_seq else {"since": args.since})
+            got = _admin_call(args, "/sinks/replay", body)
+            cursor = int(got["cursor"])
+        else:
+            cursor = offline.replay(
+                path, args.name, seq=args.from_seq, received_at=args.since
+            ).cursor
+        print(f"sink {args.name}: cursor {cursor}; it delivers again from seq {cursor + 1}")
+        return 0
+    if _daemon_running(path):
+        got = _admin_call(args, f"/sinks/{command}", {"name": args.name})
+        print(f"sink {got['name']}: {got['state']}")
         return 0
     state, reason = {
         "pause": ("paused", "paused by the operator"),
@@ -309,6 +350,12 @@ def _dlq(args: argparse.Namespace) -> int:
         print(f"streamd dlq {command}: usage error: at most 10000 ids at once", file=sys.stderr)
         return 2
     ids = None if args.all else list(args.ids)
+    if _daemon_running(path):
+        body = {"sink": args.sink, **({"all": True} if ids is None else {"ids": ids})}
+        n = int(_admin_call(args, f"/dlq/{command}", body)["count"])
+        done = "will be delivered again" if command == "retry" else "dropped"
+        print(f"{n} dead letters of {args.sink} {done}")
+        return 0
     if command == "retry":
         n = offline.retry_dead_letters(path, args.sink, ids)
         print(f"{n} dead letters of {args.sink} will be delivered again when streamd runs")
@@ -316,6 +363,63 @@ def _dlq(args: argparse.Namespace) -> int:
         n = offline.drop_dead_letters(path, args.sink, ids)
         print(f"{n} dead letters of {args.sink} dropped")
     return 0
+
+
+def _daemon_running(path: str) -> bool:
+    """True when a streamd process holds the journal's writer lock."""
+    if not os.path.exists(path):
+        return False
+    try:
+        fd = hold_writer_lock(path)
+    except JournalError:
+        return True
+    os.close(fd)
+    return False
+
+
+def _admin_call(args: argparse.Namespace, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` to the running daemon's admin listener; its JSON answer.
+
+    Raises :class:`StreamdError` with the daemon's message when it refuses.
+    """
+    config = load_config(args.config, data_dir=args.data_dir)
+    url = args.admin_url
+    if url is None:
+        if not config.admin.addresses:
+            raise StreamdError(
+                "streamd is running on this journal and its admin listener is off "
+                "(admin.listen); stop streamd to change sinks offline"
+            )
+        host, port = parse_listen(config.admin.addresses[0])
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    try:
+        tokens = read_token_file(config.admin_token_file)
+    except ConfigError as exc:
+        raise StreamdError(
+            "streamd is running on this journal; stop it first, or give the daemon's "
+            f"--config so its admin listener can be used ({exc})"
+        ) from None
+    try:
+        with httpx.Client(timeout=30) as client:
+            reply = client.post(
+                url.rstrip("/") + route,
+                content=orjson.dumps(body),
+                headers={"Authorization": f"Bearer {tokens[0]}"},
+            )
+    except httpx.HTTPError as exc:
+        raise StreamdError(
+            f"streamd is running on this journal, but its admin listener at {url} did not "
+            f"answer ({type(exc).__name__}); is --admin-url right?"
+        ) from None
+    try:
+        answer = reply.json()
+    except ValueError:
+        answer = {"error": reply.text[:200]}
+    if reply.status_code != 200:
+        raise StreamdError(f"{answer.get('error', reply.reason_phrase)} (HTTP {reply.status_code})")
+    assert isinstance(answer, dict)
+    return answer
 
 
 def _first_leaf(group: BaseExceptionGroup[StreamdError]) -> StreamdError:

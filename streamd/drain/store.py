@@ -313,8 +313,8 @@ def open_offline(path: str, now: str) -> Iterator[sqlite3.Connection]:
         fd = hold_writer_lock(path)
     except JournalError:
         raise JournalError(
-            f"{path}: streamd is running on this journal; stop it first (operator commands "
-            "for a running daemon go through the admin listener, not available in this build)"
+            f"{path}: streamd is running on this journal; stop it first, or change it "
+            "through the running daemon's admin listener"
         ) from None
     try:
         # Look before opening for writing: a write connection switches the file to WAL,

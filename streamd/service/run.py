@@ -27,6 +27,7 @@ from streamd.admin import AdminApp, journal_routes
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
 from streamd.drain import Drain, open_drain
+from streamd.drain.admin import sink_routes
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
@@ -279,7 +280,7 @@ async def serve(
                 )
                 app.observer = metrics.observe
                 if admin is not None:
-                    for route in metrics.routes():
+                    for route in (*metrics.routes(), *sink_routes(drain)):
                         admin.add_route(route)
                 nursery.start_soon(_warn_about_streams, health, config.health.check_interval)
                 binds: list[str] = await nursery.start(

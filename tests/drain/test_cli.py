@@ -97,7 +97,8 @@ async def test_changes_refused_while_a_daemon_holds_the_journal(
     async with open_journal(str(journal_file), WriterOptions()):
         status, _, err = run(capsys, "sinks", "pause", "hook", "--journal", str(journal_file))
         assert status == 1
-        assert "streamd is running on this journal; stop it first" in err
+        assert "streamd is running on this journal; stop it first, or give the daemon's " in err
+        assert "admin-token" in err  # which token file it looked for
         # Reading is always safe.
         assert run(capsys, "sinks", "list", "--journal", str(journal_file))[0] == 0
     assert state(journal_file)["hook"] == ("active", 4)

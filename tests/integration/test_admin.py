@@ -105,6 +105,14 @@ async def test_routes(admin: Server) -> None:
         ("GET", "/journal"),
         ("GET", "/metrics"),
         ("GET", "/readyz"),
+        ("GET", "/sinks"),
+        ("POST", "/dlq/drop"),
+        ("POST", "/dlq/retry"),
+        ("POST", "/sinks/disable"),
+        ("POST", "/sinks/enable"),
+        ("POST", "/sinks/pause"),
+        ("POST", "/sinks/replay"),
+        ("POST", "/sinks/resume"),
     ]
 
 

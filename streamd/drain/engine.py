@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class Drain:
         self._nursery: trio.Nursery | None = None
         self._limiter = trio.CapacityLimiter(read_threads)
         self._dirty = trio.Event()
+        self._unsaved_since: float | None = None  # monotonic time of the oldest unsaved change
         self._stopping = False
         self._reader: sqlite3.Connection | None = None
 
@@ -233,7 +235,15 @@ class Drain:
             await slot.finished.wait()
 
     def _mark_dirty(self) -> None:
+        if self._unsaved_since is None:
+            self._unsaved_since = time.monotonic()
         self._dirty.set()
+
+    def making_progress(self, within: float) -> bool:
+        """False when confirmed progress has waited more than ``within`` seconds to be
+        saved: the save loop is stuck (for the systemd watchdog)."""
+        since = self._unsaved_since
+        return since is None or time.monotonic() - since < within
 
     def _disable_from_sink(self, runner: SinkRunner, reason: str) -> None:
         log.error("sink %s: disabled: %s", runner.spec.name, reason)
@@ -281,6 +291,8 @@ class Drain:
             runners = [s.runner for s in self._slot.values() if s.runner is not None]
             try:
                 await self._save(runners)
+                if not self._dirty.is_set():
+                    self._unsaved_since = None
             except JournalError as exc:
                 log.error("cannot save the drain's progress (will retry): %s", exc)
                 self._dirty.set()

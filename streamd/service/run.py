@@ -291,7 +291,7 @@ async def serve(
                     admin_binds = await nursery.start(
                         _serve_admin, admin, aconfig, admin_sockets, stop
                     )
-                nursery.start_soon(_report_to_systemd, notify, app, journal, binds, stop)
+                nursery.start_soon(_report_to_systemd, notify, app, journal, drain, binds, stop)
                 for bind in binds:
                     announce(f"streamd ready: {bind}")
                 for bind in admin_binds:
@@ -386,13 +386,19 @@ async def _cancel_when_drained(app: IngestApp, stop: trio.Event, scope: trio.Can
 
 
 async def _report_to_systemd(
-    notify: Notifier, app: IngestApp, journal: Journal, binds: list[str], stop: trio.Event
+    notify: Notifier,
+    app: IngestApp,
+    journal: Journal,
+    drain: Drain,
+    binds: list[str],
+    stop: trio.Event,
 ) -> None:
     """READY once listening; then STATUS lines and watchdog pings until stop.
 
     A ping goes out only while the journal writer makes progress (commits, or
-    is idle with nothing queued): a wedged writer stops the pings and systemd
-    restarts the process (WatchdogSec), rather than senders hanging on it.
+    is idle with nothing queued) and the drain saves what its sinks confirmed:
+    a wedged writer or drain stops the pings and systemd restarts the process
+    (WatchdogSec), rather than senders or sinks hanging on it.
     """
     if not notify.enabled:
         return
@@ -405,14 +411,15 @@ async def _report_to_systemd(
     while not stop.is_set():
         now = trio.current_time()
         if usec:
-            if journal.making_progress(stale_after):
+            writer_ok = journal.making_progress(stale_after)
+            if writer_ok and drain.making_progress(stale_after):
                 notify.watchdog()
                 wedged = False
             elif not wedged:
                 wedged = True
                 log.error(
-                    "journal writer has made no progress for %.1f s with batches waiting; "
-                    "withholding watchdog pings",
+                    "%s has made no progress for %.1f s; withholding watchdog pings",
+                    "journal writer" if not writer_ok else "the drain's save loop",
                     stale_after,
                 )
         if now >= next_status:

@@ -231,3 +231,28 @@ async def test_drain_state_survives_reopen(tmp_path: Path, journal: Journal) -> 
         ("keep", 2),
         ("new", 2),
     ]
+
+
+async def test_a_stuck_save_shows_as_no_progress_for_the_watchdog(journal: Journal) -> None:
+    sink = Recorder()
+    async with open_drain(journal, [spec("rec", sink, workers=1)]) as drain:
+        await append(journal, ["p1", "p2"])
+        await wait_until(lambda: cursor_of(journal, "rec") == 2, "cursor saved")
+        assert drain.making_progress(within=0.2)
+        # The sink holds p3 until SQLite's write lock is taken from outside; then it
+        # confirms, and the drain's save of that confirmation cannot commit.
+        sink.hold = trio.Event()
+        await append(journal, ["p3"])
+        await wait_until(lambda: len(sink.attempts) == 2, "p3 handed to the sink")
+        blocker = sqlite3.connect(journal.path, isolation_level=None, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            sink.hold.set()
+            await wait_until(lambda: "p3" in sink.keys, "p3 confirmed")
+            await trio.sleep(0.5)
+            assert not drain.making_progress(within=0.2)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_until(lambda: cursor_of(journal, "rec") == 3, "saved once the lock is gone")
+        await wait_until(lambda: drain.making_progress(within=0.2), "progress again")

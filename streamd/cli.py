@@ -22,7 +22,7 @@ from streamd.journal.writer import hold_writer_lock
 from streamd.service import load_config, serve
 from streamd.service.config import Config, default_data_dir, parse_listen
 from streamd.service.logs import LOG_FORMATS, configure_logging
-from streamd.service.run import signature_check
+from streamd.service.run import hypercorn_config, mtls_hypercorn_config, signature_check
 from streamd.service.sdnotify import Notifier, take_environment
 from streamd.service.sinks import build_specs
 
@@ -472,6 +472,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
+    hypercorn_config(config)  # loads the TLS certificate and key, if any
+    if config.server.mtls_listen:
+        mtls_hypercorn_config(config)  # ... and the client CA
     for source in config.sources:
         if source.auth == "adobe-signature":
             signature_check(config, source)  # pinned keys and the secret must load

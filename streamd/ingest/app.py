@@ -51,6 +51,7 @@ class Source:
     tokens: TokenSet | None  # None for a signed source
     query_token: bool = True
     adobe: SignatureCheck | None = None  # set: Adobe signatures instead of tokens
+    require_client_cert: bool = False  # only on the mTLS listener (server.mtls_listen)
 
 
 class IngestApp:
@@ -72,6 +73,8 @@ class IngestApp:
         self._stopping = False
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
+        # Ports of the listener that required a verified client certificate (mTLS).
+        self.mtls_ports: set[int] = set()
         # Called once per answered POST: (source, status, seconds, reason of a 503 or None).
         self.observer: Callable[[str, int, float, str | None], None] | None = None
 
@@ -162,6 +165,13 @@ class IngestApp:
     async def _post(self, scope: Scope, receive: Receive, send: Send, source: Source) -> None:
         if self._stopping:
             raise JournalClosed("streamd is shutting down")  # 503, Retry-After: 10
+        if source.require_client_cert and _local_port(scope) not in self.mtls_ports:
+            # The mTLS listener verified the client's certificate during the handshake;
+            # any other listener did not ask for one.
+            await self._error(
+                send, 401, "this source requires a client certificate: use the mTLS listener"
+            )
+            return
         headers = _headers(scope)
         signed: Presented | None = None
         if source.adobe is not None:
@@ -331,6 +341,11 @@ def _retry_after(exc: StreamdError) -> int | None:
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     return {name.lower(): value for name, value in scope["headers"]}
+
+
+def _local_port(scope: Scope) -> int | None:
+    server = scope.get("server")
+    return int(server[1]) if server and len(server) > 1 and server[1] is not None else None
 
 
 def _text_header(value: bytes | None) -> str | None:

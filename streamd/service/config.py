@@ -30,6 +30,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     graceful_timeout: Seconds = 10.0
     keep_alive_timeout: Seconds = 30.0
     read_timeout: Seconds = 30.0
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    mtls_listen: list[str] = msgspec.field(default_factory=list)
+    mtls_client_ca: str = ""
 
 
 class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -71,6 +75,7 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth: Literal["token", "adobe-signature"] = "token"
     token_files: list[str] = msgspec.field(default_factory=list)
     query_token: bool = True
+    require_client_cert: bool = False
     adobe: AdobeConfig | None = None
 
 
@@ -361,7 +366,41 @@ def validate(
         names.add(source.name)
         paths.add(route)
         _validate_adobe(source, f"{where}: key {key}")
+        if source.require_client_cert and not config.server.mtls_listen:
+            raise ConfigError(
+                f"{where}: key {key}.require_client_cert: needs server.mtls_listen "
+                "(the listener that asks for client certificates)"
+            )
+    _validate_tls(config.server, where)
     validate_sinks(config, where)
+
+
+def _validate_tls(server: ServerConfig, where: str) -> None:
+    if bool(server.tls_certfile) != bool(server.tls_keyfile):
+        missing = "tls_keyfile" if server.tls_certfile else "tls_certfile"
+        raise ConfigError(f"{where}: key server.{missing}: TLS needs both a certificate and a key")
+    if not server.mtls_listen:
+        if server.mtls_client_ca:
+            raise ConfigError(f"{where}: key server.mtls_client_ca: only with server.mtls_listen")
+        return
+    if not server.tls_certfile:
+        raise ConfigError(
+            f"{where}: key server.mtls_listen: needs server.tls_certfile and server.tls_keyfile"
+        )
+    if not server.mtls_client_ca:
+        raise ConfigError(
+            f"{where}: key server.mtls_client_ca: server.mtls_listen needs the CA that "
+            "signs the client certificates"
+        )
+    for index, address in enumerate(server.mtls_listen):
+        try:
+            parse_listen(address)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: key server.mtls_listen[{index}]: {exc}") from None
+        if address in server.listen:
+            raise ConfigError(
+                f"{where}: key server.mtls_listen[{index}]: {address} is also in server.listen"
+            )
 
 
 _KEY_HOST = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
@@ -80,7 +82,16 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
     for source in config.sources:
         if source.auth == "adobe-signature":
             check = signature_check(config, source)
-            sources.append(Source(source.name, source.path, None, False, check))
+            sources.append(
+                Source(
+                    source.name,
+                    source.path,
+                    None,
+                    False,
+                    check,
+                    require_client_cert=source.require_client_cert,
+                )
+            )
             continue
         tokens: list[str] = []
         for path in config.token_files(source):
@@ -99,7 +110,15 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
                     log.warning("token file %s is readable by group or others; chmod 600 it", path)
                 cache[path] = read_token_file(path)
             tokens.extend(cache[path])
-        sources.append(Source(source.name, source.path, TokenSet(tokens), source.query_token))
+        sources.append(
+            Source(
+                source.name,
+                source.path,
+                TokenSet(tokens),
+                source.query_token,
+                require_client_cert=source.require_client_cert,
+            )
+        )
     return sources
 
 
@@ -161,17 +180,36 @@ def load_admin(config: Config, *, announce: Callable[[str], None] | None = None)
 
 
 def admin_hypercorn_config(config: Config) -> HypercornConfig:
-    """Hypercorn settings of the admin listener: the same bounds, its own binds."""
-    hc = hypercorn_config(config)
+    """Hypercorn settings of the admin listener: the same bounds, its own binds (plain
+    HTTP: it listens on loopback by default)."""
+    hc = hypercorn_config(config, tls=False)
     hc.bind = config.admin.addresses
     hc.errorlog = logging.getLogger("streamd.admin.http")
     return hc
 
 
-def hypercorn_config(config: Config) -> HypercornConfig:
-    """Hypercorn settings: our binds and bounds, no access log, errors to our logger."""
-    hc = HypercornConfig()
+class _Hypercorn(HypercornConfig):
+    """hypercorn's Config, with its TLS context built once and kept: a reload then loads
+    new certificates into the very context the listener hands to each new connection."""
+
+    ssl_context: ssl.SSLContext | None = None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        if self.ssl_context is None:
+            self.ssl_context = super().create_ssl_context()
+        return self.ssl_context
+
+
+def hypercorn_config(config: Config, *, tls: bool = True) -> HypercornConfig:
+    """Hypercorn settings: our binds and bounds, no access log, errors to our logger;
+    TLS when ``server.tls_certfile`` is set (the context is built now, so a bad file is
+    a :class:`ConfigError` at start, naming it)."""
+    hc = _Hypercorn()
     hc.bind = list(config.server.listen)
+    if tls and config.server.tls_certfile:
+        hc.certfile = config.server.tls_certfile
+        hc.keyfile = config.server.tls_keyfile
+        _build_tls(hc, config.server.tls_certfile)
     hc.graceful_timeout = config.server.graceful_timeout
     hc.keep_alive_timeout = config.server.keep_alive_timeout
     hc.read_timeout = int(config.server.read_timeout)
@@ -182,6 +220,43 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     # Senders keep connections open; no reason to make them reconnect every 1,000 requests.
     hc.keep_alive_max_requests = 100_000
     return hc
+
+
+def mtls_hypercorn_config(config: Config) -> HypercornConfig:
+    """The listener that requires a client certificate signed by ``server.mtls_client_ca``."""
+    hc = hypercorn_config(config, tls=False)
+    hc.bind = list(config.server.mtls_listen)
+    hc.certfile = config.server.tls_certfile
+    hc.keyfile = config.server.tls_keyfile
+    hc.ca_certs = config.server.mtls_client_ca
+    hc.verify_mode = ssl.CERT_REQUIRED
+    hc.errorlog = logging.getLogger("streamd.http.mtls")
+    _build_tls(hc, f"{config.server.tls_certfile} or {config.server.mtls_client_ca}")
+    return hc
+
+
+def _build_tls(hc: HypercornConfig, files: str) -> None:
+    try:
+        hc.create_ssl_context()
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{files}: cannot load the TLS certificate, key or CA: {exc}") from None
+
+
+def reload_certificates(hc: HypercornConfig, config: Config) -> None:
+    """Load ``config``'s certificate and key into the listener's live TLS context.
+
+    New connections get them; open ones keep theirs. Raises :class:`ConfigError`
+    (the old certificate stays) when the files do not load.
+    """
+    context = hc.create_ssl_context()
+    if context is None:
+        return
+    try:
+        context.load_cert_chain(config.server.tls_certfile, config.server.tls_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{config.server.tls_certfile}: cannot load the new TLS certificate or key: {exc}"
+        ) from None
 
 
 def activated_binds(environ: dict[str, str] | None = None) -> list[str] | None:
@@ -243,6 +318,20 @@ async def serve(
                 f"cannot listen on {', '.join(config.admin.addresses)} (admin.listen): "
                 f"{exc.strerror or exc}"
             ) from None
+    mconfig: HypercornConfig | None = None
+    mtls_sockets: Sockets | None = None
+    if config.server.mtls_listen:
+        mconfig = mtls_hypercorn_config(config)
+        try:
+            mtls_sockets = mconfig.create_sockets()
+        except OSError as exc:
+            _close(sockets)
+            if admin_sockets is not None:
+                _close(admin_sockets)
+            raise ConfigError(
+                f"cannot listen on {', '.join(config.server.mtls_listen)} (server.mtls_listen): "
+                f"{exc.strerror or exc}"
+            ) from None
     async with open_journal(
         config.journal_path, writer_options(config), commit_budget=config.journal.commit_budget
     ) as journal:
@@ -260,7 +349,7 @@ async def serve(
         # batches in flight; cursors only pass what was confirmed).
         async with open_drain(journal, specs, grace=config.server.graceful_timeout) as drain:
             async with trio.open_nursery() as nursery:
-                reloader = _Reloader(config, reload, app, notify)
+                reloader = _Reloader(config, reload, app, notify, [hconfig, mconfig])
                 nursery.start_soon(_watch_signals, app, stop, notify, reloader)
                 r = config.retention
                 retention = Retention(
@@ -286,6 +375,13 @@ async def serve(
                 binds: list[str] = await nursery.start(
                     _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
                 )
+                if mconfig is not None and mtls_sockets is not None:
+                    mtls_binds: list[str] = await nursery.start(
+                        _serve_admin, app, mconfig, mtls_sockets, stop
+                    )
+                    app.mtls_ports = {int(b.rsplit(":", 1)[1]) for b in mtls_binds}
+                    for bind in mtls_binds:
+                        announce(f"streamd ready (client certificates required): {bind}")
                 admin_binds: list[str] = []
                 if admin is not None and admin_sockets is not None:
                     admin_binds = await nursery.start(
@@ -350,7 +446,7 @@ async def _serve_http(
 
 
 async def _serve_admin(
-    app: AdminApp,
+    app: AdminApp | IngestApp,
     hconfig: HypercornConfig,
     sockets: Sockets,
     stop: trio.Event,
@@ -443,7 +539,7 @@ class _Reloader:
     nothing: the old one stays and the log says why."""
 
     # Settings a running process cannot take over; they need a restart.
-    _RESTART_ONLY = ("data_dir", "server", "journal")
+    _RESTART_ONLY = ("data_dir", "journal")
 
     def __init__(
         self,
@@ -451,11 +547,13 @@ class _Reloader:
         load: Callable[[], Config] | None,
         app: IngestApp,
         notify: Notifier,
+        listeners: list[HypercornConfig | None],
     ) -> None:
         self.config = config
         self._load = load
         self._app = app
         self._notify = notify
+        self._listeners = [hc for hc in listeners if hc is not None]
 
     async def __call__(self) -> None:
         if self._load is None:
@@ -465,12 +563,25 @@ class _Reloader:
         try:
             new = await trio.to_thread.run_sync(self._load)
             sources = await trio.to_thread.run_sync(load_sources, new)
+            if new.server.tls_certfile:
+                for hc in self._listeners:
+                    reload_certificates(hc, new)
         except ConfigError as exc:
             log.error("SIGHUP: configuration not reloaded, keeping the old one: %s", exc)
         else:
             for name in self._RESTART_ONLY:
                 if getattr(new, name) != getattr(self.config, name):
                     log.warning("SIGHUP: a change to [%s] takes effect only after a restart", name)
+            old_server = msgspec.structs.replace(
+                self.config.server,
+                tls_certfile=new.server.tls_certfile,
+                tls_keyfile=new.server.tls_keyfile,
+            )
+            if new.server != old_server:
+                log.warning(
+                    "SIGHUP: [server] changes other than the TLS certificate files take "
+                    "effect only after a restart"
+                )
             self._app.replace_sources(sources)
             self.config = new
             log.info(

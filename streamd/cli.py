@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -68,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamd {__version__}")
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("STREAMD_LOG_LEVEL", "info"),
+        default=os.environ.get("STREAMD_LOG_LEVEL") or None,
         choices=["debug", "info", "warning", "error"],
-        help="log verbosity (default: info, or $STREAMD_LOG_LEVEL)",
+        help="log verbosity (default: $STREAMD_LOG_LEVEL, else the configuration's "
+        "log_level, else info)",
     )
     log_format = os.environ.get("STREAMD_LOG_FORMAT", "auto")
     parser.add_argument(
@@ -211,7 +213,7 @@ def _drain_commands(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamd`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level or "info", args.log_format)
     try:
         return _dispatch(args)
     except BrokenPipeError:
@@ -459,10 +461,17 @@ def _serve(args: argparse.Namespace) -> int:
     # Taken out of the environment first: children must not speak for the daemon.
     notifier = Notifier(take_environment())
     config = _load(args)
+    if args.log_level is None and config.log_level:
+        logging.getLogger().setLevel(config.log_level.upper())
     try:
         trio.run(
             partial(
-                serve, config, announce=_announce, notifier=notifier, reload=partial(_load, args)
+                serve,
+                config,
+                announce=_announce,
+                notifier=notifier,
+                reload=partial(_load, args),
+                log_level_from_config=args.log_level is None,
             )
         )
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled by the service

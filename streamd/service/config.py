@@ -222,6 +222,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
     data_dir: str = ""
+    log_level: Literal["", "debug", "info", "warning", "error"] = ""
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
     tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)

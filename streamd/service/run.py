@@ -281,6 +281,7 @@ async def serve(
     announce: Callable[[str], None] = print,
     notifier: Notifier | None = None,
     reload: Callable[[], Config] | None = None,
+    log_level_from_config: bool = False,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run streamd until a signal stops it; reports a :class:`Running` through ``task_status``.
@@ -288,7 +289,8 @@ async def serve(
     ``notifier`` speaks systemd's notify protocol (READY, STATUS, WATCHDOG,
     STOPPING); without one, nothing is sent. ``reload`` re-reads the
     configuration on SIGHUP (raising :class:`ConfigError` when it is invalid);
-    without one, SIGHUP is logged and ignored.
+    without one, SIGHUP is logged and ignored. With ``log_level_from_config`` (no
+    ``--log-level``), a reload also applies the new ``log_level``.
     Raises :class:`ConfigError` or :class:`JournalError` when it cannot start.
     """
     notify = notifier or Notifier({})
@@ -350,6 +352,7 @@ async def serve(
         async with open_drain(journal, specs, grace=config.server.graceful_timeout) as drain:
             async with trio.open_nursery() as nursery:
                 reloader = _Reloader(config, reload, app, notify, [hconfig, mconfig])
+                reloader.log_level_from_config = log_level_from_config
                 nursery.start_soon(_watch_signals, app, stop, notify, reloader)
                 r = config.retention
                 retention = Retention(
@@ -539,7 +542,7 @@ class _Reloader:
     nothing: the old one stays and the log says why."""
 
     # Settings a running process cannot take over; they need a restart.
-    _RESTART_ONLY = ("data_dir", "journal")
+    _RESTART_ONLY = ("data_dir", "journal", "sinks", "retention", "health", "admin")
 
     def __init__(
         self,
@@ -554,6 +557,7 @@ class _Reloader:
         self._app = app
         self._notify = notify
         self._listeners = [hc for hc in listeners if hc is not None]
+        self.log_level_from_config = False
 
     async def __call__(self) -> None:
         if self._load is None:
@@ -583,6 +587,8 @@ class _Reloader:
                     "effect only after a restart"
                 )
             self._app.replace_sources(sources)
+            if self.log_level_from_config:
+                logging.getLogger().setLevel((new.log_level or "info").upper())
             self.config = new
             log.info(
                 "SIGHUP: configuration reloaded; sources: %s",

@@ -22,6 +22,7 @@ from streamd.auth import TokenSet, token_from_request
 from streamd.auth.adobe import Presented, SignatureCheck
 from streamd.core import decode_delivery
 from streamd.errors import JournalBusy, JournalClosed, PayloadError, StreamdError
+from streamd.ingest.validation import Validator
 from streamd.journal import Batch, Journal, utc_now
 
 log = logging.getLogger("streamd.ingest")
@@ -52,6 +53,7 @@ class Source:
     query_token: bool = True
     adobe: SignatureCheck | None = None  # set: Adobe signatures instead of tokens
     require_client_cert: bool = False  # only on the mTLS listener (server.mtls_listen)
+    validator: Validator | None = None  # set: open allowed validationUrls automatically
 
 
 class IngestApp:
@@ -73,6 +75,7 @@ class IngestApp:
         self._stopping = False
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
+        self._background: trio.Nursery | None = None
         # Ports of the listener that required a verified client certificate (mTLS).
         self.mtls_ports: set[int] = set()
         # Called once per answered POST: (source, status, seconds, reason of a 503 or None).
@@ -85,6 +88,22 @@ class IngestApp:
     def replace_sources(self, sources: list[Source]) -> None:
         """Swap in new sources (a reload): requests already routed keep their old one."""
         self._routes = {s.path.rstrip("/") or "/": s for s in sources}
+        self._give_nursery()
+
+    @property
+    def background(self) -> trio.Nursery | None:
+        """Where background work (validationUrl GETs) runs."""
+        return self._background
+
+    @background.setter
+    def background(self, nursery: trio.Nursery | None) -> None:
+        self._background = nursery
+        self._give_nursery()
+
+    def _give_nursery(self) -> None:
+        for source in self._routes.values():
+            if source.validator is not None:
+                source.validator.nursery = self._background
 
     def begin_shutdown(self) -> None:
         """From now on, POSTs get 503 + Retry-After (the sender keeps the events)."""
@@ -225,7 +244,14 @@ class IngestApp:
                 await self._error(send, 403, problem)
                 return
         if delivery.shape == "challenge":
-            # Never journaled; someone (or a later streamd) must GET it within 5 minutes.
+            # Never journaled; someone (or streamd, if allowed) must GET it within 5 minutes.
+            url = delivery.validation_url or ""
+            if source.validator is not None and source.validator.start(source.name, url):
+                log.warning("source %s: opening the validationUrl %r", source.name, url)
+                await self._json(
+                    send, 200, {"accepted": 0, "duplicates": 0, "validation": "opening"}
+                )
+                return
             log.warning(
                 "source %s received an Adobe validationUrl; open it within 5 minutes to "
                 "confirm the registration: %r",  # repr: a body cannot forge log lines

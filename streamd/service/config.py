@@ -76,6 +76,9 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token_files: list[str] = msgspec.field(default_factory=list)
     query_token: bool = True
     require_client_cert: bool = False
+    auto_validate: bool = False
+    validation_hosts: list[str] = msgspec.field(default_factory=lambda: ["csm.adobe.io"])
+    validation_ca_file: str = ""
     adobe: AdobeConfig | None = None
 
 

@@ -33,6 +33,7 @@ from streamd.drain.admin import sink_routes
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
+from streamd.ingest.validation import Validator
 from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.service.config import Config, SourceConfig
 from streamd.service.health import StreamHealth
@@ -90,6 +91,7 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
                     False,
                     check,
                     require_client_cert=source.require_client_cert,
+                    validator=_validator(source),
                 )
             )
             continue
@@ -117,9 +119,17 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
                 TokenSet(tokens),
                 source.query_token,
                 require_client_cert=source.require_client_cert,
+                validator=_validator(source),
             )
         )
     return sources
+
+
+def _validator(source: SourceConfig) -> Validator | None:
+    if not source.auto_validate:
+        return None
+    hosts = tuple(h.lower() for h in source.validation_hosts)
+    return Validator(hosts, source.validation_ca_file)
 
 
 def read_secret(path: str, what: str) -> bytes:
@@ -375,6 +385,7 @@ async def serve(
                     for route in (*metrics.routes(), *sink_routes(drain)):
                         admin.add_route(route)
                 nursery.start_soon(_warn_about_streams, health, config.health.check_interval)
+                app.background = nursery
                 binds: list[str] = await nursery.start(
                     _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
                 )

@@ -186,12 +186,17 @@ def start_baseline(logdir: Path, name: str) -> ServerProcess:
 
 
 def source_hash(src: Path | None) -> str:
-    """Changes when streamd or the payloads change, so a cached journal is rebuilt."""
+    """Changes when streamd or the generator change, so a cached journal is rebuilt.
+
+    The load generator always imports the working tree's ``streamd.emit.generate``,
+    even when the server runs from a snapshot: both go into the hash.
+    """
     root = src or REPO
     h = hashlib.sha256()
     for f in sorted((root / "streamd").rglob("*.py")):
         h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    h.update((REPO / "bench" / "payloads.py").read_bytes())
+    h.update((REPO / "streamd" / "emit" / "generate.py").read_bytes())
+    h.update((REPO / "streamd" / "emit" / "catalog.py").read_bytes())
     return h.hexdigest()[:12]
 
 

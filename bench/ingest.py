@@ -45,7 +45,7 @@ from bench._server import (
     start_streamd,
     system_busy_s,
 )
-from bench.payloads import Shape
+from streamd.emit.generate import Shape
 
 BENCH: Final = REPO / "bench"
 CACHE: Final = BENCH / ".cache"

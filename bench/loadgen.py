@@ -3,7 +3,7 @@
     python -m bench.loadgen --url http://127.0.0.1:8080/events --token T \\
         --shape legacy --batch 500 --concurrency 16 --duration 10 [--rate 10000] [--processes 2]
 
-Every body is generated before the timed phase (``bench.payloads``; ids never repeat).
+Every body is generated before the timed phase (``streamd.emit.generate``; ids never repeat).
 ``--concurrency`` keep-alive connections per process each post batches back to back, or
 paced so that all of them together offer ``--rate`` events/s. 200 with
 ``{"accepted": n, "duplicates": m}`` acknowledges a batch; 503/429 (and other retryable
@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from bench._http import HttpError, RawConnection, Response, Target
-from bench.payloads import MAX_WORKERS, SHAPES, Shape, iter_batches
+from streamd.emit.generate import MAX_WORKERS, SHAPES, Shape, iter_batches
 
 _TIMEOUT_S: Final = 30.0  # Marketo's own sender gives up after 20 s
 _MAX_BACKOFF_S: Final = 0.05

@@ -30,8 +30,9 @@ from typing import Any, Final, Protocol
 import orjson
 import trio
 
-from bench._http import HttpError, RawConnection, Response, Target
 from streamd.emit.generate import MAX_WORKERS, SHAPES, Shape, iter_batches
+from streamd.emit.http import Connection as RawConnection
+from streamd.emit.http import HttpError, Response, Target
 
 _TIMEOUT_S: Final = 30.0  # Marketo's own sender gives up after 20 s
 _MAX_BACKOFF_S: Final = 0.05

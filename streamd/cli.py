@@ -15,6 +15,7 @@ import trio
 
 from streamd import __version__
 from streamd.auth import read_token_file
+from streamd.emit import cli as emit_cli
 from streamd.errors import ConfigError, JournalError, StreamdError
 from streamd.journal import journal_stats
 from streamd.service import load_config, serve
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_stats.add_argument("--data-dir", metavar="DIR", help="data directory (default: as for serve)")
     p_stats.add_argument("--journal", metavar="FILE", help="journal file (overrides --data-dir)")
     p_stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    emit_cli.register(sub)
     return parser
 
 
@@ -108,6 +110,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "emit":
+        return emit_cli.run(args)
     return _journal_stats(args)
 
 

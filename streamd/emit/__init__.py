@@ -1,0 +1,37 @@
+"""``streamd emit``: an emulator of Marketo's senders, and what the benchmarks send.
+
+- :mod:`~streamd.emit.generate`: deterministic events in every documented shape;
+- :mod:`~streamd.emit.schedule`: the senders' retry rules, sans-IO;
+- :mod:`~streamd.emit.sender`: the runtime that sends, retries and counts;
+- :mod:`~streamd.emit.verify`: is every acknowledged id journaled exactly once;
+- :mod:`~streamd.emit.journal_api`: a generated Journaling API server.
+"""
+
+from streamd.emit.accounting import Ledger, format_summary
+from streamd.emit.errors import EmitError, UsageError
+from streamd.emit.generate import BatchMaker, Generated, iter_batches
+from streamd.emit.journal_api import JournalApi
+from streamd.emit.schedule import Decision, IoDelivery, IoPolicy, LegacyDelivery, LegacyPolicy
+from streamd.emit.sender import EmitOptions, OAuthSettings, run_emit
+from streamd.emit.verify import Verdict, verify
+
+__all__ = [
+    "BatchMaker",
+    "Decision",
+    "EmitError",
+    "EmitOptions",
+    "Generated",
+    "IoDelivery",
+    "IoPolicy",
+    "JournalApi",
+    "Ledger",
+    "LegacyDelivery",
+    "LegacyPolicy",
+    "OAuthSettings",
+    "UsageError",
+    "Verdict",
+    "format_summary",
+    "iter_batches",
+    "run_emit",
+    "verify",
+]

@@ -212,9 +212,7 @@ def _receiver_duplicates(resp: Response | None) -> int:
 async def _legacy_headers(run: _Run) -> list[tuple[str, str]]:
     headers = [("Content-Type", "application/json"), ("User-Agent", _USER_AGENT)]
     if run.oauth is not None:
-        fetches = run.oauth.fetches
         token = await run.oauth.token()
-        run.ledger.token_fetches += run.oauth.fetches - fetches
         headers.append(("Authorization", f"Bearer {token}"))
     elif run.opts.token is not None:
         headers.append(("Authorization", f"Bearer {run.opts.token}"))
@@ -550,6 +548,8 @@ async def run_emit(
         raise first from None
     finally:
         ledger.finish()
+    if run.oauth is not None:
+        ledger.token_fetches = run.oauth.fetches
     summary = ledger.summary(trio.current_time() - started)
     parts = run.target
     return {

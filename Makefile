@@ -31,6 +31,7 @@ test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.ingest
 
 clean:

@@ -44,10 +44,16 @@ _CDF: Final = (
 def _footer(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     v = m.get("versions", {})
+    other = [e["other_cores"] for e in doc["cases"] if "other_cores" in e]
+    shared = (
+        f" · other load during the cases {min(other):.2f}-{max(other):.2f} cores (shared machine)"
+        if other and max(other) >= 0.1
+        else ""
+    )
     return (
         f"{m.get('when_utc', '?')} · {m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} CPUs · "
         f"Python {m.get('python')} · SQLite {m.get('sqlite')} · trio {v.get('trio')} · "
-        f"hypercorn {v.get('hypercorn')} · streamd {str(m.get('git_commit'))[:9]}\n"
+        f"hypercorn {v.get('hypercorn')} · streamd {str(m.get('git_commit'))[:9]}{shared}\n"
         f"{m.get('command', '')}"
     )
 
@@ -89,7 +95,8 @@ def draw(doc: dict[str, Any], prefix: Path) -> list[Path]:
         ax.set_ylabel("acknowledged events/s")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a subset run may have no case here
+            ax.legend(fontsize=7)
     fig.text(0.01, 0.01, _footer(doc), fontsize=6, va="bottom")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = prefix.with_name(prefix.name + "-throughput.png")
@@ -109,7 +116,8 @@ def draw(doc: dict[str, Any], prefix: Path) -> list[Path]:
     ax.set_ylabel("share of acknowledged requests")
     ax.set_title("Ack latency distribution (unpaced cases: mostly queueing; latency-10k: paced)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.text(0.01, 0.01, _footer(doc), fontsize=6, va="bottom")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = prefix.with_name(prefix.name + "-latency.png")

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -185,3 +188,65 @@ def test_sigkill_and_restart_mid_run_loses_nothing_acknowledged(
     out = _verify(processes, server, acked)
     assert out.startswith("ok: all")
     stop_gracefully(server)
+
+
+def test_sigterm_stops_sending_and_prints_the_summary(tmp_path: Path, processes: Processes) -> None:
+    server = serve(processes, tmp_path / "data")
+    acked = tmp_path / "acked"
+    emit = _emit(
+        processes,
+        "emit",
+        "--to",
+        f"http://127.0.0.1:{server.port}/events",
+        "--token-file",
+        str(server.data_dir / "api-token"),
+        "--rate",
+        "2000",
+        "--acked",
+        str(acked),
+        "--json",
+    )
+    wait_for(lambda: _acked_lines(acked) >= 500, timeout=30, what="500 acked ids")
+    emit.send_signal(signal.SIGTERM)
+    assert emit.wait(30) == 0, emit.stderr()
+    summary = json.loads(emit.stdout())
+    assert summary["events_acked"] == summary["events_sent"] >= 500
+    assert summary["events_unresolved"] == 0
+    assert "no new batches; finishing retries" in emit.stderr()
+    assert _verify(processes, server, acked).startswith(f"ok: all {summary['events_acked']}")
+    stop_gracefully(server)
+
+
+def test_journal_server_process_pages_and_stops_on_sigterm(processes: Processes) -> None:
+    server = _emit(
+        processes,
+        "journal",
+        "--journal-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--journal-events",
+        "30",
+        "--journal-expired",
+        "5",
+    )
+    ready = wait_for(
+        lambda: re.search(r"journal ready: (http://\S+)\n", server.stdout()),
+        timeout=15,
+        what="the journal server's ready line",
+        context=server.stderr,
+    )
+    assert ready is not None
+    url = ready.group(1)
+    with urllib.request.urlopen(url + "?limit=10", timeout=10) as resp:
+        doc = json.loads(resp.read())
+        link = resp.headers["link"]
+    assert [e["position"] for e in doc["events"]][:1] == ["p000000000005"]
+    assert doc["_page"]["count"] == 10 and 'rel="next"' in link
+    try:
+        urllib.request.urlopen(url + "?since=p000000000001", timeout=10)
+        raise AssertionError("an expired position must answer 410")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 410
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(15) == 0, server.stderr()
+    assert_no_traceback(server.stderr())

@@ -103,11 +103,18 @@ async def serve_handler(
     handler: Handler,
     listen: str,
     *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``handler`` on ``listen`` (``host:port``) until cancelled; reports the binds."""
+    """Serve ``handler`` on ``listen`` (``host:port``) until cancelled; reports the binds.
+
+    With ``certfile`` and ``keyfile`` it serves HTTPS.
+    """
     config = Config()
     config.bind = [listen]
+    if certfile is not None:
+        config.certfile, config.keyfile = certfile, keyfile
     config.accesslog = None
     errorlog = logging.getLogger("streamd.emit.http")
     errorlog.setLevel(logging.WARNING)  # not hypercorn's "Running on ..." for each helper server

@@ -22,7 +22,7 @@ from streamd.emit.accounting import format_summary
 from streamd.emit.errors import EmitError, UsageError
 from streamd.emit.generate import MAX_SEED
 from streamd.emit.http import Target
-from streamd.emit.sender import EmitOptions, OAuthSettings, run_emit
+from streamd.emit.sender import EmitOptions, OAuthSettings, run_emit, tls_context
 from streamd.emit.verify import verify
 from streamd.errors import ConfigError, StreamdError
 
@@ -144,6 +144,12 @@ def register(sub: Any) -> None:
         "--timeout",
         type=_positive(float, "--timeout"),
         help="request timeout in seconds (default: legacy 20, I/O 10; never time-scaled)",
+    )
+    p.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        type=Path,
+        help="PEM CA certificates to trust for https:// (besides the system's)",
     )
     p.add_argument(
         "--no-challenge", action="store_true", help="I/O mode: skip the challenge handshake"
@@ -287,6 +293,11 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         secret = _first_token(args.client_secret_file, "--client-secret-file")
         oauth = OAuthSettings(args.oauth_url, args.client_id, secret)
     token = _first_token(args.token_file, "--token-file") if args.token_file else None
+    if args.ca_file is not None:
+        try:
+            tls_context(args.ca_file)
+        except EmitError as exc:
+            raise UsageError(str(exc)) from None
     return EmitOptions(
         url=args.to,
         mode=args.mode,
@@ -312,6 +323,7 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         oauth=oauth,
         acked_file=args.acked,
         timeout=args.timeout,
+        ca_file=args.ca_file,
         handle_signals=True,
     )
 

@@ -130,7 +130,11 @@ class Connection:
             return tcp
         context = self._ssl or ssl.create_default_context()
         stream = trio.SSLStream(tcp, context, server_hostname=self.target.host)
-        await stream.do_handshake()
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tcp)  # a refused certificate must not leak the socket
+            raise
         return stream
 
     async def _exchange(self, data: bytes) -> Response:

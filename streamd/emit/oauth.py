@@ -6,6 +6,7 @@ fetches a token there and sends it as ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
+import ssl
 from typing import Final
 from urllib.parse import urlencode
 
@@ -31,8 +32,17 @@ class ClientCredentials:
     (and optionally ``expires_in`` seconds).
     """
 
-    def __init__(self, url: str, client_id: str, client_secret: str, *, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.target = Target.parse(url)
+        self._ssl = ssl_context
         self._form = urlencode(
             {
                 "grant_type": "client_credentials",
@@ -63,7 +73,7 @@ class ClientCredentials:
             return self._token
 
     async def _fetch(self) -> tuple[str, float]:
-        conn = Connection(self.target)
+        conn = Connection(self.target, ssl_context=self._ssl)
         headers = [
             ("Content-Type", "application/x-www-form-urlencoded"),
             ("Accept", "application/json"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -93,6 +94,7 @@ class EmitOptions:
     oauth: OAuthSettings | None = None
     acked_file: Path | None = None
     timeout: float | None = None  # None: the protocol's (legacy 20 s, I/O 10 s)
+    ca_file: Path | None = None  # extra CA certificates for https:// targets
     legacy: LegacyPolicy = field(default_factory=LegacyPolicy)
     io: IoPolicy = field(default_factory=IoPolicy)
     io_cadence: float = 1.0  # protocol seconds between I/O batches of a registration
@@ -118,10 +120,11 @@ class _Attempt:
 class _Run:
     """State shared by the subscriptions or registrations of one run."""
 
-    def __init__(self, opts: EmitOptions, ledger: Ledger, connect: Connect) -> None:
+    def __init__(self, opts: EmitOptions, ledger: Ledger, connect: Connect | None) -> None:
         self.opts = opts
         self.ledger = ledger
-        self.connect = connect
+        self.ssl_context = tls_context(opts.ca_file)
+        self.connect: Connect = connect or self._connect
         self.target = Target.parse(opts.url)
         self.remaining = opts.count
         self.stopped = trio.Event()  # duration over or a signal: send nothing new
@@ -133,6 +136,7 @@ class _Run:
                 opts.oauth.client_id,
                 opts.oauth.client_secret,
                 timeout=self.timeout,
+                ssl_context=self.ssl_context,
             )
             if opts.oauth
             else None
@@ -142,6 +146,9 @@ class _Run:
         self.content_type_single = "application/cloudevents+json; charset=UTF-8"
         per_sub = (opts.rate / opts.parallel) if opts.rate else None
         self.per_sub_rate = per_sub
+
+    def _connect(self, target: Target) -> Transport:
+        return Connection(target, ssl_context=self.ssl_context)
 
     @property
     def timeout(self) -> float:
@@ -462,8 +469,18 @@ class _Registration:
 # -- the run ---------------------------------------------------------------------
 
 
-def _default_connect(target: Target) -> Transport:
-    return Connection(target)
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's trust store, plus ``ca_file`` when given (a private CA).
+
+    Raises :class:`EmitError` when ``ca_file`` cannot be read as PEM certificates.
+    """
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise EmitError(f"--ca-file {ca_file}: not readable PEM certificates: {exc}") from exc
+    return context
 
 
 async def _drain_watch(run: _Run, senders: trio.CancelScope) -> None:
@@ -516,7 +533,7 @@ async def run_emit(
     cannot be made; every other failure is counted in the summary, not raised.
     """
     ledger = ledger or Ledger(opts.acked_file)
-    run = _Run(opts, ledger, connect or _default_connect)
+    run = _Run(opts, ledger, connect)
     started = trio.current_time()
     try:
         async with trio.open_nursery() as outer:

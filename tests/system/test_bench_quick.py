@@ -20,7 +20,7 @@ from ._harness import REPO_ROOT, clean_env
 
 def test_quick_bench_runs_the_peer_and_emulator_cases(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
-    cases = "naive-io20-c16,emit-discard-legacy500-c16,sqlite-full-20"
+    cases = "naive-io20-c16,emit-discard-legacy500-c16"
     done = subprocess.run(
         [
             sys.executable,

@@ -142,19 +142,29 @@ def test_every_mode_passes_verify(
     stop_gracefully(server)
 
 
+_LEGACY_KILL = ["--parallel", "3", "--batch", "200", "--rate", "4000", "--time-scale", "600"]
+_IO_KILL = ["--mode", "io", "--no-sign", "--parallel", "2", "--inflight", "2", "--rate", "2000",
+            "--time-scale", "600"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("mode", "args"),
+    ("mode", "args", "kills"),
     [
         # legacy: a 3-minute retry wait takes 0.3 s at time scale 600
-        ("legacy", ["--parallel", "3", "--batch", "200", "--rate", "3000", "--count", "12000",
-                    "--time-scale", "600"]),
+        pytest.param("legacy", [*_LEGACY_KILL, "--count", "8000"], 2, id="legacy-2-kills"),
         # I/O: 1, 2, 4 min waits take 0.1, 0.2, 0.4 s at time scale 600
-        ("io", ["--mode", "io", "--no-sign", "--parallel", "2", "--inflight", "2",
-                "--rate", "1500", "--count", "6000", "--time-scale", "600"]),
+        pytest.param("io", [*_IO_KILL, "--count", "4000"], 2, id="io-2-kills"),
+        pytest.param(
+            "legacy", [*_LEGACY_KILL, "--count", "60000"], 12, id="legacy-12-kills",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "io", [*_IO_KILL, "--count", "30000"], 12, id="io-12-kills", marks=pytest.mark.slow
+        ),
     ],
 )  # fmt: skip
 def test_sigkill_and_restart_mid_run_loses_nothing_acknowledged(
-    tmp_path: Path, processes: Processes, mode: str, args: list[str]
+    tmp_path: Path, processes: Processes, mode: str, args: list[str], kills: int
 ) -> None:
     port = free_port()
     data_dir = tmp_path / "data"
@@ -166,7 +176,7 @@ def test_sigkill_and_restart_mid_run_loses_nothing_acknowledged(
         args = [*args, "--token-file", str(data_dir / "api-token")]
     acked = tmp_path / "acked"
     emit = _emit(processes, "emit", "--to", url, *args, "--acked", str(acked), "--json")
-    for cycle in (1, 2):
+    for cycle in range(1, kills + 1):
         # Kill once some events (and more since the last restart) got through.
         floor = _acked_lines(acked) + 400
         wait_for(

@@ -170,3 +170,18 @@ def test_journal_server_refuses_more_expired_than_events(
     assert status == 2 and "cannot exceed" in capsys.readouterr().err
     status = main(["emit", "--journal-server", "--journal-events", "-1"])
     assert status == 2 and "must not be negative" in capsys.readouterr().err
+
+
+def test_every_emit_flag_has_help_and_is_in_the_readme() -> None:
+    import argparse
+
+    from streamd.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    emit = sub.choices["emit"]
+    flags = [a for a in emit._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 20
+    for action in flags:
+        assert action.help, f"streamd emit {action.option_strings[0]} has no help"
+        assert f"`{action.option_strings[0]}" in readme, action.option_strings[0]

@@ -2,7 +2,8 @@
 
 - :mod:`~streamd.emit.generate`: deterministic events in every documented shape;
 - :mod:`~streamd.emit.schedule`: the senders' retry rules, sans-IO;
-- :mod:`~streamd.emit.sender`: the runtime that sends, retries and counts;
+- :mod:`~streamd.emit.legacy`, :mod:`~streamd.emit.adobe_io`: the two senders;
+- :mod:`~streamd.emit.sender`: runs them (stop conditions, drain, signals, key server);
 - :mod:`~streamd.emit.verify`: is every acknowledged id journaled exactly once;
 - :mod:`~streamd.emit.journal_api`: a generated Journaling API server.
 """

@@ -48,6 +48,7 @@ dist: $(STAMP)
 	@echo "built dist/streamd ($$(du -h dist/streamd | cut -f1)); install with: sudo systemd/install.sh"
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.ingest
 
 clean:

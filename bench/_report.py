@@ -35,6 +35,10 @@ def table_row(entry: dict[str, Any]) -> list[str]:
         notes.append(f"dup {load['duplicates']}")
     if load["inline_batches"]:
         notes.append(f"inline {load['inline_batches']}")
+    if "logged" in entry:
+        unit = entry["logged"]["unit"]
+        acked = load["acked_batches"] if unit == "requests" else load["acked_events"]
+        notes.append(f"in its file at stop: {entry['logged']['lines']:,} of {acked:,} acked {unit}")
     notes += other_note
     if load["latency_from_schedule_ms"]:
         notes.append(f"p99 from schedule {load['latency_from_schedule_ms']['p99']:.1f} ms")
@@ -69,3 +73,74 @@ def markdown_table(entries: list[dict[str, Any]]) -> str:
     ]
     rows = [head, ["---"] * len(head), *(table_row(e) for e in entries)]
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+# (row label, legacy-500 case, io-20 case): the references streamd is measured against.
+REFERENCES: Final = (
+    ("Express reference consumer, body limit raised", "express-raised-legacy500-c16",
+     "express-raised-io20-c16"),
+    ("Express reference consumer, default 100 kB limit", "express-default-legacy500-c16",
+     "express-default-io20-c16"),
+    ("naive Python receiver (json + append)", "naive-legacy500-c16", "naive-io20-c16"),
+    ("limit: hypercorn reading and discarding", "baseline-legacy500-c16", "baseline-io20-c16"),
+    ("limit: plain SQLite appends, FULL, no index", "sqlite-full-500", "sqlite-full-20"),
+    ("limit: SQLite appends + 64-bit dedup table", "sqlite-full-500-dedup-hash", None),
+)  # fmt: skip
+
+
+def _rate(entry: dict[str, Any] | None) -> float | None:
+    if entry is None or "error" in entry:
+        return None
+    if "sqlite" in entry:
+        return float(entry["sqlite"]["events_per_s"])
+    return float(entry["load"]["events_per_s"])
+
+
+def _pct(num: float | None, den: float | None) -> str:
+    if num is None or den is None:
+        return ""
+    if den == 0:
+        return "n/a (peer acked nothing)"
+    return f"{num / den:.0%}"
+
+
+def ratio_table(entries: list[dict[str, Any]]) -> str:
+    """streamd (c16) as a share of each peer and limit, from the same run."""
+    by_name = {e["case"]["name"]: e for e in entries}
+
+    def rate(name: str | None) -> float | None:
+        return _rate(by_name.get(name)) if name else None
+
+    full_l, normal_l = rate("streamd-full-legacy500-c16"), rate("streamd-normal-legacy500-c16")
+    full_i, normal_i = rate("streamd-full-io20-c16"), rate("streamd-normal-io20-c16")
+    head = [
+        "reference (16 connections)",
+        "legacy-500 events/s",
+        "streamd FULL / it",
+        "streamd NORMAL / it",
+        "io-20 events/s",
+        "streamd FULL / it",
+        "streamd NORMAL / it",
+    ]
+    rows = [head, ["---"] * len(head)]
+    rows.append(
+        ["streamd itself", _fmt(full_l), "100%", _pct(normal_l, full_l), _fmt(full_i), "100%",
+         _pct(normal_i, full_i)]
+    )  # fmt: skip
+    for label, legacy, io in REFERENCES:
+        lr, ir = rate(legacy), rate(io)
+        if lr is None and ir is None:
+            continue
+        rows.append(
+            [label, _fmt(lr), _pct(full_l, lr), _pct(normal_l, lr), _fmt(ir), _pct(full_i, ir),
+             _pct(normal_i, ir)]
+        )  # fmt: skip
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    emitter = rate("emit-discard-legacy500-c16")
+    if emitter is not None:
+        lines.append("")
+        lines.append(
+            f"`streamd emit` offered {_fmt(emitter)} legacy events/s to a discarding receiver"
+            + (f" ({emitter / full_l:.1f}x what streamd FULL took)" if full_l else "")
+        )
+    return "\n".join(lines)

@@ -186,12 +186,17 @@ def start_baseline(logdir: Path, name: str) -> ServerProcess:
 
 
 def source_hash(src: Path | None) -> str:
-    """Changes when streamd or the payloads change, so a cached journal is rebuilt."""
+    """Changes when streamd or the generator change, so a cached journal is rebuilt.
+
+    The load generator always imports the working tree's ``streamd.emit.generate``,
+    even when the server runs from a snapshot: both go into the hash.
+    """
     root = src or REPO
     h = hashlib.sha256()
     for f in sorted((root / "streamd").rglob("*.py")):
         h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    h.update((REPO / "bench" / "payloads.py").read_bytes())
+    h.update((REPO / "streamd" / "emit" / "generate.py").read_bytes())
+    h.update((REPO / "streamd" / "emit" / "catalog.py").read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -224,3 +229,68 @@ def export_ref(ref: str, cache: Path) -> tuple[str, Path]:
             tar.extractall(tmp, filter="data")
         tmp.rename(dest)
     return sha, dest
+
+
+EXPRESS_SRC: Final = REPO / "bench" / "express"
+
+
+def ensure_express(cache: Path) -> Path:
+    """The Express reference consumer installed from npm under ``cache``; its directory.
+
+    Installs ``express`` and ``winston`` (``npm install``) the first time and whenever
+    ``bench/express/package.json`` changes. Raises ``ServerError`` when Node.js or npm
+    is missing or the install fails.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise ServerError(
+            "Node.js and npm are needed for the Express case (apt install nodejs npm)"
+        )
+    app = cache / "express-app"
+    app.mkdir(parents=True, exist_ok=True)
+    manifest = (EXPRESS_SRC / "package.json").read_bytes()
+    shutil.copy2(EXPRESS_SRC / "server.js", app / "server.js")
+    stamp = app / ".installed"
+    if (app / "node_modules").is_dir() and stamp.exists() and stamp.read_bytes() == manifest:
+        return app
+    (app / "package.json").write_bytes(manifest)
+    done = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"npm install failed: {done.stderr[-1500:]}")
+    stamp.write_bytes(manifest)
+    return app
+
+
+def start_express(cache: Path, logdir: Path, name: str, log: Path, limit: str) -> ServerProcess:
+    """Start the Express consumer (``limit``: a body limit like ``10mb``, or ``default``)."""
+    app = ensure_express(cache)
+    node = shutil.which("node") or "node"
+    server = ServerProcess([node, "server.js", "0", str(log), limit], logdir, name, cwd=app)
+    server.wait_ready()
+    return server
+
+
+def start_naive(logdir: Path, name: str, log: Path) -> ServerProcess:
+    """Start ``bench.naive_app`` on a free loopback port, appending events to ``log``."""
+    cmd = [sys.executable, "-m", "bench.naive_app", "--listen", "127.0.0.1:0", "--log", str(log)]
+    server = ServerProcess(cmd, logdir, name)
+    server.wait_ready()
+    return server
+
+
+def count_lines(path: Path) -> int:
+    """Lines in a file (0 when it does not exist), read in chunks."""
+    if not path.exists():
+        return 0
+    n = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n

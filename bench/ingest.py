@@ -11,9 +11,18 @@ generator in a process of its own:
 - ``sqlite-*``: the physical limit, plain SQLite appends (``bench.sqlite_append``);
 - ``prefilled-2m``: streamd FULL, legacy 500, 16 connections, into a journal already
   holding 2,000,000 events (``--big`` adds 10,000,000);
-- ``latency-10k``: streamd FULL, legacy 500 paced to an offered 10,000 events/s.
+- ``latency-10k``: streamd FULL, legacy 500 paced to an offered 10,000 events/s;
+- ``express-{default,raised}-{legacy500,io20}-c16``: the reference consumer of Adobe's
+  documentation (Express, ``express.json()`` with its 100 kB default body limit or a
+  raised one, winston logging each body to a file), installed from npm;
+- ``naive-{legacy500,io20}-c16``: a naive Python receiver (``bench.naive_app``);
+- ``emit-discard-legacy500-c16``: ``streamd emit`` itself against hypercorn discarding
+  the bodies: what the emulator can offer; ``emit-streamd-full-legacy500-c16``: streamd
+  driven by ``streamd emit`` instead of the load generator, as a cross-check.
 
-Writes one JSON file (machine facts, settings, every case) and prints a markdown table.
+Writes one JSON file (machine facts, settings, every case), prints a markdown table and
+the ratios of streamd to its peers and limits, and draws PNG plots (``bench.plots``,
+when matplotlib is installed: ``pip install 'streamd[bench]'``).
 """
 
 from __future__ import annotations
@@ -35,17 +44,20 @@ from typing import Any, Final, Literal
 import orjson
 
 from bench._machine import machine_facts
-from bench._report import CONTAMINATED, markdown_table, table_row
+from bench._report import CONTAMINATED, markdown_table, ratio_table, table_row
 from bench._server import (
     REPO,
     ServerProcess,
+    count_lines,
     export_ref,
     source_hash,
     start_baseline,
+    start_express,
+    start_naive,
     start_streamd,
     system_busy_s,
 )
-from bench.payloads import Shape
+from streamd.emit.generate import Shape
 
 BENCH: Final = REPO / "bench"
 CACHE: Final = BENCH / ".cache"
@@ -61,7 +73,7 @@ _BUDGET_RATE: Final[dict[Shape, int]] = {"legacy": 120_000, "io": 60_000}
 @dataclass(frozen=True, slots=True)
 class Case:
     name: str
-    kind: Literal["streamd", "baseline", "sqlite"]
+    kind: Literal["streamd", "baseline", "sqlite", "express", "naive", "emit"]
     shape: Shape = "legacy"
     batch: int = 500
     concurrency: int = 16
@@ -70,6 +82,8 @@ class Case:
     prefill: int = 0
     dedup: str = "none"
     duration: float = 15.0
+    body_limit: str = ""  # express: "default" (100 kB) or a raised limit
+    target: str = ""  # emit: "discard" (hypercorn) or "streamd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,15 @@ def plan(s: Settings, big: bool) -> list[Case]:
     cases.append(
         Case("latency-10k", "streamd", "legacy", 500, 8, "full", rate=10_000, duration=s.latency_s)
     )
+    peers: tuple[tuple[Shape, int], ...] = (("legacy", 500), ("io", 20))
+    for limit, label in (("default", "default"), ("10mb", "raised")):
+        for shape, batch in peers:
+            name = f"express-{label}-{shape}{batch}-c16"
+            cases.append(Case(name, "express", shape, batch, 16, duration=t, body_limit=limit))
+    for shape, batch in peers:
+        cases.append(Case(f"naive-{shape}{batch}-c16", "naive", shape, batch, 16, duration=t))
+    cases.append(Case("emit-discard-legacy500-c16", "emit", duration=t, target="discard"))
+    cases.append(Case("emit-streamd-full-legacy500-c16", "emit", duration=t, target="streamd"))
     return cases
 
 
@@ -153,11 +176,17 @@ def _du(path: Path) -> int:
 
 
 def _measure(
-    server: ServerProcess, url: str, token: str, case: Case, s: Settings, *extra: str
+    server: ServerProcess,
+    url: str,
+    token: str,
+    case: Case,
+    s: Settings,
+    *extra: str,
+    driver: Any = None,
 ) -> dict[str, Any]:
     cpu0, busy0, kids0, t0 = server.cpu_s(), system_busy_s(), _children_cpu_s(), time.monotonic()
     try:
-        load = run_loadgen(url, token, case, s.logdir, *extra)
+        load = run_loadgen(url, token, case, s.logdir, *extra) if driver is None else driver()
         cpu, busy = server.cpu_s() - cpu0, system_busy_s() - busy0
         loadgen_cpu, window = _children_cpu_s() - kids0, time.monotonic() - t0
     finally:
@@ -271,7 +300,125 @@ def ensure_prefill(events: int, s: Settings) -> Path:
     return final / "data"
 
 
-RUNNERS: Final = {"streamd": run_streamd, "baseline": run_baseline, "sqlite": run_sqlite}
+def run_express(case: Case, s: Settings) -> dict[str, Any]:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    log = RUN_DIR / f"{case.name}.log"
+    log.unlink(missing_ok=True)
+    server = start_express(CACHE, s.logdir, case.name, log, case.body_limit)
+    try:
+        # --reuse: it does not dedupe; --ack-body any: it answers a plain "OK".
+        out = _measure(
+            server, server.base_url + "/events", "bench", case, s, "--reuse", "--ack-body", "any"
+        )
+        # winston writes behind the acknowledgement (one line per body): what reached the
+        # file by the time the process exited?
+        out["logged"] = {"lines": count_lines(log), "unit": "requests"}
+        return out
+    finally:
+        log.unlink(missing_ok=True)
+
+
+def run_naive(case: Case, s: Settings) -> dict[str, Any]:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    log = RUN_DIR / f"{case.name}.log"
+    log.unlink(missing_ok=True)
+    server = start_naive(s.logdir, case.name, log)
+    try:
+        out = _measure(
+            server, server.base_url + "/events", "bench", case, s, "--reuse", "--ack-body", "any"
+        )
+        out["logged"] = {"lines": count_lines(log), "unit": "events"}
+        return out
+    finally:
+        log.unlink(missing_ok=True)
+
+
+def run_emitter(url: str, token_file: Path | None, case: Case, logdir: Path) -> dict[str, Any]:
+    """Run ``streamd emit`` unpaced for ``case``; return its summary as loadgen fields."""
+    cmd = [str(Path(sys.executable).with_name("streamd")), "emit", "--to", url, "--unpaced"]
+    cmd += ["--parallel", str(case.concurrency), "--batch", str(case.batch), "--json"]
+    cmd += ["--duration", str(case.duration), "--drain", "30", "--seed", str(SEED)]
+    if token_file is not None:
+        cmd += ["--token-file", str(token_file)]
+    kids0 = _children_cpu_s()
+    with (logdir / f"{case.name}.emit.err").open("ab") as err:
+        out = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=REPO,
+            check=False,
+            timeout=case.duration + 120,
+        )
+    cpu = _children_cpu_s() - kids0
+    if out.returncode not in (0, 1):
+        tail = (logdir / f"{case.name}.emit.err").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"streamd emit exited {out.returncode}: {tail}")
+    e: dict[str, Any] = orjson.loads(out.stdout)
+    errors = {k: v for k, v in e["outcomes"].items() if k != "200"}
+    return {
+        "emit": e,
+        "shape": case.shape,
+        "batch": case.batch,
+        "concurrency": case.concurrency,
+        "duration_s": e["duration_s"],
+        "events_per_s": e["events_acked_per_s"],
+        "batches_per_s": round(e["batches_acked"] / e["duration_s"], 1),
+        "acked_events": e["events_acked"],
+        "acked_batches": e["batches_acked"],
+        "accepted": e["events_acked"],
+        "duplicates": e["receiver_reported_duplicates"],
+        "failed_batches": e["batches_given_up"],
+        "abandoned_batches": e["batches_unresolved"],
+        "retries": e["retries"],
+        "errors": errors,
+        "latency_ms": e["ack_latency_ms"],
+        "latency_quantiles_ms": None,
+        "latency_from_schedule_ms": None,
+        "inline_batches": 0,
+        "client_cpu_s": round(cpu, 3),
+    }
+
+
+def run_emit(case: Case, s: Settings) -> dict[str, Any]:
+    url_path = "/events"
+    if case.target == "discard":
+        server = start_baseline(s.logdir, case.name)
+        return _measure(
+            server,
+            "",
+            "",
+            case,
+            s,
+            driver=lambda: run_emitter(server.base_url + url_path, None, case, s.logdir),
+        )
+    workdir = RUN_DIR / case.name
+    shutil.rmtree(workdir, ignore_errors=True)
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    try:
+        server, _ = start_streamd(workdir, data, case.synchronous, s.logdir, case.name, s.src)
+        token_file = data / "api-token"
+        return _measure(
+            server,
+            "",
+            "",
+            case,
+            s,
+            driver=lambda: run_emitter(server.base_url + url_path, token_file, case, s.logdir),
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+RUNNERS: Final = {
+    "streamd": run_streamd,
+    "baseline": run_baseline,
+    "sqlite": run_sqlite,
+    "express": run_express,
+    "naive": run_naive,
+    "emit": run_emit,
+}
 
 
 def _run_case(case: Case, label: str, s: Settings, quiet_timeout: float) -> dict[str, Any]:
@@ -321,7 +468,7 @@ def _settings(a: argparse.Namespace, out: Path, src: Path | None) -> Settings:
     quick = a.quick
     return Settings(
         quick=quick,
-        throughput_s=a.duration or (1.5 if quick else 15.0),
+        throughput_s=a.duration or (1.5 if quick else 10.0),
         latency_s=3.0 if quick else 30.0,
         sqlite_events=50_000 if quick else 1_000_000,
         prefill_small=100_000 if quick else 2_000_000,
@@ -354,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="benchmark streamd as of this git commit (e.g. HEAD), not the working tree",
     )
     ap.add_argument("--out", type=Path, help="results file (default bench/out/ingest[-quick].json)")
+    ap.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     a = ap.parse_args(argv)
     out = a.out or BENCH / "out" / ("ingest-quick.json" if a.quick else "ingest.json")
     ref_sha, src = export_ref(a.ref, CACHE) if a.ref else (None, None)
@@ -408,6 +556,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
     os.replace(tmp, out)
     print(markdown_table(entries))
+    print()
+    print(ratio_table(entries))
+    if not a.no_plots:
+        try:
+            from bench.plots import draw
+
+            for png in draw(doc, out.parent / out.stem):
+                print(f"plot: {png}")
+        except ImportError:
+            _log("no plots: matplotlib is not installed (pip install 'streamd[bench]')")
     if source["at_start"] != source["at_end"]:
         print("\nWARNING: streamd's source changed during the run; rows mix versions.")
     print(f"\nresults: {out}")

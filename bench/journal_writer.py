@@ -28,8 +28,8 @@ from typing import Any, Final
 
 import orjson
 
-from bench.payloads import SHAPES, iter_batches
 from streamd.core import Delivery, decode_delivery
+from streamd.emit.generate import iter_batches
 from streamd.journal import Batch, Job, JournalWriter, WriterOptions, utc_now
 
 _CACHE: Final = Path(__file__).resolve().parent / ".cache"
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.journal_writer", description=__doc__)
     ap.add_argument("--synchronous", choices=("full", "normal"), default="full")
-    ap.add_argument("--shape", choices=SHAPES, default="legacy")
+    ap.add_argument("--shape", choices=("legacy", "io"), default="legacy")
     ap.add_argument("--batch", type=int, default=500, help="events per batch (request)")
     ap.add_argument("--inflight", type=int, default=16, help="batches outstanding at once")
     ap.add_argument("--prefill", type=int, default=0, help="events journaled before timing")

@@ -3,7 +3,7 @@
     python -m bench.loadgen --url http://127.0.0.1:8080/events --token T \\
         --shape legacy --batch 500 --concurrency 16 --duration 10 [--rate 10000] [--processes 2]
 
-Every body is generated before the timed phase (``bench.payloads``; ids never repeat).
+Every body is generated before the timed phase (``streamd.emit.generate``; ids never repeat).
 ``--concurrency`` keep-alive connections per process each post batches back to back, or
 paced so that all of them together offer ``--rate`` events/s. 200 with
 ``{"accepted": n, "duplicates": m}`` acknowledges a batch; 503/429 (and other retryable
@@ -30,8 +30,10 @@ from typing import Any, Final, Protocol
 import orjson
 import trio
 
-from bench._http import HttpError, RawConnection, Response, Target
-from bench.payloads import MAX_WORKERS, SHAPES, Shape, iter_batches
+from streamd.emit.accounting import percentiles_ms
+from streamd.emit.generate import MAX_WORKERS, SHAPES, Shape, iter_batches
+from streamd.emit.http import Connection as RawConnection
+from streamd.emit.http import HttpError, Response, Target
 
 _TIMEOUT_S: Final = 30.0  # Marketo's own sender gives up after 20 s
 _MAX_BACKOFF_S: Final = 0.05
@@ -60,6 +62,7 @@ class Options:
     client: str
     budget_events: int | None
     reuse: bool
+    ack_body: str
     child: int | None
 
     @property
@@ -174,6 +177,8 @@ async def _deliver(
                 tally.sched_latencies_us.append(int((trio.current_time() - due) * 1e6))
             tally.acked_batches += 1
             tally.acked_events += opts.batch
+            if opts.ack_body == "any":
+                return  # a peer's plain "OK": the status alone acknowledges
             try:
                 ack = orjson.loads(resp.body)
                 tally.accepted += int(ack["accepted"])
@@ -307,22 +312,13 @@ def _run_children(opts: Options, argv: Sequence[str]) -> list[dict[str, Any]]:
                 child.wait()
 
 
-def percentiles_ms(samples_us: Sequence[int]) -> dict[str, float] | None:
-    """Nearest-rank p50/p90/p99/max (and mean) of microsecond samples, in ms."""
+def quantiles_ms(samples_us: Sequence[int], points: int = 100) -> list[float] | None:
+    """Latency at quantiles 0, 1/points, ..., 1 (nearest rank), in ms: a CDF to plot."""
     if not samples_us:
         return None
     s = sorted(samples_us)
-
-    def rank(p: float) -> float:
-        return s[min(len(s) - 1, max(0, math.ceil(p * len(s)) - 1))] / 1000
-
-    return {
-        "p50": rank(0.50),
-        "p90": rank(0.90),
-        "p99": rank(0.99),
-        "max": s[-1] / 1000,
-        "mean": round(sum(s) / len(s) / 1000, 3),
-    }
+    n = len(s)
+    return [s[min(n - 1, max(0, math.ceil(i / points * n) - 1))] / 1000 for i in range(points + 1)]
 
 
 def _summarise(opts: Options, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -354,6 +350,7 @@ def _summarise(opts: Options, parts: list[dict[str, Any]]) -> dict[str, Any]:
         "retries": total("retries"),
         "errors": dict(sorted(errors.items())),
         "latency_ms": percentiles_ms([x for p in parts for x in p["latencies_us"]]),
+        "latency_quantiles_ms": quantiles_ms([x for p in parts for x in p["latencies_us"]]),
         "latency_from_schedule_ms": percentiles_ms(
             [x for p in parts for x in p["sched_latencies_us"]]
         ),
@@ -391,6 +388,13 @@ def _parse_args(argv: Sequence[str]) -> Options:
         help="when the budget runs out, send the same bodies again instead of making new "
         "ones (ids repeat: for the baseline app, which does not dedupe)",
     )
+    ap.add_argument(
+        "--ack-body",
+        choices=("streamd", "any"),
+        default="streamd",
+        help="streamd: a 200 must carry {accepted, duplicates} (else noted as bad_ack); "
+        "any: the status alone acknowledges (peers answering a plain OK)",
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.batch < 1 or a.concurrency < 1 or a.processes < 1:
@@ -413,6 +417,7 @@ def _parse_args(argv: Sequence[str]) -> Options:
         client=a.client,
         budget_events=a.budget_events,
         reuse=a.reuse,
+        ack_body=a.ack_body,
         child=a.child,
     )
 

@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from bench.payloads import SHAPES, Shape, iter_batches
+from streamd.emit.generate import Shape, iter_batches
 
 _CACHE: Final = Path(__file__).resolve().parent / ".cache"
 _SCHEMA: Final = """
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--per-tx", type=int, default=500, help="events per transaction")
     ap.add_argument("--events", type=int, default=500_000, help="events to append at most")
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
-    ap.add_argument("--shape", choices=SHAPES, default="legacy")
+    ap.add_argument("--shape", choices=("legacy", "io"), default="legacy")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--dedup",

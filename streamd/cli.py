@@ -17,6 +17,7 @@ import trio
 from streamd import __version__
 from streamd.auth import read_token_file
 from streamd.drain import offline
+from streamd.emit import cli as emit_cli
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
 from streamd.inspect import cli as inspect_cli
 from streamd.journal.writer import hold_writer_lock
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     jsub.required = True
     inspect_cli.register(jsub)
     _drain_commands(sub)
+    emit_cli.register(sub)
     return parser
 
 
@@ -244,6 +246,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _sinks(args)
     if args.command == "dlq":
         return _dlq(args)
+    if args.command == "emit":
+        return emit_cli.run(args)
     return inspect_cli.run(args)
 
 

@@ -2,7 +2,7 @@
 
 ``fixture_journal``: every contract fixture once (plus a duplicate delivery),
 with known receive times. ``generated_journal``: bodies from the benchmark's
-event generator (bench/payloads.py), deterministic for a seed.
+event generator (streamd/emit/generate.py), deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
-from bench.payloads import iter_batches
 from streamd.core import decode_delivery
+from streamd.emit.generate import iter_batches
 from streamd.journal import Batch, Job, JournalWriter, WriterOptions
 from tests.conftest import fixture_bytes
 

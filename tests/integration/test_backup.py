@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from bench.payloads import event_ids, iter_batches
 from streamd.cli import main
+from streamd.emit.generate import event_ids, iter_batches
 from streamd.inspect.verify import verify_journal
 from streamd.journal import JournalWriter, WriterOptions
 from tests.integration.conftest import StartServer

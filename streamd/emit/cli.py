@@ -1,0 +1,347 @@
+"""``streamd emit``: the sender emulator, its journal server, and ``emit verify``.
+
+Kept apart from ``streamd/cli.py``: that module only calls :func:`register` and
+:func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from streamd.auth import read_token_file
+from streamd.emit.accounting import format_summary
+from streamd.emit.errors import EmitError, UsageError
+from streamd.emit.generate import MAX_SEED
+from streamd.emit.http import Target
+from streamd.emit.sender import EmitOptions, OAuthSettings, run_emit, tls_context
+from streamd.emit.verify import verify
+from streamd.errors import ConfigError, StreamdError
+
+
+def _positive(kind: type[float] | type[int], name: str) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--duplicates must be a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--duplicates must be between 0 and 1, got {text!r}")
+    return value
+
+
+def _url(text: str) -> str:
+    try:
+        Target.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def register(sub: Any) -> None:
+    """Add ``emit`` (and ``emit verify``) to the ``streamd`` subcommands."""
+    p = sub.add_parser(
+        "emit",
+        # The parent would take verify's --journal for an abbreviation of --journal-server.
+        allow_abbrev=False,
+        help="send realistic Marketo traffic the way Marketo and Adobe send it",
+        description="Emulate Marketo's legacy push and Adobe I/O Events senders against an "
+        "endpoint, or serve a Journaling API (--journal-server).",
+    )
+    p.add_argument("--to", metavar="URL", type=_url, help="the endpoint to deliver to")
+    p.add_argument(
+        "--mode",
+        choices=("legacy", "io"),
+        default="legacy",
+        help="legacy push (default) or Adobe I/O Events",
+    )
+    p.add_argument(
+        "--shape",
+        choices=("io", "mixed"),
+        default="io",
+        help="I/O mode: lead-activity CloudEvents (io), or activities, audit events in both "
+        "wrappers and notifications (mixed)",
+    )
+    p.add_argument(
+        "--batch",
+        type=_positive(int, "--batch"),
+        help="events per request (default: legacy 100-500 at random, I/O 20; I/O at most 20)",
+    )
+    p.add_argument(
+        "--single",
+        action="store_true",
+        help="I/O mode with --batch 1: send each event as a bare object, not an array",
+    )
+    p.add_argument(
+        "--parallel",
+        type=_positive(int, "--parallel"),
+        default=1,
+        help="subscriptions (legacy) or registrations (I/O) sending side by side (default 1)",
+    )
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate",
+        type=_positive(float, "--rate"),
+        help="events/s offered in total (default: the protocol's cadence: legacy a batch "
+        "every 2 s per subscription, I/O a batch every second per registration)",
+    )
+    pace.add_argument(
+        "--unpaced",
+        action="store_true",
+        help="send as fast as acknowledgements allow",
+    )
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--count", type=_positive(int, "--count"), help="events to send, then stop")
+    stop.add_argument(
+        "--duration", type=_positive(float, "--duration"), help="seconds to send for, then stop"
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=60.0,
+        help="after sending stopped, seconds to let retries finish (default 60)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=_positive(float, "--time-scale"),
+        default=1.0,
+        help="protocol time runs this many times faster (60: a 3-minute retry wait takes 3 s)",
+    )
+    p.add_argument(
+        "--duplicates",
+        type=_fraction,
+        default=0.0,
+        help="share (0-1) of acknowledged requests sent again, as at-least-once senders do",
+    )
+    p.add_argument("--seed", type=int, default=1, help=f"data seed, 0-{MAX_SEED - 1} (default 1)")
+    p.add_argument(
+        "--inflight",
+        type=_positive(int, "--inflight"),
+        default=1,
+        help="I/O mode: concurrent requests per registration (default 1)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive(float, "--timeout"),
+        help="request timeout in seconds (default: legacy 20, I/O 10; never time-scaled)",
+    )
+    p.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        type=Path,
+        help="PEM CA certificates to trust for https:// (besides the system's)",
+    )
+    p.add_argument(
+        "--no-challenge", action="store_true", help="I/O mode: skip the challenge handshake"
+    )
+    p.add_argument("--no-sign", action="store_true", help="I/O mode: send no RSA signatures")
+    p.add_argument(
+        "--key-server",
+        metavar="HOST:PORT",
+        default="127.0.0.1:0",
+        help="I/O mode: where to serve the public keys (default 127.0.0.1:0, any free port)",
+    )
+    p.add_argument(
+        "--recipient",
+        default="streamd-bench-client",
+        help="I/O mode: the recipientclientid in every event (your client id)",
+    )
+    p.add_argument("--provider", default="marketo", help="I/O mode: the x-adobe-provider header")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="API token file (first token): sent as 'Authorization: Bearer'",
+    )
+    p.add_argument("--oauth-url", metavar="URL", type=_url, help="legacy: identity provider URL")
+    p.add_argument("--client-id", help="legacy OAuth: the client id")
+    p.add_argument(
+        "--client-secret-file", metavar="FILE", help="legacy OAuth: file holding the secret"
+    )
+    p.add_argument(
+        "--acked", metavar="FILE", type=Path, help="append every acknowledged event id here"
+    )
+    p.add_argument("--summary", metavar="FILE", type=Path, help="write the summary JSON here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--journal-server",
+        action="store_true",
+        help="serve a generated Adobe Journaling API instead of sending",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8090",
+        help="journal server: listen address (default 127.0.0.1:8090; port 0 picks one)",
+    )
+    p.add_argument(
+        "--journal-events",
+        type=int,
+        default=1000,
+        help="journal server: events in the journal at start (default 1000)",
+    )
+    p.add_argument(
+        "--journal-rate",
+        type=float,
+        default=0.0,
+        help="journal server: events appended per second while it runs (default 0)",
+    )
+    p.add_argument(
+        "--journal-expired",
+        type=int,
+        default=0,
+        help="journal server: the first N positions are past retention (410)",
+    )
+    p.add_argument(
+        "--journal-token-file",
+        metavar="FILE",
+        help="journal server: require 'Authorization: Bearer' with this token",
+    )
+    esub = p.add_subparsers(dest="emit_command", metavar="SUBCOMMAND")
+    v = esub.add_parser("verify", help="check that every acknowledged id is journaled once")
+    v.add_argument("--journal", metavar="PATH", type=Path, required=True, help="journal.db")
+    v.add_argument(
+        "--acked", metavar="FILE", type=Path, required=True, help="the emulator's acked file"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``streamd emit`` as parsed; returns the exit status."""
+    try:
+        if args.emit_command == "verify":
+            return _verify(args)
+        if args.journal_server:
+            from streamd.emit.journal_api import run_journal_server
+
+            return run_journal_server(args)
+        return _emit(args)
+    except UsageError as exc:
+        print(f"streamd emit: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        ours, rest = group.split(StreamdError)
+        if ours is None or rest is not None:
+            raise
+        first: BaseException = ours
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"streamd emit: {first}", file=sys.stderr)
+        return 2 if isinstance(first, UsageError) else 1
+    except EmitError as exc:
+        print(f"streamd emit: {exc}", file=sys.stderr)
+        return 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    verdict = verify(args.journal, args.acked)
+    out = verdict.report()
+    (sys.stdout if verdict.ok else sys.stderr).write(out)
+    return 0 if verdict.ok else 1
+
+
+def _first_token(path: str, what: str) -> str:
+    try:
+        return read_token_file(path)[0]
+    except ConfigError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def options_from(args: argparse.Namespace) -> EmitOptions:
+    """The run's options from the parsed flags; raises :class:`UsageError`."""
+    if not args.to:
+        raise UsageError("--to URL is required (or --journal-server)")
+    if not 0 <= args.seed < MAX_SEED:
+        raise UsageError(f"--seed must be in 0-{MAX_SEED - 1}, got {args.seed}")
+    if args.drain < 0 or not math.isfinite(args.drain):
+        raise UsageError(f"--drain must be 0 or more, got {args.drain}")
+    if args.parallel > 1024:
+        raise UsageError(f"--parallel must be at most 1024, got {args.parallel}")
+    if args.mode == "io" and args.batch is not None and args.batch > 20:
+        raise UsageError(
+            f"--batch: Adobe I/O Events batches hold at most 20 events, got {args.batch}"
+        )
+    if args.batch is not None and args.batch > 10_000:
+        raise UsageError(f"--batch must be at most 10000, got {args.batch}")
+    oauth_flags = (args.oauth_url, args.client_id, args.client_secret_file)
+    oauth = None
+    if any(oauth_flags):
+        if not all(oauth_flags):
+            raise UsageError("OAuth needs all of --oauth-url, --client-id, --client-secret-file")
+        if args.mode != "legacy":
+            raise UsageError("OAuth client credentials are a legacy push feature (--mode legacy)")
+        if args.token_file:
+            raise UsageError("--token-file and OAuth are alternatives: give one")
+        secret = _first_token(args.client_secret_file, "--client-secret-file")
+        oauth = OAuthSettings(args.oauth_url, args.client_id, secret)
+    token = _first_token(args.token_file, "--token-file") if args.token_file else None
+    if args.ca_file is not None:
+        try:
+            tls_context(args.ca_file)
+        except EmitError as exc:
+            raise UsageError(str(exc)) from None
+    return EmitOptions(
+        url=args.to,
+        mode=args.mode,
+        shape="legacy" if args.mode == "legacy" else args.shape,
+        batch=args.batch,
+        parallel=args.parallel,
+        rate=args.rate,
+        unpaced=args.unpaced,
+        count=args.count,
+        duration=args.duration,
+        drain=args.drain,
+        time_scale=args.time_scale,
+        duplicates=args.duplicates,
+        seed=args.seed,
+        single=args.single,
+        inflight=args.inflight,
+        challenge=not args.no_challenge,
+        sign=not args.no_sign,
+        key_server=args.key_server,
+        recipient=args.recipient,
+        provider=args.provider,
+        token=token,
+        oauth=oauth,
+        acked_file=args.acked,
+        timeout=args.timeout,
+        ca_file=args.ca_file,
+        handle_signals=True,
+    )
+
+
+def _emit(args: argparse.Namespace) -> int:
+    opts = options_from(args)
+    summary = trio.run(partial(run_emit, opts))
+    if args.summary is not None:
+        tmp = args.summary.with_name(args.summary.name + ".tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+            os.replace(tmp, args.summary)
+        except OSError as exc:
+            raise UsageError(f"--summary {args.summary}: cannot write: {exc.strerror}") from exc
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(format_summary(summary))
+    sys.stdout.flush()
+    complete = summary["events_given_up"] == 0 and summary["events_unresolved"] == 0
+    return 0 if complete else 1

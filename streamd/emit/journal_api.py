@@ -1,0 +1,213 @@
+"""A generated Adobe Journaling API (CONTRACT.md §2), for pull-source tests and rehearsals.
+
+``GET /journal`` pages through a deterministic journal: event ``i`` is a pure function of
+``(seed, i)``, so the journal costs no memory however long it grows.
+
+- ``200``: ``{"events": [{"position", "event"}], "_page": {"last", "count"}}`` and
+  ``Link: <...?since=LAST>; rel="next"`` (``since`` is exclusive);
+- ``204`` at the end, with ``retry-after`` and ``next``/``validate`` links;
+- ``410`` for a position past retention (the first ``expired`` positions);
+- ``400`` for a malformed or unknown position, a bad ``limit``, ``seek`` with ``since``;
+- parameters ``since``, ``latest=true``, ``seek=-PT2H``, ``limit=N`` (1-1000, default 100).
+
+With ``rate`` > 0 the journal grows while the server runs, so a consumer that caught up
+(204) sees new events later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import math
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Final
+
+import orjson
+import trio
+
+from streamd.emit.asgi import Reply, Request, serve_handler
+from streamd.emit.errors import UsageError
+from streamd.emit.generate import MAX_SEED, MAX_WORKERS, EventStream
+
+PATH: Final = "/journal"
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+_POSITION: Final = re.compile(r"p([0-9]{12})")
+_SEEK: Final = re.compile(r"-PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?")
+_JSON: Final = [("content-type", "application/json")]
+
+
+def position(index: int) -> str:
+    """The opaque position text of event ``index``."""
+    return f"p{index:012d}"
+
+
+class JournalApi:
+    """The journal and its HTTP handler.
+
+    ``clock`` returns seconds (``time.monotonic`` by default); event ``i < initial``
+    happened ``initial - i`` seconds before the server started, later ones at
+    ``start + (i - initial) / rate``.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 1,
+        initial: int = 1000,
+        rate: float = 0.0,
+        expired: int = 0,
+        retry_after: int = 10,
+        token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= seed < MAX_SEED:
+            raise ValueError(f"seed must be in [0, {MAX_SEED})")
+        if initial < 0 or expired < 0 or rate < 0 or retry_after < 0:
+            raise ValueError("initial, expired, rate and retry_after must not be negative")
+        self.seed, self.initial, self.rate = seed, initial, rate
+        self.expired, self.retry_after, self.token = expired, retry_after, token
+        self.clock = clock
+        self.started = clock()
+        self.requests = 0
+
+    def available(self) -> int:
+        """Events in the journal now."""
+        grown = math.floor((self.clock() - self.started) * self.rate) if self.rate else 0
+        return self.initial + grown
+
+    def event(self, index: int) -> dict[str, Any]:
+        """Event ``index``: a CloudEvent with an ``id`` (activity, audit or notification)."""
+        stream = EventStream(self.seed, MAX_WORKERS - 1)
+        stream.rng.seed(f"streamd-journal:{self.seed}:{index}")
+        stream.counter = index
+        kind = stream.rng.random()
+        if kind < 0.7:
+            event = stream.activity_event()
+        elif kind < 0.85:
+            event = stream.audit_cloudevent()
+        else:
+            event = stream.notification_cloudevent()
+        return {"id": stream.next_id(), **event}
+
+    def _seek(self, text: str) -> int:
+        match = _SEEK.fullmatch(text)
+        if not match or not any(match.groups()):
+            raise ValueError(f"seek must look like -PT2H, -PT30M or -PT90S, got {text!r}")
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        back = h * 3600 + m * 60 + s
+        now = self.clock()
+        # Event i happened at started - (initial - i), or started + (i - initial) / rate.
+        target = now - back
+        if target <= self.started:
+            index = math.ceil(self.initial - (self.started - target))
+        else:
+            index = self.initial + math.ceil((target - self.started) * self.rate)
+        return min(max(index, self.expired), self.available())
+
+    def _start(self, request: Request) -> int:
+        q = request.query
+        if "since" in q:
+            if "seek" in q or "latest" in q:
+                raise ValueError("since cannot be combined with seek or latest")
+            match = _POSITION.fullmatch(q["since"])
+            if not match:
+                raise ValueError(f"malformed position {q['since'][:40]!r}")
+            index = int(match.group(1))
+            if index < self.expired:
+                raise LookupError(index)
+            if index >= self.available():
+                raise ValueError(f"unknown position {q['since']!r}")
+            return index + 1
+        if q.get("latest") == "true":
+            return self.available()
+        if "seek" in q:
+            return self._seek(q["seek"])
+        return self.expired
+
+    def _link(self, since: str, limit: int | None, rel: str) -> str:
+        extra = f"&limit={limit}" if limit is not None else ""
+        return f'<{PATH}?since={since}{extra}>; rel="{rel}"'
+
+    async def handle(self, request: Request) -> Reply:
+        """Answer one request."""
+        self.requests += 1
+        if request.path.rstrip("/") != PATH:
+            return _error(404, "no journal here")
+        if request.method != "GET":
+            return Reply(405, b'{"error":"GET only"}', [*_JSON, ("allow", "GET")])
+        if self.token is not None:
+            auth = request.headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return _error(401, "missing or wrong bearer token")
+        limit: int | None = None
+        if "limit" in request.query:
+            text = request.query["limit"]
+            if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+                return _error(400, f"limit must be an integer 1-{MAX_LIMIT}, got {text[:20]!r}")
+            limit = int(text)
+        try:
+            start = self._start(request)
+        except LookupError:
+            return _error(410, "position is older than the retention; restart from the oldest")
+        except ValueError as exc:
+            return _error(400, str(exc))
+        end = min(self.available(), start + (limit or DEFAULT_LIMIT))
+        if start >= end:
+            last = position(start - 1) if start > 0 else ""
+            links = [self._link(last, limit, "next"), self._link(last, limit, "validate")]
+            return Reply(
+                204, b"", [("retry-after", str(self.retry_after)), ("link", ", ".join(links))]
+            )
+        events = [{"position": position(i), "event": self.event(i)} for i in range(start, end)]
+        last = position(end - 1)
+        body = orjson.dumps({"events": events, "_page": {"last": last, "count": len(events)}})
+        return Reply(200, body, [*_JSON, ("link", self._link(last, limit, "next"))])
+
+
+def _error(status: int, message: str) -> Reply:
+    return Reply(status, orjson.dumps({"error": message}), list(_JSON))
+
+
+async def _serve(api: JournalApi, listen: str) -> None:
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve_handler, api.handle, listen)
+        for bind in binds:
+            print(f"streamd emit: journal ready: {bind}{PATH}", flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+
+
+def run_journal_server(args: argparse.Namespace) -> int:
+    """``streamd emit --journal-server``: serve until SIGINT/SIGTERM; exit status."""
+    token = None
+    if args.journal_token_file:
+        from streamd.emit.cli import _first_token
+
+        token = _first_token(args.journal_token_file, "--journal-token-file")
+    try:
+        api = JournalApi(
+            seed=args.seed,
+            initial=args.journal_events,
+            rate=args.journal_rate,
+            expired=args.journal_expired,
+            token=token,
+        )
+    except ValueError as exc:
+        raise UsageError(f"journal server: {exc}") from None
+    if api.expired > api.initial:
+        raise UsageError("--journal-expired cannot exceed --journal-events")
+    try:
+        trio.run(partial(_serve, api, args.listen))
+    except OSError as exc:
+        print(f"streamd emit: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

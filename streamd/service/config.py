@@ -135,6 +135,12 @@ class SqliteSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     path: _Text
     table_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{0,32}$")] = ""
+    indexes: list[
+        Literal[
+            "seq", "type", "source", "munchkin_id", "activity_type_id", "lead_id",
+            "occurred_at", "received_at",
+        ]
+    ] = msgspec.field(default_factory=lambda: ["occurred_at"])  # fmt: skip
 
 
 class ExecSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -98,7 +98,8 @@ async def test_sqlite_tables_per_stream_upserted_by_id(tmp_path: Path, journal: 
     await append(journal, ["u1"], stream="audit", type="com.adobe.platform.marketo.audit.x")
     target = tmp_path / "analysis.db"
     async with open_drain(
-        journal, [spec("tables", SqliteSink(SqliteSettings(str(target), "mkto_")))]
+        journal,
+        [spec("tables", SqliteSink(SqliteSettings(str(target), "mkto_", ("lead_id", "type"))))],
     ) as d:
         await wait_until(lambda: d.statistics()[0].cursor == 3, "written")
         await d.replay("tables", seq=1)  # everything again: upserts, no duplicates
@@ -110,6 +111,10 @@ async def test_sqlite_tables_per_stream_upserted_by_id(tmp_path: Path, journal: 
     assert rows[0]["lead_id"] == 7 and rows[0]["activity_type_id"] == 1
     assert json.loads(rows[0]["event"]) == {"id": "a1", "n": 1}
     assert db.table("mkto_activity").pks == ["id"]
+    assert sorted(i.columns[0] for i in db.table("mkto_activity").indexes if i.origin == "c") == [
+        "lead_id",
+        "type",
+    ]
     assert db["mkto_audit"].count == 1
 
 

@@ -98,27 +98,16 @@ def save_progress(
 ) -> None:
     """Record dead letters, then move cursors: both in one transaction, so a cursor is
     never past an event that is neither confirmed nor in the dead letters."""
+    # Copied from the event's row: the cursor has not passed it, so retention has not
+    # deleted it, and the reader need not have kept the event's JSON in memory.
     conn.executemany(
         "INSERT INTO dead_letters (sink, seq, event_key, stream, type, reason, attempts, "
-        "last_response, failed_at, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "last_response, failed_at, raw) SELECT ?, seq, event_key, stream, type, ?, ?, ?, ?, raw "
+        "FROM events WHERE seq = ? "
         "ON CONFLICT (sink, seq) DO UPDATE SET reason = excluded.reason, "
         "attempts = dead_letters.attempts + excluded.attempts, "
         "last_response = excluded.last_response, failed_at = excluded.failed_at, retry = 0",
-        [
-            (
-                sink,
-                d.event.seq,
-                d.event.key,
-                d.event.stream,
-                d.event.type,
-                d.reason,
-                d.attempts,
-                d.last_response,
-                now,
-                d.event.raw,
-            )
-            for sink, d in dead
-        ],
+        [(sink, d.reason, d.attempts, d.last_response, now, d.event.seq) for sink, d in dead],
     )
     for name, p in progress.items():
         # Plain assignment: the writer runs controls in submission order, and a replay
@@ -194,18 +183,48 @@ def retried(
 
 # -- reads -------------------------------------------------------------------------
 
+# The envelope (sinks/base.py) is built by SQLite, in the reading thread: the Python
+# sqlite3 module releases the GIL while a statement steps, so this work runs beside
+# ingest instead of competing with it for the interpreter (ARCHITECTURE.md, "Drain").
+# Plain concatenation: the event's JSON is spliced in as stored, never re-encoded;
+# its line breaks (insignificant whitespace in JSON text) become spaces.
+_ENVELOPE = (
+    """'{"id":' || json_quote(event_key) || ',"seq":' || seq"""
+    """ || ',"stream":' || json_quote(stream) || ',"type":' || json_quote(type)"""
+    """ || ',"source":' || json_quote(source) || ',"munchkin_id":' || json_quote(munchkin_id)"""
+    """ || ',"activity_type_id":' || coalesce(activity_type_id, 'null')"""
+    """ || ',"lead_id":' || coalesce(lead_id, 'null')"""
+    """ || ',"occurred_at":' || json_quote(occurred_at)"""
+    """ || ',"received_at":' || json_quote(received_at)"""
+    """ || ',"event":' || replace(replace(raw, char(13), ' '), char(10), ' ') || '}'"""
+)
 _EVENT_COLUMNS = (
     "seq, event_key, stream, type, munchkin_id, activity_type_id, source, occurred_at, "
-    "received_at, raw, lead_id"
+    f"received_at, raw, lead_id, {_ENVELOPE}"
 )
+_ROUTING_COLUMNS = f"seq, stream, type, munchkin_id, activity_type_id, source, {_ENVELOPE}"
 
 
-def read_events(conn: sqlite3.Connection, after: int, limit: int) -> list[DrainEvent]:
-    """Up to ``limit`` events with ``seq > after``, in order."""
+def read_events(
+    conn: sqlite3.Connection, after: int, limit: int, *, full: bool = True
+) -> list[DrainEvent]:
+    """Up to ``limit`` events with ``seq > after``, in order.
+
+    ``full`` False reads only what routing and the envelope need (no ``raw``, no
+    key): half the bytes to turn into Python strings, for sinks that send envelopes.
+    """
+    if full:
+        return [
+            DrainEvent(*row)
+            for row in conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+                (after, limit),
+            )
+        ]
     return [
-        DrainEvent(*row)
-        for row in conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+        DrainEvent(seq, "", stream, type_, munchkin, activity, source, None, "", "", None, line)
+        for seq, stream, type_, munchkin, activity, source, line in conn.execute(
+            f"SELECT {_ROUTING_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
             (after, limit),
         )
     ]

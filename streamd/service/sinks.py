@@ -148,6 +148,7 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 timeout=pool.timeout,
                 start=sink.start,
                 retry=retry,
+                full_events=sink.kind == "sqlite",
             )
         )
     return specs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import trio
 
 from streamd.drain import Filter, Kind, Result, RetrySettings, Route, open_drain
 from streamd.drain.sinks.base import CONFIRMED, permanent, transient
-from streamd.journal import Journal
+from streamd.journal import Journal, WriterOptions, open_journal
 
 from .conftest import Recorder, append, spec, wait_until
 
@@ -231,3 +233,48 @@ async def test_drain_state_survives_reopen(tmp_path: Path, journal: Journal) -> 
         ("keep", 2),
         ("new", 2),
     ]
+
+
+async def test_marketo_preset_schedule_on_a_mock_clock(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """The engine itself, on virtual time: 3 retries 3 minutes apart, then paused and
+    retried every 3 minutes until a delivery succeeds; batches every 2 s of up to 500."""
+    from streamd.drain.presets import PRESETS
+
+    pool, retry = PRESETS["marketo"]
+    up_from = 7  # the destination fails the first 7 attempts
+    sink = Recorder(lambda n: transient("HTTP 503") if n < up_from else CONFIRMED)
+    marketo = spec(
+        "legacy",
+        sink,
+        workers=pool.workers,
+        batch_size=pool.batch_size,
+        linger=pool.linger,
+        interval=pool.interval,
+        max_in_flight=pool.max_in_flight,
+        timeout=pool.timeout,
+        retry=retry,
+    )
+    # Virtual time jumps to the next deadline once every task has waited 20 ms of real
+    # time: long enough for the journal's threads (which the clock cannot see) to answer.
+    mock_clock.autojump_threshold = 0.02
+    async with open_journal(str(tmp_path / "j.db"), WriterOptions(), commit_budget=math.inf) as j:
+        await append(j, [f"m{i:04d}" for i in range(1200)])
+        async with open_drain(j, [marketo]) as drain:
+            with trio.fail_after(3600):  # virtual seconds
+                while len(sink.attempts) < 4:
+                    await sink.changed.wait()
+                assert drain.statistics()[0].state == "auto-paused"
+                while len(sink.keys) < 1200:
+                    await sink.changed.wait()
+                assert drain.statistics()[0].state == "active"
+    times = [t - sink.attempts[0][0] for t, _ in sink.attempts]
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(times)]
+    # Attempts 1-4 (first + 3 retries) 180 s apart, then probes every 180 s while paused;
+    # the 8th attempt succeeds and the stream resumes: the next batches follow every 2 s.
+    assert gaps[:7] == [180.0] * 7
+    assert gaps[7:] == [2.0, 2.0]
+    assert [len(keys) for _, keys in sink.attempts[7:]] == [500, 500, 200]
+    # One batch of 500 was retried throughout.
+    assert all(keys == sink.attempts[0][1] for _, keys in sink.attempts[:8])

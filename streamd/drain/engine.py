@@ -182,6 +182,28 @@ class Drain:
                 slot.wanted.set()
             return row
 
+    async def replay_range(
+        self,
+        name: str,
+        from_seq: int,
+        to_seq: int,
+        *,
+        streams: Sequence[str] = (),
+        types: Sequence[str] = (),
+    ) -> int:
+        """Re-deliver the events ``from_seq..to_seq`` (optionally only some streams and
+        type globs) to ``name`` without moving its cursor; returns how many."""
+        slot = self._get(name)
+        count = await self._control(
+            lambda conn: store.queue_replay(
+                conn, name, from_seq, to_seq, streams=streams, types=types
+            )
+        )
+        assert isinstance(count, int)
+        if slot.runner is not None:
+            slot.runner.dlq_wake.fire()
+        return count
+
     async def retry_dead_letters(self, name: str, ids: Sequence[int] | None) -> int:
         """Mark dead letters of ``name`` (None: all) for re-delivery; return how many."""
         slot = self._get(name)

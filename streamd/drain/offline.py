@@ -158,6 +158,27 @@ def replay(
     return row
 
 
+def replay_range(
+    path: str,
+    name: str,
+    from_seq: int,
+    to_seq: int,
+    *,
+    streams: Sequence[str] = (),
+    types: Sequence[str] = (),
+) -> int:
+    """Queue a filtered set for re-delivery when the daemon next runs (see
+    :func:`store.queue_replay`)."""
+    return int(
+        _change(
+            path,
+            lambda conn: store.queue_replay(
+                conn, name, from_seq, to_seq, streams=streams, types=types
+            ),
+        )
+    )
+
+
 def retry_dead_letters(path: str, sink: str, ids: Sequence[int] | None) -> int:
     """Mark dead letters for delivery when the daemon next runs; return how many."""
     return int(_change(path, lambda conn: store.mark_retry(conn, sink, ids)))

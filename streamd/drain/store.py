@@ -156,6 +156,55 @@ def mark_retry(conn: sqlite3.Connection, sink: str, ids: Sequence[int] | None) -
     )
 
 
+MAX_REPLAY_EVENTS = 100_000
+
+
+def queue_replay(
+    conn: sqlite3.Connection,
+    sink: str,
+    from_seq: int,
+    to_seq: int,
+    *,
+    streams: Sequence[str] = (),
+    types: Sequence[str] = (),
+) -> int:
+    """Queue the events ``from_seq..to_seq`` (those of ``streams``, with a type matching
+    one of the GLOB patterns ``types``) for re-delivery to ``sink``: they join its dead
+    letters marked for retry (reason "replay requested"), which the running sink
+    delivers. Returns how many; raises :class:`JournalError` for an unknown sink or
+    more than :data:`MAX_REPLAY_EVENTS` events."""
+    if sink not in load_sinks(conn):
+        raise JournalError(f"no sink named {sink!r} in the journal")
+    where = ["seq BETWEEN ? AND ?"]
+    args: list[object] = [from_seq, to_seq]
+    if streams:
+        where.append(f"stream IN ({','.join('?' * len(streams))})")
+        args += streams
+    if types:
+        where.append("(" + " OR ".join("type GLOB ?" for _ in types) + ")")
+        args += types
+    condition = " AND ".join(where)  # fixed fragments; every value is a parameter
+    count = conn.execute(
+        f"SELECT count(*) FROM events WHERE {condition}",  # noqa: S608
+        args,
+    ).fetchone()[0]
+    if count > MAX_REPLAY_EVENTS:
+        raise JournalError(
+            f"{count} events match; replay at most {MAX_REPLAY_EVENTS} at once "
+            "(narrow the range, or rewind the sink with --from-seq alone)"
+        )
+    now = conn.execute("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')").fetchone()[0]
+    conn.execute(
+        "INSERT INTO dead_letters (sink, seq, event_key, stream, type, reason, attempts, "  # noqa: S608
+        "last_response, failed_at, retry, raw) "
+        "SELECT ?, seq, event_key, stream, type, 'replay requested', 0, NULL, ?, 1, raw "
+        f"FROM events WHERE {condition} "
+        "ON CONFLICT (sink, seq) DO UPDATE SET retry = 1",
+        [sink, now, *args],
+    )
+    return int(count)
+
+
 def drop_dead_letters(conn: sqlite3.Connection, sink: str, ids: Sequence[int] | None) -> int:
     """Delete dead letters (None: all of ``sink``'s); return how many."""
     if ids is None:

@@ -249,7 +249,7 @@ _ENVELOPE = (
 )
 _EVENT_COLUMNS = (
     "seq, event_key, stream, type, munchkin_id, activity_type_id, source, occurred_at, "
-    f"received_at, raw, lead_id, {_ENVELOPE}"
+    "received_at, raw, lead_id"
 )
 _ROUTING_COLUMNS = f"seq, stream, type, munchkin_id, activity_type_id, source, {_ENVELOPE}"
 
@@ -259,8 +259,9 @@ def read_events(
 ) -> list[DrainEvent]:
     """Up to ``limit`` events with ``seq > after``, in order.
 
-    ``full`` False reads only what routing and the envelope need (no ``raw``, no
-    key): half the bytes to turn into Python strings, for sinks that send envelopes.
+    ``full`` reads every column (for the sqlite sink, which stores them apart);
+    ``full`` False reads only what routing needs and the envelope, built by SQLite
+    (no ``raw``, no key): half the bytes to turn into Python strings.
     """
     if full:
         return [

@@ -230,6 +230,49 @@ def _ingest_case(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
+    """streamd with one http sink (default pool), legacy 500 paced to 10,000 events/s."""
+    rx = ServerProcess(
+        [sys.executable, "-m", "bench.sink_receiver", "--latency"], logdir, "latency-receiver"
+    )
+    rx.wait_ready()
+    work = Path(tempfile.mkdtemp(prefix="drain-latency-", dir=CACHE))
+    try:
+        data = work / "data"
+        config = work / "streamd.toml"
+        config.write_text(_SINK_TOML["http"].replace("{url}", rx.base_url + "/hook"))
+        token = data / "api-token"
+        cmd = [*streamd_command(None), "serve", "--config", str(config), "--listen",
+               "127.0.0.1:0", "--data-dir", str(data), "--token-file", str(token)]  # fmt: skip
+        server = ServerProcess(cmd, logdir, "latency-streamd")
+        try:
+            base = server.wait_ready()
+            load = subprocess.run(
+                [sys.executable, "-m", "bench.loadgen", "--url", f"{base}/events", "--token",
+                 token.read_text().strip(), "--shape", "legacy", "--batch", "500",
+                 "--concurrency", "8", "--rate", "10000", "--duration", str(duration),
+                 "--seed", "1"],
+                capture_output=True, text=True, timeout=duration + 300, check=True, cwd=REPO,
+            )  # fmt: skip
+            result = orjson.loads(load.stdout.strip().splitlines()[-1])
+            time.sleep(3)  # the last batches reach the receiver
+            server.stop()
+        finally:
+            server.kill()
+        rx.stop()
+        summary = orjson.loads(rx.out_path.read_text().strip().splitlines()[-1])
+        return {
+            "case": "latency-10k",
+            "offered_events_per_s": 10_000,
+            "acked_events_per_s": result["events_per_s"],
+            "request_latency_ms": result["latency_ms"],
+            "receive_to_destination_ms": summary["latency"],
+        }
+    finally:
+        rx.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
     ap.add_argument("--events", type=int, default=200_000, help="backlog of the sink cases")
@@ -288,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r = _ingest_case(case, kinds, url, args.duration, logdir)
                     results.append(r)
                     print(f"{case}: {r}", file=sys.stderr)
+        if fnmatch.fnmatch("latency-10k", args.only):
+            r = _latency_case(args.duration, logdir)
+            results.append(r)
+            print(f"latency-10k: {r}", file=sys.stderr)
         if args.backlog and fnmatch.fnmatch("backlog-rss", args.only):
             journal = _journal(args.backlog)
             work = tempfile.mkdtemp(prefix="drain-backlog-", dir=CACHE)

@@ -198,9 +198,22 @@ async def test_replay_rewinds_and_dead_letters_retry(journal: Journal) -> None:
         await wait_until(
             lambda: db_rows(journal, "SELECT count(*) FROM dead_letters") == [(0,)], "removed"
         )
+        before = len(sink.keys)
         row = await drain.replay("rp", seq=2)
         assert row.cursor == 1
-        await wait_until(lambda: sink.keys[-2:] == ["r2", "r3"], "replayed from seq 2")
+        await wait_until(lambda: sink.keys[before:] == ["r2", "r3"], "replayed from seq 2")
+        await wait_until(lambda: drain.statistics()[0].cursor == 3, "cursor back at the end")
+        # A filtered range, the cursor staying where it is.
+        before = len(sink.keys)
+        assert await drain.replay_range("rp", 1, 3, types=("*visitwebpage",)) == 3
+        assert await drain.replay_range("rp", 1, 3, streams=("audit",)) == 0
+        await wait_until(lambda: len(sink.keys) == before + 3, "range re-delivered")
+        assert sorted(sink.keys[before:]) == ["r1", "r2", "r3"]
+        await wait_until(
+            lambda: db_rows(journal, "SELECT count(*) FROM dead_letters") == [(0,)], "done"
+        )
+        (status,) = await drain.sinks()
+        assert (status.cursor, status.lag_events, status.dead_letters) == (3, 0, 0)
         with pytest.raises(Exception, match="no sink named 'nope'"):
             await drain.pause("nope")
 

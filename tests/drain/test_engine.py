@@ -137,9 +137,12 @@ async def test_pause_probe_and_automatic_resume(journal: Journal) -> None:
     async with open_drain(journal, [spec("z", sink, workers=3, retry=retry)]) as drain:
         await wait_until(lambda: drain.statistics()[0].state == "auto-paused", "auto-pause")
         paused_at = len(sink.attempts)
-        await trio.sleep(0.35)
-        # Paused: only the probe is tried, about every probe_interval, never dead-lettered.
-        assert 1 <= len(sink.attempts) - paused_at <= 5
+        await wait_until(lambda: len(sink.attempts) >= paused_at + 3, "three probes")
+        # Paused: one batch probes, every probe_interval at the soonest, never dead-lettered.
+        probes = sink.attempts[paused_at - 1 :]
+        assert len({tuple(keys) for _, keys in probes}) == 1
+        gaps = [b - a for (a, _), (b, _) in itertools.pairwise(probes)]
+        assert all(gap >= 0.1 for gap in gaps), gaps
         assert db_rows(journal, "SELECT count(*) FROM dead_letters") == [(0,)]
         outage["down"] = False
         await wait_until(lambda: len(set(sink.keys)) == 30, "resumed and delivered")

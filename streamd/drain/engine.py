@@ -276,12 +276,22 @@ class Drain:
         dead: list[tuple[str, NewDeadLetter]] = []
         taken: list[tuple[SinkRunner, int, int, list[NewDeadLetter]]] = []
         for r in runners:
-            if r.cursor == r.persisted and not r.staged_dead and not r.confirmed_unsaved:
+            paused = r.health.paused
+            if (
+                r.cursor == r.persisted
+                and not r.staged_dead
+                and not r.confirmed_unsaved
+                and paused == r.saved_paused
+                and r.health.last_error == r.saved_error
+            ):
                 continue
             staged, r.staged_dead = r.staged_dead, []
             dead += [(r.spec.name, d) for d in staged]
-            progress[r.spec.name] = Progress(r.cursor, r.confirmed_unsaved, r.health.last_error)
+            progress[r.spec.name] = Progress(
+                r.cursor, r.confirmed_unsaved, r.health.last_error, paused
+            )
             taken.append((r, r.cursor, r.confirmed_unsaved, staged))
+            r.saved_paused, r.saved_error = paused, r.health.last_error
         if not taken:
             return
         now = utc_now()
@@ -389,6 +399,7 @@ def _row_after(row: SinkRow, runner: SinkRunner) -> SinkRow:
         runner.health.last_error or row.last_error,
         runner.confirmed_total,
         row.updated_at,
+        runner.health.paused,
     )
 
 

@@ -74,7 +74,9 @@ def list_sinks(path: str) -> list[dict[str, Any]]:
             out.append(
                 {
                     "name": row.name,
-                    "state": row.state,
+                    "state": "auto-paused"
+                    if row.state == "active" and row.paused_for_failures
+                    else row.state,
                     "reason": row.reason,
                     "cursor": row.cursor,
                     "lag_events": lag_events,

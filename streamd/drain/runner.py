@@ -115,6 +115,8 @@ class SinkRunner:
         self._last_start = -math.inf
         self._pace = trio.Lock()
         self.resumes = 0  # bumped by an operator's resume: cuts a probe's wait short
+        self.saved_paused = row.paused_for_failures  # what the journal says, to save changes
+        self.saved_error = row.last_error
 
     # -- what the engine sees --------------------------------------------------------
     @property
@@ -253,6 +255,7 @@ class SinkRunner:
                 if self.health.succeeded():
                     log.info("sink %s: delivery succeeded; resuming", self.spec.name)
                     self.changed.fire()
+                    self._dirty()  # save that it is no longer paused
                 self.confirmed_unsaved += len(batch.events)
                 self.confirmed_total += len(batch.events)
                 self._finish(batch)

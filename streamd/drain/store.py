@@ -35,6 +35,7 @@ class SinkRow:
     last_error: str | None
     confirmed: int
     updated_at: str
+    paused_for_failures: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class Progress:
     cursor: int
     confirmed: int
     last_error: str | None
+    paused_for_failures: bool = False
 
 
 # -- writes (run by the journal writer, or offline under the writer lock) ------------
@@ -114,8 +116,8 @@ def save_progress(
         # retires the sink's runner (and flushes it) before it moves the cursor.
         conn.execute(
             "UPDATE sinks SET cursor = ?, confirmed = confirmed + ?, "
-            "last_error = ?, updated_at = ? WHERE name = ?",
-            (p.cursor, p.confirmed, p.last_error, now, name),
+            "last_error = ?, paused_for_failures = ?, updated_at = ? WHERE name = ?",
+            (p.cursor, p.confirmed, p.last_error, int(p.paused_for_failures), now, name),
         )
 
 
@@ -283,10 +285,10 @@ def read_events(
 def load_sinks(conn: sqlite3.Connection) -> dict[str, SinkRow]:
     """Every sink row, by name."""
     return {
-        row[0]: SinkRow(*row)
-        for row in conn.execute(
-            "SELECT name, cursor, state, reason, last_error, confirmed, updated_at "
-            "FROM sinks ORDER BY name"
+        name: SinkRow(name, cursor, state, reason, error, confirmed, updated, bool(paused))
+        for name, cursor, state, reason, error, confirmed, updated, paused in conn.execute(
+            "SELECT name, cursor, state, reason, last_error, confirmed, updated_at, "
+            "paused_for_failures FROM sinks ORDER BY name"
         )
     }
 

@@ -195,3 +195,27 @@ async def test_bad_replay_ranges(
         status = int(exc.code or 0)
     err = capsys.readouterr().err
     assert status == 2 and message in err
+
+
+async def test_a_sink_paused_for_failures_shows_in_the_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamd.drain import RetrySettings
+    from streamd.drain.sinks.base import transient
+
+    path = tmp_path / "journal.db"
+    retry = RetrySettings(backoff_base=0.01, backoff_cap=0.01, pause_after=2, probe_interval=60)
+    async with open_journal(str(path), WriterOptions()) as journal:
+        await append(journal, ["x"])
+        down = Recorder(lambda n: transient("HTTP 502 from the destination"))
+        async with open_drain(journal, [spec("down", down, retry=retry)]) as drain:
+            await wait_until(lambda: drain.statistics()[0].state == "auto-paused", "paused")
+            # Visible to the file-based listing while the daemon runs.
+            await wait_until(
+                lambda: json.loads(run(capsys, "sinks", "list", "--journal", str(path),
+                                       "--json")[1])[0]["state"] == "auto-paused",
+                "saved",
+            )  # fmt: skip
+    (row,) = json.loads(run(capsys, "sinks", "list", "--journal", str(path), "--json")[1])
+    assert row["state"] == "auto-paused"
+    assert row["last_error"] == "HTTP 502 from the destination"

@@ -30,6 +30,8 @@ log = logging.getLogger("streamd.drain")
 
 # Between two progress saves: bounds the fsyncs an idle-ingest drain causes.
 _SAVE_INTERVAL = 0.02
+# After a runner failed (the journal could not be read, a bug): wait, then start again.
+_RESTART_DELAY = 5.0
 
 
 class DrainError(StreamdError):
@@ -342,9 +344,14 @@ class Drain:
             slot.finished = trio.Event()
             # Visible (and cancellable) at once: an operator's change must reach it.
             slot.runner, slot.scope = runner, trio.CancelScope()
+            failed = False
             try:
                 with slot.scope:
                     await self._run_runner(slot, runner)
+            except Exception as exc:  # reading the journal failed, or a bug: restart it
+                failed = True
+                runner.health.last_error = f"drain error: {type(exc).__name__}: {exc}"
+                log.exception("sink %s: the drain failed; restarting it in 5 s", slot.spec.name)
             finally:
                 slot.runner, slot.scope = None, None
                 with trio.CancelScope(shield=True), trio.move_on_after(10):
@@ -356,6 +363,10 @@ class Drain:
                 # Run again only when an operator asks (enable, replay) before this is set.
                 slot.wanted = trio.Event()
                 slot.finished.set()
+            if failed and not self._stopping:
+                await trio.sleep(_RESTART_DELAY)
+                if slot.row.state != "disabled" and not slot.wanted.is_set():
+                    slot.wanted.set()
 
     async def _run_runner(self, slot: _Slot, runner: SinkRunner) -> None:
         conn = await trio.to_thread.run_sync(store.open_reader, self.journal.path)

@@ -235,7 +235,11 @@ class SinkRunner:
     async def _attempt(self, events: Sequence[DrainEvent]) -> Result:
         assert self._sink is not None
         with trio.move_on_after(self.spec.timeout):
-            return await self._sink.deliver(events)
+            try:
+                return await self._sink.deliver(events)
+            except Exception as exc:  # a bug or an untranslated error in a sink: retry
+                log.exception("sink %s: unexpected error while delivering", self.spec.name)
+                return transient(f"unexpected {type(exc).__name__}: {exc}")
         return transient(f"no answer within {self.spec.timeout:g} s")
 
     async def _deliver(self, batch: Batch) -> None:

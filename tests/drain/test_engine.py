@@ -294,3 +294,41 @@ async def test_marketo_preset_schedule_on_a_mock_clock(
     assert [len(keys) for _, keys in sink.attempts[7:]] == [500, 500, 200]
     # One batch of 500 was retried throughout.
     assert all(keys == sink.attempts[0][1] for _, keys in sink.attempts[:8])
+
+
+async def test_a_sink_raising_is_retried_not_fatal(journal: Journal) -> None:
+    await append(journal, ["b1"])
+
+    def script(n: int) -> Result:
+        if n == 0:
+            raise RuntimeError("a bug in a sink")
+        return CONFIRMED
+
+    sink = Recorder(script)
+    retry = RetrySettings(backoff_base=0.01, backoff_cap=0.01, jitter=0.0)
+    async with open_drain(journal, [spec("buggy", sink, retry=retry)]) as drain:
+        await wait_until(lambda: sink.keys == ["b1"], "delivered on the retry")
+        assert drain.statistics()[0].last_error == "unexpected RuntimeError: a bug in a sink"
+
+
+async def test_a_failing_reader_restarts_the_sink(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamd.drain import engine
+
+    monkeypatch.setattr(engine, "_RESTART_DELAY", 0.05)
+    await append(journal, ["f1", "f2"])
+
+    class Flaky(Route):
+        failures = 1
+
+        def matches(self, event: object) -> bool:
+            if Flaky.failures:
+                Flaky.failures -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+            return True
+
+    sink = Recorder()
+    async with open_drain(journal, [spec("flaky", sink, route=Flaky(()))]) as drain:
+        await wait_until(lambda: sink.keys == ["f1", "f2"], "delivered after the restart")
+        assert drain.statistics()[0].state == "active"

@@ -285,8 +285,10 @@ class Drain:
                 and not r.confirmed_unsaved
                 and paused == r.saved_paused
                 and r.health.last_error == r.saved_error
+                and not r.save_again
             ):
                 continue
+            r.save_again = False
             staged, r.staged_dead = r.staged_dead, []
             dead += [(r.spec.name, d) for d in staged]
             progress[r.spec.name] = Progress(
@@ -299,9 +301,10 @@ class Drain:
         now = utc_now()
         try:
             await self.journal.control(lambda conn: store.save_progress(conn, progress, dead, now))
-        except JournalError:
+        except Exception:
             for r, _, _, staged in taken:
                 r.staged_dead[:0] = staged  # try again with the next save
+                r.save_again = True
             raise
         for r, cursor, confirmed, _ in taken:
             r.persisted_up_to(cursor, confirmed)
@@ -313,7 +316,7 @@ class Drain:
             runners = [s.runner for s in self._slot.values() if s.runner is not None]
             try:
                 await self._save(runners)
-            except JournalError as exc:
+            except Exception as exc:  # JournalError (disk full...), or a bug: keep trying
                 log.error("cannot save the drain's progress (will retry): %s", exc)
                 self._dirty.set()
                 await trio.sleep(1.0)

@@ -117,6 +117,7 @@ class SinkRunner:
         self.resumes = 0  # bumped by an operator's resume: cuts a probe's wait short
         self.saved_paused = row.paused_for_failures  # what the journal says, to save changes
         self.saved_error = row.last_error
+        self.save_again = False  # the last save failed: include this runner in the next
 
     # -- what the engine sees --------------------------------------------------------
     @property

@@ -166,8 +166,23 @@ def _drain_commands(sub: Any) -> None:
         p.add_argument("name", help="the sink's name")
         _journal_flags(p)
         _admin_flags(p)
-    p = ssub.add_parser("replay", help="rewind a sink to deliver again from a sequence or a time")
+    p = ssub.add_parser(
+        "replay", help="deliver events again: rewind a sink, or re-deliver a filtered range"
+    )
     p.add_argument("name", help="the sink's name")
+    p.add_argument(
+        "--to-seq", metavar="SEQ", type=_bounded_int(1, 2**62),
+        help="with --from-seq: re-deliver only this range (the cursor stays)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stream", action="append", default=[], metavar="STREAM",
+        choices=["activity", "audit", "notification", "other"],
+        help="with --to-seq: only this stream (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--type", action="append", default=[], metavar="GLOB",
+        help="with --to-seq: only types matching this glob (repeatable)",
+    )  # fmt: skip
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--from-seq", metavar="SEQ", type=_bounded_int(1, 2**62),
@@ -295,9 +310,38 @@ def _sinks(args: argparse.Namespace) -> int:
                 + (f"  last error: {s['last_error']}" if s["last_error"] else "")
             )
         return 0
-    if command == "replay":
+    if command == "replay" and args.to_seq is not None:
+        if args.from_seq is None or args.to_seq < args.from_seq:
+            print(
+                "streamd sinks replay: usage error: --to-seq needs --from-seq at or below it",
+                file=sys.stderr,
+            )
+            return 2
         if _daemon_running(path):
-            body: dict[str, Any] = {"name": args.name}
+            body = {
+                "name": args.name,
+                "from_seq": args.from_seq,
+                "to_seq": args.to_seq,
+                "streams": list(args.stream),
+                "types": list(args.type),
+            }
+            n = int(_admin_call(args, "/sinks/replay-range", body)["count"])
+            print(f"{n} events queued for {args.name}")
+            return 0
+        n = offline.replay_range(
+            path, args.name, args.from_seq, args.to_seq, streams=args.stream, types=args.type
+        )
+        print(f"{n} events queued for {args.name}; delivered when streamd runs")
+        return 0
+    if command == "replay":
+        if args.stream or args.type:
+            print(
+                "streamd sinks replay: usage error: --stream and --type need --to-seq",
+                file=sys.stderr,
+            )
+            return 2
+        if _daemon_running(path):
+            body = {"name": args.name}
             body.update({"from_seq": args.from_seq} if args.from_seq else {"since": args.since})
             got = _admin_call(args, "/sinks/replay", body)
             cursor = int(got["cursor"])

@@ -10,6 +10,7 @@ decoded into a strict msgspec Struct (unknown fields and wrong types are a
 | ``GET /sinks`` | | ``[{name, kind, state, cursor, lag_events, lag_seconds, ...}]`` |
 | ``POST /sinks/pause`` (``resume``, ``disable``, ``enable``) | ``{"name"}`` | the sink's row |
 | ``POST /sinks/replay`` | ``{"name", "from_seq"}`` or ``{"name", "since"}`` | the row |
+| ``POST /sinks/replay-range`` | ``{"name", "from_seq", "to_seq", "streams", "types"}`` | |
 | ``POST /dlq/retry`` (``drop``) | ``{"sink", "ids": [...]}`` or ``{"sink", "all": true}`` | |
 
 (the dead-letter routes answer ``{"count"}``).
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -30,6 +31,8 @@ from streamd.drain.store import SinkRow
 from streamd.errors import UsageError
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Meta4 = msgspec.Meta(max_length=4)
+Meta64 = msgspec.Meta(max_length=64)
 
 
 class SinkRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -40,6 +43,18 @@ class ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Name
     from_seq: Annotated[int, msgspec.Meta(ge=1)] | None = None
     since: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class ReplayRangeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name
+    from_seq: Annotated[int, msgspec.Meta(ge=1)]
+    to_seq: Annotated[int, msgspec.Meta(ge=1)]
+    streams: Annotated[list[Literal["activity", "audit", "notification", "other"]], Meta4] = (
+        msgspec.field(default_factory=list)
+    )
+    types: Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], Meta64] = msgspec.field(
+        default_factory=list
+    )
 
 
 class DeadLettersRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -87,6 +102,15 @@ def sink_routes(drain: Drain) -> list[Route]:
         row = await drain.replay(body.name, seq=body.from_seq, received_at=since)
         return Response(200, _row(row))
 
+    async def replay_range(request: Request) -> Response:
+        body = _decode(request, ReplayRangeRequest)
+        if body.to_seq < body.from_seq:
+            raise UsageError("body: to_seq must be at or above from_seq")
+        count = await drain.replay_range(
+            body.name, body.from_seq, body.to_seq, streams=body.streams, types=body.types
+        )
+        return Response(200, {"count": count})
+
     def dead_letters(
         op: Callable[[str, list[int] | None], Awaitable[int]],
     ) -> Callable[[Request], Awaitable[Response]]:
@@ -106,6 +130,7 @@ def sink_routes(drain: Drain) -> list[Route]:
         Route("POST", "/sinks/disable", change(drain.disable)),
         Route("POST", "/sinks/enable", change(drain.enable)),
         Route("POST", "/sinks/replay", replay),
+        Route("POST", "/sinks/replay-range", replay_range),
         Route("POST", "/dlq/retry", dead_letters(drain.retry_dead_letters)),
         Route("POST", "/dlq/drop", dead_letters(drain.drop_dead_letters)),
     ]

@@ -31,6 +31,8 @@ log = logging.getLogger("streamd.drain")
 
 # Between two progress saves: bounds the fsyncs an idle-ingest drain causes.
 _SAVE_INTERVAL = 0.02
+# After a runner failed (the journal could not be read, a bug): wait, then start again.
+_RESTART_DELAY = 5.0
 
 
 class DrainError(StreamdError):
@@ -186,6 +188,28 @@ class Drain:
                 slot.wanted.set()
             return row
 
+    async def replay_range(
+        self,
+        name: str,
+        from_seq: int,
+        to_seq: int,
+        *,
+        streams: Sequence[str] = (),
+        types: Sequence[str] = (),
+    ) -> int:
+        """Re-deliver the events ``from_seq..to_seq`` (optionally only some streams and
+        type globs) to ``name`` without moving its cursor; returns how many."""
+        slot = self._get(name)
+        count = await self._control(
+            lambda conn: store.queue_replay(
+                conn, name, from_seq, to_seq, streams=streams, types=types
+            )
+        )
+        assert isinstance(count, int)
+        if slot.runner is not None:
+            slot.runner.dlq_wake.fire()
+        return count
+
     async def retry_dead_letters(self, name: str, ids: Sequence[int] | None) -> int:
         """Mark dead letters of ``name`` (None: all) for re-delivery; return how many."""
         slot = self._get(name)
@@ -266,20 +290,33 @@ class Drain:
         dead: list[tuple[str, NewDeadLetter]] = []
         taken: list[tuple[SinkRunner, int, int, list[NewDeadLetter]]] = []
         for r in runners:
-            if r.cursor == r.persisted and not r.staged_dead and not r.confirmed_unsaved:
+            paused = r.health.paused
+            if (
+                r.cursor == r.persisted
+                and not r.staged_dead
+                and not r.confirmed_unsaved
+                and paused == r.saved_paused
+                and r.health.last_error == r.saved_error
+                and not r.save_again
+            ):
                 continue
+            r.save_again = False
             staged, r.staged_dead = r.staged_dead, []
             dead += [(r.spec.name, d) for d in staged]
-            progress[r.spec.name] = Progress(r.cursor, r.confirmed_unsaved, r.health.last_error)
+            progress[r.spec.name] = Progress(
+                r.cursor, r.confirmed_unsaved, r.health.last_error, paused
+            )
             taken.append((r, r.cursor, r.confirmed_unsaved, staged))
+            r.saved_paused, r.saved_error = paused, r.health.last_error
         if not taken:
             return
         now = utc_now()
         try:
             await self.journal.control(lambda conn: store.save_progress(conn, progress, dead, now))
-        except JournalError:
+        except Exception:
             for r, _, _, staged in taken:
                 r.staged_dead[:0] = staged  # try again with the next save
+                r.save_again = True
             raise
         for r, cursor, confirmed, _ in taken:
             r.persisted_up_to(cursor, confirmed)
@@ -293,7 +330,7 @@ class Drain:
                 await self._save(runners)
                 if not self._dirty.is_set():
                     self._unsaved_since = None
-            except JournalError as exc:
+            except Exception as exc:  # JournalError (disk full...), or a bug: keep trying
                 log.error("cannot save the drain's progress (will retry): %s", exc)
                 self._dirty.set()
                 await trio.sleep(1.0)
@@ -324,9 +361,14 @@ class Drain:
             slot.finished = trio.Event()
             # Visible (and cancellable) at once: an operator's change must reach it.
             slot.runner, slot.scope = runner, trio.CancelScope()
+            failed = False
             try:
                 with slot.scope:
                     await self._run_runner(slot, runner)
+            except Exception as exc:  # reading the journal failed, or a bug: restart it
+                failed = True
+                runner.health.last_error = f"drain error: {type(exc).__name__}: {exc}"
+                log.exception("sink %s: the drain failed; restarting it in 5 s", slot.spec.name)
             finally:
                 slot.runner, slot.scope = None, None
                 with trio.CancelScope(shield=True), trio.move_on_after(10):
@@ -338,6 +380,10 @@ class Drain:
                 # Run again only when an operator asks (enable, replay) before this is set.
                 slot.wanted = trio.Event()
                 slot.finished.set()
+            if failed and not self._stopping:
+                await trio.sleep(_RESTART_DELAY)
+                if slot.row.state != "disabled" and not slot.wanted.is_set():
+                    slot.wanted.set()
 
     async def _run_runner(self, slot: _Slot, runner: SinkRunner) -> None:
         conn = await trio.to_thread.run_sync(store.open_reader, self.journal.path)
@@ -381,6 +427,7 @@ def _row_after(row: SinkRow, runner: SinkRunner) -> SinkRow:
         runner.health.last_error or row.last_error,
         runner.confirmed_total,
         row.updated_at,
+        runner.health.paused,
     )
 
 

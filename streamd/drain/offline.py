@@ -74,7 +74,9 @@ def list_sinks(path: str) -> list[dict[str, Any]]:
             out.append(
                 {
                     "name": row.name,
-                    "state": row.state,
+                    "state": "auto-paused"
+                    if row.state == "active" and row.paused_for_failures
+                    else row.state,
                     "reason": row.reason,
                     "cursor": row.cursor,
                     "lag_events": lag_events,
@@ -156,6 +158,27 @@ def replay(
     row = _change(path, rewind)
     assert isinstance(row, store.SinkRow)
     return row
+
+
+def replay_range(
+    path: str,
+    name: str,
+    from_seq: int,
+    to_seq: int,
+    *,
+    streams: Sequence[str] = (),
+    types: Sequence[str] = (),
+) -> int:
+    """Queue a filtered set for re-delivery when the daemon next runs (see
+    :func:`store.queue_replay`)."""
+    return int(
+        _change(
+            path,
+            lambda conn: store.queue_replay(
+                conn, name, from_seq, to_seq, streams=streams, types=types
+            ),
+        )
+    )
 
 
 def retry_dead_letters(path: str, sink: str, ids: Sequence[int] | None) -> int:

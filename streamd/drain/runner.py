@@ -47,6 +47,8 @@ class SinkSpec:
     timeout: float = 20.0
     start: str = "oldest"
     retry: RetrySettings = field(default_factory=RetrySettings)
+    # The sink reads the event's columns and JSON (sqlite); False: envelopes suffice.
+    full_events: bool = True
 
 
 class Broadcast:
@@ -110,8 +112,12 @@ class SinkRunner:
         self._stopping = False
         self._conn: sqlite3.Connection | None = None
         self._sink: Sink | None = None
-        self._last_dispatch = -math.inf
+        self._last_start = -math.inf
+        self._pace = trio.Lock()
         self.resumes = 0  # bumped by an operator's resume: cuts a probe's wait short
+        self.saved_paused = row.paused_for_failures  # what the journal says, to save changes
+        self.saved_error = row.last_error
+        self.save_again = False  # the last save failed: include this runner in the next
 
     # -- what the engine sees --------------------------------------------------------
     @property
@@ -173,7 +179,8 @@ class SinkRunner:
             conn = self._conn
             assert conn is not None
             rows = await trio.to_thread.run_sync(
-                read_events, conn, self.read_pos, limit, limiter=self._limiter
+                partial(read_events, conn, self.read_pos, limit, full=spec.full_events),
+                limiter=self._limiter,
             )
             for event in rows:
                 if spec.route.matches(event):
@@ -205,9 +212,6 @@ class SinkRunner:
     async def _dispatch(
         self, send: trio.MemorySendChannel[Batch], events: list[DrainEvent], end: int
     ) -> None:
-        if self.spec.interval:
-            await trio.sleep_until(self._last_dispatch + self.spec.interval)
-            self._last_dispatch = trio.current_time()
         batch = Batch(self._range_start(), end, events)
         self._in_order.append(batch)
         await send.send(batch)
@@ -232,19 +236,31 @@ class SinkRunner:
     async def _attempt(self, events: Sequence[DrainEvent]) -> Result:
         assert self._sink is not None
         with trio.move_on_after(self.spec.timeout):
-            return await self._sink.deliver(events)
+            try:
+                return await self._sink.deliver(events)
+            except Exception as exc:  # a bug or an untranslated error in a sink: retry
+                log.exception("sink %s: unexpected error while delivering", self.spec.name)
+                return transient(f"unexpected {type(exc).__name__}: {exc}")
         return transient(f"no answer within {self.spec.timeout:g} s")
 
     async def _deliver(self, batch: Batch) -> None:
+        if self.spec.interval:
+            # At least ``interval`` from any attempt to the first attempt of the next
+            # batch (retries follow the retry policy instead).
+            async with self._pace:  # one worker at a time takes the next start slot
+                await trio.sleep_until(self._last_start + self.spec.interval)
+                self._last_start = trio.current_time()
         while True:
             if not await self._gate(batch):
                 return  # stopping: the batch stays unconfirmed
+            self._last_start = trio.current_time()
             result = await self._attempt(batch.events)
             batch.attempts += 1
             if result.kind is Kind.CONFIRMED:
                 if self.health.succeeded():
                     log.info("sink %s: delivery succeeded; resuming", self.spec.name)
                     self.changed.fire()
+                    self._dirty()  # save that it is no longer paused
                 self.confirmed_unsaved += len(batch.events)
                 self.confirmed_total += len(batch.events)
                 self._finish(batch)

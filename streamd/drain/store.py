@@ -35,6 +35,7 @@ class SinkRow:
     last_error: str | None
     confirmed: int
     updated_at: str
+    paused_for_failures: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class Progress:
     cursor: int
     confirmed: int
     last_error: str | None
+    paused_for_failures: bool = False
 
 
 # -- writes (run by the journal writer, or offline under the writer lock) ------------
@@ -98,35 +100,24 @@ def save_progress(
 ) -> None:
     """Record dead letters, then move cursors: both in one transaction, so a cursor is
     never past an event that is neither confirmed nor in the dead letters."""
+    # Copied from the event's row: the cursor has not passed it, so retention has not
+    # deleted it, and the reader need not have kept the event's JSON in memory.
     conn.executemany(
         "INSERT INTO dead_letters (sink, seq, event_key, stream, type, reason, attempts, "
-        "last_response, failed_at, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "last_response, failed_at, raw) SELECT ?, seq, event_key, stream, type, ?, ?, ?, ?, raw "
+        "FROM events WHERE seq = ? "
         "ON CONFLICT (sink, seq) DO UPDATE SET reason = excluded.reason, "
         "attempts = dead_letters.attempts + excluded.attempts, "
         "last_response = excluded.last_response, failed_at = excluded.failed_at, retry = 0",
-        [
-            (
-                sink,
-                d.event.seq,
-                d.event.key,
-                d.event.stream,
-                d.event.type,
-                d.reason,
-                d.attempts,
-                d.last_response,
-                now,
-                d.event.raw,
-            )
-            for sink, d in dead
-        ],
+        [(sink, d.reason, d.attempts, d.last_response, now, d.event.seq) for sink, d in dead],
     )
     for name, p in progress.items():
         # Plain assignment: the writer runs controls in submission order, and a replay
         # retires the sink's runner (and flushes it) before it moves the cursor.
         conn.execute(
             "UPDATE sinks SET cursor = ?, confirmed = confirmed + ?, "
-            "last_error = ?, updated_at = ? WHERE name = ?",
-            (p.cursor, p.confirmed, p.last_error, now, name),
+            "last_error = ?, paused_for_failures = ?, updated_at = ? WHERE name = ?",
+            (p.cursor, p.confirmed, p.last_error, int(p.paused_for_failures), now, name),
         )
 
 
@@ -167,6 +158,55 @@ def mark_retry(conn: sqlite3.Connection, sink: str, ids: Sequence[int] | None) -
     )
 
 
+MAX_REPLAY_EVENTS = 100_000
+
+
+def queue_replay(
+    conn: sqlite3.Connection,
+    sink: str,
+    from_seq: int,
+    to_seq: int,
+    *,
+    streams: Sequence[str] = (),
+    types: Sequence[str] = (),
+) -> int:
+    """Queue the events ``from_seq..to_seq`` (those of ``streams``, with a type matching
+    one of the GLOB patterns ``types``) for re-delivery to ``sink``: they join its dead
+    letters marked for retry (reason "replay requested"), which the running sink
+    delivers. Returns how many; raises :class:`JournalError` for an unknown sink or
+    more than :data:`MAX_REPLAY_EVENTS` events."""
+    if sink not in load_sinks(conn):
+        raise JournalError(f"no sink named {sink!r} in the journal")
+    where = ["seq BETWEEN ? AND ?"]
+    args: list[object] = [from_seq, to_seq]
+    if streams:
+        where.append(f"stream IN ({','.join('?' * len(streams))})")
+        args += streams
+    if types:
+        where.append("(" + " OR ".join("type GLOB ?" for _ in types) + ")")
+        args += types
+    condition = " AND ".join(where)  # fixed fragments; every value is a parameter
+    count = conn.execute(
+        f"SELECT count(*) FROM events WHERE {condition}",  # noqa: S608
+        args,
+    ).fetchone()[0]
+    if count > MAX_REPLAY_EVENTS:
+        raise JournalError(
+            f"{count} events match; replay at most {MAX_REPLAY_EVENTS} at once "
+            "(narrow the range, or rewind the sink with --from-seq alone)"
+        )
+    now = conn.execute("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')").fetchone()[0]
+    conn.execute(
+        "INSERT INTO dead_letters (sink, seq, event_key, stream, type, reason, attempts, "  # noqa: S608
+        "last_response, failed_at, retry, raw) "
+        "SELECT ?, seq, event_key, stream, type, 'replay requested', 0, NULL, ?, 1, raw "
+        f"FROM events WHERE {condition} "
+        "ON CONFLICT (sink, seq) DO UPDATE SET retry = 1",
+        [sink, now, *args],
+    )
+    return int(count)
+
+
 def drop_dead_letters(conn: sqlite3.Connection, sink: str, ids: Sequence[int] | None) -> int:
     """Delete dead letters (None: all of ``sink``'s); return how many."""
     if ids is None:
@@ -194,18 +234,49 @@ def retried(
 
 # -- reads -------------------------------------------------------------------------
 
+# The envelope (sinks/base.py) is built by SQLite, in the reading thread: the Python
+# sqlite3 module releases the GIL while a statement steps, so this work runs beside
+# ingest instead of competing with it for the interpreter (ARCHITECTURE.md, "Drain").
+# Plain concatenation: the event's JSON is spliced in as stored, never re-encoded;
+# its line breaks (insignificant whitespace in JSON text) become spaces.
+_ENVELOPE = (
+    """'{"id":' || json_quote(event_key) || ',"seq":' || seq"""
+    """ || ',"stream":' || json_quote(stream) || ',"type":' || json_quote(type)"""
+    """ || ',"source":' || json_quote(source) || ',"munchkin_id":' || json_quote(munchkin_id)"""
+    """ || ',"activity_type_id":' || coalesce(activity_type_id, 'null')"""
+    """ || ',"lead_id":' || coalesce(lead_id, 'null')"""
+    """ || ',"occurred_at":' || json_quote(occurred_at)"""
+    """ || ',"received_at":' || json_quote(received_at)"""
+    """ || ',"event":' || replace(replace(raw, char(13), ' '), char(10), ' ') || '}'"""
+)
 _EVENT_COLUMNS = (
     "seq, event_key, stream, type, munchkin_id, activity_type_id, source, occurred_at, "
     "received_at, raw, lead_id"
 )
+_ROUTING_COLUMNS = f"seq, stream, type, munchkin_id, activity_type_id, source, {_ENVELOPE}"
 
 
-def read_events(conn: sqlite3.Connection, after: int, limit: int) -> list[DrainEvent]:
-    """Up to ``limit`` events with ``seq > after``, in order."""
+def read_events(
+    conn: sqlite3.Connection, after: int, limit: int, *, full: bool = True
+) -> list[DrainEvent]:
+    """Up to ``limit`` events with ``seq > after``, in order.
+
+    ``full`` reads every column (for the sqlite sink, which stores them apart);
+    ``full`` False reads only what routing needs and the envelope, built by SQLite
+    (no ``raw``, no key): half the bytes to turn into Python strings.
+    """
+    if full:
+        return [
+            DrainEvent(*row)
+            for row in conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+                (after, limit),
+            )
+        ]
     return [
-        DrainEvent(*row)
-        for row in conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+        DrainEvent(seq, "", stream, type_, munchkin, activity, source, None, "", "", None, line)
+        for seq, stream, type_, munchkin, activity, source, line in conn.execute(
+            f"SELECT {_ROUTING_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
             (after, limit),
         )
     ]
@@ -214,10 +285,10 @@ def read_events(conn: sqlite3.Connection, after: int, limit: int) -> list[DrainE
 def load_sinks(conn: sqlite3.Connection) -> dict[str, SinkRow]:
     """Every sink row, by name."""
     return {
-        row[0]: SinkRow(*row)
-        for row in conn.execute(
-            "SELECT name, cursor, state, reason, last_error, confirmed, updated_at "
-            "FROM sinks ORDER BY name"
+        name: SinkRow(name, cursor, state, reason, error, confirmed, updated, bool(paused))
+        for name, cursor, state, reason, error, confirmed, updated, paused in conn.execute(
+            "SELECT name, cursor, state, reason, last_error, confirmed, updated_at, "
+            "paused_for_failures FROM sinks ORDER BY name"
         )
     }
 

@@ -90,6 +90,7 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
                 state TEXT NOT NULL CHECK (state IN ('active', 'paused', 'disabled')),
                 reason TEXT,
                 last_error TEXT,
+                paused_for_failures INTEGER NOT NULL DEFAULT 0,
                 confirmed INTEGER NOT NULL DEFAULT 0,
                 updated_at TEXT NOT NULL
             )

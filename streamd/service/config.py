@@ -156,6 +156,12 @@ class SqliteSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     path: _Text
     table_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{0,32}$")] = ""
+    indexes: list[
+        Literal[
+            "seq", "type", "source", "munchkin_id", "activity_type_id", "lead_id",
+            "occurred_at", "received_at",
+        ]
+    ] = msgspec.field(default_factory=lambda: ["occurred_at"])  # fmt: skip
 
 
 class ExecSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -439,6 +445,12 @@ def _validate_adobe(source: SourceConfig, where: str) -> None:
 
 
 _KIND_TABLES = ("http", "file", "sqlite", "exec")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+# Set by the http sink itself (framing, signing): a config header must not replace them.
+_OWN_HEADERS = {
+    "content-length", "content-type", "transfer-encoding", "host", "connection",
+    "webhook-id", "webhook-timestamp", "webhook-signature",
+}  # fmt: skip
 
 
 def validate_sinks(config: Config, where: str) -> None:
@@ -482,6 +494,19 @@ def validate_sinks(config: Config, where: str) -> None:
             raise ConfigError(
                 f"{where}: key {key}.http.url: {sink.http.url!r} is not an http:// or https:// URL"
             )
+        if sink.http is not None:
+            for header, value in sink.http.headers.items():
+                if not _TOKEN.fullmatch(header) or header.lower() in _OWN_HEADERS:
+                    raise ConfigError(
+                        f"{where}: key {key}.http.headers: {header!r} is not a header name "
+                        "streamd lets you set"
+                    )
+                if any(c in value for c in "\r\n\0"):
+                    raise ConfigError(
+                        f"{where}: key {key}.http.headers.{header}: a value cannot hold line breaks"
+                    )
+        if sink.exec is not None and not sink.exec.command[0]:
+            raise ConfigError(f"{where}: key {key}.exec.command[0]: must not be empty")
         if sink.file is not None and not sink.file.directory:
             raise ConfigError(f"{where}: key {key}.file.directory: must not be empty")
         if sink.sqlite is not None and not sink.sqlite.path:

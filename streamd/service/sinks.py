@@ -103,6 +103,7 @@ def _opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> object:
         ss = SqliteSettings(
             path if os.path.isabs(path) else os.path.join(config.data_dir, path),
             sink.sqlite.table_prefix,
+            tuple(dict.fromkeys(sink.sqlite.indexes)),
         )
         return lambda: SqliteSink(ss)
     if sink.kind == "exec":
@@ -147,6 +148,7 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 timeout=pool.timeout,
                 start=sink.start,
                 retry=retry,
+                full_events=sink.kind == "sqlite",
             )
         )
     return specs

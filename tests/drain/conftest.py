@@ -79,7 +79,11 @@ class Recorder:
 
 def spec(name: str, sink: Sink, **kw: object) -> SinkSpec:
     """A SinkSpec around an existing sink object; small, fast defaults."""
+    from streamd.drain.sinks.sqlite import SqliteSink
+
     defaults: dict[str, object] = {"workers": 2, "batch_size": 10, "linger": 0.01}
+    # As the service does: only the sqlite sink (and the test recorder) read whole events.
+    defaults["full_events"] = isinstance(sink, Recorder | SqliteSink)
     defaults.update(kw)
     route = defaults.pop("route", Route(()))
     return SinkSpec(name, "test", route, lambda: sink, **defaults)  # type: ignore[arg-type]

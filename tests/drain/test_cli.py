@@ -148,3 +148,75 @@ async def test_hostile_journal_files(
         assert status == 1, (argv, err)
         assert err.startswith("streamd: journal error: ") and "Traceback" not in err
     assert path.read_bytes() == content  # never "repaired", never partly written
+
+
+async def test_replay_a_filtered_range(
+    journal_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    j = ["--journal", str(journal_file)]
+    status, out, _ = run(
+        capsys, "sinks", "replay", "files", "--from-seq", "2", "--to-seq", "3",
+        "--type", "com.adobe.platform.marketo.activity.*", "--stream", "activity", *j,
+    )  # fmt: skip
+    assert status == 0 and out.startswith("2 events queued")
+    assert state(journal_file)["files"] == ("active", 4)  # the cursor stays
+    _, out, _ = run(capsys, "dlq", "list", "--sink", "files", "--json", *j)
+    queued = json.loads(out)
+    assert [(d["seq"], d["reason"], d["retry"]) for d in queued] == [
+        (2, "replay requested", True),
+        (3, "replay requested", True),
+    ]
+    _, out, _ = run(capsys, "sinks", "replay", "files", "--from-seq", "1", "--to-seq", "4",
+                    "--type", "nothing*", *j)  # fmt: skip
+    assert out.startswith("0 events queued")
+    # The running sink delivers them, then they are gone from the dead letters.
+    async with open_journal(str(journal_file), WriterOptions()) as journal:
+        files = Recorder()
+        async with open_drain(journal, [spec("files", files)]):
+            await wait_until(lambda: sorted(files.keys) == ["d2", "d3"], "replayed")
+    _, out, _ = run(capsys, "dlq", "list", "--sink", "files", *j)
+    assert out == "no dead letters\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--to-seq", "3"], "one of the arguments --from-seq --since is required"),
+        (["--since", "2026-01-01", "--to-seq", "3"], "--to-seq needs --from-seq"),
+        (["--from-seq", "5", "--to-seq", "3"], "--to-seq needs --from-seq at or below it"),
+        (["--from-seq", "1", "--type", "x*"], "--stream and --type need --to-seq"),
+    ],
+)
+async def test_bad_replay_ranges(
+    journal_file: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    try:
+        status = main(["sinks", "replay", "files", *argv, "--journal", str(journal_file)])
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert status == 2 and message in err
+
+
+async def test_a_sink_paused_for_failures_shows_in_the_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamd.drain import RetrySettings
+    from streamd.drain.sinks.base import transient
+
+    path = tmp_path / "journal.db"
+    retry = RetrySettings(backoff_base=0.01, backoff_cap=0.01, pause_after=2, probe_interval=60)
+    async with open_journal(str(path), WriterOptions()) as journal:
+        await append(journal, ["x"])
+        down = Recorder(lambda n: transient("HTTP 502 from the destination"))
+        async with open_drain(journal, [spec("down", down, retry=retry)]) as drain:
+            await wait_until(lambda: drain.statistics()[0].state == "auto-paused", "paused")
+            # Visible to the file-based listing while the daemon runs.
+            await wait_until(
+                lambda: json.loads(run(capsys, "sinks", "list", "--journal", str(path),
+                                       "--json")[1])[0]["state"] == "auto-paused",
+                "saved",
+            )  # fmt: skip
+    (row,) = json.loads(run(capsys, "sinks", "list", "--journal", str(path), "--json")[1])
+    assert row["state"] == "auto-paused"
+    assert row["last_error"] == "HTTP 502 from the destination"

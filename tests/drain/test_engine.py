@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import trio
 
 from streamd.drain import Filter, Kind, Result, RetrySettings, Route, open_drain
 from streamd.drain.sinks.base import CONFIRMED, permanent, transient
-from streamd.journal import Journal
+from streamd.journal import Journal, WriterOptions, open_journal
 
 from .conftest import Recorder, append, spec, wait_until
 
@@ -135,9 +137,12 @@ async def test_pause_probe_and_automatic_resume(journal: Journal) -> None:
     async with open_drain(journal, [spec("z", sink, workers=3, retry=retry)]) as drain:
         await wait_until(lambda: drain.statistics()[0].state == "auto-paused", "auto-pause")
         paused_at = len(sink.attempts)
-        await trio.sleep(0.35)
-        # Paused: only the probe is tried, about every probe_interval, never dead-lettered.
-        assert 1 <= len(sink.attempts) - paused_at <= 5
+        await wait_until(lambda: len(sink.attempts) >= paused_at + 3, "three probes")
+        # Paused: one batch probes, every probe_interval at the soonest, never dead-lettered.
+        probes = sink.attempts[paused_at - 1 :]
+        assert len({tuple(keys) for _, keys in probes}) == 1
+        gaps = [b - a for (a, _), (b, _) in itertools.pairwise(probes)]
+        assert all(gap >= 0.1 for gap in gaps), gaps
         assert db_rows(journal, "SELECT count(*) FROM dead_letters") == [(0,)]
         outage["down"] = False
         await wait_until(lambda: len(set(sink.keys)) == 30, "resumed and delivered")
@@ -196,9 +201,22 @@ async def test_replay_rewinds_and_dead_letters_retry(journal: Journal) -> None:
         await wait_until(
             lambda: db_rows(journal, "SELECT count(*) FROM dead_letters") == [(0,)], "removed"
         )
+        before = len(sink.keys)
         row = await drain.replay("rp", seq=2)
         assert row.cursor == 1
-        await wait_until(lambda: sink.keys[-2:] == ["r2", "r3"], "replayed from seq 2")
+        await wait_until(lambda: sink.keys[before:] == ["r2", "r3"], "replayed from seq 2")
+        await wait_until(lambda: drain.statistics()[0].cursor == 3, "cursor back at the end")
+        # A filtered range, the cursor staying where it is.
+        before = len(sink.keys)
+        assert await drain.replay_range("rp", 1, 3, types=("*visitwebpage",)) == 3
+        assert await drain.replay_range("rp", 1, 3, streams=("audit",)) == 0
+        await wait_until(lambda: len(sink.keys) == before + 3, "range re-delivered")
+        assert sorted(sink.keys[before:]) == ["r1", "r2", "r3"]
+        await wait_until(
+            lambda: db_rows(journal, "SELECT count(*) FROM dead_letters") == [(0,)], "done"
+        )
+        (status,) = await drain.sinks()
+        assert (status.cursor, status.lag_events, status.dead_letters) == (3, 0, 0)
         with pytest.raises(Exception, match="no sink named 'nope'"):
             await drain.pause("nope")
 
@@ -256,3 +274,86 @@ async def test_a_stuck_save_shows_as_no_progress_for_the_watchdog(journal: Journ
             blocker.close()
         await wait_until(lambda: cursor_of(journal, "rec") == 3, "saved once the lock is gone")
         await wait_until(lambda: drain.making_progress(within=0.2), "progress again")
+
+
+async def test_marketo_preset_schedule_on_a_mock_clock(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """The engine itself, on virtual time: 3 retries 3 minutes apart, then paused and
+    retried every 3 minutes until a delivery succeeds; batches every 2 s of up to 500."""
+    from streamd.drain.presets import PRESETS
+
+    pool, retry = PRESETS["marketo"]
+    up_from = 7  # the destination fails the first 7 attempts
+    sink = Recorder(lambda n: transient("HTTP 503") if n < up_from else CONFIRMED)
+    marketo = spec(
+        "legacy",
+        sink,
+        workers=pool.workers,
+        batch_size=pool.batch_size,
+        linger=pool.linger,
+        interval=pool.interval,
+        max_in_flight=pool.max_in_flight,
+        timeout=pool.timeout,
+        retry=retry,
+    )
+    # Virtual time jumps to the next deadline once every task has waited 20 ms of real
+    # time: long enough for the journal's threads (which the clock cannot see) to answer.
+    mock_clock.autojump_threshold = 0.02
+    async with open_journal(str(tmp_path / "j.db"), WriterOptions(), commit_budget=math.inf) as j:
+        await append(j, [f"m{i:04d}" for i in range(1200)])
+        async with open_drain(j, [marketo]) as drain:
+            with trio.fail_after(3600):  # virtual seconds
+                while len(sink.attempts) < 4:
+                    await sink.changed.wait()
+                assert drain.statistics()[0].state == "auto-paused"
+                while len(sink.keys) < 1200:
+                    await sink.changed.wait()
+                assert drain.statistics()[0].state == "active"
+    times = [t - sink.attempts[0][0] for t, _ in sink.attempts]
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(times)]
+    # Attempts 1-4 (first + 3 retries) 180 s apart, then probes every 180 s while paused;
+    # the 8th attempt succeeds and the stream resumes: the next batches follow every 2 s.
+    assert gaps[:7] == [180.0] * 7
+    assert gaps[7:] == [2.0, 2.0]
+    assert [len(keys) for _, keys in sink.attempts[7:]] == [500, 500, 200]
+    # One batch of 500 was retried throughout.
+    assert all(keys == sink.attempts[0][1] for _, keys in sink.attempts[:8])
+
+
+async def test_a_sink_raising_is_retried_not_fatal(journal: Journal) -> None:
+    await append(journal, ["b1"])
+
+    def script(n: int) -> Result:
+        if n == 0:
+            raise RuntimeError("a bug in a sink")
+        return CONFIRMED
+
+    sink = Recorder(script)
+    retry = RetrySettings(backoff_base=0.01, backoff_cap=0.01, jitter=0.0)
+    async with open_drain(journal, [spec("buggy", sink, retry=retry)]) as drain:
+        await wait_until(lambda: sink.keys == ["b1"], "delivered on the retry")
+        assert drain.statistics()[0].last_error == "unexpected RuntimeError: a bug in a sink"
+
+
+async def test_a_failing_reader_restarts_the_sink(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamd.drain import engine
+
+    monkeypatch.setattr(engine, "_RESTART_DELAY", 0.05)
+    await append(journal, ["f1", "f2"])
+
+    class Flaky(Route):
+        failures = 1
+
+        def matches(self, event: object) -> bool:
+            if Flaky.failures:
+                Flaky.failures -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+            return True
+
+    sink = Recorder()
+    async with open_drain(journal, [spec("flaky", sink, route=Flaky(()))]) as drain:
+        await wait_until(lambda: sink.keys == ["f1", "f2"], "delivered after the restart")
+        assert drain.statistics()[0].state == "active"

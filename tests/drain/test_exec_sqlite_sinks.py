@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from streamd.drain import RetrySettings, open_drain
+from streamd.drain import DrainEvent, Kind, RetrySettings, open_drain
 from streamd.drain.sinks.exec import ExecSettings, ExecSink
 from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
 from streamd.journal import Journal
@@ -98,7 +99,8 @@ async def test_sqlite_tables_per_stream_upserted_by_id(tmp_path: Path, journal: 
     await append(journal, ["u1"], stream="audit", type="com.adobe.platform.marketo.audit.x")
     target = tmp_path / "analysis.db"
     async with open_drain(
-        journal, [spec("tables", SqliteSink(SqliteSettings(str(target), "mkto_")))]
+        journal,
+        [spec("tables", SqliteSink(SqliteSettings(str(target), "mkto_", ("lead_id", "type"))))],
     ) as d:
         await wait_until(lambda: d.statistics()[0].cursor == 3, "written")
         await d.replay("tables", seq=1)  # everything again: upserts, no duplicates
@@ -110,6 +112,10 @@ async def test_sqlite_tables_per_stream_upserted_by_id(tmp_path: Path, journal: 
     assert rows[0]["lead_id"] == 7 and rows[0]["activity_type_id"] == 1
     assert json.loads(rows[0]["event"]) == {"id": "a1", "n": 1}
     assert db.table("mkto_activity").pks == ["id"]
+    assert sorted(i.columns[0] for i in db.table("mkto_activity").indexes if i.origin == "c") == [
+        "lead_id",
+        "type",
+    ]
     assert db["mkto_audit"].count == 1
 
 
@@ -126,3 +132,41 @@ async def test_sqlite_target_that_cannot_be_opened_is_transient(
         blocker.unlink()
         await wait_until(lambda: d.statistics()[0].cursor == 1, "written after the fix")
     assert sqlite_utils.Database(Path(blocker) / "t.db")["activity"].count == 1
+
+
+async def test_a_flood_on_stderr_is_kept_to_2_kib(journal: Journal) -> None:
+    await append(journal, ["flood"])
+    script = "cat > /dev/null; head -c 10000000 /dev/zero | tr '\\0' x >&2; exit 65"
+    sink = ExecSink(ExecSettings(["sh", "-c", script]))
+    async with open_drain(journal, [spec("cmd", sink)]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 1, "dead-lettered")
+    ((_, reason, response),) = dead(journal)
+    assert reason == "sh exited with status 65"
+    assert response == "x" * 2048
+
+
+async def test_stdout_sink_writes_json_lines_and_survives_a_broken_pipe(
+    journal: Journal,
+) -> None:
+    import io
+
+    from streamd.drain.sinks.stdout import StdoutSink
+
+    await append(journal, ["o1", "o2"])
+    out = io.BytesIO()
+    async with open_drain(journal, [spec("out", StdoutSink(out))]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 2, "written")
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["o1", "o2"]
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: writes fail with EPIPE
+    broken = os.fdopen(write_end, "wb")
+    try:
+        result = await StdoutSink(broken).deliver(
+            [DrainEvent(3, "k", "other", None, None, None, "s", None, "t", "{}")]
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            broken.close()
+    assert result.kind is Kind.TRANSIENT
+    assert "cannot write to standard output" in result.reason

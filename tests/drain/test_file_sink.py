@@ -81,3 +81,30 @@ def test_envelope_is_one_line_and_keeps_the_json() -> None:
     line = envelope(DrainEvent(1, "k", "other", None, None, None, "s", None, "t", raw))
     assert b"\n" not in line and b"\r" not in line
     assert json.loads(line)["event"] == json.loads(raw)
+
+
+async def test_the_envelope_sqlite_builds_equals_the_python_one(journal: Journal) -> None:
+    from streamd.core import EventRecord, key_hash
+    from streamd.drain.sinks.base import envelope
+    from streamd.drain.store import open_reader, read_events
+    from streamd.journal import Batch, utc_now
+
+    raw = '{\r\n "k": "quote \\" é \\u2028 \\n",\n "n": [1.50, -0, 1e3]\n}'
+    odd = EventRecord('id "q" é\t', key_hash('id "q" é\t'), "other", None, None, None, None,
+                      None, raw)  # fmt: skip
+    await journal.append(Batch("src", utc_now(), "batch", [odd]))
+    await append(journal, ["plain"])
+    reader = open_reader(journal.path)
+    try:
+        full = read_events(reader, 0, 10)
+        events = read_events(reader, 0, 10, full=False)
+    finally:
+        reader.close()
+    assert [e.seq for e in events] == [e.seq for e in full]
+    for event, whole in zip(events, full, strict=True):
+        assert event.line and not whole.line
+        python = envelope(whole)
+        assert json.loads(event.line) == json.loads(python)
+        assert "\n" not in event.line and "\r" not in event.line
+    # The event's JSON is spliced in as stored: number text kept (1.50, -0, 1e3).
+    assert '"n": [1.50, -0, 1e3]' in events[0].line

@@ -112,6 +112,7 @@ async def test_routes(admin: Server) -> None:
         ("POST", "/sinks/enable"),
         ("POST", "/sinks/pause"),
         ("POST", "/sinks/replay"),
+        ("POST", "/sinks/replay-range"),
         ("POST", "/sinks/resume"),
     ]
 

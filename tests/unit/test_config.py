@@ -192,6 +192,25 @@ ADOBE_ERRORS = [
             "[[sinks]]\nname = 'a'\nkind = 'exec'\n[sinks.exec]\ncommand = []",
             "key sinks[0].exec.command: expected `array` of length >= 1",
         ),
+        (
+            "[[sinks]]\nname='a'\nkind='http'\n[sinks.http]\nurl='http://x/'\n"
+            "headers = {'Bad Name' = 'v'}",
+            "key sinks[0].http.headers: 'Bad Name' is not a header name",
+        ),
+        (
+            "[[sinks]]\nname='a'\nkind='http'\n[sinks.http]\nurl='http://x/'\n"
+            "headers = {'Webhook-Signature' = 'v1,forged'}",
+            "key sinks[0].http.headers: 'Webhook-Signature' is not a header name",
+        ),
+        (
+            "[[sinks]]\nname='a'\nkind='http'\n[sinks.http]\nurl='http://x/'\n"
+            "headers = {'X-A' = \"v\\r\\nX-Injected: 1\"}",
+            "key sinks[0].http.headers.X-A: a value cannot hold line breaks",
+        ),
+        (
+            "[[sinks]]\nname='a'\nkind='exec'\n[sinks.exec]\ncommand = ['']",
+            "key sinks[0].exec.command[0]: must not be empty",
+        ),
         ("x = ", "not valid TOML"),
         ("[server", "not valid TOML"),
         (b"\xff\xfe\x00", "not valid TOML"),

@@ -26,6 +26,7 @@ class DrainEvent:
     received_at: str
     raw: str
     lead_id: int | None = None
+    line: str = ""  # the envelope, when the reader had SQLite build it (store.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,8 @@ def envelope(event: DrainEvent) -> bytes:
     Always one line: a line break in JSON text can only be insignificant
     whitespace (inside strings it must be escaped), so each becomes a space.
     """
+    if event.line:
+        return event.line.encode()
     raw = event.raw
     if "\n" in raw or "\r" in raw:
         raw = raw.replace("\r", " ").replace("\n", " ")
@@ -94,4 +97,13 @@ def envelope(event: DrainEvent) -> bytes:
 
 def json_lines(events: Sequence[DrainEvent]) -> bytes:
     """The batch as JSON Lines (one envelope per line)."""
+    if all(event.line for event in events):
+        return ("\n".join(event.line for event in events) + "\n").encode()
     return b"".join(envelope(event) + b"\n" for event in events)
+
+
+def json_array(events: Sequence[DrainEvent]) -> bytes:
+    """The batch's envelopes as a JSON array."""
+    if all(event.line for event in events):
+        return ("[" + ",".join(event.line for event in events) + "]").encode()
+    return b"[" + b",".join(envelope(event) for event in events) + b"]"

@@ -29,7 +29,7 @@ from streamd.drain.sinks.base import (
     CONFIRMED,
     DrainEvent,
     Result,
-    envelope,
+    json_array,
     permanent,
     transient,
 )
@@ -119,7 +119,7 @@ class HttpSink:
         )
 
     async def deliver(self, events: Sequence[DrainEvent]) -> Result:
-        body = b'{"events":[' + b",".join(envelope(e) for e in events) + b"]}"
+        body = b'{"events":' + json_array(events) + b"}"
         msg_id = f"{self.settings.sink}-{events[0].seq}-{events[-1].seq}"
         timestamp = int(time.time())
         headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp)}

@@ -1,0 +1,363 @@
+"""How fast do the sinks drain a backlog, and what do three draining sinks cost ingest?
+
+    python -m bench.drain [--events 200000] [--duration 15] [--rounds 1]
+                          [--backlog 0] [--only PATTERN] [--out bench/out/drain.json]
+
+Cases, each measured in processes of their own:
+
+- ``sink-{file,sqlite,http}``: a journal already holding ``--events`` legacy events
+  (built once, cached in ``bench/.cache/drain-N-HASH/``) is drained from its first
+  event by one sink with the default pool (4 workers, 500-event batches); events/s
+  from the drain's start until its cursor reaches the end. ``http`` posts to
+  ``bench.sink_receiver`` (raw trio, answers 200) on loopback. Each run registers a
+  new sink name, so every run drains the whole journal.
+- ``ingest-{none,3sinks}-rN``: ``streamd serve`` (FULL) takes legacy 500-event batches
+  from ``bench.loadgen`` over 16 connections for ``--duration`` s, with no sink, then
+  with three sinks (file, sqlite, http to the receiver) draining what arrives; run in
+  alternation for ``--rounds`` rounds. Reports events/s and, with sinks, how far behind
+  the sinks were when the load stopped.
+- ``backlog-rss`` (with ``--backlog N``): a journal of N events, drained by a file
+  sink for ``--duration`` s; peak RSS of the draining process against the backlog.
+
+Prints one JSON document (also written to ``--out``) and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import trio
+
+from bench._machine import machine_facts
+from bench._server import REPO, ServerProcess, source_hash, streamd_command
+
+CACHE: Final = REPO / "bench" / ".cache"
+OUT: Final = REPO / "bench" / "out"
+
+
+# -- children ---------------------------------------------------------------------
+
+
+def _rss_mib() -> tuple[float, float]:
+    cur = peak = 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            cur = int(line.split()[1]) / 1024
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return cur, peak
+
+
+def child_prefill(journal: str, events: int) -> dict[str, Any]:
+    """Journal ``events`` legacy events through a real JournalWriter (FULL)."""
+    import threading
+
+    from streamd.core import decode_delivery
+    from streamd.emit.generate import iter_batches
+    from streamd.journal import Batch, Job, JournalWriter, WriterOptions, utc_now
+
+    writer = JournalWriter(journal, WriterOptions(max_queued_events=10**9), utc_now)
+    writer.start()
+    slots = threading.Semaphore(16)
+    started = time.perf_counter()
+    try:
+        bodies = iter_batches("legacy", 500, seed=7, worker=1)
+        for body in islice(bodies, max(1, events // 500)):
+            d = decode_delivery(body)
+            slots.acquire()
+            writer.submit(
+                Job(
+                    batch=Batch("bench", utc_now(), d.shape, d.events),
+                    on_done=lambda job: slots.release(),
+                )
+            )
+        for _ in range(16):
+            slots.acquire()
+    finally:
+        writer.close()
+    return {"events": writer.stats.events, "seconds": round(time.perf_counter() - started, 1)}
+
+
+async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
+    from streamd.drain import Route, SinkSpec, open_drain
+    from streamd.drain.sinks.file import FileSettings, FileSink
+    from streamd.drain.sinks.http import HttpSettings, HttpSink
+    from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
+    from streamd.journal import WriterOptions, open_journal
+
+    name = f"bench-{args.kind}-{time.time_ns()}"
+    out = Path(args.work)
+    openers = {
+        "file": lambda: FileSink(FileSettings(str(out / "files"), name)),
+        "sqlite": lambda: SqliteSink(SqliteSettings(str(out / "tables.db"))),
+        "http": lambda: HttpSink(HttpSettings(url=args.url, sink=name, connections=5)),
+    }
+    spec = SinkSpec(
+        name,
+        args.kind,
+        Route(()),
+        openers[args.kind],  # type: ignore[arg-type]
+        full_events=args.kind == "sqlite",
+    )
+    samples: list[float] = []
+    async with open_journal(args.journal, WriterOptions()) as journal:
+        target = journal.last_seq
+        started = time.perf_counter()
+        cpu0 = time.process_time()
+        async with open_drain(journal, [spec]) as drain:
+            with trio.move_on_after(args.duration) as scope:
+                while drain.statistics()[0].cursor < target:
+                    await trio.sleep(0.25)
+                    samples.append(_rss_mib()[0])
+            elapsed = time.perf_counter() - started
+            cursor = drain.statistics()[0].cursor
+        cpu = time.process_time() - cpu0
+    return {
+        "kind": args.kind,
+        "backlog": target,
+        "drained": cursor,
+        "finished": not scope.cancelled_caught,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(cursor / elapsed, 1),
+        "process_cores": round(cpu / elapsed, 2),
+        "rss_max_mib": round(max(samples, default=0.0), 1),
+        "peak_rss_mib": round(_rss_mib()[1], 1),
+    }
+
+
+# -- orchestration ----------------------------------------------------------------
+
+
+def _run_child(argv: list[str], timeout: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.drain", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"child {argv[:3]} failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = orjson.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _journal(events: int) -> str:
+    directory = CACHE / f"drain-{events}-{source_hash(None)}"
+    path = directory / "journal.db"
+    if not (directory / "done").exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        print(f"building a journal of {events} events in {directory} ...", file=sys.stderr)
+        info = _run_child(["--child", "prefill", "--journal", str(path),
+                           "--events", str(events)], timeout=3600)  # fmt: skip
+        print(f"  {info}", file=sys.stderr)
+        (directory / "done").write_text("ok\n")
+    return str(path)
+
+
+def _receiver(logdir: Path) -> ServerProcess:
+    rx = ServerProcess([sys.executable, "-m", "bench.sink_receiver"], logdir, "receiver")
+    rx.wait_ready()
+    return rx
+
+
+_SINK_TOML: Final = {
+    "file": '[[sinks]]\nname = "files"\nkind = "file"\n[sinks.file]\ndirectory = "out"\n',
+    "sqlite": '[[sinks]]\nname = "tables"\nkind = "sqlite"\n[sinks.sqlite]\npath = "t.db"\n',
+    "http": '[[sinks]]\nname = "hook"\nkind = "http"\n[sinks.http]\nurl = "{url}"\n',
+}
+
+
+def _ingest_case(
+    name: str, kinds: Sequence[str], url: str, duration: float, logdir: Path
+) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="drain-ingest-", dir=CACHE))
+    try:
+        data = work / "data"
+        config = work / "streamd.toml"
+        text = '[journal]\nsynchronous = "full"\n'
+        text += "".join(_SINK_TOML[kind].replace("{url}", url) for kind in kinds)
+        config.write_text(text)
+        token = data / "api-token"
+        cmd = [*streamd_command(None), "serve", "--config", str(config), "--listen",
+               "127.0.0.1:0", "--data-dir", str(data), "--token-file", str(token)]  # fmt: skip
+        server = ServerProcess(cmd, logdir, name)
+        try:
+            base = server.wait_ready()
+            cpu0 = server.cpu_s()
+            load = subprocess.run(
+                [sys.executable, "-m", "bench.loadgen", "--url", f"{base}/events", "--token",
+                 token.read_text().strip(), "--shape", "legacy", "--batch", "500",
+                 "--concurrency", "16", "--duration", str(duration), "--seed", "1"],
+                capture_output=True, text=True, timeout=duration + 300, check=True, cwd=REPO,
+            )  # fmt: skip
+            cpu = server.cpu_s() - cpu0
+            result = orjson.loads(load.stdout.strip().splitlines()[-1])
+            lag = None
+            if kinds:
+                listing = subprocess.run(
+                    [*streamd_command(None), "sinks", "list", "--json", "--data-dir", str(data)],
+                    capture_output=True, text=True, timeout=60, check=True,
+                )  # fmt: skip
+                lag = {s["name"]: s["lag_events"] for s in orjson.loads(listing.stdout)}
+            stop = server.stop()
+        finally:
+            server.kill()
+        return {
+            "case": name,
+            "events_per_s": result["events_per_s"],
+            "p99_ms": result["latency_ms"].get("p99"),
+            "errors": result["errors"],
+            "server_cores": round(cpu / result["duration_s"], 2),
+            "sink_lag_events_at_end": lag,
+            "server_peak_rss_mib": stop.peak_rss_mib,
+            "exit": stop.exit_code,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
+    """streamd with one http sink (default pool), legacy 500 paced to 10,000 events/s."""
+    rx = ServerProcess(
+        [sys.executable, "-m", "bench.sink_receiver", "--latency"], logdir, "latency-receiver"
+    )
+    rx.wait_ready()
+    work = Path(tempfile.mkdtemp(prefix="drain-latency-", dir=CACHE))
+    try:
+        data = work / "data"
+        config = work / "streamd.toml"
+        config.write_text(_SINK_TOML["http"].replace("{url}", rx.base_url + "/hook"))
+        token = data / "api-token"
+        cmd = [*streamd_command(None), "serve", "--config", str(config), "--listen",
+               "127.0.0.1:0", "--data-dir", str(data), "--token-file", str(token)]  # fmt: skip
+        server = ServerProcess(cmd, logdir, "latency-streamd")
+        try:
+            base = server.wait_ready()
+            load = subprocess.run(
+                [sys.executable, "-m", "bench.loadgen", "--url", f"{base}/events", "--token",
+                 token.read_text().strip(), "--shape", "legacy", "--batch", "500",
+                 "--concurrency", "8", "--rate", "10000", "--duration", str(duration),
+                 "--seed", "1"],
+                capture_output=True, text=True, timeout=duration + 300, check=True, cwd=REPO,
+            )  # fmt: skip
+            result = orjson.loads(load.stdout.strip().splitlines()[-1])
+            time.sleep(3)  # the last batches reach the receiver
+            server.stop()
+        finally:
+            server.kill()
+        rx.stop()
+        summary = orjson.loads(rx.out_path.read_text().strip().splitlines()[-1])
+        return {
+            "case": "latency-10k",
+            "offered_events_per_s": 10_000,
+            "acked_events_per_s": result["events_per_s"],
+            "request_latency_ms": result["latency_ms"],
+            "receive_to_destination_ms": summary["latency"],
+        }
+    finally:
+        rx.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
+    ap.add_argument("--events", type=int, default=200_000, help="backlog of the sink cases")
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds per ingest case")
+    ap.add_argument("--rounds", type=int, default=1, help="ingest none/3sinks alternations")
+    ap.add_argument("--backlog", type=int, default=0, help="events for the backlog-rss case")
+    ap.add_argument("--only", default="*", help="run the cases matching this glob")
+    ap.add_argument("--out", default=str(OUT / "drain.json"))
+    ap.add_argument("--child", choices=("prefill", "drain"), help=argparse.SUPPRESS)
+    ap.add_argument("--journal", help=argparse.SUPPRESS)
+    ap.add_argument("--kind", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child == "prefill":
+        print(orjson.dumps(child_prefill(args.journal, args.events)).decode())
+        return 0
+    if args.child == "drain":
+        print(orjson.dumps(trio.run(_drain_child, args)).decode())
+        return 0
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    logdir = OUT / "logs" / "drain"
+    results: list[dict[str, Any]] = []
+    rx = _receiver(logdir)
+    try:
+        url = rx.base_url + "/hook"
+        wanted = [c for c in ("sink-file", "sink-sqlite", "sink-http")
+                  if fnmatch.fnmatch(c, args.only)]  # fmt: skip
+        if wanted:
+            journal = _journal(args.events)
+            for case in wanted:
+                work = tempfile.mkdtemp(prefix="drain-sink-", dir=CACHE)
+                try:
+                    r = _run_child(["--child", "drain", "--journal", journal, "--kind",
+                                    case.split("-")[1], "--url", url, "--work", work,
+                                    "--duration", "300"], timeout=600)  # fmt: skip
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                results.append({"case": case, **r})
+                print(f"{case}: {r}", file=sys.stderr)
+        variants: list[tuple[str, tuple[str, ...]]] = [
+            ("none", ()),
+            ("3sinks", ("file", "sqlite", "http")),
+            ("file", ("file",)),
+            ("sqlite", ("sqlite",)),
+            ("http", ("http",)),
+        ]
+        for round_ in range(1, args.rounds + 1):
+            for label, kinds in variants:
+                case = f"ingest-{label}-r{round_}"
+                # The single-sink variants only when asked for by name (--only).
+                if fnmatch.fnmatch(case, args.only) and (
+                    label in ("none", "3sinks") or args.only != "*"
+                ):
+                    r = _ingest_case(case, kinds, url, args.duration, logdir)
+                    results.append(r)
+                    print(f"{case}: {r}", file=sys.stderr)
+        if fnmatch.fnmatch("latency-10k", args.only):
+            r = _latency_case(args.duration, logdir)
+            results.append(r)
+            print(f"latency-10k: {r}", file=sys.stderr)
+        if args.backlog and fnmatch.fnmatch("backlog-rss", args.only):
+            journal = _journal(args.backlog)
+            work = tempfile.mkdtemp(prefix="drain-backlog-", dir=CACHE)
+            try:
+                r = _run_child(["--child", "drain", "--journal", journal, "--kind", "file",
+                                "--url", url, "--work", work, "--duration",
+                                str(args.duration)], timeout=args.duration + 600)  # fmt: skip
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            results.append({"case": "backlog-rss", **r})
+            print(f"backlog-rss: {r}", file=sys.stderr)
+    finally:
+        rx.stop()
+    document = {
+        "machine": machine_facts(REPO, CACHE),
+        "source": source_hash(None),
+        "cases": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,15 +8,17 @@ import os
 import sys
 from collections.abc import Sequence
 from functools import partial
-
-import trio
+from typing import TYPE_CHECKING
 
 from streamd import __version__
-from streamd.auth import read_token_file
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
 from streamd.inspect import cli as inspect_cli
-from streamd.service import load_config, serve
-from streamd.service.config import Config
+
+if TYPE_CHECKING:
+    from streamd.service.config import Config
+
+# trio, hypercorn and the service are imported only by the commands that run them:
+# `streamd journal ...` starts in a fraction of the time (bench/RESULTS.md, startup).
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +150,8 @@ def _report(exc: StreamdError) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from streamd.service import load_config
+
     return load_config(
         args.config,
         listen=args.listen,
@@ -162,6 +166,10 @@ def _announce(line: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from streamd.service import serve
+
     config = _load(args)
     try:
         trio.run(partial(serve, config, announce=_announce))
@@ -171,6 +179,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from streamd.auth import read_token_file
+
     config = _load(args)
     for source in config.sources:
         for path in config.token_files(source):

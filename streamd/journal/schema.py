@@ -61,6 +61,12 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
             "CREATE INDEX events_occurred ON events(occurred_at)",
         ),
     ),
+    (
+        # journal grep/export --lead and the pull endpoint's lead filter. Partial: audit
+        # and notification events have no lead. Its cost on ingest is in ARCHITECTURE.md.
+        "0002_inspect_indexes",
+        ("CREATE INDEX events_lead ON events(lead_id) WHERE lead_id IS NOT NULL",),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

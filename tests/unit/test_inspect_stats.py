@@ -44,11 +44,11 @@ def test_whole_journal(capsys: pytest.CaptureFixture[str], journal: Path) -> Non
     assert (s["deliveries"], s["events_received"], s["duplicates"]) == (7, 15, 1)
     assert s["first"] == {
         "seq": 1, "received_at": "2026-05-01T10:00:00.000Z",
-        "occurred_at": "2020-05-28T19:20:47.280Z",
+        "occurred_at": "2026-04-21T15:28:40.000Z",
     }  # fmt: skip
     assert s["last"] == {
         "seq": 14, "received_at": "2026-05-03T08:00:00.000Z",
-        "occurred_at": "2026-05-02T09:14:01.000Z",
+        "occurred_at": "2021-05-27T15:22:37.489Z",
     }  # fmt: skip
     by_type = {t["type"]: t["events"] for t in s["by_type"]}  # type: ignore[attr-defined]
     assert by_type["com.adobe.platform.marketo.activity.standard.openemail"] == 2

@@ -136,7 +136,12 @@ def seq_window(conn: sqlite3.Connection, filters: Filters) -> tuple[int, int]:
     newest = max_seq(conn)
     after, upto = 0, newest
     windowed = filters.since is not None or filters.until is not None
-    if filters.clock == "occurred" and windowed and not filters.lead_ids:
+    if (
+        filters.clock == "occurred"
+        and windowed
+        and not filters.lead_ids
+        and _has_index(conn, "events_occurred")
+    ):
         # Without this, SQLite prefers the seq range of the paged select to the
         # occurred_at index and reads the whole table. The index's entries hold the
         # rowid: the window's first and last seq come from a scan of the index alone
@@ -160,6 +165,15 @@ def seq_window(conn: sqlite3.Connection, filters: Filters) -> tuple[int, int]:
         if filters.until is not None:
             upto = first_seq_received(conn, _shift(filters.until, RECEIVED_MARGIN), newest) - 1
     return after, upto
+
+
+def _has_index(conn: sqlite3.Connection, name: str) -> bool:
+    # Without the index, min/max(seq) over an occurred window would scan the table:
+    # then the paged select's own scan is the cheaper plan.
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None
 
 
 def iter_events(

@@ -147,3 +147,37 @@ def test_time_windows_match_a_plain_scan(tmp_path: Path) -> None:
     finally:
         conn.close()
         raw.close()
+
+
+def test_occurred_windows_without_the_occurred_index(tmp_path: Path) -> None:
+    """A journal whose schema has no events_occurred index still answers (by a scan)."""
+    path = generated_journal(tmp_path / "journal.db", 2000, batch=100)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX events_occurred")
+    conn.close()
+    reader = open_readonly(str(path))
+    statements: list[str] = []
+    reader.set_trace_callback(statements.append)
+    try:
+        since, until = (
+            format_utc(BASE + timedelta(seconds=10)),
+            format_utc(BASE + timedelta(seconds=40)),
+        )
+        f = Filters(since=since, until=until, clock="occurred")
+        assert seq_window(reader, f) == (0, 2000)  # no narrowing without the index
+        assert not any("min(seq)" in s for s in statements)
+        got = [r[0] for r in iter_events(reader, f)]
+    finally:
+        reader.close()
+    raw = sqlite3.connect(path)
+    try:
+        expected = [
+            r[0]
+            for r in raw.execute(
+                "SELECT seq FROM events WHERE occurred_at >= ? AND occurred_at < ? ORDER BY seq",
+                (since, until),
+            )
+        ]
+    finally:
+        raw.close()
+    assert got == expected and got

@@ -400,3 +400,20 @@ def test_a_row_whose_json_does_not_decode_does_not_stop_a_search(
     assert [r["seq"] for r in lines(out)] == [5, 7, 8, 9, 10, 11]
     status, out, _ = run("show", "6", "--format", "table", path=broken)
     assert status == 0 and "(not valid JSON:" in out
+
+
+def test_show_by_key_without_the_dedup_index_scans(run: Run, tmp_path: Path) -> None:
+    path = fixture_journal(tmp_path / "journal.db")
+    for leftover in tmp_path.glob("journal.dedup.db*"):
+        leftover.unlink()
+    status, out, _ = run("show", "key:8f1c9a52-3b7e-4c1d-a2f0-000000000103", path=path)
+    assert status == 0 and json.loads(out)["seq"] == 3
+
+
+def test_query_streams_a_long_table(run: Run, tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    write_batches(path, generated_batches(3000, batch=500))
+    status, out, _ = run("query", "SELECT seq FROM events ORDER BY seq", "--format", "table",
+                         path=path)  # fmt: skip
+    rows = out.splitlines()
+    assert status == 0 and rows[0] == "seq" and rows[1:] == [str(i) for i in range(1, 3001)]

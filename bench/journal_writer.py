@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -73,8 +74,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         timed = _deliveries(args.shape, args.batch, args.events, args.seed, 2)
         options = WriterOptions(synchronous=args.synchronous, max_queued_events=10**9)
-        writer = JournalWriter(os.path.join(directory, "journal.db"), options, utc_now)
+        path = os.path.join(directory, "journal.db")
+        writer = JournalWriter(path, options, utc_now)
         writer.start()
+        for index in args.without_index:
+            # Same code, one index fewer: the cost of that index in the same run.
+            conn = sqlite3.connect(path)
+            try:
+                conn.execute(f"DROP INDEX {index}")
+            finally:
+                conn.close()
         try:
             prefill_s = _drive(writer, prefill, args.inflight) if prefill else 0.0
             commits_before = writer.stats.commits
@@ -100,8 +109,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "commits": commits,
             "batches_per_commit": round(len(timed) / max(1, commits), 2),
             "journal_bytes": size,
+            "without_index": args.without_index,
         }
     finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Two journals in one process, with and without ``--compare-index``, written in
+    alternating chunks of the same deliveries, so both see the same machine noise."""
+    _CACHE.mkdir(exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="journal-writer-compare-", dir=_CACHE)
+    writers: dict[str, JournalWriter] = {}
+    try:
+        prefill = (
+            _deliveries(args.shape, args.batch, args.prefill, args.seed, 1) if args.prefill else []
+        )
+        timed = _deliveries(args.shape, args.batch, args.events, args.seed, 2)
+        options = WriterOptions(synchronous=args.synchronous, max_queued_events=10**9)
+        for variant in ("with", "without"):
+            path = os.path.join(directory, f"{variant}.db")
+            writers[variant] = JournalWriter(path, options, utc_now)
+            writers[variant].start()
+            if variant == "without":
+                conn = sqlite3.connect(path)
+                try:
+                    conn.execute(f"DROP INDEX {args.compare_index}")
+                finally:
+                    conn.close()
+            if prefill:
+                _drive(writers[variant], prefill, args.inflight)
+        rounds = max(1, args.rounds)
+        size = max(1, len(timed) // rounds)
+        seconds = {"with": 0.0, "without": 0.0}
+        per_round: list[dict[str, float]] = []
+        for r in range(rounds):
+            chunk = timed[r * size : (r + 1) * size]
+            order = ("with", "without") if r % 2 == 0 else ("without", "with")
+            this: dict[str, float] = {}
+            for variant in order:
+                elapsed = _drive(writers[variant], chunk, args.inflight)
+                seconds[variant] += elapsed
+                this[variant] = round(sum(len(d.events) for d in chunk) / elapsed, 1)
+            per_round.append(this)
+        events = sum(len(d.events) for d in timed[: rounds * size])
+        rates = {v: round(events / seconds[v], 1) for v in seconds}
+        return {
+            "question": f"journal writer with and without index {args.compare_index}",
+            "synchronous": args.synchronous,
+            "shape": args.shape,
+            "batch": args.batch,
+            "inflight": args.inflight,
+            "prefill_events": sum(len(d.events) for d in prefill),
+            "events_each": events,
+            "rounds": rounds,
+            "events_per_s": rates,
+            "per_round_events_per_s": per_round,
+            "cost": round(1 - rates["with"] / rates["without"], 3),
+        }
+    finally:
+        for writer in writers.values():
+            writer.close()
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -114,8 +182,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, default=0, help="events journaled before timing")
     ap.add_argument("--events", type=int, default=200_000, help="events timed")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--without-index",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="drop this index of journal.db before writing (to measure what it costs)",
+    )
+    ap.add_argument(
+        "--compare-index",
+        metavar="NAME",
+        help="write two journals, with and without this index, in alternating chunks",
+    )
+    ap.add_argument("--rounds", type=int, default=6, help="chunks per journal (--compare-index)")
     args = ap.parse_args(argv)
-    print(orjson.dumps(run(args)).decode())
+    print(orjson.dumps(compare(args) if args.compare_index else run(args)).decode())
     return 0
 
 

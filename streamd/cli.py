@@ -10,23 +10,18 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import httpx
 import orjson
-import trio
 
 from streamd import __version__
 from streamd.auth import read_token_file
-from streamd.drain import offline
 from streamd.emit import cli as emit_cli
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
 from streamd.inspect import cli as inspect_cli
-from streamd.journal.writer import hold_writer_lock
-from streamd.service import load_config, serve
-from streamd.service.config import Config, default_data_dir, parse_listen
+from streamd.service.config import Config, default_data_dir, load_config, parse_listen
 from streamd.service.logs import LOG_FORMATS, configure_logging
-from streamd.service.run import hypercorn_config, mtls_hypercorn_config, signature_check
-from streamd.service.sdnotify import Notifier, take_environment
-from streamd.service.sinks import build_specs
+
+# hypercorn, the service, the drain and httpx are imported by the commands that use
+# them: `streamd journal ...` starts faster (bench/RESULTS.md, startup).
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +112,8 @@ def _bounded_int(low: int, high: int) -> Any:
 
 
 def _time_arg(text: str) -> str:
+    from streamd.drain import offline
+
     try:
         return offline.parse_time(text)
     except StreamdError as exc:
@@ -290,6 +287,8 @@ def _print_json(value: object) -> None:
 
 
 def _sinks(args: argparse.Namespace) -> int:
+    from streamd.drain import offline
+
     path = _journal_path(args)
     command = args.sinks_command
     if command == "list":
@@ -367,6 +366,8 @@ def _sinks(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
+    from streamd.drain import offline
+
     path = _journal_path(args)
     command = args.dlq_command
     if command == "list":
@@ -417,6 +418,8 @@ def _dlq(args: argparse.Namespace) -> int:
 
 def _daemon_running(path: str) -> bool:
     """True when a streamd process holds the journal's writer lock."""
+    from streamd.journal.writer import hold_writer_lock
+
     if not os.path.exists(path):
         return False
     try:
@@ -432,6 +435,8 @@ def _admin_call(args: argparse.Namespace, route: str, body: dict[str, Any]) -> d
 
     Raises :class:`StreamdError` with the daemon's message when it refuses.
     """
+    import httpx
+
     config = load_config(args.config, data_dir=args.data_dir)
     url = args.admin_url
     if url is None:
@@ -492,6 +497,8 @@ def _report(exc: StreamdError) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from streamd.service import load_config
+
     return load_config(
         args.config,
         listen=args.listen,
@@ -506,6 +513,11 @@ def _announce(line: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from streamd.service import serve
+    from streamd.service.sdnotify import Notifier, take_environment
+
     # Taken out of the environment first: children must not speak for the daemon.
     notifier = Notifier(take_environment())
     config = _load(args)
@@ -528,6 +540,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from streamd.auth import read_token_file
+    from streamd.service.run import hypercorn_config, mtls_hypercorn_config, signature_check
+    from streamd.service.sinks import build_specs
+
     config = _load(args)
     hypercorn_config(config)  # loads the TLS certificate and key, if any
     if config.server.mtls_listen:

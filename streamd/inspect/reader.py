@@ -135,12 +135,45 @@ def seq_window(conn: sqlite3.Connection, filters: Filters) -> tuple[int, int]:
     """
     newest = max_seq(conn)
     after, upto = 0, newest
+    windowed = filters.since is not None or filters.until is not None
+    if (
+        filters.clock == "occurred"
+        and windowed
+        and not filters.lead_ids
+        and _has_index(conn, "events_occurred")
+    ):
+        # Without this, SQLite prefers the seq range of the paged select to the
+        # occurred_at index and reads the whole table. The index's entries hold the
+        # rowid: the window's first and last seq come from a scan of the index alone
+        # (events arrive near the time they occurred, so the seq range is tight).
+        parts, params = [], []
+        if filters.since is not None:
+            parts.append("occurred_at >= ?")
+            params.append(filters.since)
+        if filters.until is not None:
+            parts.append("occurred_at < ?")
+            params.append(filters.until)
+        first, last = conn.execute(
+            f"SELECT min(seq), max(seq) FROM events WHERE {' AND '.join(parts)}", params
+        ).fetchone()
+        if first is None:
+            return 0, 0
+        return first - 1, last
     if filters.clock == "received":
         if filters.since is not None:
             after = first_seq_received(conn, _shift(filters.since, -RECEIVED_MARGIN), newest) - 1
         if filters.until is not None:
             upto = first_seq_received(conn, _shift(filters.until, RECEIVED_MARGIN), newest) - 1
     return after, upto
+
+
+def _has_index(conn: sqlite3.Connection, name: str) -> bool:
+    # Without the index, min/max(seq) over an occurred window would scan the table:
+    # then the paged select's own scan is the cheaper plan.
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None
 
 
 def iter_events(

@@ -19,6 +19,7 @@ sort for the duplicate keys (SQLite spills it to a temporary file).
 from __future__ import annotations
 
 import argparse
+import re
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -154,7 +155,11 @@ def _walk(conn: sqlite3.Connection, kind: str, name: str, table: str) -> str:
         return f"SELECT rowid FROM {_quote(table)} NOT INDEXED"
     columns = [r[2] for r in conn.execute(f"PRAGMA index_info({_quote(name)})") if r[2]]
     cols = ", ".join(_quote(c) for c in columns) or "rowid"
-    return f"SELECT {cols} FROM {_quote(table)} INDEXED BY {_quote(name)} ORDER BY {cols}"
+    # A partial index can only be used by a query whose WHERE implies its own.
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+    partial = re.search(r"\bWHERE\b(.*)$", sql or "", re.IGNORECASE | re.DOTALL)
+    where = f" WHERE {partial.group(1)}" if partial else ""
+    return f"SELECT {cols} FROM {_quote(table)} INDEXED BY {_quote(name)}{where} ORDER BY {cols}"
 
 
 def _quote(name: str) -> str:

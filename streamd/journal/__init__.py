@@ -1,6 +1,7 @@
 """The journal: a write-ahead SQLite file that holds every acknowledged event."""
 
-from streamd.journal.appender import Journal, open_journal, utc_now
+from typing import TYPE_CHECKING, Any
+
 from streamd.journal.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from streamd.journal.stats import journal_stats
 from streamd.journal.writer import (
@@ -12,7 +13,22 @@ from streamd.journal.writer import (
     WriterStatistics,
 )
 
+if TYPE_CHECKING:
+    from streamd.journal.appender import Journal, open_journal, utc_now
+
 JOURNAL_FILE = "journal.db"
+_LAZY = {"Journal", "open_journal", "utc_now"}
+
+
+def __getattr__(name: str) -> Any:
+    # The async face needs trio; readers of the journal (the inspection commands) do not,
+    # and importing trio is most of their start-up time.
+    if name in _LAZY:
+        from streamd.journal import appender
+
+        return getattr(appender, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "JOURNAL_FILE",

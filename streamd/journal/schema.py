@@ -115,6 +115,12 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
             "CREATE INDEX dead_letters_retry ON dead_letters(sink, retry)",
         ),
     ),
+    (
+        # journal grep/export --lead and the pull endpoint's lead filter. Partial: audit
+        # and notification events have no lead. Its cost on ingest is in ARCHITECTURE.md.
+        "0003_inspect_indexes",
+        ("CREATE INDEX events_lead ON events(lead_id) WHERE lead_id IS NOT NULL",),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -124,3 +124,54 @@ def test_a_copy_that_does_not_verify_is_not_kept(
     assert "seq 3: raw JSON does not decode" in err
     assert "the copy did not verify; nothing was kept" in err
     assert not dest.exists() and not list(tmp_path.glob(".copy.db*"))
+
+
+async def test_the_read_commands_on_a_live_journal_during_ingest(
+    start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify, stats, grep and export read a journal that is being written, over HTTP."""
+    server = await start_server()
+    stop = trio.Event()
+    acknowledged = 0
+
+    async def ingest() -> None:
+        nonlocal acknowledged
+        for body in iter_batches("io", 20, seed=12, worker=1):
+            if stop.is_set():
+                return
+            reply = await server.post(body)
+            assert reply.status_code == 200, reply.text
+            acknowledged += 20
+
+    data = str(server.data_dir)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ingest)
+        await server.wait_for(lambda: acknowledged >= 400, "some batches acknowledged")
+        for argv in (
+            ["journal", "verify", "--data-dir", data, "--format", "jsonl"],
+            ["journal", "stats", "--data-dir", data],
+            ["journal", "grep", "--data-dir", data, "--stream", "activity", "--count"],
+            ["journal", "export", "--data-dir", data, "--limit", "300"],
+        ):
+            seen = acknowledged
+            status = await trio.to_thread.run_sync(main, argv)
+            out = capsys.readouterr().out
+            assert status == 0, (argv, out)
+            if argv[1] == "verify":
+                assert '"healthy":true' in out
+            elif argv[1] == "stats":
+                assert json_events(out) >= seen
+            elif argv[1] == "grep":
+                assert int(out.split(":")[1].rstrip("}\n")) >= seen
+            else:
+                assert len(out.splitlines()) == 300
+        stop.set()
+    assert acknowledged > 400  # ingest went on while they read
+
+
+def json_events(out: str) -> int:
+    import json
+
+    value = json.loads(out)["events"]
+    assert isinstance(value, int)
+    return value

@@ -106,3 +106,18 @@ def test_vendored_fixtures_match_the_contract() -> None:
     assert names == sorted(p.name for p in VENDORED.iterdir())
     for name in names:
         assert (shared / name).read_bytes() == (VENDORED / name).read_bytes(), name
+
+
+JOURNAL_COMMANDS = ["stats", "grep", "find", "tail", "show", "query", "export", "verify", "backup"]
+
+
+def test_every_journal_subcommand_has_help_and_a_readme_section() -> None:
+    commands = dict(_commands())
+    found = sorted(c.split()[-1] for c in commands if c.startswith("streamd journal "))
+    assert found == sorted(JOURNAL_COMMANDS)
+    for name in JOURNAL_COMMANDS:
+        parser = commands[f"streamd journal {name}"]
+        assert parser.format_help().strip()
+        assert f"| `streamd journal {name}`" in README or f"`streamd journal {name}`" in README
+        heading = "### `streamd journal grep` (and `find`)" if name == "find" else None
+        assert (heading or f"### `streamd journal {name}`") in README, name

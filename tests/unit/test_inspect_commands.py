@@ -353,3 +353,67 @@ def test_colours_only_on_a_terminal_without_no_color() -> None:
             return False
 
     assert not colour_enabled(Pipe(), {})  # type: ignore[arg-type]
+
+
+def test_table_colours_and_progress_on_a_terminal() -> None:
+    import io
+
+    from streamd.inspect.output import EventTable, Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    row = (7, "k" * 80, "audit", "com.adobe.platform.marketo.audit.user.email", None, None,
+           None, None, "2026-05-02T09:15:01.000Z", "adobe-io", 3, "{}")  # fmt: skip
+    EventTable(out, colour=True, width=100).row(row)
+    header, line = out.getvalue().splitlines()
+    assert header.startswith("\x1b[1mSEQ") and "\x1b[35maudit.user.email" in line
+    assert line.endswith("…") and "-" in line  # the key is cut to the width; NULLs as '-'
+    bar = Terminal()
+    progress = Progress(bar, "export", 1000)
+    assert progress.active
+    progress.update(500, 500)
+    progress.finish()
+    text = bar.getvalue()
+    assert "export [###############...............]  50.0%  500 events" in text
+    assert text.endswith("\r\x1b[2K")
+    quiet = io.StringIO()
+    Progress(quiet, "export", 10).update(5, 5)
+    assert quiet.getvalue() == ""  # not a terminal: no bar
+
+
+def test_a_row_whose_json_does_not_decode_does_not_stop_a_search(
+    run: Run, journal: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken.db"
+    shutil.copyfile(journal, broken)
+    conn = sqlite3.connect(broken)
+    conn.execute("UPDATE events SET raw = '{not json' WHERE seq = 6")
+    conn.commit()
+    conn.close()
+    status, out, err = run("grep", "--where", "data.primaryAttributeValue=Spring*", path=broken)
+    assert status == 0, err
+    assert [r["seq"] for r in lines(out)] == [5, 7, 8, 9, 10, 11]
+    status, out, _ = run("show", "6", "--format", "table", path=broken)
+    assert status == 0 and "(not valid JSON:" in out
+
+
+def test_show_by_key_without_the_dedup_index_scans(run: Run, tmp_path: Path) -> None:
+    path = fixture_journal(tmp_path / "journal.db")
+    for leftover in tmp_path.glob("journal.dedup.db*"):
+        leftover.unlink()
+    status, out, _ = run("show", "key:8f1c9a52-3b7e-4c1d-a2f0-000000000103", path=path)
+    assert status == 0 and json.loads(out)["seq"] == 3
+
+
+def test_query_streams_a_long_table(run: Run, tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    write_batches(path, generated_batches(3000, batch=500))
+    status, out, _ = run("query", "SELECT seq FROM events ORDER BY seq", "--format", "table",
+                         path=path)  # fmt: skip
+    rows = out.splitlines()
+    assert status == 0 and rows[0] == "seq" and rows[1:] == [str(i) for i in range(1, 3001)]

@@ -137,13 +137,11 @@ def _duplicate_key(path: Path) -> None:
             {"deliveries": ["delivery 3: records 5 accepted events, the journal holds 6"]},
         ),
         (
-            lambda p: sql(
-                p, "UPDATE migrations SET name = '0001_other' WHERE name = '0001_initial'"
-            ),
+            lambda p: sql(p, "UPDATE migrations SET name = '0001_other' WHERE rowid = 1"),
             {
                 "schema": [
-                    "migrations recorded ['0001_other', '0002_sinks'], "
-                    "expected ['0001_initial', '0002_sinks'] for version 2"
+                    "migrations recorded ['0001_other', '0002_sinks', '0003_inspect_indexes'], "
+                    "expected ['0001_initial', '0002_sinks', '0003_inspect_indexes'] for version 3"
                 ]
             },
         ),

@@ -12,6 +12,7 @@ import trio
 from streamd.core import EventRecord, decode_delivery, key_hash
 from streamd.errors import CommitTimeout, JournalBusy, JournalClosed, JournalError
 from streamd.journal import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     Batch,
     Job,
@@ -221,10 +222,7 @@ async def test_reopen_continues_sequence_and_dedup(journal_path: Path) -> None:
         fresh = await journal.append(batch_of("legacy_push"))
     assert (again.accepted, again.duplicates, fresh.accepted) == (0, 6, 4)
     assert rows(journal_path, "SELECT min(seq), max(seq), count(*) FROM events") == [(1, 10, 10)]
-    assert rows(journal_path, "SELECT name FROM migrations") == [
-        ("0001_initial",),
-        ("0002_sinks",),
-    ]
+    assert rows(journal_path, "SELECT name FROM migrations") == [(n,) for n, _ in MIGRATIONS]
     assert rows(journal_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert rows(journal_path, "PRAGMA journal_mode") == [("wal",)]
 

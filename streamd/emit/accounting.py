@@ -70,6 +70,7 @@ class Ledger:
         self.paused_subscriptions = 0
         self.pauses = 0
         self.token_fetches = 0
+        self.registrations: dict[int, str] = {}  # I/O: health state, once it changed
 
     def started(self, serial: int, events: int, *, duplicate: bool) -> None:
         """A batch (or a re-sent duplicate) begins its first attempt."""
@@ -152,6 +153,7 @@ class Ledger:
             "delivery_latency_ms": percentiles_ms(self.delivery_latency_us),
             "pauses": self.pauses,
             "token_fetches": self.token_fetches,
+            "registration_health": {str(k): v for k, v in sorted(self.registrations.items())},
         }
 
 
@@ -181,4 +183,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"first send to ack  {lat('delivery_latency_ms')}",
         "outcomes      " + "  ".join(f"{k}={v}" for k, v in s["outcomes"].items()),
     ]
+    unhealthy = {k: v for k, v in s["registration_health"].items() if v != "active"}
+    if unhealthy:
+        lines.append("registrations " + "  ".join(f"{k}={v}" for k, v in unhealthy.items()))
     return "\n".join(lines) + "\n"

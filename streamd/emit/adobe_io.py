@@ -7,6 +7,9 @@ back (Adobe guarantees no order).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import random
 import time
@@ -93,6 +96,10 @@ class Registration:
             headers.append(("x-adobe-retry-count", str(retry)))
         if signatures is not None and run.signer is not None:
             headers += run.signer.headers(signatures)
+        if run.opts.hmac_secret is not None:
+            # The deprecated form: base64 HMAC-SHA256 of the raw body, keyed with the secret.
+            mac = hmac.new(run.opts.hmac_secret.encode(), batch.body, hashlib.sha256).digest()
+            headers.append(("x-adobe-signature", base64.b64encode(mac).decode()))
         if run.opts.token is not None:
             headers.append(("Authorization", f"Bearer {run.opts.token}"))
         return headers

@@ -156,6 +156,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-sign", action="store_true", help="I/O mode: send no RSA signatures")
     p.add_argument(
+        "--hmac-secret-file",
+        metavar="FILE",
+        help="I/O mode: also send the deprecated x-adobe-signature (HMAC-SHA256 keyed with "
+        "the client secret in FILE)",
+    )
+    p.add_argument(
         "--key-server",
         metavar="HOST:PORT",
         default="127.0.0.1:0",
@@ -293,6 +299,11 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         secret = _first_token(args.client_secret_file, "--client-secret-file")
         oauth = OAuthSettings(args.oauth_url, args.client_id, secret)
     token = _first_token(args.token_file, "--token-file") if args.token_file else None
+    hmac_secret = None
+    if args.hmac_secret_file:
+        if args.mode != "io":
+            raise UsageError("--hmac-secret-file is an Adobe I/O Events header (--mode io)")
+        hmac_secret = _first_token(args.hmac_secret_file, "--hmac-secret-file")
     if args.ca_file is not None:
         try:
             tls_context(args.ca_file)
@@ -320,6 +331,7 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         recipient=args.recipient,
         provider=args.provider,
         token=token,
+        hmac_secret=hmac_secret,
         oauth=oauth,
         acked_file=args.acked,
         timeout=args.timeout,

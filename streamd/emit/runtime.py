@@ -77,6 +77,7 @@ class EmitOptions:
     recipient: str = RECIPIENT_CLIENT_ID
     provider: str = "marketo"
     token: str | None = None
+    hmac_secret: str | None = None  # I/O: also send the deprecated x-adobe-signature
     oauth: OAuthSettings | None = None
     acked_file: Path | None = None
     timeout: float | None = None  # None: the protocol's (legacy 20 s, I/O 10 s)

@@ -186,6 +186,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--acked", metavar="FILE", type=Path, help="append every acknowledged event id here"
     )
+    p.add_argument(
+        "--progress",
+        metavar="S",
+        type=float,
+        default=10.0,
+        help="log a progress line every S seconds (default 10; 0: none)",
+    )
     p.add_argument("--summary", metavar="FILE", type=Path, help="write the summary JSON here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
@@ -277,6 +284,8 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         raise UsageError("--to URL is required (or --journal-server)")
     if not 0 <= args.seed < MAX_SEED:
         raise UsageError(f"--seed must be in 0-{MAX_SEED - 1}, got {args.seed}")
+    if args.progress < 0 or not math.isfinite(args.progress):
+        raise UsageError(f"--progress must be 0 or more, got {args.progress}")
     if args.drain < 0 or not math.isfinite(args.drain):
         raise UsageError(f"--drain must be 0 or more, got {args.drain}")
     if args.parallel > 1024:
@@ -337,6 +346,7 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         timeout=args.timeout,
         ca_file=args.ca_file,
         handle_signals=True,
+        progress=args.progress,
     )
 
 

@@ -87,6 +87,7 @@ class EmitOptions:
     health: HealthPolicy = field(default_factory=HealthPolicy)
     io_cadence: float = 1.0  # protocol seconds between I/O batches of a registration
     handle_signals: bool = False
+    progress: float = 0.0  # seconds between progress lines on the log; 0: none
 
 
 @dataclass(frozen=True, slots=True)

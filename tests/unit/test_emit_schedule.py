@@ -305,3 +305,16 @@ async def test_a_registration_failing_for_a_day_is_disabled_and_stops(
     assert summary["duration_s"] < 28 * HOUR  # type: ignore[operator]
     assert summary["events_given_up"] == summary["events_sent"]
     assert any("disabled" in reason for reason in summary["give_up_reasons"])  # type: ignore[attr-defined]
+
+
+async def test_progress_lines_report_the_run_as_it_goes(
+    autojump_clock: trio.testing.MockClock, script: ScriptFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="streamd.emit")
+    s = script([])
+    await _emit(s, mode="legacy", count=3000, batch=100, progress=9.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("after ")]
+    # 30 batches at the 2 s cadence (t = 0, 2, ... 58); a line every 9 s (never at the
+    # same instant as a batch, so the order of the two tasks cannot matter).
+    assert len(lines) == 6
+    assert lines[0].startswith("after 9 s: sent 500 events, acknowledged 500 (56/s lately)")

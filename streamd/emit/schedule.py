@@ -50,10 +50,13 @@ class LegacyPolicy:
 
 @dataclass(frozen=True, slots=True)
 class IoPolicy:
-    """The Adobe I/O Events sender's timing (CONTRACT.md §1b)."""
+    """The Adobe I/O Events sender's timing (CONTRACT.md §1b).
+
+    Adobe's batches also stay under 2 MB; the generated events are ~1 kB, so 20 of
+    them never come near it and no byte limit is applied.
+    """
 
     max_events: int = 20
-    max_bytes: int = 2 * 1024 * 1024
     timeout: float = 10.0
     waits: tuple[float, ...] = (1 * MINUTE, 2 * MINUTE, 4 * MINUTE, 8 * MINUTE)
     then_every: float = 15 * MINUTE

@@ -152,6 +152,7 @@ class Ledger:
             "ack_latency_ms": percentiles_ms(self.ack_latency_us),
             "delivery_latency_ms": percentiles_ms(self.delivery_latency_us),
             "pauses": self.pauses,
+            "subscriptions_paused_at_end": self.paused_subscriptions,
             "token_fetches": self.token_fetches,
             "registration_health": {str(k): v for k, v in sorted(self.registrations.items())},
         }
@@ -171,7 +172,12 @@ def format_summary(s: dict[str, Any]) -> str:
         f"over {s['duration_s']:.1f} s",
         f"acknowledged  {s['events_acked']} events in {s['batches_acked']} requests "
         f"({s['events_acked_per_s']:,.0f} events/s)",
-        f"retried       {s['retries']} attempts (of {s['attempts']}); pauses {s['pauses']}",
+        f"retried       {s['retries']} attempts (of {s['attempts']}); pauses {s['pauses']}"
+        + (
+            f" ({s['subscriptions_paused_at_end']} subscriptions still paused)"
+            if s["subscriptions_paused_at_end"]
+            else ""
+        ),
         f"given up      {s['events_given_up']} events in {s['batches_given_up']} requests"
         + (f": {s['give_up_reasons']}" if s["give_up_reasons"] else ""),
         f"unresolved    {s['events_unresolved']} events in {s['batches_unresolved']} requests "

@@ -217,7 +217,7 @@ async def test_legacy_sender_waits_3_minutes_pauses_and_resumes(
     # batch 2 waits behind it (ordered), then goes at the cadence of one per 2 s.
     assert _gaps(times) == [180.0] * 6 + [pytest.approx(0.0, abs=1e-6)]
     assert summary["events_acked"] == 200 and summary["retries"] == 6
-    assert summary["pauses"] == 1
+    assert summary["pauses"] == 1 and summary["subscriptions_paused_at_end"] == 0
     assert summary["outcomes"] == {"200": 2, "503": 5, "connection": 1}
 
 
@@ -286,6 +286,7 @@ async def test_unresolved_batches_are_counted_when_the_drain_ends(
     summary = await run_emit(opts, connect=s.connect, ledger=Ledger(None))
     assert summary["events_unresolved"] == 100 and summary["events_acked"] == 0
     assert len(_posts(s)) == 4  # t=0, 180, 360, 540; the drain ends at 600
+    assert summary["pauses"] == 1 and summary["subscriptions_paused_at_end"] == 1
 
 
 async def test_a_registration_failing_for_a_day_is_disabled_and_stops(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 import sqlite3
@@ -63,6 +65,21 @@ def _git(repo: Path, *args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _node_versions(workdir: Path) -> dict[str, str | None]:
+    """Node.js and the npm packages of the Express consumer (installed under ``workdir``)."""
+    out: dict[str, str | None] = {"node": None, "express": None, "winston": None}
+    try:
+        done = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10)
+        out["node"] = done.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return out
+    for name in ("express", "winston"):
+        manifest = workdir / "express-app" / "node_modules" / name / "package.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            out[name] = json.loads(manifest.read_text())["version"]
+    return out
+
+
 def machine_facts(repo: Path, workdir: Path) -> dict[str, Any]:
     """Return CPU, memory, kernel, filesystem, versions, git state and the command line."""
     versions: dict[str, str | None] = {}
@@ -83,6 +100,7 @@ def machine_facts(repo: Path, workdir: Path) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "sqlite": sqlite3.sqlite_version,
         "versions": versions,
+        "node": _node_versions(workdir),
         "git_commit": _git(repo, "rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "command": " ".join([Path(sys.executable).name, "-m", "bench.ingest", *sys.argv[1:]]),

@@ -61,7 +61,8 @@ from streamd.emit.generate import Shape
 
 BENCH: Final = REPO / "bench"
 CACHE: Final = BENCH / ".cache"
-RUN_DIR: Final = CACHE / "run"
+# Per process: a test's quick run beside a full `make bench` must not share files.
+RUN_DIR: Final = CACHE / "run" / str(os.getpid())
 PREFILL_BATCH: Final = 500
 PREFILL_CHUNK: Final = 1_000_000  # events per loadgen run: bounds the client's memory
 PREFILL_SEED: Final = 1000  # chunk i uses seed 1000 + i; measured runs use seed 1
@@ -541,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         _log("interrupted: writing the cases completed so far")
+    finally:
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
     # streamd may be edited while a long run goes on: then the rows mix two versions.
     source = {"at_start": source_at_start, "at_end": source_hash(s.src)}

@@ -44,6 +44,7 @@ _CDF: Final = (
 def _footer(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     v = m.get("versions", {})
+    n = m.get("node") or {}
     other = [e["other_cores"] for e in doc["cases"] if "other_cores" in e]
     shared = (
         f" · other load during the cases {min(other):.2f}-{max(other):.2f} cores (shared machine)"
@@ -53,7 +54,8 @@ def _footer(doc: dict[str, Any]) -> str:
     return (
         f"{m.get('when_utc', '?')} · {m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} CPUs · "
         f"Python {m.get('python')} · SQLite {m.get('sqlite')} · trio {v.get('trio')} · "
-        f"hypercorn {v.get('hypercorn')} · streamd {str(m.get('git_commit'))[:9]}{shared}\n"
+        f"hypercorn {v.get('hypercorn')} · node {n.get('node')} · express {n.get('express')} · "
+        f"streamd {str(m.get('git_commit'))[:9]}{shared}\n"
         f"{m.get('command', '')}"
     )
 

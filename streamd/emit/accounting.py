@@ -70,6 +70,7 @@ class Ledger:
         self.paused_subscriptions = 0
         self.pauses = 0
         self.token_fetches = 0
+        self.registrations: dict[int, str] = {}  # I/O: health state, once it changed
 
     def started(self, serial: int, events: int, *, duplicate: bool) -> None:
         """A batch (or a re-sent duplicate) begins its first attempt."""
@@ -151,7 +152,9 @@ class Ledger:
             "ack_latency_ms": percentiles_ms(self.ack_latency_us),
             "delivery_latency_ms": percentiles_ms(self.delivery_latency_us),
             "pauses": self.pauses,
+            "subscriptions_paused_at_end": self.paused_subscriptions,
             "token_fetches": self.token_fetches,
+            "registration_health": {str(k): v for k, v in sorted(self.registrations.items())},
         }
 
 
@@ -169,7 +172,12 @@ def format_summary(s: dict[str, Any]) -> str:
         f"over {s['duration_s']:.1f} s",
         f"acknowledged  {s['events_acked']} events in {s['batches_acked']} requests "
         f"({s['events_acked_per_s']:,.0f} events/s)",
-        f"retried       {s['retries']} attempts (of {s['attempts']}); pauses {s['pauses']}",
+        f"retried       {s['retries']} attempts (of {s['attempts']}); pauses {s['pauses']}"
+        + (
+            f" ({s['subscriptions_paused_at_end']} subscriptions still paused)"
+            if s["subscriptions_paused_at_end"]
+            else ""
+        ),
         f"given up      {s['events_given_up']} events in {s['batches_given_up']} requests"
         + (f": {s['give_up_reasons']}" if s["give_up_reasons"] else ""),
         f"unresolved    {s['events_unresolved']} events in {s['batches_unresolved']} requests "
@@ -181,4 +189,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"first send to ack  {lat('delivery_latency_ms')}",
         "outcomes      " + "  ".join(f"{k}={v}" for k, v in s["outcomes"].items()),
     ]
+    unhealthy = {k: v for k, v in s["registration_health"].items() if v != "active"}
+    if unhealthy:
+        lines.append("registrations " + "  ".join(f"{k}={v}" for k, v in unhealthy.items()))
     return "\n".join(lines) + "\n"

@@ -7,6 +7,9 @@ back (Adobe guarantees no order).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import random
 import time
@@ -19,7 +22,7 @@ import trio
 from streamd.emit.errors import EmitError
 from streamd.emit.generate import BatchMaker
 from streamd.emit.runtime import USER_AGENT, Batch, Run, Transport, receiver_duplicates
-from streamd.emit.schedule import IoDelivery
+from streamd.emit.schedule import IoDelivery, RegistrationHealth, is_success
 from streamd.emit.signing import Signatures
 
 log = logging.getLogger("streamd.emit")
@@ -38,6 +41,9 @@ class Registration:
         self.slots = trio.Semaphore(opts.inflight)
         self.pending = trio.Semaphore(MAX_PENDING)
         self.pool: list[Transport] = []
+        self.health = RegistrationHealth(opts.health)
+        self.started_at = run.protocol_now()
+        self.disabled = trio.Event()
         self.event_code = (
             "com.adobe.platform.marketo.activity"
             if opts.shape == "io"
@@ -90,9 +96,33 @@ class Registration:
             headers.append(("x-adobe-retry-count", str(retry)))
         if signatures is not None and run.signer is not None:
             headers += run.signer.headers(signatures)
+        if run.opts.hmac_secret is not None:
+            # The deprecated form: base64 HMAC-SHA256 of the raw body, keyed with the secret.
+            mac = hmac.new(run.opts.hmac_secret.encode(), batch.body, hashlib.sha256).digest()
+            headers.append(("x-adobe-signature", base64.b64encode(mac).decode()))
         if run.opts.token is not None:
             headers.append(("Authorization", f"Bearer {run.opts.token}"))
         return headers
+
+    def _track(self, ok: bool) -> None:
+        """Count an attempt towards the registration's health; report each change."""
+        before = self.health.state
+        after = self.health.record(self.run.protocol_now(), ok)
+        if after == before:
+            return
+        self.run.ledger.registrations[self.index] = after
+        hours = (self.run.protocol_now() - self.started_at) / 3600
+        log.warning(
+            "registration %d: %s after %.1f h (protocol): %d of %d attempts in 24 h failed%s",
+            self.index,
+            after,
+            hours,
+            self.health.failures,
+            self.health.attempts,
+            "; it sends nothing more (re-enabling is manual)" if after == "disabled" else "",
+        )
+        if after == "disabled":
+            self.disabled.set()
 
     async def deliver(self, batch: Batch, *, duplicate: bool, holding: bool) -> None:
         """Deliver ``batch`` per Adobe's retry rules. ``holding``: a slot is already ours."""
@@ -105,6 +135,10 @@ class Registration:
         retry = 0
         try:
             while True:
+                if self.disabled.is_set():
+                    reason = "the registration was disabled (Adobe's health rule)"
+                    ledger.given_up(batch.serial, len(batch.keys), reason, duplicate=duplicate)
+                    return
                 if not holding:
                     await self.slots.acquire()
                     holding = True
@@ -117,6 +151,7 @@ class Registration:
                     self.slots.release()
                     holding = False
                 ledger.attempt(outcome.label, retry=retry > 0)
+                self._track(is_success(outcome.status))
                 decision = state.after(run.protocol_now(), outcome.status)
                 if decision.action == "ack":
                     ledger.acked(
@@ -159,7 +194,7 @@ class Registration:
         due = trio.current_time()
         try:
             async with trio.open_nursery() as tasks:
-                while not run.stopped.is_set():
+                while not run.stopped.is_set() and not self.disabled.is_set():
                     n = run.take(size)
                     if n == 0:
                         break
@@ -167,7 +202,7 @@ class Registration:
                     if not opts.unpaced:
                         await trio.sleep_until(due)
                         due += run.interval(n, opts.io_cadence)
-                        if run.stopped.is_set():
+                        if run.stopped.is_set() or self.disabled.is_set():
                             break
                     await self.pending.acquire()
                     try:

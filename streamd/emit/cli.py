@@ -156,6 +156,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-sign", action="store_true", help="I/O mode: send no RSA signatures")
     p.add_argument(
+        "--hmac-secret-file",
+        metavar="FILE",
+        help="I/O mode: also send the deprecated x-adobe-signature (HMAC-SHA256 keyed with "
+        "the client secret in FILE)",
+    )
+    p.add_argument(
         "--key-server",
         metavar="HOST:PORT",
         default="127.0.0.1:0",
@@ -179,6 +185,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--acked", metavar="FILE", type=Path, help="append every acknowledged event id here"
+    )
+    p.add_argument(
+        "--progress",
+        metavar="S",
+        type=float,
+        default=10.0,
+        help="log a progress line every S seconds (default 10; 0: none)",
     )
     p.add_argument("--summary", metavar="FILE", type=Path, help="write the summary JSON here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -271,6 +284,8 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         raise UsageError("--to URL is required (or --journal-server)")
     if not 0 <= args.seed < MAX_SEED:
         raise UsageError(f"--seed must be in 0-{MAX_SEED - 1}, got {args.seed}")
+    if args.progress < 0 or not math.isfinite(args.progress):
+        raise UsageError(f"--progress must be 0 or more, got {args.progress}")
     if args.drain < 0 or not math.isfinite(args.drain):
         raise UsageError(f"--drain must be 0 or more, got {args.drain}")
     if args.parallel > 1024:
@@ -293,6 +308,11 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         secret = _first_token(args.client_secret_file, "--client-secret-file")
         oauth = OAuthSettings(args.oauth_url, args.client_id, secret)
     token = _first_token(args.token_file, "--token-file") if args.token_file else None
+    hmac_secret = None
+    if args.hmac_secret_file:
+        if args.mode != "io":
+            raise UsageError("--hmac-secret-file is an Adobe I/O Events header (--mode io)")
+        hmac_secret = _first_token(args.hmac_secret_file, "--hmac-secret-file")
     if args.ca_file is not None:
         try:
             tls_context(args.ca_file)
@@ -320,11 +340,13 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         recipient=args.recipient,
         provider=args.provider,
         token=token,
+        hmac_secret=hmac_secret,
         oauth=oauth,
         acked_file=args.acked,
         timeout=args.timeout,
         ca_file=args.ca_file,
         handle_signals=True,
+        progress=args.progress,
     )
 
 

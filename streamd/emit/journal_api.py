@@ -11,7 +11,14 @@
 - parameters ``since``, ``latest=true``, ``seek=-PT2H``, ``limit=N`` (1-1000, default 100).
 
 With ``rate`` > 0 the journal grows while the server runs, so a consumer that caught up
-(204) sees new events later.
+(204) sees new events later. ``token``, ``api_key`` and ``org_id``, when given, are
+required as ``Authorization: Bearer``, ``x-api-key`` and ``x-ims-org-id`` (401, 403).
+
+In a test (trio)::
+
+    api = JournalApi(seed=1, initial=500, expired=10, retry_after=1, api_key="client")
+    binds = await nursery.start(serve_handler, api.handle, "127.0.0.1:0")
+    url = binds[0] + PATH
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ class JournalApi:
         expired: int = 0,
         retry_after: int = 10,
         token: str | None = None,
+        api_key: str | None = None,
+        org_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= seed < MAX_SEED:
@@ -72,6 +81,7 @@ class JournalApi:
             raise ValueError("initial, expired, rate and retry_after must not be negative")
         self.seed, self.initial, self.rate = seed, initial, rate
         self.expired, self.retry_after, self.token = expired, retry_after, token
+        self.api_key, self.org_id = api_key, org_id
         self.clock = clock
         self.started = clock()
         self.requests = 0
@@ -146,6 +156,9 @@ class JournalApi:
             given = auth[7:] if auth.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(given.encode(), self.token.encode()):
                 return _error(401, "missing or wrong bearer token")
+        for header, wanted in (("x-api-key", self.api_key), ("x-ims-org-id", self.org_id)):
+            if wanted is not None and request.headers.get(header) != wanted:
+                return _error(403, f"missing or wrong {header}")
         limit: int | None = None
         if "limit" in request.query:
             text = request.query["limit"]

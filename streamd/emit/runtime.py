@@ -23,7 +23,7 @@ from streamd.emit.errors import EmitError
 from streamd.emit.generate import RECIPIENT_CLIENT_ID, Shape
 from streamd.emit.http import Connection, HttpError, Response, Target
 from streamd.emit.oauth import ClientCredentials
-from streamd.emit.schedule import IoPolicy, LegacyPolicy
+from streamd.emit.schedule import HealthPolicy, IoPolicy, LegacyPolicy
 from streamd.emit.signing import Signer
 
 Mode = Literal["legacy", "io"]
@@ -77,14 +77,17 @@ class EmitOptions:
     recipient: str = RECIPIENT_CLIENT_ID
     provider: str = "marketo"
     token: str | None = None
+    hmac_secret: str | None = None  # I/O: also send the deprecated x-adobe-signature
     oauth: OAuthSettings | None = None
     acked_file: Path | None = None
     timeout: float | None = None  # None: the protocol's (legacy 20 s, I/O 10 s)
     ca_file: Path | None = None  # extra CA certificates for https:// targets
     legacy: LegacyPolicy = field(default_factory=LegacyPolicy)
     io: IoPolicy = field(default_factory=IoPolicy)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
     io_cadence: float = 1.0  # protocol seconds between I/O batches of a registration
     handle_signals: bool = False
+    progress: float = 0.0  # seconds between progress lines on the log; 0: none
 
 
 @dataclass(frozen=True, slots=True)

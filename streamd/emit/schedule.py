@@ -50,10 +50,13 @@ class LegacyPolicy:
 
 @dataclass(frozen=True, slots=True)
 class IoPolicy:
-    """The Adobe I/O Events sender's timing (CONTRACT.md §1b)."""
+    """The Adobe I/O Events sender's timing (CONTRACT.md §1b).
+
+    Adobe's batches also stay under 2 MB; the generated events are ~1 kB, so 20 of
+    them never come near it and no byte limit is applied.
+    """
 
     max_events: int = 20
-    max_bytes: int = 2 * 1024 * 1024
     timeout: float = 10.0
     waits: tuple[float, ...] = (1 * MINUTE, 2 * MINUTE, 4 * MINUTE, 8 * MINUTE)
     then_every: float = 15 * MINUTE
@@ -134,3 +137,62 @@ class IoDelivery:
             return Decision("give_up", reason=f"{_describe(status)}; 24 h of retries exhausted")
         self.retries += 1
         return Decision("retry", wait, _describe(status))
+
+
+HealthState = Literal["active", "unstable", "disabled"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """Adobe's registration health rule (CONTRACT.md §1b, "Registration health")."""
+
+    window: float = 24 * HOUR
+    min_attempts: int = 10
+    failure_share: float = 0.8
+    disable_after: float = 24 * HOUR
+    bucket: float = MINUTE  # attempts are counted per minute: memory stays bounded
+
+
+class RegistrationHealth:
+    """Active → Unstable → Disabled, from the outcomes of a registration's attempts.
+
+    With at least ``min_attempts`` attempts in the last ``window`` of which
+    ``failure_share`` or more failed, the registration is Unstable; still Unstable
+    ``disable_after`` later, it is Disabled for good (re-enabling is manual). Below the
+    threshold an Unstable registration is Active again.
+    """
+
+    def __init__(self, policy: HealthPolicy | None = None) -> None:
+        self.policy = policy or HealthPolicy()
+        self._buckets: dict[int, list[int]] = {}  # bucket -> [attempts, failures]
+        self.attempts = 0
+        self.failures = 0
+        self.state: HealthState = "active"
+        self.unstable_since: float | None = None
+
+    def record(self, now: float, ok: bool) -> HealthState:
+        """Count one attempt that ended at ``now``; return the state after it."""
+        p = self.policy
+        if self.state == "disabled":
+            return self.state
+        key = int(now // p.bucket)
+        counts = self._buckets.setdefault(key, [0, 0])
+        counts[0] += 1
+        counts[1] += 0 if ok else 1
+        self.attempts += 1
+        self.failures += 0 if ok else 1
+        oldest = int((now - p.window) // p.bucket)
+        for stale in [k for k in self._buckets if k <= oldest]:
+            n, f = self._buckets.pop(stale)
+            self.attempts -= n
+            self.failures -= f
+        failing = (
+            self.attempts >= p.min_attempts and self.failures >= p.failure_share * self.attempts
+        )
+        if not failing:
+            self.state, self.unstable_since = "active", None
+        elif self.unstable_since is None:
+            self.state, self.unstable_since = "unstable", now
+        elif now - self.unstable_since >= p.disable_after:
+            self.state = "disabled"
+        return self.state

@@ -51,6 +51,26 @@ async def _drain_watch(run: Run, senders: trio.CancelScope) -> None:
     senders.cancel()
 
 
+async def _progress(run: Run, every: float) -> None:
+    """A line on the log every ``every`` seconds, for runs that last minutes or days."""
+    ledger, last, t0 = run.ledger, 0, trio.current_time()
+    while True:
+        await trio.sleep(every)
+        rate = (ledger.events_acked - last) / every
+        last = ledger.events_acked
+        log.info(
+            "after %.0f s: sent %d events, acknowledged %d (%.0f/s lately), %d requests "
+            "in flight or waiting to retry, %d events given up, %d retries",
+            trio.current_time() - t0,
+            ledger.events_sent,
+            ledger.events_acked,
+            rate,
+            len(ledger.in_flight),
+            ledger.events_given_up,
+            ledger.retries,
+        )
+
+
 async def _stop_after(run: Run, seconds: float) -> None:
     await trio.sleep(seconds)
     run.stopped.set()
@@ -95,6 +115,8 @@ async def run_emit(
                 log.info("public keys served at %s%s and %s", binds[0], *run.signer.paths)
             if opts.duration is not None:
                 outer.start_soon(_stop_after, run, opts.duration)
+            if opts.progress > 0:
+                outer.start_soon(_progress, run, opts.progress)
             async with trio.open_nursery() as senders:
                 outer.start_soon(_drain_watch, run, senders.cancel_scope)
                 for index in range(opts.parallel):

@@ -241,3 +241,33 @@ async def test_io_against_streamd_with_query_token_passes_verify(
     assert "access_token" not in summary["target"]
     verdict = await trio.to_thread.run_sync(verify, server.journal, acked)
     assert verdict.ok and verdict.journal_events == 400
+
+
+async def test_the_deprecated_hmac_signature_is_over_the_exact_body() -> None:
+    import hashlib
+    import hmac
+
+    received: list[Request] = []
+
+    async def receiver(request: Request) -> Reply:
+        received.append(request)
+        return Reply(200, b"{}")
+
+    async with trio.open_nursery() as nursery:
+        url = await _serve(nursery, receiver)
+        opts = EmitOptions(
+            url=url,
+            mode="io",
+            count=40,
+            sign=False,
+            challenge=False,
+            unpaced=True,
+            hmac_secret="client-secret-0123456789",
+        )
+        await run_emit(opts)
+        nursery.cancel_scope.cancel()
+    assert len(received) == 2
+    for request in received:
+        mac = hmac.new(b"client-secret-0123456789", request.body, hashlib.sha256).digest()
+        assert request.headers["x-adobe-signature"] == base64.b64encode(mac).decode()
+        assert "x-adobe-digital-signature-1" not in request.headers

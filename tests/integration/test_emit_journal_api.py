@@ -134,3 +134,16 @@ async def test_a_token_is_required_when_configured() -> None:
         ok = await j.get(authorization="Bearer journal-token-0123456789")
         assert ok.status_code == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_api_key_and_org_id_are_checked_when_configured() -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        api, url, now = await _start(nursery, api_key="client-1", org_id="ORG@AdobeOrg")
+        j = Journal(api, url, client, now)
+        resp = await j.get(**{"x-api-key": "client-1"})
+        assert resp.status_code == 403 and "x-ims-org-id" in resp.json()["error"]
+        resp = await j.get(**{"x-api-key": "other", "x-ims-org-id": "ORG@AdobeOrg"})
+        assert resp.status_code == 403 and "x-api-key" in resp.json()["error"]
+        resp = await j.get(**{"x-api-key": "client-1", "x-ims-org-id": "ORG@AdobeOrg"})
+        assert resp.status_code == 200
+        nursery.cancel_scope.cancel()

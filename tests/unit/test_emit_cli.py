@@ -185,3 +185,10 @@ def test_every_emit_flag_has_help_and_is_in_the_readme() -> None:
     for action in flags:
         assert action.help, f"streamd emit {action.option_strings[0]} has no help"
         assert f"`{action.option_strings[0]}" in readme, action.option_strings[0]
+
+
+def test_hmac_secret_is_an_io_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("a-long-enough-secret\n")
+    status = main(["emit", "--to", "http://h/e", "--hmac-secret-file", str(secret)])
+    assert status == 2 and "--mode io" in capsys.readouterr().err

@@ -21,10 +21,12 @@ from streamd.emit.schedule import (
     DAY,
     HOUR,
     MINUTE,
+    HealthPolicy,
     IoDelivery,
     IoPolicy,
     LegacyDelivery,
     LegacyPolicy,
+    RegistrationHealth,
     io_retryable,
 )
 from streamd.emit.sender import EmitOptions, Transport, run_emit
@@ -110,6 +112,46 @@ def test_io_retries_only_429_and_5xx_but_505(status: int | None, retried: bool) 
         assert "not retried" in decision.reason
 
 
+def test_ten_attempts_80_percent_failed_make_a_registration_unstable() -> None:
+    h = RegistrationHealth()
+    states = [h.record(60.0 * i, ok=False) for i in range(10)]
+    assert states == ["active"] * 9 + ["unstable"]
+    assert h.unstable_since == 540.0
+
+
+def test_a_registration_below_80_percent_failures_stays_active() -> None:
+    h = RegistrationHealth()
+    outcomes = [False] * 7 + [True] * 3  # 70% failed
+    assert {h.record(60.0 * i, ok) for i, ok in enumerate(outcomes)} == {"active"}
+
+
+def test_unstable_recovers_when_deliveries_succeed_again() -> None:
+    h = RegistrationHealth()
+    for i in range(10):
+        h.record(60.0 * i, ok=False)
+    assert h.state == "unstable"
+    # 10 failed of 11, then of 12 (83%): still unstable; of 13 (77%): active again.
+    assert [h.record(600.0 + i, ok=True) for i in range(3)] == ["unstable", "unstable", "active"]
+    assert h.unstable_since is None
+
+
+def test_unstable_for_24_hours_means_disabled_for_good() -> None:
+    h = RegistrationHealth()
+    t = 0.0
+    while h.record(t, ok=False) != "disabled":
+        t += 15 * MINUTE
+        assert t < 3 * DAY
+    assert h.unstable_since is not None and t - h.unstable_since >= 24 * HOUR
+    assert t - h.unstable_since < 24 * HOUR + 15 * MINUTE
+    assert h.record(t + 1, ok=True) == "disabled"  # re-enabling is manual
+
+
+def test_old_failures_leave_the_24_hour_window() -> None:
+    h = RegistrationHealth(HealthPolicy())
+    states = [h.record(3 * HOUR * i, ok=False) for i in range(12)]  # 8 per 24 h at most
+    assert set(states) == {"active"}
+
+
 # -- the real sender loop, on a fake clock ------------------------------------------
 
 
@@ -175,7 +217,7 @@ async def test_legacy_sender_waits_3_minutes_pauses_and_resumes(
     # batch 2 waits behind it (ordered), then goes at the cadence of one per 2 s.
     assert _gaps(times) == [180.0] * 6 + [pytest.approx(0.0, abs=1e-6)]
     assert summary["events_acked"] == 200 and summary["retries"] == 6
-    assert summary["pauses"] == 1
+    assert summary["pauses"] == 1 and summary["subscriptions_paused_at_end"] == 0
     assert summary["outcomes"] == {"200": 2, "503": 5, "connection": 1}
 
 
@@ -244,3 +286,36 @@ async def test_unresolved_batches_are_counted_when_the_drain_ends(
     summary = await run_emit(opts, connect=s.connect, ledger=Ledger(None))
     assert summary["events_unresolved"] == 100 and summary["events_acked"] == 0
     assert len(_posts(s)) == 4  # t=0, 180, 360, 540; the drain ends at 600
+    assert summary["pauses"] == 1 and summary["subscriptions_paused_at_end"] == 1
+
+
+async def test_a_registration_failing_for_a_day_is_disabled_and_stops(
+    autojump_clock: trio.testing.MockClock, script: ScriptFactory
+) -> None:
+    s = script([503] * 100_000)
+    started = trio.current_time()
+    # One batch per protocol hour for up to 60 h; every delivery answered 503.
+    summary = await _emit(
+        s, mode="io", shape="io", batch=20, duration=60 * HOUR, io_cadence=HOUR, sign=False
+    )
+    times = [t - started for t, _ in _posts(s)]
+    assert summary["registration_health"] == {"0": "disabled"}
+    # Unstable after its 10th failed attempt (within the second hour), disabled 24 h
+    # after that, then silent: the run ends long before its 60 h.
+    assert 25 * HOUR <= times[-1] < 27 * HOUR
+    assert summary["duration_s"] < 28 * HOUR  # type: ignore[operator]
+    assert summary["events_given_up"] == summary["events_sent"]
+    assert any("disabled" in reason for reason in summary["give_up_reasons"])  # type: ignore[attr-defined]
+
+
+async def test_progress_lines_report_the_run_as_it_goes(
+    autojump_clock: trio.testing.MockClock, script: ScriptFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="streamd.emit")
+    s = script([])
+    await _emit(s, mode="legacy", count=3000, batch=100, progress=9.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("after ")]
+    # 30 batches at the 2 s cadence (t = 0, 2, ... 58); a line every 9 s (never at the
+    # same instant as a batch, so the order of the two tasks cannot matter).
+    assert len(lines) == 6
+    assert lines[0].startswith("after 9 s: sent 500 events, acknowledged 500 (56/s lately)")

@@ -108,7 +108,34 @@ def window_stats(
         },
         **deliveries,
         "file_bytes": _sizes(path),
+        "sinks": _sinks(conn, now),
     }
+
+
+def _sinks(conn: sqlite3.Connection, now: datetime) -> list[dict[str, Any]]:
+    """Each sink's state, cursor and lag (events past its cursor, and the age of the
+    oldest of them); empty for a journal without sinks."""
+    try:
+        rows = conn.execute("SELECT name, state, cursor FROM sinks ORDER BY name").fetchall()
+    except sqlite3.OperationalError:
+        return []  # a journal from before the drain
+    newest = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    out = []
+    for name, state, cursor in rows:
+        oldest = conn.execute(
+            "SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (cursor,)
+        ).fetchone()
+        age = _seconds(oldest[0], now.strftime("%Y-%m-%dT%H:%M:%S.000Z")) if oldest else 0.0
+        out.append(
+            {
+                "name": name,
+                "state": state,
+                "cursor": cursor,
+                "lag_events": max(0, newest - cursor),
+                "lag_seconds": age,
+            }
+        )
+    return out
 
 
 Group = tuple[str, str | None, str | None, str]  # stream, type, munchkin id, source
@@ -290,6 +317,12 @@ def _print_summary(out: IO[str], s: dict[str, Any], *, colour: bool) -> None:
                 f"occurred {e['occurred_at']}"
             )
     lines.append("file bytes  " + "  ".join(f"{k}={v}" for k, v in s["file_bytes"].items()))
+    for sink in s["sinks"]:
+        lag = sink["lag_seconds"]
+        lines.append(
+            f"sink        {sink['name']} ({sink['state']}): cursor {sink['cursor']}, "
+            f"lag {sink['lag_events']} events" + (f" ({lag:.0f} s)" if lag else "")
+        )
     out.write("\n".join(lines) + "\n")
     if s["by_source"]:
         out.write("\n")

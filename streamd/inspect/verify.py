@@ -110,6 +110,7 @@ def verify_journal(path: str, *, quick: bool = False, progress: IO[str] | None =
         report.checks += [deliveries, rows]
         report.events_checked = _scan(conn, deliveries, None if quick else rows, progress)
         report.checks.append(_duplicates(conn) if not quick else Check("dedup keys", skipped=True))
+        report.checks.append(_cursors(conn))
     return report
 
 
@@ -307,6 +308,29 @@ def _mismatch(record: EventRecord, columns: tuple[Any, ...]) -> str:
             column = "event_key" if name == "key" else name
             return f"{column} is {stored!r}, the JSON says {derived!r}"
     return ""
+
+
+def _cursors(conn: sqlite3.Connection) -> Check:
+    """Every sink's cursor and every dead letter point inside the journal's seq range."""
+    check = Check("sink cursors")
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "sinks" not in tables:
+            return check  # a journal from before the drain: nothing to check
+        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        for name, cursor in conn.execute("SELECT name, cursor FROM sinks ORDER BY name"):
+            if not isinstance(cursor, int) or cursor < 0 or cursor > newest:
+                check.add(f"sink {name!r}: cursor {cursor!r} is outside 0..{newest}")
+        if "dead_letters" in tables:
+            for letter, sink, seq in conn.execute(
+                "SELECT id, sink, seq FROM dead_letters WHERE seq < 1 OR seq > ? "
+                f"ORDER BY id LIMIT {MAX_REPORTED + 1}",
+                (newest,),
+            ):
+                check.add(f"dead letter {letter} of {sink!r}: seq {seq} is outside 1..{newest}")
+    except sqlite3.DatabaseError as exc:
+        check.add(f"cannot read the sinks: {exc}")
+    return check
 
 
 def _duplicates(conn: sqlite3.Connection) -> Check:

@@ -228,3 +228,35 @@ def test_not_a_journal(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     assert status == 1 and list(problems(report)) == ["open"]
     status, report = verify(capsys, tmp_path / "absent.db")
     assert status == 1 and "no journal here" in problems(report)["open"][0]
+
+
+def test_sink_cursors_outside_the_journal_are_reported(
+    capsys: pytest.CaptureFixture[str], pristine: Path, tmp_path: Path
+) -> None:
+    path = copy_of(pristine, tmp_path)
+    sql(
+        path,
+        "INSERT INTO sinks VALUES ('ok', 14, 'active', NULL, NULL, 0, 0, 'now')",
+        "INSERT INTO sinks VALUES ('ahead', 99, 'active', NULL, NULL, 0, 0, 'now')",
+        "INSERT INTO dead_letters (sink, seq, event_key, stream, reason, attempts, failed_at, "
+        "raw) VALUES ('ok', 500, 'k', 'other', 'x', 1, 'now', '{}')",
+    )
+    status, report = verify(capsys, path)
+    assert status == 1
+    assert problems(report) == {
+        "sink cursors": [
+            "sink 'ahead': cursor 99 is outside 0..14",
+            "dead letter 1 of 'ok': seq 500 is outside 1..14",
+        ]
+    }
+    # stats shows each sink's lag
+    assert main(["journal", "stats", "--journal", str(path), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert [(s["name"], s["cursor"], s["lag_events"]) for s in stats["sinks"]] == [
+        ("ahead", 99, 0),
+        ("ok", 14, 0),
+    ]
+    sql(path, "UPDATE sinks SET cursor = 3 WHERE name = 'ok'")
+    assert main(["journal", "stats", "--journal", str(path), "--json"]) == 0
+    behind = json.loads(capsys.readouterr().out)["sinks"][1]
+    assert (behind["lag_events"], behind["lag_seconds"] > 0) == (11, True)

@@ -10,6 +10,8 @@ import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from ._harness import Processes, fixture_bytes, free_port, post, streamd_argv, wait_for
+from ._harness import (
+    READY,
+    Processes,
+    fixture_bytes,
+    free_port,
+    post,
+    read_token,
+    streamd_argv,
+    wait_for,
+)
 
 ACTIVATE = shutil.which("systemd-socket-activate")
-pytestmark = pytest.mark.skipif(
+needs_activate = pytest.mark.skipif(
     ACTIVATE is None, reason="systemd-socket-activate missing (make test installs systemd)"
 )
 TOKEN = "sd_systemd-test-token"
@@ -66,6 +77,7 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     sock.close()
 
 
+@needs_activate
 def test_socket_activation_ready_watchdog_reload_and_stop(
     processes: Processes, tmp_path: Path, notify_socket: NotifySocket
 ) -> None:
@@ -191,3 +203,40 @@ def test_socket_activation_ready_watchdog_reload_and_stop(
     stopping = notify_socket.having("STOPPING", since=stop_at)
     assert stopping and stopping[0][1]["STOPPING"] == "1"
     assert "Traceback" not in log()
+
+
+MDWE_WRAPPER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+# PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN: the kernel's own MemoryDenyWriteExecute (6.3+)
+if libc.prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit(77)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_the_stack_runs_with_memory_deny_write_execute(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # The unit sets MemoryDenyWriteExecute=yes; no systemd here, but the kernel's
+    # PR_SET_MDWE gives the same refusal of writable+executable memory to the process.
+    probe = subprocess.run(
+        [sys.executable, "-c", MDWE_WRAPPER, sys.executable, "-c", "pass"], check=False
+    )
+    if probe.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert probe.returncode == 0
+    data_dir = tmp_path / "data"
+    argv = [sys.executable, "-c", MDWE_WRAPPER, *streamd_argv(), "serve"]
+    argv += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    daemon = processes.spawn(argv, "streamd-mdwe")
+    match = wait_for(
+        lambda: READY.search(daemon.stdout()), timeout=20, what="ready", context=daemon.stderr
+    )
+    assert match is not None
+    token = read_token(data_dir / "api-token")
+    reply = post(int(match.group(1)), fixture_bytes("lads_batch.json"), token=token)
+    assert reply.status == 200, reply
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    assert "Traceback" not in daemon.stderr()

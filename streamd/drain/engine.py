@@ -68,6 +68,7 @@ class _Slot:
         self.wanted = trio.Event()  # set: (re)start the runner
         self.finished = trio.Event()
         self.lock = trio.Lock()  # one operator change at a time
+        self.removed = False  # set by a reload that dropped the sink: the supervisor ends
 
 
 class Drain:
@@ -241,6 +242,53 @@ class Drain:
         except JournalError as exc:
             raise DrainError(str(exc)) from exc
 
+    async def reconfigure(self, specs: Sequence[SinkSpec], changed: set[str]) -> list[str]:
+        """Apply a reloaded configuration; returns what was done, one line per sink.
+
+        Sinks in ``changed`` (their settings differ) stop, saving their progress, and
+        start again with the new settings from their cursor; new sinks get their row
+        and start; sinks no longer configured stop (their row stays, so putting one
+        back continues where it was). The others are not touched.
+        """
+        assert self._nursery is not None
+        wanted = {spec.name: spec for spec in specs}
+        done = []
+        for name in [n for n in self._slot if n not in wanted]:
+            slot = self._slot[name]
+            async with slot.lock:
+                await self._retire(slot)
+                slot.removed = True
+                slot.wanted.set()  # the supervisor sees `removed` and ends
+                del self._slot[name]
+                self._specs.pop(name, None)
+            done.append(f"sink {name}: removed (its cursor is kept)")
+        added = [spec for spec in specs if spec.name not in self._slot]
+        if added:
+            starts = {spec.name: spec.start for spec in added}
+            rows = await self._control(lambda conn: store.ensure_sinks(conn, starts, utc_now()))
+            assert isinstance(rows, dict)
+            for spec in added:
+                slot = _Slot(spec, rows[spec.name])
+                self._slot[spec.name] = slot
+                self._specs[spec.name] = spec
+                if slot.row.state != "disabled":
+                    slot.wanted.set()
+                self._nursery.start_soon(self._supervise, slot)
+                done.append(f"sink {spec.name}: added, starting at cursor {slot.row.cursor}")
+        for name in sorted(changed & set(self._slot)):
+            slot = self._slot[name]
+            if any(spec.name == name for spec in added):
+                continue
+            async with slot.lock:
+                was_running = slot.runner is not None
+                await self._retire(slot)
+                slot.spec = wanted[name]
+                self._specs[name] = wanted[name]
+                if was_running or slot.row.state != "disabled":
+                    slot.wanted.set()
+            done.append(f"sink {name}: restarted with its new settings")
+        return done
+
     async def _set_state(self, slot: _Slot, state: str, reason: str | None) -> SinkRow:
         name = slot.spec.name
         row = await self._control(
@@ -348,7 +396,7 @@ class Drain:
     async def _supervise(self, slot: _Slot) -> None:
         while True:
             await slot.wanted.wait()
-            if self._stopping:
+            if self._stopping or slot.removed:
                 return
             runner = SinkRunner(
                 slot.spec,

@@ -363,6 +363,7 @@ async def serve(
             async with trio.open_nursery() as nursery:
                 reloader = _Reloader(config, reload, app, notify, [hconfig, mconfig])
                 reloader.log_level_from_config = log_level_from_config
+                reloader.drain = drain
                 nursery.start_soon(_watch_signals, app, stop, notify, reloader)
                 r = config.retention
                 retention = Retention(
@@ -371,6 +372,7 @@ async def serve(
                     RetentionSettings(r.max_age, r.max_bytes, r.policy, r.interval),
                 )
                 await nursery.start(serve_retention, retention)
+                reloader.retention = retention
                 health = StreamHealth(
                     [s.name for s in config.sources],
                     silence_warning=config.health.silence_warning,
@@ -553,7 +555,7 @@ class _Reloader:
     nothing: the old one stays and the log says why."""
 
     # Settings a running process cannot take over; they need a restart.
-    _RESTART_ONLY = ("data_dir", "journal", "sinks", "retention", "health", "admin")
+    _RESTART_ONLY = ("data_dir", "journal", "retention", "health", "admin")
 
     def __init__(
         self,
@@ -569,6 +571,8 @@ class _Reloader:
         self._notify = notify
         self._listeners = [hc for hc in listeners if hc is not None]
         self.log_level_from_config = False
+        self.drain: Drain | None = None
+        self.retention: Retention | None = None
 
     async def __call__(self) -> None:
         if self._load is None:
@@ -578,6 +582,7 @@ class _Reloader:
         try:
             new = await trio.to_thread.run_sync(self._load)
             sources = await trio.to_thread.run_sync(load_sources, new)
+            specs = await trio.to_thread.run_sync(build_specs, new)  # reads secret files
             if new.server.tls_certfile:
                 for hc in self._listeners:
                     reload_certificates(hc, new)
@@ -598,6 +603,13 @@ class _Reloader:
                     "effect only after a restart"
                 )
             self._app.replace_sources(sources)
+            if self.drain is not None and new.sinks != self.config.sinks:
+                old = {s.name: s for s in self.config.sinks}
+                changed = {s.name for s in new.sinks if s.name in old and old[s.name] != s}
+                for line in await self.drain.reconfigure(specs, changed):
+                    log.info("SIGHUP: %s", line)
+                if self.retention is not None:
+                    self.retention.sinks = tuple(spec.name for spec in specs)
             if self.log_level_from_config:
                 logging.getLogger().setLevel((new.log_level or "info").upper())
             self.config = new

@@ -60,3 +60,60 @@ async def test_reload_applies_log_level_and_sources_and_warns_about_the_rest(
             old = await client.post(running.binds[0] + "/events", content=body, headers=auth)
         assert (moved.status_code, old.status_code) == (200, 404)
         nursery.cancel_scope.cancel()
+
+
+async def test_reload_adds_changes_and_removes_sinks(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    toml = tmp_path / "streamd.toml"
+    sink_a = '[[sinks]]\nname = "a"\nkind = "file"\n[sinks.file]\ndirectory = "out-a"\n'
+    toml.write_text(sink_a)
+
+    def load() -> Config:
+        return make_config(data_dir, toml.read_text())
+
+    caplog.set_level(logging.INFO, logger="streamd")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with trio.open_nursery() as nursery, httpx.AsyncClient() as client:
+        running = await nursery.start(partial(serve, load(), reload=load))
+        drain = running.drain
+
+        async def post(name: str) -> None:
+            reply = await client.post(
+                running.binds[0] + "/events", content=fixture_bytes(name), headers=auth
+            )
+            assert reply.status_code == 200
+
+        def confirmed() -> dict[str, int]:
+            return {s.name: s.confirmed for s in drain.statistics()}
+
+        async def until(condition: object, what: str) -> None:
+            with trio.fail_after(10):
+                while not condition():  # type: ignore[operator]
+                    await trio.sleep(0.02)
+
+        await post("lads_batch")  # 6 events
+        await until(lambda: confirmed() == {"a": 6}, "a drained")
+        # a's filters change (only audit events now) and b appears.
+        toml.write_text(
+            sink_a
+            + '[[sinks.filters]]\nstreams = ["audit"]\n'
+            + '[[sinks]]\nname = "b"\nkind = "file"\n[sinks.file]\ndirectory = "out-b"\n'
+        )
+        os.kill(os.getpid(), signal.SIGHUP)
+        await until(lambda: "configuration reloaded" in caplog.text, "the reload")
+        assert "sink a: restarted with its new settings" in caplog.text
+        assert "sink b: added, starting at cursor 0" in caplog.text
+        await until(lambda: confirmed().get("b") == 6, "b caught up from the start")
+        await post("legacy_push")  # 4 activities: not for a any more
+        await post("audit_wrapper")  # 1 audit event: for both
+        await until(lambda: confirmed() == {"a": 7, "b": 11}, "both drained")
+        # b goes away: it stops; a goes on.
+        caplog.clear()
+        toml.write_text(sink_a + '[[sinks.filters]]\nstreams = ["audit"]\n')
+        os.kill(os.getpid(), signal.SIGHUP)
+        await until(lambda: "configuration reloaded" in caplog.text, "the second reload")
+        assert "sink b: removed (its cursor is kept)" in caplog.text
+        assert [s.name for s in drain.statistics()] == ["a"]
+        assert running.retention.sinks == ("a",)
+        nursery.cancel_scope.cancel()

@@ -30,6 +30,7 @@ from ._harness import (
 )
 
 CLIENT_SECRET = "idp-secret-0123456789"
+RECIPIENT = "streamd-emit-test-client"
 
 
 def _emit(processes: Processes, name: str, *args: str) -> Spawned:
@@ -102,7 +103,17 @@ def test_every_mode_passes_verify(
     token_endpoint: tuple[str, list[dict[str, str]], list[str]],
     mode: str,
 ) -> None:
-    server = serve(processes, tmp_path / "data")
+    key_port = free_port()
+    config = tmp_path / "streamd.toml"
+    # I/O deliveries go to a signed source: streamd fetches the emulator's public keys
+    # from its key server and verifies every request, as it would Adobe's.
+    config.write_text(
+        '[[sources]]\nname = "events"\npath = "/events"\n'
+        '[[sources]]\nname = "io"\npath = "/io"\nauth = "adobe-signature"\n'
+        f'[sources.adobe]\nclient_id = "{RECIPIENT}"\n'
+        f'key_host = "http://127.0.0.1:{key_port}"\n'
+    )
+    server = serve(processes, tmp_path / "data", args=["--config", str(config)])
     token = server.token()
     url = f"http://127.0.0.1:{server.port}/events"
     acked = tmp_path / "acked"
@@ -123,7 +134,8 @@ def test_every_mode_passes_verify(
             str(secret),
         ]
     else:
-        url += f"?access_token={token}"  # streamd checks tokens, not yet signatures
+        url = f"http://127.0.0.1:{server.port}/io"  # signatures, no token
+        args += ["--key-server", f"127.0.0.1:{key_port}", "--recipient", RECIPIENT]
     emit = _emit(processes, f"emit-{mode}", "--to", url, *args)
     assert emit.wait(60) == 0, emit.stderr()
     summary = json.loads(emit.stdout())
@@ -136,6 +148,7 @@ def test_every_mode_passes_verify(
         assert summary["token_fetches"] == 1 and token_endpoint[1][0]["client_id"] == "marketo"
     if mode.startswith("io"):
         assert "challenge answered" in emit.stderr()
+        assert "fetched Adobe public key /prod/keys/pub-key-" in server.spawned.stderr()
     assert_no_traceback(emit.stderr())
     out = _verify(processes, server, acked)
     assert out.startswith(f"ok: all {events} acknowledged ids")

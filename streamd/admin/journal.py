@@ -30,7 +30,7 @@ import orjson
 import trio
 
 from streamd.admin.app import Request, Response, Route
-from streamd.errors import JournalError, UsageError
+from streamd.errors import JournalError, StreamdError, UsageError
 from streamd.inspect.filters import Filters, parse_filters, parse_int
 from streamd.inspect.reader import _pages, max_seq, now_utc, open_readonly
 
@@ -55,6 +55,12 @@ def journal_routes(
     """The pull endpoint's routes, reading ``journal_path``."""
     endpoint = _JournalEndpoint(journal_path, retry_after, limiter or trio.CapacityLimiter(4))
     return [Route("GET", "/journal", endpoint.get)]
+
+
+class PositionExpired(StreamdError):
+    """The position is older than retention kept: 410, as Adobe's journal answers."""
+
+    status_hint = 410
 
 
 class _Page:
@@ -97,6 +103,16 @@ class _JournalEndpoint:
         with closing(conn):
             try:
                 newest = max_seq(conn)
+                if not latest and since > 0:
+                    oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+                    if oldest is not None and since < oldest - 1:
+                        # Retention deleted what came after this position: as Adobe's
+                        # journal does for positions past its 7 days, answer 410.
+                        raise PositionExpired(
+                            f"position {since} is older than the oldest event kept "
+                            f"({oldest}, retention); start again from since={oldest - 1} "
+                            "or latest=true"
+                        )
                 lo = newest if latest else since
                 hi = newest if filters.is_empty() else min(newest, lo + SCAN_WINDOW)
                 rows = [r for page in _pages(conn, filters, lo, hi, limit, limit) for r in page]

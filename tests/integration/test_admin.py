@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,23 @@ def test_admin_config_errors(
     path.write_text(toml)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(str(path), **flags)
+
+
+async def test_a_position_older_than_retention_is_410(admin: Server) -> None:
+    for name in ("legacy_push", "lads_batch"):  # seq 1..10
+        assert (await admin.post(fixture_bytes(name))).status_code == 200
+    conn = sqlite3.connect(admin.journal, timeout=10)
+    with conn:
+        conn.execute("DELETE FROM events WHERE seq <= 4")  # what retention does
+    conn.close()
+    base, auth = admin_url(admin), admin_auth(admin)
+    gone = await admin.client.get(base + "/journal?since=2", headers=auth)
+    assert gone.status_code == 410
+    assert gone.json()["error"] == (
+        "position 2 is older than the oldest event kept (5, retention); "
+        "start again from since=4 or latest=true"
+    )
+    ok = await admin.client.get(base + "/journal?since=4", headers=auth)
+    assert ok.status_code == 200
+    assert ok.json()["events"][0]["position"] == "5"
+    assert (await admin.client.get(base + "/journal", headers=auth)).status_code == 200

@@ -141,6 +141,13 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="write here (replaced only once the export is complete); default stdout",
     )
     p.add_argument("--limit", type=_limit, metavar="N", help="at most N events (oldest first)")
+    p.add_argument(
+        "--max-rate",
+        type=_max_rate,
+        metavar="N",
+        help="at most N events/s (0: no limit). Default: 20000 while a streamd is ingesting "
+        "into this journal (so the export leaves it the CPU and disk), else no limit",
+    )
     p.set_defaults(run=_export)
 
     p = jsub.add_parser(
@@ -180,6 +187,12 @@ def _stats(args: argparse.Namespace, out: IO[str]) -> int:
     from streamd.inspect.stats import cmd_stats  # stats imports commands: no cycle at load
 
     return cmd_stats(args, out)
+
+
+def _max_rate(text: str) -> int:
+    if not text.isdigit() or int(text) > 10_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate from 0 to 10000000 events/s")
+    return int(text)
 
 
 def _export(args: argparse.Namespace, out: IO[str]) -> int:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import fcntl
 import io
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from typing import IO, BinaryIO
@@ -28,6 +30,7 @@ from streamd.errors import JournalError, UsageError
 from streamd.inspect.commands import filters_from, open_from
 from streamd.inspect.output import Progress, event_record
 from streamd.inspect.reader import COLUMNS, Row, iter_pages, seq_window
+from streamd.journal.writer import lock_path
 
 EXPORT_FORMATS = ("jsonl", "csv")
 PAGE = 2000
@@ -93,11 +96,44 @@ class _TextAsBinary:
         self._out.flush()
 
 
+# The default pace while a daemon ingests into the journal being exported.
+DAEMON_RATE = 20_000
+
+
+def _daemon_holds(path: str) -> bool:
+    """True when a streamd process holds the journal's writer lock (it is ingesting).
+
+    Opens the lock file read-only (never creates it: export writes nothing beside
+    the journal) and asks for a shared lock without waiting.
+    """
+    try:
+        fd = os.open(lock_path(path), os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: no streamd ever wrote this journal here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also drops a shared lock we got
+    return False
+
+
 def cmd_export(args: argparse.Namespace, out: IO[str]) -> int:
     """Write every matching event to ``--output`` (or stdout) as JSON Lines or CSV."""
     filters = filters_from(args)
     # A sequential read gains nothing from a large page cache; keep memory small.
     path, conn = open_from(args, cache_mib=2)
+    rate = args.max_rate
+    if rate is None:
+        rate = DAEMON_RATE if _daemon_holds(path) else 0
+        if rate:
+            print(
+                f"streamd: a streamd is ingesting into this journal: exporting at most "
+                f"{rate} events/s (--max-rate 0 for full speed)",
+                file=sys.stderr,
+            )
+    started = time.monotonic()
     count = 0
     with closing(conn):
         try:
@@ -111,6 +147,10 @@ def cmd_export(args: argparse.Namespace, out: IO[str]) -> int:
                     sink.write(encode(rows))
                     count += len(rows)
                     progress.update(rows[-1][0] - lo, count)
+                    if rate:
+                        ahead = count / rate - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
                 sink.flush()
             progress.finish()
         except sqlite3.DatabaseError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 import streamd.inspect.export as export_module
 from streamd.cli import main
+from streamd.journal.writer import hold_writer_lock, lock_path
 from tests.journals import FIXTURE_EVENTS, fixture_journal, generated_journal
 
 
@@ -125,3 +127,52 @@ def test_export_of_a_large_journal_runs_in_constant_memory(tmp_path: Path) -> No
         # One page of rows and a small page cache, whatever the journal's size
         # (measured ~18 MiB; buffering the export would need more than 80 MiB).
         assert growth_mib < 48, f"{fmt}: peak RSS grew {growth_mib:.0f} MiB over the baseline"
+
+
+def test_export_paces_itself_while_a_daemon_ingests(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a streamd holds the journal's writer lock, export keeps to 20,000 events/s
+    by default (it would otherwise take CPU and disk from ingest); the pauses are
+    recorded here, not slept."""
+    path = generated_journal(tmp_path / "journal.db", 6000, batch=500)
+    slept: list[float] = []
+
+    class Clock:  # pauses are recorded and advance this clock; nothing sleeps
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            return cls.now
+
+        @classmethod
+        def sleep(cls, seconds: float) -> None:
+            slept.append(seconds)
+            cls.now += seconds
+
+    monkeypatch.setattr(export_module, "time", Clock)
+    lock = lock_path(str(path))
+
+    # No daemon: full speed, no note.
+    status, _, err = run(capsys, "export", "--journal", str(path))
+    assert (status, slept) == (0, [])
+    assert "exporting at most" not in err
+    fd = hold_writer_lock(str(path))  # what a running streamd holds
+    try:
+        status, out, err = run(capsys, "export", "--journal", str(path))
+        assert status == 0 and out.count("\n") == 6000
+        assert "a streamd is ingesting into this journal: exporting at most 20000 events/s" in err
+        # 6,000 events at 20,000/s: 0.3 s in all (work takes no time on this clock)
+        assert sum(slept) == pytest.approx(0.3)
+        slept.clear()
+        status, _, err = run(capsys, "export", "--journal", str(path), "--max-rate", "0")
+        assert (status, slept) == (0, [])
+        status, _, err = run(capsys, "export", "--journal", str(path), "--max-rate", "1000")
+        assert status == 0 and sum(slept) == pytest.approx(6.0)
+    finally:
+        os.close(fd)
+    assert Path(lock).exists()
+    with pytest.raises(SystemExit) as usage:
+        run(capsys, "export", "--journal", str(path), "--max-rate", "x")
+    assert usage.value.code == 2
+    assert "'x' is not a rate from 0 to 10000000 events/s" in capsys.readouterr().err

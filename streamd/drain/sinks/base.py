@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
+import trio
 
 from streamd.drain.policy import Kind
 
@@ -107,3 +108,49 @@ def json_array(events: Sequence[DrainEvent]) -> bytes:
     if all(event.line for event in events):
         return ("[" + ",".join(event.line for event in events) + "]").encode()
     return b"[" + b",".join(envelope(event) for event in events) + b"]"
+
+
+class _Waiting:
+    __slots__ = ("done", "events", "result")
+
+    def __init__(self, events: Sequence[DrainEvent]) -> None:
+        self.events = events
+        self.done = trio.Event()
+        self.result: Result | None = None
+
+
+class GroupWriter:
+    """Group commit for sinks whose cost is per write (an fsync, a transaction): batches
+    that arrive while a write is under way share the next one, and all of them get its
+    result. ``write`` is called with the events of every batch in the group, in the
+    order the batches arrived."""
+
+    def __init__(self, write: Callable[[Sequence[DrainEvent]], Awaitable[Result]]) -> None:
+        self._write = write
+        self._waiting: list[_Waiting] = []
+        self._writing = False
+
+    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+        mine = _Waiting(events)
+        self._waiting.append(mine)
+        if self._writing:
+            await mine.done.wait()
+            assert mine.result is not None
+            return mine.result
+        self._writing = True
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                with trio.CancelScope(shield=True):  # its thread runs to the end anyway
+                    result = await self._write([e for w in group for e in w.events])
+                for w in group:
+                    w.result = result
+                    w.done.set()
+        finally:
+            self._writing = False
+            for w in self._waiting:  # the writer was cancelled: the others retry
+                w.result = Result(Kind.TRANSIENT, "the group's write was cancelled")
+                w.done.set()
+            self._waiting = []
+        assert mine.result is not None
+        return mine.result

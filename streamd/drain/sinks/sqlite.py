@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import sqlite_utils
 import trio
 
-from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, transient
+from streamd.drain.sinks.base import CONFIRMED, DrainEvent, GroupWriter, Result, transient
 
 _COLUMNS = {
     "id": str,
@@ -46,15 +46,6 @@ class SqliteSettings:
     indexes: tuple[str, ...] = ("occurred_at",)
 
 
-class _Pending:
-    __slots__ = ("done", "events", "result")
-
-    def __init__(self, events: Sequence[DrainEvent]) -> None:
-        self.events = events
-        self.done = trio.Event()
-        self.result: Result | None = None
-
-
 class SqliteSink:
     """Writes batches in a worker thread through one connection."""
 
@@ -63,39 +54,14 @@ class SqliteSink:
         self._db: sqlite_utils.Database | None = None
         self._tables: set[str] = set()
         self._limiter = trio.CapacityLimiter(1)  # one connection, one writer
-        self._pending: list[_Pending] = []
-        self._writing = False
+        self._group = GroupWriter(self._commit_group)
 
     async def deliver(self, events: Sequence[DrainEvent]) -> Result:
-        # Group commit: batches that arrive while a transaction is being written share
-        # the next one (one fsync for all of them), as the journal writer does.
-        mine = _Pending(events)
-        self._pending.append(mine)
-        if self._writing:
-            await mine.done.wait()
-            assert mine.result is not None
-            return mine.result
-        self._writing = True
-        try:
-            while self._pending:
-                group, self._pending = self._pending, []
-                result = await self._commit_group([e for p in group for e in p.events])
-                for p in group:
-                    p.result = result
-                    p.done.set()
-        finally:
-            self._writing = False
-            for p in self._pending:  # cancelled while others waited: let them retry
-                p.result = transient("the writing batch was cancelled")
-                p.done.set()
-            self._pending = []
-        assert mine.result is not None
-        return mine.result
+        return await self._group.deliver(events)
 
     async def _commit_group(self, events: Sequence[DrainEvent]) -> Result:
         try:
-            with trio.CancelScope(shield=True):  # the thread runs to the end anyway
-                await trio.to_thread.run_sync(self._write, events, limiter=self._limiter)
+            await trio.to_thread.run_sync(self._write, events, limiter=self._limiter)
         except (sqlite3.Error, OSError) as exc:
             self._close()
             return transient(f"{self.settings.path}: {exc}")

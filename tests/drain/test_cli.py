@@ -62,6 +62,9 @@ async def test_state_changes_and_replay(
     assert run(capsys, "sinks", "pause", "hook", *j)[0] == 0
     assert state(journal_file)["hook"] == ("paused", 4)
     assert run(capsys, "sinks", "disable", "files", *j)[0] == 0
+    status, _, err = run(capsys, "sinks", "resume", "files", *j)
+    assert status == 1 and "is disabled; enable it instead" in err
+    assert state(journal_file)["files"] == ("disabled", 4)
     assert run(capsys, "sinks", "enable", "files", *j)[0] == 0
     assert run(capsys, "sinks", "resume", "hook", *j)[0] == 0
     status, out, _ = run(capsys, "sinks", "replay", "files", "--from-seq", "2", *j)

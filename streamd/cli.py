@@ -278,7 +278,7 @@ def _sinks(args: argparse.Namespace) -> int:
         "disable": ("disabled", "disabled by the operator"),
         "enable": ("active", None),
     }[command]
-    row = offline.set_state(path, args.name, state, reason, enabling=command == "enable")
+    row = offline.set_state(path, args.name, state, reason, resuming=command == "resume")
     print(f"sink {row.name}: {row.state}")
     return 0
 

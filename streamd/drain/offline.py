@@ -137,15 +137,17 @@ def _change(path: str, fn: Any) -> Any:
 
 
 def set_state(
-    path: str, name: str, state: str, reason: str | None, *, enabling: bool = False
+    path: str, name: str, state: str, reason: str | None, *, resuming: bool = False
 ) -> store.SinkRow:
-    """Pause, resume (``active``), disable or enable (``active``, ``enabling``) a sink of a
-    stopped daemon; resuming a disabled sink is refused (enable it)."""
+    """Pause, resume or enable (``active``), or disable a sink of a stopped daemon.
+
+    With ``resuming``, a disabled sink is refused (it must be enabled), as
+    :meth:`Drain.resume` does.
+    """
 
     def change(conn: sqlite3.Connection) -> store.SinkRow:
         current = store.load_sinks(conn).get(name)
-        resuming = state == "active" and not enabling
-        if current is not None and current.state == "disabled" and resuming:
+        if resuming and current is not None and current.state == "disabled":
             raise DrainError(f"sink {name!r} is disabled; enable it instead")
         return store.set_state(conn, name, state, reason, utc_now())
 

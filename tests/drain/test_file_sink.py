@@ -106,9 +106,9 @@ async def test_the_envelope_sqlite_builds_equals_the_python_one(journal: Journal
         assert event.line and not whole.line
         python = envelope(whole)
         assert json.loads(event.line) == json.loads(python)
-        assert "\n" not in event.line and "\r" not in event.line
+        assert b"\n" not in event.line and b"\r" not in event.line
     # The event's JSON is spliced in as stored: number text kept (1.50, -0, 1e3).
-    assert '"n": [1.50, -0, 1e3]' in events[0].line
+    assert b'"n": [1.50, -0, 1e3]' in events[0].line
 
 
 async def test_group_writer_shares_one_write_among_waiting_batches() -> None:

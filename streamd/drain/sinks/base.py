@@ -27,7 +27,7 @@ class DrainEvent:
     received_at: str
     raw: str
     lead_id: int | None = None
-    line: str = ""  # the envelope, when the reader had SQLite build it (store.py)
+    line: bytes = b""  # the envelope (UTF-8), when the reader had SQLite build it (store.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ def envelope(event: DrainEvent) -> bytes:
     whitespace (inside strings it must be escaped), so each becomes a space.
     """
     if event.line:
-        return event.line.encode()
+        return event.line
     raw = event.raw
     if "\n" in raw or "\r" in raw:
         raw = raw.replace("\r", " ").replace("\n", " ")
@@ -99,14 +99,14 @@ def envelope(event: DrainEvent) -> bytes:
 def json_lines(events: Sequence[DrainEvent]) -> bytes:
     """The batch as JSON Lines (one envelope per line)."""
     if all(event.line for event in events):
-        return ("\n".join(event.line for event in events) + "\n").encode()
+        return b"\n".join(event.line for event in events) + b"\n"
     return b"".join(envelope(event) + b"\n" for event in events)
 
 
 def json_array(events: Sequence[DrainEvent]) -> bytes:
     """The batch's envelopes as a JSON array."""
     if all(event.line for event in events):
-        return ("[" + ",".join(event.line for event in events) + "]").encode()
+        return b"[" + b",".join(event.line for event in events) + b"]"
     return b"[" + b",".join(envelope(event) for event in events) + b"]"
 
 

@@ -170,3 +170,25 @@ async def test_stdout_sink_writes_json_lines_and_survives_a_broken_pipe(
             broken.close()
     assert result.kind is Kind.TRANSIENT
     assert "cannot write to standard output" in result.reason
+
+
+async def test_sqlite_rows_copied_from_the_attached_journal(
+    tmp_path: Path, journal: Journal
+) -> None:
+    """As the service runs it: SQLite copies the rows, none goes through Python."""
+    await append(journal, ["c1", "c2"])
+    await append(journal, ["u1"], stream="audit", type="com.adobe.platform.marketo.audit.x")
+    target = tmp_path / "copied.db"
+    sink = SqliteSink(SqliteSettings(str(target), journal=journal.path))
+    async with open_drain(journal, [spec("copy", sink, full_events=False)]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 3, "written")
+        await d.replay("copy", seq=1)  # again: upserts, no duplicates
+        await wait_until(lambda: d.statistics()[0].cursor == 3, "rewritten")
+        # Ingest goes on meanwhile: the attached journal is never write-locked.
+        await append(journal, ["c3"])
+        await wait_until(lambda: d.statistics()[0].cursor == 4, "the new one")
+    db = sqlite_utils.Database(target)
+    rows = list(db["activity"].rows)
+    assert [r["id"] for r in rows] == ["c1", "c2", "c3"]
+    assert rows[0]["lead_id"] == 7 and json.loads(rows[0]["event"]) == {"id": "c1", "n": 1}
+    assert [r["id"] for r in db["audit"].rows] == ["u1"]

@@ -119,30 +119,38 @@ class SqliteSink:
         return name
 
     def _write(self, events: Sequence[DrainEvent]) -> None:
-        if self.settings.journal is not None:
-            self._copy(events)
-            return
+        """Upsert a group's events in one transaction. Events read as references (no
+        ``raw``: the drain's normal path) are copied by SQLite from the attached journal,
+        their columns never turned into Python objects; events that carry their JSON
+        (dead letters, which may outlive the journal's copy) are bound from Python."""
         db = self._open()
-        by_table: dict[str, list[tuple[object, ...]]] = {}
+        copied: dict[str, list[int]] = {}
+        bound: dict[str, list[tuple[object, ...]]] = {}
         for e in events:
-            by_table.setdefault(self._table(db, e.stream), []).append(
-                (
-                    e.key,
-                    e.seq,
-                    e.type,
-                    e.source,
-                    e.munchkin_id,
-                    e.activity_type_id,
-                    e.lead_id,
-                    e.occurred_at,
-                    e.received_at,
-                    e.raw,
+            table = self._table(db, e.stream)
+            if self.settings.journal is not None and not e.raw:
+                copied.setdefault(table, []).append(e.seq)
+            else:
+                bound.setdefault(table, []).append(
+                    (
+                        e.key,
+                        e.seq,
+                        e.type,
+                        e.source,
+                        e.munchkin_id,
+                        e.activity_type_id,
+                        e.lead_id,
+                        e.occurred_at,
+                        e.received_at,
+                        e.raw,
+                    )
                 )
-            )
         conn = db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        # DEFERRED, not IMMEDIATE: IMMEDIATE takes a write lock on every attached
+        # database, the journal included, and would make ingest's commits wait.
+        conn.execute("BEGIN")
         try:
-            for name, rows in by_table.items():
+            for name, rows in bound.items():
                 # Upsert by event id: a redelivery (at least once) replaces, never duplicates.
                 conn.executemany(
                     f"INSERT INTO [{name}] (id, seq, type, source, munchkin_id, "  # noqa: S608
@@ -151,26 +159,8 @@ class SqliteSink:
                     f"ON CONFLICT (id) DO UPDATE SET {_UPDATE}",
                     rows,
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _copy(self, events: Sequence[DrainEvent]) -> None:
-        """Upsert the events' rows straight from the attached journal: one statement per
-        stream, the rows never turned into Python objects (the GIL stays free)."""
-        db = self._open()
-        seqs: dict[str, list[int]] = {}
-        for e in events:
-            seqs.setdefault(self._table(db, e.stream), []).append(e.seq)
-        conn = db.conn
-        # DEFERRED, not IMMEDIATE: IMMEDIATE would take a write lock on every attached
-        # database, the journal included, and make ingest's commits wait.
-        conn.execute("BEGIN")
-        try:
-            for name, wanted in seqs.items():
-                conn.execute(
+            for name, wanted in copied.items():
+                done = conn.execute(
                     f"INSERT INTO [{name}] (id, seq, type, source, munchkin_id, "  # noqa: S608
                     "activity_type_id, lead_id, occurred_at, received_at, event) "
                     "SELECT event_key, seq, type, source, munchkin_id, activity_type_id, "
@@ -178,7 +168,13 @@ class SqliteSink:
                     "WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq "
                     f"ON CONFLICT (id) DO UPDATE SET {_UPDATE}",
                     (orjson.dumps(wanted),),
-                )
+                ).rowcount
+                if done != len(wanted):
+                    # The cursor has not passed them, so retention cannot have deleted
+                    # them: never confirm what was not written.
+                    raise sqlite3.DataError(
+                        f"{len(wanted) - done} of {len(wanted)} events are not in the journal"
+                    )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -330,6 +330,44 @@ def dead_letters(
     ]
 
 
+def letters_to_retry(
+    conn: sqlite3.Connection, sink: str, limit: int
+) -> list[tuple[DeadLetter, DrainEvent]]:
+    """Dead letters of ``sink`` asked to be retried, each with the event to deliver: the
+    journal's columns while the event is still there, else what the dead letter kept
+    (``received_at`` then is when it failed). The JSON is always the dead letter's copy."""
+    letters = dead_letters(conn, sink, retry_only=True, limit=limit)
+    out = []
+    for d in letters:
+        row = conn.execute(
+            "SELECT munchkin_id, activity_type_id, source, occurred_at, received_at, lead_id "
+            "FROM events WHERE seq = ? AND event_key = ?",
+            (d.seq, d.event_key),
+        ).fetchone()
+        munchkin, activity, source, occurred, received, lead = row or (
+            None, None, "", None, d.failed_at, None,
+        )  # fmt: skip
+        out.append(
+            (
+                d,
+                DrainEvent(
+                    d.seq,
+                    d.event_key,
+                    d.stream,
+                    d.type,
+                    munchkin,
+                    activity,
+                    source,
+                    occurred,
+                    received,
+                    d.raw,
+                    lead,
+                ),
+            )
+        )
+    return out
+
+
 def dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """How many dead letters each sink has."""
     return dict(conn.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink"))

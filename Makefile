@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest test-slow bench clean
+.PHONY: run test lint typecheck pytest test-slow bench bench-drain clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
+
+bench-drain: $(STAMP)
+	$(BIN)/python -m bench.drain
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

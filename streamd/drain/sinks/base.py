@@ -110,6 +110,10 @@ def json_array(events: Sequence[DrainEvent]) -> bytes:
     return b"[" + b",".join(envelope(event) for event in events) + b"]"
 
 
+def _seq(event: DrainEvent) -> int:
+    return event.seq
+
+
 class _Waiting:
     __slots__ = ("done", "events", "result")
 
@@ -122,8 +126,8 @@ class _Waiting:
 class GroupWriter:
     """Group commit for sinks whose cost is per write (an fsync, a transaction): batches
     that arrive while a write is under way share the next one, and all of them get its
-    result. ``write`` is called with the events of every batch in the group, in the
-    order the batches arrived."""
+    result. ``write`` is called with the events of every batch in the group, in journal
+    order (batches from several workers can arrive in any order)."""
 
     def __init__(self, write: Callable[[Sequence[DrainEvent]], Awaitable[Result]]) -> None:
         self._write = write
@@ -142,7 +146,8 @@ class GroupWriter:
             while self._waiting:
                 group, self._waiting = self._waiting, []
                 with trio.CancelScope(shield=True):  # its thread runs to the end anyway
-                    result = await self._write([e for w in group for e in w.events])
+                    events = sorted((e for w in group for e in w.events), key=_seq)
+                    result = await self._write(events)
                 for w in group:
                     w.result = result
                     w.done.set()

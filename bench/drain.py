@@ -100,7 +100,7 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.work)
     openers = {
         "file": lambda: FileSink(FileSettings(str(out / "files"), name)),
-        "sqlite": lambda: SqliteSink(SqliteSettings(str(out / "tables.db"))),
+        "sqlite": lambda: SqliteSink(SqliteSettings(str(out / "tables.db"), journal=args.journal)),
         "http": lambda: HttpSink(HttpSettings(url=args.url, sink=name, connections=5)),
     }
     spec = SinkSpec(
@@ -108,7 +108,7 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         args.kind,
         Route(()),
         openers[args.kind],  # type: ignore[arg-type]
-        full_events=args.kind == "sqlite",
+        full_events=False,
     )
     samples: list[float] = []
     async with open_journal(args.journal, WriterOptions()) as journal:

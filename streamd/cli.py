@@ -360,7 +360,7 @@ def _sinks(args: argparse.Namespace) -> int:
         "disable": ("disabled", "disabled by the operator"),
         "enable": ("active", None),
     }[command]
-    row = offline.set_state(path, args.name, state, reason)
+    row = offline.set_state(path, args.name, state, reason, resuming=command == "resume")
     print(f"sink {row.name}: {row.state}")
     return 0
 

@@ -136,9 +136,22 @@ def _change(path: str, fn: Any) -> Any:
             raise JournalError(f"{path}: {exc}") from exc
 
 
-def set_state(path: str, name: str, state: str, reason: str | None) -> store.SinkRow:
-    """Pause, resume (``active``), disable or enable a sink of a stopped daemon."""
-    row = _change(path, lambda conn: store.set_state(conn, name, state, reason, utc_now()))
+def set_state(
+    path: str, name: str, state: str, reason: str | None, *, resuming: bool = False
+) -> store.SinkRow:
+    """Pause, resume or enable (``active``), or disable a sink of a stopped daemon.
+
+    With ``resuming``, a disabled sink is refused (it must be enabled), as
+    :meth:`Drain.resume` does.
+    """
+
+    def change(conn: sqlite3.Connection) -> store.SinkRow:
+        current = store.load_sinks(conn).get(name)
+        if resuming and current is not None and current.state == "disabled":
+            raise DrainError(f"sink {name!r} is disabled; enable it instead")
+        return store.set_state(conn, name, state, reason, utc_now())
+
+    row = _change(path, change)
     assert isinstance(row, store.SinkRow)
     return row
 

@@ -25,7 +25,13 @@ import trio
 from streamd.drain.policy import Action, Health, Kind, RetrySettings
 from streamd.drain.routing import Route
 from streamd.drain.sinks.base import DrainEvent, Result, Sink, transient
-from streamd.drain.store import NewDeadLetter, SinkRow, dead_letters, read_events, retried
+from streamd.drain.store import (
+    NewDeadLetter,
+    SinkRow,
+    letters_to_retry,
+    read_events,
+    retried,
+)
 from streamd.journal import Journal
 
 log = logging.getLogger("streamd.drain")
@@ -352,21 +358,15 @@ class SinkRunner:
         conn = self._conn
         assert conn is not None
         while not self._stopping:
-            letters = await trio.to_thread.run_sync(
-                lambda: dead_letters(
-                    conn, self.spec.name, retry_only=True, limit=self.spec.batch_size
-                ),
+            found = await trio.to_thread.run_sync(
+                lambda: letters_to_retry(conn, self.spec.name, self.spec.batch_size),
                 limiter=self._limiter,
             )
-            if not letters:
+            if not found:
                 await self.dlq_wake.wait()
                 continue
-            events = [
-                DrainEvent(
-                    d.seq, d.event_key, d.stream, d.type, None, None, "", None, d.failed_at, d.raw
-                )
-                for d in letters
-            ]
+            letters = [d for d, _ in found]
+            events = [event for _, event in found]
             result = await self._attempt(events)
             ids = [d.id for d in letters]
             if result.kind is Kind.CONFIRMED:

@@ -253,7 +253,11 @@ _EVENT_COLUMNS = (
     "seq, event_key, stream, type, munchkin_id, activity_type_id, source, occurred_at, "
     "received_at, raw, lead_id"
 )
-_ROUTING_COLUMNS = f"seq, stream, type, munchkin_id, activity_type_id, source, {_ENVELOPE}"
+# As a BLOB: the UTF-8 bytes go to the sink as they are, never decoded into a str
+# and encoded back (two copies of every event per sink, under the GIL).
+_ROUTING_COLUMNS = (
+    f"seq, stream, type, munchkin_id, activity_type_id, source, CAST({_ENVELOPE} AS BLOB)"
+)
 
 
 def read_events(
@@ -324,6 +328,44 @@ def dead_letters(
             args,
         )
     ]
+
+
+def letters_to_retry(
+    conn: sqlite3.Connection, sink: str, limit: int
+) -> list[tuple[DeadLetter, DrainEvent]]:
+    """Dead letters of ``sink`` asked to be retried, each with the event to deliver: the
+    journal's columns while the event is still there, else what the dead letter kept
+    (``received_at`` then is when it failed). The JSON is always the dead letter's copy."""
+    letters = dead_letters(conn, sink, retry_only=True, limit=limit)
+    out = []
+    for d in letters:
+        row = conn.execute(
+            "SELECT munchkin_id, activity_type_id, source, occurred_at, received_at, lead_id "
+            "FROM events WHERE seq = ? AND event_key = ?",
+            (d.seq, d.event_key),
+        ).fetchone()
+        munchkin, activity, source, occurred, received, lead = row or (
+            None, None, "", None, d.failed_at, None,
+        )  # fmt: skip
+        out.append(
+            (
+                d,
+                DrainEvent(
+                    d.seq,
+                    d.event_key,
+                    d.stream,
+                    d.type,
+                    munchkin,
+                    activity,
+                    source,
+                    occurred,
+                    received,
+                    d.raw,
+                    lead,
+                ),
+            )
+        )
+    return out
 
 
 def dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -104,6 +104,7 @@ def _opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> object:
             path if os.path.isabs(path) else os.path.join(config.data_dir, path),
             sink.sqlite.table_prefix,
             tuple(dict.fromkeys(sink.sqlite.indexes)),
+            journal=config.journal_path,
         )
         return lambda: SqliteSink(ss)
     if sink.kind == "exec":
@@ -148,7 +149,8 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 timeout=pool.timeout,
                 start=sink.start,
                 retry=retry,
-                full_events=sink.kind == "sqlite",
+                # Every kind sends envelopes or copies rows from the journal itself.
+                full_events=False,
             )
         )
     return specs

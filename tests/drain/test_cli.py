@@ -62,6 +62,9 @@ async def test_state_changes_and_replay(
     assert run(capsys, "sinks", "pause", "hook", *j)[0] == 0
     assert state(journal_file)["hook"] == ("paused", 4)
     assert run(capsys, "sinks", "disable", "files", *j)[0] == 0
+    status, _, err = run(capsys, "sinks", "resume", "files", *j)
+    assert status == 1 and "is disabled; enable it instead" in err
+    assert state(journal_file)["files"] == ("disabled", 4)
     assert run(capsys, "sinks", "enable", "files", *j)[0] == 0
     assert run(capsys, "sinks", "resume", "hook", *j)[0] == 0
     status, out, _ = run(capsys, "sinks", "replay", "files", "--from-seq", "2", *j)
@@ -220,3 +223,21 @@ async def test_a_sink_paused_for_failures_shows_in_the_list(
     (row,) = json.loads(run(capsys, "sinks", "list", "--journal", str(path), "--json")[1])
     assert row["state"] == "auto-paused"
     assert row["last_error"] == "HTTP 502 from the destination"
+
+
+def test_check_config_reads_the_sinks_secret_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "streamd.toml"
+    missing = tmp_path / "no-such-secret"
+    config.write_text(
+        f'[[sinks]]\nname = "hook"\nkind = "http"\n[sinks.http]\nurl = "https://x.example/"\n'
+        f'secret_files = ["{missing}"]\n'
+    )
+    argv = ["check-config", "--config", str(config), "--data-dir", str(tmp_path / "d")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: cannot read the signing secret" in err and "Traceback" not in err
+    missing.write_text("whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0" + "\n")
+    assert main(argv) == 0
+    assert "sinks: hook (http)" in capsys.readouterr().out

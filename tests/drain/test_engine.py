@@ -198,6 +198,9 @@ async def test_replay_rewinds_and_dead_letters_retry(journal: Journal) -> None:
         failing["on"] = False
         assert await drain.retry_dead_letters("rp", None) == 3
         await wait_until(lambda: sorted(sink.keys) == ["r1", "r2", "r3"], "retried")
+        # Re-delivered with the journal's columns, not only what the dead letter kept.
+        assert {e.munchkin_id for b in sink.batches for e in b} == {"123-ABC-456"}
+        assert {e.source for b in sink.batches for e in b} == {"events"}
         await wait_until(
             lambda: db_rows(journal, "SELECT count(*) FROM dead_letters") == [(0,)], "removed"
         )

@@ -6,11 +6,13 @@ import contextlib
 import json
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import sqlite_utils
 
-from streamd.drain import DrainEvent, Kind, RetrySettings, open_drain
+from streamd.drain import DrainEvent, Kind, Result, RetrySettings, open_drain
+from streamd.drain.sinks.base import permanent
 from streamd.drain.sinks.exec import ExecSettings, ExecSink
 from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
 from streamd.journal import Journal
@@ -170,3 +172,57 @@ async def test_stdout_sink_writes_json_lines_and_survives_a_broken_pipe(
             broken.close()
     assert result.kind is Kind.TRANSIENT
     assert "cannot write to standard output" in result.reason
+
+
+async def test_sqlite_rows_copied_from_the_attached_journal(
+    tmp_path: Path, journal: Journal
+) -> None:
+    """As the service runs it: SQLite copies the rows, none goes through Python."""
+    await append(journal, ["c1", "c2"])
+    await append(journal, ["u1"], stream="audit", type="com.adobe.platform.marketo.audit.x")
+    target = tmp_path / "copied.db"
+    sink = SqliteSink(SqliteSettings(str(target), journal=journal.path))
+    async with open_drain(journal, [spec("copy", sink, full_events=False)]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 3, "written")
+        await d.replay("copy", seq=1)  # again: upserts, no duplicates
+        await wait_until(lambda: d.statistics()[0].cursor == 3, "rewritten")
+        # Ingest goes on meanwhile: the attached journal is never write-locked.
+        await append(journal, ["c3"])
+        await wait_until(lambda: d.statistics()[0].cursor == 4, "the new one")
+    db = sqlite_utils.Database(target)
+    rows = list(db["activity"].rows)
+    assert [r["id"] for r in rows] == ["c1", "c2", "c3"]
+    assert rows[0]["lead_id"] == 7 and json.loads(rows[0]["event"]) == {"id": "c1", "n": 1}
+    assert [r["id"] for r in db["audit"].rows] == ["u1"]
+
+
+async def test_sqlite_dead_letters_retried_after_their_events_left_the_journal(
+    tmp_path: Path, journal: Journal
+) -> None:
+    """A dead letter carries its JSON: delivered even when retention deleted the event."""
+    await append(journal, ["gone1", "gone2"])
+    await append(journal, ["keep"])
+    target = tmp_path / "t.db"
+    failing = {"on": True}
+
+    class Picky(SqliteSink):
+        async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+            if failing["on"]:
+                return permanent("refused once")
+            return await super().deliver(events)
+
+    sink = Picky(SqliteSettings(str(target), journal=journal.path))
+    async with open_drain(journal, [spec("t", sink, full_events=False, batch_size=2)]) as d:
+        await wait_until(lambda: d.statistics()[0].cursor == 3, "all dead-lettered")
+    conn = sqlite3.connect(journal.path)
+    try:
+        conn.execute("DELETE FROM events WHERE seq <= 2")  # as retention would
+        conn.commit()
+    finally:
+        conn.close()
+    failing["on"] = False
+    async with open_drain(journal, [spec("t", sink, full_events=False)]) as d:
+        assert await d.retry_dead_letters("t", None) == 3
+        await wait_until(lambda: not dead(journal), "delivered and removed")
+    ids = sorted(r["id"] for r in sqlite_utils.Database(target)["activity"].rows)
+    assert ids == ["gone1", "gone2", "keep"]

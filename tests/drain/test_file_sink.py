@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from streamd.drain import RetrySettings, open_drain
 from streamd.drain.sinks.file import FileSettings, FileSink
@@ -105,6 +106,38 @@ async def test_the_envelope_sqlite_builds_equals_the_python_one(journal: Journal
         assert event.line and not whole.line
         python = envelope(whole)
         assert json.loads(event.line) == json.loads(python)
-        assert "\n" not in event.line and "\r" not in event.line
+        assert b"\n" not in event.line and b"\r" not in event.line
     # The event's JSON is spliced in as stored: number text kept (1.50, -0, 1e3).
-    assert '"n": [1.50, -0, 1e3]' in events[0].line
+    assert b'"n": [1.50, -0, 1e3]' in events[0].line
+
+
+async def test_group_writer_shares_one_write_among_waiting_batches() -> None:
+    from streamd.drain.sinks.base import CONFIRMED, DrainEvent, GroupWriter, Result
+
+    writes: list[list[int]] = []
+    gate = trio.Event()
+
+    async def write(events: object) -> Result:
+        writes.append([e.seq for e in events])  # type: ignore[attr-defined]
+        if len(writes) == 1:
+            await gate.wait()  # the first write is slow: others queue behind it
+        return CONFIRMED
+
+    group = GroupWriter(write)
+    results: list[Result] = []
+
+    async def one(seq: int) -> None:
+        ev = DrainEvent(seq, "k", "other", None, None, None, "s", None, "t", "{}")
+        results.append(await group.deliver([ev]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, 1)
+        await wait_until(lambda: len(writes) == 1, "first write started")
+        for seq in (2, 3, 4):
+            nursery.start_soon(one, seq)
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    # One write (one fsync) for the three that waited, in journal order whatever order
+    # they arrived in (trio starts tasks in any order).
+    assert writes == [[1], [2, 3, 4]]
+    assert results == [CONFIRMED] * 4

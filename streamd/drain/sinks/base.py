@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
+import trio
 
 from streamd.drain.policy import Kind
 
@@ -26,7 +27,7 @@ class DrainEvent:
     received_at: str
     raw: str
     lead_id: int | None = None
-    line: str = ""  # the envelope, when the reader had SQLite build it (store.py)
+    line: bytes = b""  # the envelope (UTF-8), when the reader had SQLite build it (store.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ def envelope(event: DrainEvent) -> bytes:
     whitespace (inside strings it must be escaped), so each becomes a space.
     """
     if event.line:
-        return event.line.encode()
+        return event.line
     raw = event.raw
     if "\n" in raw or "\r" in raw:
         raw = raw.replace("\r", " ").replace("\n", " ")
@@ -98,12 +99,63 @@ def envelope(event: DrainEvent) -> bytes:
 def json_lines(events: Sequence[DrainEvent]) -> bytes:
     """The batch as JSON Lines (one envelope per line)."""
     if all(event.line for event in events):
-        return ("\n".join(event.line for event in events) + "\n").encode()
+        return b"\n".join(event.line for event in events) + b"\n"
     return b"".join(envelope(event) + b"\n" for event in events)
 
 
 def json_array(events: Sequence[DrainEvent]) -> bytes:
     """The batch's envelopes as a JSON array."""
     if all(event.line for event in events):
-        return ("[" + ",".join(event.line for event in events) + "]").encode()
+        return b"[" + b",".join(event.line for event in events) + b"]"
     return b"[" + b",".join(envelope(event) for event in events) + b"]"
+
+
+def _seq(event: DrainEvent) -> int:
+    return event.seq
+
+
+class _Waiting:
+    __slots__ = ("done", "events", "result")
+
+    def __init__(self, events: Sequence[DrainEvent]) -> None:
+        self.events = events
+        self.done = trio.Event()
+        self.result: Result | None = None
+
+
+class GroupWriter:
+    """Group commit for sinks whose cost is per write (an fsync, a transaction): batches
+    that arrive while a write is under way share the next one, and all of them get its
+    result. ``write`` is called with the events of every batch in the group, in journal
+    order (batches from several workers can arrive in any order)."""
+
+    def __init__(self, write: Callable[[Sequence[DrainEvent]], Awaitable[Result]]) -> None:
+        self._write = write
+        self._waiting: list[_Waiting] = []
+        self._writing = False
+
+    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+        mine = _Waiting(events)
+        self._waiting.append(mine)
+        if self._writing:
+            await mine.done.wait()
+            assert mine.result is not None
+            return mine.result
+        self._writing = True
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                with trio.CancelScope(shield=True):  # its thread runs to the end anyway
+                    events = sorted((e for w in group for e in w.events), key=_seq)
+                    result = await self._write(events)
+                for w in group:
+                    w.result = result
+                    w.done.set()
+        finally:
+            self._writing = False
+            for w in self._waiting:  # the writer was cancelled: the others retry
+                w.result = Result(Kind.TRANSIENT, "the group's write was cancelled")
+                w.done.set()
+            self._waiting = []
+        assert mine.result is not None
+        return mine.result

@@ -2,8 +2,9 @@
 cursor moves, optionally gzipped once closed.
 
 Files are named ``<prefix>-<UTC time>-<first seq>.jsonl`` in ``directory``;
-the newest one is being written. Each batch is written with one ``write`` and,
-by default, fsynced before the engine hears "confirmed": a crash never
+the newest one is being written. Each batch is written with one ``write`` (batches
+that arrive meanwhile share the next one) and, by default, fsynced before the
+engine hears "confirmed": a crash never
 advances the cursor past lines that are not on disk. Each start opens a new
 file, so a file is never appended to by two runs.
 """
@@ -20,7 +21,14 @@ from datetime import UTC, datetime
 
 import trio
 
-from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, json_lines, transient
+from streamd.drain.sinks.base import (
+    CONFIRMED,
+    DrainEvent,
+    GroupWriter,
+    Result,
+    json_lines,
+    transient,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +51,13 @@ class FileSink:
         self._size = 0
         self._opened = 0.0
         self._limiter = trio.CapacityLimiter(1)  # one writer of the file at a time
+        self._group = GroupWriter(self._write_group)
 
     async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+        # Batches arriving while one is written and fsynced share the next write.
+        return await self._group.deliver(events)
+
+    async def _write_group(self, events: Sequence[DrainEvent]) -> Result:
         data = json_lines(events)
         try:
             await trio.to_thread.run_sync(self._write, data, events[0].seq, limiter=self._limiter)

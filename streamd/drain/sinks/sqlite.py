@@ -15,11 +15,13 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
+import orjson
 import sqlite_utils
 import trio
 
-from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, transient
+from streamd.drain.sinks.base import CONFIRMED, DrainEvent, GroupWriter, Result, transient
 
 _COLUMNS = {
     "id": str,
@@ -33,6 +35,12 @@ _COLUMNS = {
     "received_at": str,
     "event": str,
 }
+_UPDATE = (
+    "seq = excluded.seq, type = excluded.type, source = excluded.source, "
+    "munchkin_id = excluded.munchkin_id, activity_type_id = excluded.activity_type_id, "
+    "lead_id = excluded.lead_id, occurred_at = excluded.occurred_at, "
+    "received_at = excluded.received_at, event = excluded.event"
+)
 INDEXABLE = ("seq", "type", "source", "munchkin_id", "activity_type_id", "lead_id", "occurred_at",
              "received_at")  # fmt: skip
 
@@ -44,15 +52,9 @@ class SqliteSettings:
     # Each index is another B-tree every upsert writes; random keys (lead_id) cost most
     # (see ARCHITECTURE.md, "sqlite sink").
     indexes: tuple[str, ...] = ("occurred_at",)
-
-
-class _Pending:
-    __slots__ = ("done", "events", "result")
-
-    def __init__(self, events: Sequence[DrainEvent]) -> None:
-        self.events = events
-        self.done = trio.Event()
-        self.result: Result | None = None
+    # The journal file: rows are then copied by SQLite from the journal (attached
+    # read-only) and never enter Python; without it, from the events handed over.
+    journal: str | None = None
 
 
 class SqliteSink:
@@ -63,39 +65,14 @@ class SqliteSink:
         self._db: sqlite_utils.Database | None = None
         self._tables: set[str] = set()
         self._limiter = trio.CapacityLimiter(1)  # one connection, one writer
-        self._pending: list[_Pending] = []
-        self._writing = False
+        self._group = GroupWriter(self._commit_group)
 
     async def deliver(self, events: Sequence[DrainEvent]) -> Result:
-        # Group commit: batches that arrive while a transaction is being written share
-        # the next one (one fsync for all of them), as the journal writer does.
-        mine = _Pending(events)
-        self._pending.append(mine)
-        if self._writing:
-            await mine.done.wait()
-            assert mine.result is not None
-            return mine.result
-        self._writing = True
-        try:
-            while self._pending:
-                group, self._pending = self._pending, []
-                result = await self._commit_group([e for p in group for e in p.events])
-                for p in group:
-                    p.result = result
-                    p.done.set()
-        finally:
-            self._writing = False
-            for p in self._pending:  # cancelled while others waited: let them retry
-                p.result = transient("the writing batch was cancelled")
-                p.done.set()
-            self._pending = []
-        assert mine.result is not None
-        return mine.result
+        return await self._group.deliver(events)
 
     async def _commit_group(self, events: Sequence[DrainEvent]) -> Result:
         try:
-            with trio.CancelScope(shield=True):  # the thread runs to the end anyway
-                await trio.to_thread.run_sync(self._write, events, limiter=self._limiter)
+            await trio.to_thread.run_sync(self._write, events, limiter=self._limiter)
         except (sqlite3.Error, OSError) as exc:
             self._close()
             return transient(f"{self.settings.path}: {exc}")
@@ -107,17 +84,25 @@ class SqliteSink:
             os.makedirs(directory, exist_ok=True)
             # Used from whichever worker thread trio hands us (one at a time: the limiter).
             conn = sqlite3.connect(
-                self.settings.path, isolation_level=None, check_same_thread=False
+                f"file:{quote(os.path.abspath(self.settings.path))}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
             )
             conn.execute("PRAGMA busy_timeout = 5000")  # readers (Datasette) may hold it
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")  # committed before the cursor moves
             # Checkpoint every 64 MiB of WAL, not every 4 MiB: each checkpoint runs in the
-            # committing thread and fsyncs the database; 500-2,000-row upserts ran 53k
-            # events/s with the default and 83-90k with this and a 32 MiB cache
-            # (ARCHITECTURE.md, "sqlite sink").
+            # committing thread and fsyncs the database; 2,000-row upserts ran 46-53k
+            # events/s with the default and 83k with this (ARCHITECTURE.md, "Drain").
+            # The page cache stays small (8 MiB): a 32 MiB one added ~8% and the RSS.
             conn.execute("PRAGMA wal_autocheckpoint = 16384")
-            conn.execute("PRAGMA cache_size = -32768")
+            conn.execute("PRAGMA cache_size = -8192")
+            if self.settings.journal is not None:
+                conn.execute(
+                    "ATTACH DATABASE ? AS journal",
+                    (f"file:{quote(os.path.abspath(self.settings.journal))}?mode=ro",),
+                )
             self._db = sqlite_utils.Database(conn)
             self._tables = set()
         return self._db
@@ -134,39 +119,62 @@ class SqliteSink:
         return name
 
     def _write(self, events: Sequence[DrainEvent]) -> None:
+        """Upsert a group's events in one transaction. Events read as references (no
+        ``raw``: the drain's normal path) are copied by SQLite from the attached journal,
+        their columns never turned into Python objects; events that carry their JSON
+        (dead letters, which may outlive the journal's copy) are bound from Python."""
         db = self._open()
-        by_table: dict[str, list[tuple[object, ...]]] = {}
+        copied: dict[str, list[int]] = {}
+        bound: dict[str, list[tuple[object, ...]]] = {}
         for e in events:
-            by_table.setdefault(self._table(db, e.stream), []).append(
-                (
-                    e.key,
-                    e.seq,
-                    e.type,
-                    e.source,
-                    e.munchkin_id,
-                    e.activity_type_id,
-                    e.lead_id,
-                    e.occurred_at,
-                    e.received_at,
-                    e.raw,
+            table = self._table(db, e.stream)
+            if self.settings.journal is not None and not e.raw:
+                copied.setdefault(table, []).append(e.seq)
+            else:
+                bound.setdefault(table, []).append(
+                    (
+                        e.key,
+                        e.seq,
+                        e.type,
+                        e.source,
+                        e.munchkin_id,
+                        e.activity_type_id,
+                        e.lead_id,
+                        e.occurred_at,
+                        e.received_at,
+                        e.raw,
+                    )
                 )
-            )
         conn = db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        # DEFERRED, not IMMEDIATE: IMMEDIATE takes a write lock on every attached
+        # database, the journal included, and would make ingest's commits wait.
+        conn.execute("BEGIN")
         try:
-            for name, rows in by_table.items():
+            for name, rows in bound.items():
                 # Upsert by event id: a redelivery (at least once) replaces, never duplicates.
                 conn.executemany(
                     f"INSERT INTO [{name}] (id, seq, type, source, munchkin_id, "  # noqa: S608
                     "activity_type_id, lead_id, occurred_at, received_at, event) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                    "seq = excluded.seq, type = excluded.type, source = excluded.source, "
-                    "munchkin_id = excluded.munchkin_id, "
-                    "activity_type_id = excluded.activity_type_id, lead_id = excluded.lead_id, "
-                    "occurred_at = excluded.occurred_at, received_at = excluded.received_at, "
-                    "event = excluded.event",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    f"ON CONFLICT (id) DO UPDATE SET {_UPDATE}",
                     rows,
                 )
+            for name, wanted in copied.items():
+                done = conn.execute(
+                    f"INSERT INTO [{name}] (id, seq, type, source, munchkin_id, "  # noqa: S608
+                    "activity_type_id, lead_id, occurred_at, received_at, event) "
+                    "SELECT event_key, seq, type, source, munchkin_id, activity_type_id, "
+                    "lead_id, occurred_at, received_at, raw FROM journal.events "
+                    "WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq "
+                    f"ON CONFLICT (id) DO UPDATE SET {_UPDATE}",
+                    (orjson.dumps(wanted),),
+                ).rowcount
+                if done != len(wanted):
+                    # The cursor has not passed them, so retention cannot have deleted
+                    # them: never confirm what was not written.
+                    raise sqlite3.DataError(
+                        f"{len(wanted) - done} of {len(wanted)} events are not in the journal"
+                    )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -15,11 +15,14 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import orjson
-import sqlite_utils
 import trio
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 from streamd.drain.sinks.base import CONFIRMED, DrainEvent, GroupWriter, Result, transient
 
@@ -79,6 +82,10 @@ class SqliteSink:
         return CONFIRMED
 
     def _open(self) -> sqlite_utils.Database:
+        # Imported here: sqlite-utils loads numpy and pandas when they are installed,
+        # tens of MiB a daemon without a sqlite sink should not carry.
+        import sqlite_utils
+
         if self._db is None:
             directory = os.path.dirname(os.path.abspath(self.settings.path))
             os.makedirs(directory, exist_ok=True)

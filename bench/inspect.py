@@ -215,9 +215,12 @@ def cases(path: Path, facts: dict[str, Any]) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def impact(path: Path, rounds: int) -> dict[str, Any]:
+def impact(path: Path, rounds: int, max_rate: int | None = None) -> dict[str, Any]:
     """journal_writer events/s alone vs while an export of ``path`` loops (alternating)."""
     writer = [sys.executable, "-m", "bench.journal_writer", "--events", "400000"]
+    # The writer journals into its own file, so the export cannot see a daemon holding
+    # the exported one: --impact-max-rate gives it the pace it would then take.
+    pace = "" if max_rate is None else f" --max-rate {max_rate}"
     results: dict[str, list[float]] = {"alone": [], "during-export": []}
     for _ in range(rounds):
         for variant in ("alone", "during-export"):
@@ -225,7 +228,7 @@ def impact(path: Path, rounds: int) -> dict[str, Any]:
             if variant == "during-export":
                 exporter = subprocess.Popen(
                     ["sh", "-c", f"while :; do {sys.executable} -m streamd journal export "
-                     f"--journal {path} >/dev/null; done"],
+                     f"--journal {path}{pace} >/dev/null; done"],
                     start_new_session=True,
                 )  # fmt: skip
                 time.sleep(1)
@@ -254,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated case names")
     ap.add_argument("--impact", action="store_true", help="measure ingest alone vs during export")
     ap.add_argument("--impact-rounds", type=int, default=2)
+    ap.add_argument(
+        "--impact-max-rate",
+        type=int,
+        help="export at this pace during --impact (what it does while a daemon ingests)",
+    )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     path = _CACHE / f"inspect-{args.events}" / "journal.db"
@@ -273,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = timings["export-1m-jsonl"]["min"] - result["startup"]["min"]
         result["export_events_per_s"] = round(1_000_000 / best)
     if args.impact:
-        result["impact"] = impact(path, args.impact_rounds)
+        result["impact"] = impact(path, args.impact_rounds, args.impact_max_rate)
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
     print(text)
     if args.out:

@@ -21,8 +21,10 @@ their own read-only connection: the event loop never waits for SQLite.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from contextlib import closing
+from datetime import timedelta
 from functools import partial
 from urllib.parse import urlencode
 
@@ -30,9 +32,10 @@ import orjson
 import trio
 
 from streamd.admin.app import Request, Response, Route
+from streamd.core.timeparse import format_utc
 from streamd.errors import JournalError, StreamdError, UsageError
 from streamd.inspect.filters import Filters, parse_filters, parse_int
-from streamd.inspect.reader import _pages, max_seq, now_utc, open_readonly
+from streamd.inspect.reader import _pages, max_seq, now_utc, open_readonly, seq_window
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -46,7 +49,9 @@ _FILTER_PARAMS = {
     "source": "source",
     "where": "where",
 }
-_SINGLE = {"since", "latest", "limit", "from", "until", "clock"}
+_SINGLE = {"since", "latest", "limit", "from", "until", "clock", "seek"}
+# seek=-PT2H: back from now by an ISO 8601 duration (days, hours, minutes, seconds)
+_SEEK = re.compile(r"-P(?:(\d{1,4})D)?(?:T(?:(\d{1,5})H)?(?:(\d{1,6})M)?(?:(\d{1,7})S)?)?")
 
 
 def journal_routes(
@@ -64,10 +69,13 @@ class PositionExpired(StreamdError):
 
 
 class _Page:
-    __slots__ = ("body", "last", "newest", "scanned_to")
+    __slots__ = ("body", "last", "newest", "scanned_to", "start")
 
-    def __init__(self, body: bytes, last: int | None, scanned_to: int, newest: int) -> None:
+    def __init__(
+        self, body: bytes, last: int | None, scanned_to: int, newest: int, start: int
+    ) -> None:
         self.body, self.last, self.scanned_to, self.newest = body, last, scanned_to, newest
+        self.start = start
 
 
 class _JournalEndpoint:
@@ -77,10 +85,10 @@ class _JournalEndpoint:
         self._limiter = limiter
 
     async def get(self, request: Request) -> Response:
-        since, latest, limit, filters, kept = _parse(request.query)
-        read = partial(self._read, since, latest, limit, filters)
+        since, latest, limit, filters, kept, seek = _parse(request.query)
+        read = partial(self._read, since, latest, limit, filters, seek)
         page = await trio.to_thread.run_sync(read, limiter=self._limiter)
-        start = page.newest if latest else since
+        start = page.newest if latest else page.start
         if page.last is None and page.scanned_to <= start:
             # The end of the journal: wait, then ask again from the same place.
             link = _link(request, start, limit, kept)
@@ -95,7 +103,9 @@ class _JournalEndpoint:
             200, body=page.body, headers=[(b"link", _link(request, page.scanned_to, limit, kept))]
         )
 
-    def _read(self, since: int, latest: bool, limit: int, filters: Filters) -> _Page:
+    def _read(
+        self, since: int, latest: bool, limit: int, filters: Filters, seek: str | None = None
+    ) -> _Page:
         try:
             conn = open_readonly(self._path, cache_mib=4)
         except JournalError:
@@ -103,7 +113,16 @@ class _JournalEndpoint:
         with closing(conn):
             try:
                 newest = max_seq(conn)
-                if not latest and since > 0:
+                if seek is not None:
+                    # The position just before the first event received at or after it:
+                    # bisection gives a lower bound (a minute's margin), a short scan the rest.
+                    lower = seq_window(conn, Filters(since=seek, clock="received"))[0]
+                    first = conn.execute(
+                        "SELECT min(seq) FROM events WHERE seq > ? AND received_at >= ?",
+                        (lower, seek),
+                    ).fetchone()[0]
+                    since = newest if first is None else first - 1
+                elif not latest and since > 0:
                     oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
                     if oldest is not None and since < oldest - 1:
                         # Retention deleted what came after this position: as Adobe's
@@ -131,10 +150,12 @@ class _JournalEndpoint:
                 },
             }
         )
-        return _Page(body, last, scanned_to, newest)
+        return _Page(body, last, scanned_to, newest, since)
 
 
-def _parse(query: list[tuple[str, str]]) -> tuple[int, bool, int, Filters, list[tuple[str, str]]]:
+def _parse(
+    query: list[tuple[str, str]],
+) -> tuple[int, bool, int, Filters, list[tuple[str, str]], str | None]:
     """Validate the query: since, latest, limit, filters; the filter params to keep in links."""
     single: dict[str, str] = {}
     many: dict[str, list[str]] = {}
@@ -149,12 +170,12 @@ def _parse(query: list[tuple[str, str]]) -> tuple[int, bool, int, Filters, list[
         elif name in _FILTER_PARAMS:
             many.setdefault(name, []).append(value)
             kept.append((name, value))
-        elif name == "seek":
-            raise UsageError("seek is not supported; use since=POSITION or latest=true")
         else:
             raise UsageError(f"unknown parameter {name[:40]!r}")
     if "since" in single and single.get("latest", "").lower() == "true":
         raise UsageError("since and latest=true cannot be combined")
+    if "seek" in single and ("since" in single or single.get("latest", "").lower() == "true"):
+        raise UsageError("seek cannot be combined with since or latest=true")
     since = parse_int(single["since"], "since") if "since" in single else 0
     latest = single.get("latest", "false").lower()
     if latest not in ("true", "false"):
@@ -171,7 +192,20 @@ def _parse(query: list[tuple[str, str]]) -> tuple[int, bool, int, Filters, list[
         for flag, param in _FLAG_NAMES:
             message = message.replace(flag, param)
         raise UsageError(message) from None
-    return since, latest == "true", limit, filters, kept
+    seek = _seek(single["seek"]) if "seek" in single else None
+    return since, latest == "true", limit, filters, kept, seek
+
+
+def _seek(text: str) -> str:
+    """The receive time ``text`` (``-PT2H``, ``-P1DT30M``, ...) points back to, from now."""
+    match = _SEEK.fullmatch(text)
+    if match is None or not any(match.groups()) or text.endswith("T"):
+        raise UsageError(
+            f"seek: {text[:40]!r} is not a negative ISO 8601 duration such as -PT2H or -P1D"
+        )
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    back = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    return format_utc(now_utc() - back)
 
 
 _FLAG_NAMES = (

@@ -211,7 +211,10 @@ async def test_a_rare_filter_scans_a_bounded_window(
         ("since=1&since=2", "since given more than once"),
         ("since=1&latest=true", "since and latest=true cannot be combined"),
         ("latest=maybe", "latest: expected true or false"),
-        ("seek=-PT2H", "seek is not supported"),
+        ("seek=PT2H", "seek: 'PT2H' is not a negative ISO 8601 duration"),
+        ("seek=-PT", "seek: '-PT' is not a negative ISO 8601 duration"),
+        ("seek=-P2X", "seek: '-P2X' is not a negative ISO 8601 duration"),
+        ("seek=-PT2H&since=3", "seek cannot be combined with since or latest=true"),
         ("color=red", "unknown parameter 'color'"),
         ("lead=1%20OR%201%3D1", "lead: '1 OR 1=1' is not a whole number"),
         ("from=yesterday", "from: 'yesterday' is not a duration or a time"),
@@ -276,3 +279,18 @@ async def test_a_position_older_than_retention_is_410(admin: Server) -> None:
     assert ok.status_code == 200
     assert ok.json()["events"][0]["position"] == "5"
     assert (await admin.client.get(base + "/journal", headers=auth)).status_code == 200
+
+
+async def test_seek_goes_back_in_time_like_adobes_journal(admin: Server) -> None:
+    for name in ("legacy_push", "lads_batch"):  # received now: seq 1..10
+        assert (await admin.post(fixture_bytes(name))).status_code == 200
+    base, auth = admin_url(admin), admin_auth(admin)
+    back = await admin.client.get(base + "/journal?seek=-PT2H&limit=100", headers=auth)
+    assert back.status_code == 200
+    assert [e["position"] for e in back.json()["events"]] == [str(n) for n in range(1, 11)]
+    # Back by nothing: the end of the journal, 204 and a next link from there.
+    now = await admin.client.get(base + "/journal?seek=-PT0S", headers=auth)
+    assert now.status_code == 204
+    assert "since=10" in now.headers["link"]
+    day = await admin.client.get(base + "/journal?seek=-P1DT30M&limit=3", headers=auth)
+    assert [e["position"] for e in day.json()["events"]] == ["1", "2", "3"]

@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_flags(p_check)
 
+    p_oauth = sub.add_parser("oauth", help="the embedded OAuth issuer's client secrets")
+    osub = p_oauth.add_subparsers(dest="oauth_command", metavar="SUBCOMMAND")
+    osub.required = True
+    osub.add_parser(
+        "hash-secret",
+        help="read a client secret (prompted on a terminal, else one line of stdin) and print "
+        "the hash to put in [oauth] clients",
+    )
+
     p_journal = sub.add_parser("journal", help="inspect the journal (read-only)")
     jsub = p_journal.add_subparsers(dest="journal_command", metavar="SUBCOMMAND")
     jsub.required = True
@@ -254,6 +263,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "oauth":
+        return _hash_secret()
     if args.command == "sinks":
         return _sinks(args)
     if args.command == "dlq":
@@ -413,6 +424,21 @@ def _dlq(args: argparse.Namespace) -> int:
     else:
         n = offline.drop_dead_letters(path, args.sink, ids)
         print(f"{n} dead letters of {args.sink} dropped")
+    return 0
+
+
+def _hash_secret() -> int:
+    import getpass
+
+    from streamd.auth.issuer import hash_secret
+
+    if sys.stdin.isatty():
+        secret = getpass.getpass("client secret: ")
+    else:
+        secret = sys.stdin.readline().rstrip("\n")
+    if len(secret) < 16:
+        raise UsageError("oauth hash-secret: a client secret needs at least 16 characters")
+    print(hash_secret(secret))
     return 0
 
 

@@ -8,18 +8,21 @@ journal. The 200 is sent only after the journal committed the batch.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
 import trio
 
 from streamd.auth import TokenSet, token_from_request
 from streamd.auth.adobe import Presented, SignatureCheck
+from streamd.auth.issuer import Issuer, check_secret
 from streamd.core import decode_delivery
 from streamd.errors import JournalBusy, JournalClosed, PayloadError, StreamdError
 from streamd.ingest.validation import Validator
@@ -39,6 +42,7 @@ _JSON_TYPES = frozenset(
         b"application/cloudevents-batch+json",
     }
 )
+TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
 _CHALLENGE = re.compile(r"[A-Za-z0-9._~-]{1,256}")
 _COMMON_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
@@ -54,6 +58,7 @@ class Source:
     adobe: SignatureCheck | None = None  # set: Adobe signatures instead of tokens
     require_client_cert: bool = False  # only on the mTLS listener (server.mtls_listen)
     validator: Validator | None = None  # set: open allowed validationUrls automatically
+    oauth: bool = False  # set: Bearer tokens from the embedded issuer instead of API tokens
 
 
 class IngestApp:
@@ -76,6 +81,8 @@ class IngestApp:
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
         self._background: trio.Nursery | None = None
+        # The embedded OAuth issuer (POST /oauth/token), when configured.
+        self.issuer: Issuer | None = None
         # Ports of the listener that required a verified client certificate (mTLS).
         self.mtls_ports: set[int] = set()
         # Called once per answered POST: (source, status, seconds, reason of a 503 or None).
@@ -133,6 +140,9 @@ class IngestApp:
             await _lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.issuer is not None and scope["path"] == TOKEN_PATH:
+            await self._token(scope, receive, send, self.issuer)
+            return
         source = self._routes.get(scope["path"].rstrip("/") or "/")
         if source is None:
             await self._error(send, 404, f"no source at {scope['path'][:200]}")
@@ -200,7 +210,11 @@ class IngestApp:
             presented = token_from_request(
                 headers.get(b"authorization"), scope["query_string"], allow_query=source.query_token
             )
-            if source.tokens is None or not source.tokens.check(presented):
+            if source.oauth:
+                accepted = self.issuer is not None and self.issuer.check(presented) is not None
+            else:
+                accepted = source.tokens is not None and source.tokens.check(presented)
+            if not accepted:
                 what = "missing" if presented is None else "invalid"
                 await self._error(
                     send,
@@ -271,6 +285,78 @@ class IngestApp:
         )
         result = await self._journal.append(batch)  # returns only after COMMIT
         await self._json(send, 200, {"accepted": result.accepted, "duplicates": result.duplicates})
+
+    async def _token(self, scope: Scope, receive: Receive, send: Send, issuer: Issuer) -> None:
+        """``POST /oauth/token``, client credentials grant (RFC 6749 section 4.4)."""
+        if scope["method"] != "POST":
+            await self._error(send, 405, f"{scope['method']} not allowed", [(b"allow", b"POST")])
+            return
+        client = scope.get("client") or ("unknown", 0)
+        address = str(client[0])
+        wait = issuer.blocked(address)
+        if wait:
+            await self._oauth_error(
+                send, 429, "slow_down", "too many failed token requests", int(wait) + 1
+            )
+            return
+        headers = _headers(scope)
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media != b"application/x-www-form-urlencoded":
+            await self._oauth_error(send, 400, "invalid_request", "send a form")
+            return
+        body = await self._read_limited(receive, 8192)
+        if body is None:
+            await self._oauth_error(send, 413, "invalid_request", "body larger than 8192 bytes")
+            return
+        try:
+            form = dict(parse_qsl(body.decode("utf-8"), max_num_fields=10, strict_parsing=True))
+        except (UnicodeDecodeError, ValueError):
+            await self._oauth_error(send, 400, "invalid_request", "not a URL-encoded form")
+            return
+        if form.get("grant_type") != "client_credentials":
+            await self._oauth_error(
+                send, 400, "unsupported_grant_type", "only client_credentials is supported"
+            )
+            return
+        client_id, secret = _basic(headers.get(b"authorization"))
+        client_id = client_id or form.get("client_id", "")
+        secret = secret or form.get("client_secret", "")
+        stored = issuer.clients.get(client_id)
+        # The hash check costs PBKDF2's iterations: off the event loop.
+        ok = stored is not None and await trio.to_thread.run_sync(check_secret, secret, stored)
+        if not ok:
+            issuer.failed(address)
+            log.warning("refused a token request from %s for client %r", address, client_id[:64])
+            await self._oauth_error(send, 401, "invalid_client", "unknown client or wrong secret")
+            return
+        token, ttl = issuer.issue(client_id)
+        await self._json(
+            send, 200, {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
+        )
+
+    async def _oauth_error(
+        self, send: Send, status: int, error: str, description: str, retry_after: int | None = None
+    ) -> None:
+        headers = []
+        if status == 401:
+            headers.append((b"www-authenticate", b'Basic realm="streamd"'))
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await self._json(send, status, {"error": error, "error_description": description}, headers)
+
+    async def _read_limited(self, receive: Receive, limit: int) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it passes the limit (nothing buffered past it)."""
@@ -367,6 +453,18 @@ def _retry_after(exc: StreamdError) -> int | None:
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     return {name.lower(): value for name, value in scope["headers"]}
+
+
+def _basic(value: bytes | None) -> tuple[str, str]:
+    """(client id, secret) from ``Authorization: Basic``, or empty strings."""
+    if not value or value[:6].lower() != b"basic ":
+        return "", ""
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return "", ""
+    client_id, _, secret = decoded.partition(":")
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
 def _local_port(scope: Scope) -> int | None:

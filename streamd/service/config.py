@@ -72,7 +72,7 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     name: str
     path: str
-    auth: Literal["token", "adobe-signature"] = "token"
+    auth: Literal["token", "adobe-signature", "oauth"] = "token"
     token_files: list[str] = msgspec.field(default_factory=list)
     query_token: bool = True
     require_client_cert: bool = False
@@ -190,6 +190,15 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exec: ExecSinkConfig | None = None
 
 
+class OAuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[oauth]: the embedded issuer (POST /oauth/token) for auth = "oauth" sources."""
+
+    clients: dict[str, str] = msgspec.field(default_factory=dict)  # client id -> secret hash
+    token_ttl: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 3600
+    signing_key_file: str = ""
+    max_failures_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+
+
 class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[health]: when to warn that a stream is silent or failing."""
 
@@ -241,12 +250,18 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    oauth: OAuthConfig = msgspec.field(default_factory=OAuthConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
     @property
     def journal_path(self) -> str:
         """The journal file inside the data directory."""
         return os.path.join(self.data_dir, "journal.db")
+
+    @property
+    def oauth_key_file(self) -> str:
+        """The embedded issuer's token signing key (generated on first start)."""
+        return self.oauth.signing_key_file or os.path.join(self.data_dir, "oauth-signing-key")
 
     @property
     def default_token_file(self) -> str:
@@ -376,12 +391,25 @@ def validate(
         names.add(source.name)
         paths.add(route)
         _validate_adobe(source, f"{where}: key {key}")
+        if source.auth == "oauth" and not config.oauth.clients:
+            raise ConfigError(
+                f'{where}: key {key}.auth: "oauth" needs [oauth] clients '
+                "(client id = secret hash; streamd oauth hash-secret makes one)"
+            )
         if source.require_client_cert and not config.server.mtls_listen:
             raise ConfigError(
                 f"{where}: key {key}.require_client_cert: needs server.mtls_listen "
                 "(the listener that asks for client certificates)"
             )
     _validate_tls(config.server, where)
+    from streamd.auth.issuer import validate_hash  # here: keeps config's imports small
+
+    for client_id, stored in config.oauth.clients.items():
+        if not _NAME.fullmatch(client_id):
+            raise ConfigError(f"{where}: key oauth.clients: {client_id!r} is not a valid client id")
+        validate_hash(stored, f"{where}: key oauth.clients.{client_id}")
+    if any(s.path.rstrip("/") == "/oauth/token" for s in config.sources):
+        raise ConfigError(f"{where}: key sources: /oauth/token is the embedded issuer's path")
     validate_sinks(config, where)
 
 

@@ -28,6 +28,7 @@ from hypercorn.utils import wrap_app
 from streamd.admin import AdminApp, journal_routes
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
+from streamd.auth.issuer import Issuer, load_or_create_key
 from streamd.drain import Drain, open_drain
 from streamd.drain.admin import sink_routes
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
@@ -81,6 +82,19 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
     cache: dict[str, list[str]] = {}
     sources = []
     for source in config.sources:
+        if source.auth == "oauth":
+            sources.append(
+                Source(
+                    source.name,
+                    source.path,
+                    None,
+                    source.query_token,
+                    require_client_cert=source.require_client_cert,
+                    validator=_validator(source),
+                    oauth=True,
+                )
+            )
+            continue
         if source.auth == "adobe-signature":
             check = signature_check(config, source)
             sources.append(
@@ -130,6 +144,15 @@ def _validator(source: SourceConfig) -> Validator | None:
         return None
     hosts = tuple(h.lower() for h in source.validation_hosts)
     return Validator(hosts, source.validation_ca_file)
+
+
+def build_issuer(config: Config) -> Issuer | None:
+    """The embedded OAuth issuer, when [oauth] has clients (creates the signing key)."""
+    if not config.oauth.clients:
+        return None
+    o = config.oauth
+    key = load_or_create_key(config.oauth_key_file)
+    return Issuer(dict(o.clients), key, ttl=o.token_ttl, max_failures=o.max_failures_per_minute)
 
 
 def read_secret(path: str, what: str) -> bytes:
@@ -356,6 +379,7 @@ async def serve(
             max_body_bytes=config.server.max_body_bytes,
             max_in_flight=config.server.max_in_flight,
         )
+        app.issuer = build_issuer(config)
         stop = trio.Event()
         # Stops after the listeners (its exit waits up to graceful_timeout for the
         # batches in flight; cursors only pass what was confirmed).
@@ -583,6 +607,7 @@ class _Reloader:
             new = await trio.to_thread.run_sync(self._load)
             sources = await trio.to_thread.run_sync(load_sources, new)
             specs = await trio.to_thread.run_sync(build_specs, new)  # reads secret files
+            issuer = await trio.to_thread.run_sync(build_issuer, new)
             if new.server.tls_certfile:
                 for hc in self._listeners:
                     reload_certificates(hc, new)
@@ -603,6 +628,7 @@ class _Reloader:
                     "effect only after a restart"
                 )
             self._app.replace_sources(sources)
+            self._app.issuer = issuer
             if self.drain is not None and new.sinks != self.config.sinks:
                 old = {s.name: s for s in self.config.sinks}
                 changed = {s.name for s in new.sinks if s.name in old and old[s.name] != s}

@@ -273,3 +273,34 @@ def test_journal_server_process_pages_and_stops_on_sigterm(processes: Processes)
     server.send_signal(signal.SIGTERM)
     assert server.wait(15) == 0, server.stderr()
     assert_no_traceback(server.stderr())
+
+
+def test_legacy_oauth_against_streamds_own_issuer(tmp_path: Path, processes: Processes) -> None:
+    """Marketo's OAuth set-up with streamd as the identity provider: the emulator fetches
+    a token from streamd's POST /oauth/token and delivers with it; everything verifies."""
+    from streamd.auth.issuer import hash_secret
+
+    secret = tmp_path / "secret"
+    secret.write_text("marketo-client-secret-0123456789\n")
+    config = tmp_path / "streamd.toml"
+    stored = hash_secret(secret.read_text().strip(), iterations=10_000)
+    config.write_text(
+        f'[oauth.clients]\nmarketo = "{stored}"\n'
+        '[[sources]]\nname = "legacy"\npath = "/legacy"\nauth = "oauth"\n'
+    )
+    server = serve(processes, tmp_path / "data", args=["--config", str(config)])
+    base = f"http://127.0.0.1:{server.port}"
+    acked = tmp_path / "acked"
+    emit = _emit(
+        processes,
+        "emit-own-issuer",
+        *("--to", f"{base}/legacy", "--count", "1500", "--parallel", "2", "--unpaced"),
+        *("--oauth-url", f"{base}/oauth/token", "--client-id", "marketo"),
+        *("--client-secret-file", str(secret), "--acked", str(acked), "--json"),
+    )
+    assert emit.wait(60) == 0, emit.stderr()
+    summary = json.loads(emit.stdout())
+    assert summary["events_acked"] == 1500 and summary["outcomes"].keys() == {"200"}
+    assert summary["token_fetches"] == 1
+    assert _verify(processes, server, acked).startswith("ok: all 1500 acknowledged ids")
+    stop_gracefully(server)

@@ -106,8 +106,8 @@ ADOBE_ERRORS = [
         "key sources[0].adobe.key_cache_hours: expected `float` <= 24",
     ),
     (
-        "[[sources]]\nname='s'\npath='/s'\nauth = 'oauth'",
-        "key sources[0].auth: invalid enum value 'oauth'",
+        "[[sources]]\nname='s'\npath='/s'\nauth = 'jwt'",
+        "key sources[0].auth: invalid enum value 'jwt'",
     ),
 ]
 

@@ -22,6 +22,7 @@ import trio
 
 from streamd.auth import TokenSet, token_from_request
 from streamd.auth.adobe import Presented, SignatureCheck
+from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.issuer import Issuer, check_secret
 from streamd.core import decode_delivery
 from streamd.errors import JournalBusy, JournalClosed, PayloadError, StreamdError
@@ -59,6 +60,7 @@ class Source:
     require_client_cert: bool = False  # only on the mTLS listener (server.mtls_listen)
     validator: Validator | None = None  # set: open allowed validationUrls automatically
     oauth: bool = False  # set: Bearer tokens from the embedded issuer instead of API tokens
+    external: JwtVerifier | Introspector | None = None  # set: an external IdP's tokens
 
 
 class IngestApp:
@@ -210,7 +212,10 @@ class IngestApp:
             presented = token_from_request(
                 headers.get(b"authorization"), scope["query_string"], allow_query=source.query_token
             )
-            if source.oauth:
+            if source.external is not None:
+                # ProviderUnavailable: 503, the sender retries (never a 401 for the IdP's fault)
+                accepted = await source.external.check(presented)
+            elif source.oauth:
                 accepted = self.issuer is not None and self.issuer.check(presented) is not None
             else:
                 accepted = source.tokens is not None and source.tokens.check(presented)

@@ -67,6 +67,21 @@ class AdobeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     client_secret_file: str = ""
 
 
+class ExternalOAuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sources.oauth]: tokens from an external identity provider."""
+
+    mode: Literal["jwt", "introspection"]
+    jwks_url: str = ""
+    issuer: str = ""
+    audience: str = ""
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256"])
+    leeway: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+    introspection_url: str = ""
+    client_id: str = ""
+    client_secret_file: str = ""
+    cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 300.0
+
+
 class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[[sources]]: one named endpoint (a legacy push subscription or an I/O registration)."""
 
@@ -76,6 +91,7 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token_files: list[str] = msgspec.field(default_factory=list)
     query_token: bool = True
     require_client_cert: bool = False
+    oauth: ExternalOAuthConfig | None = None
     auto_validate: bool = False
     validation_hosts: list[str] = msgspec.field(default_factory=lambda: ["csm.adobe.io"])
     validation_ca_file: str = ""
@@ -391,7 +407,8 @@ def validate(
         names.add(source.name)
         paths.add(route)
         _validate_adobe(source, f"{where}: key {key}")
-        if source.auth == "oauth" and not config.oauth.clients:
+        _validate_external(source, f"{where}: key {key}")
+        if source.auth == "oauth" and source.oauth is None and not config.oauth.clients:
             raise ConfigError(
                 f'{where}: key {key}.auth: "oauth" needs [oauth] clients '
                 "(client id = secret hash; streamd oauth hash-secret makes one)"
@@ -411,6 +428,37 @@ def validate(
     if any(s.path.rstrip("/") == "/oauth/token" for s in config.sources):
         raise ConfigError(f"{where}: key sources: /oauth/token is the embedded issuer's path")
     validate_sinks(config, where)
+
+
+def _validate_external(source: SourceConfig, where: str) -> None:
+    o = source.oauth
+    if o is None:
+        return
+    if source.auth != "oauth":
+        raise ConfigError(f'{where}.oauth: only for auth = "oauth"')
+    url = re.compile(r"https?://[^\s/]+(/\S*)?")
+    if o.mode == "jwt":
+        if not url.fullmatch(o.jwks_url):
+            raise ConfigError(f"{where}.oauth.jwks_url: an http(s) URL is needed for mode jwt")
+        if not o.issuer or not o.audience:
+            raise ConfigError(f"{where}.oauth: mode jwt needs issuer and audience")
+        from streamd.auth.external import ALLOWED_ALGORITHMS
+
+        bad = [a for a in o.algorithms if a not in ALLOWED_ALGORITHMS]
+        if bad or not o.algorithms:
+            raise ConfigError(
+                f"{where}.oauth.algorithms: {bad or o.algorithms!r}: only asymmetric "
+                f"algorithms ({', '.join(sorted(ALLOWED_ALGORITHMS))})"
+            )
+    else:
+        if not url.fullmatch(o.introspection_url):
+            raise ConfigError(
+                f"{where}.oauth.introspection_url: an http(s) URL is needed for mode introspection"
+            )
+        if not o.client_id or not o.client_secret_file:
+            raise ConfigError(
+                f"{where}.oauth: introspection needs client_id and client_secret_file"
+            )
 
 
 def _validate_tls(server: ServerConfig, where: str) -> None:

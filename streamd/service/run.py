@@ -28,6 +28,7 @@ from hypercorn.utils import wrap_app
 from streamd.admin import AdminApp, journal_routes
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
+from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.issuer import Issuer, load_or_create_key
 from streamd.drain import Drain, open_drain
 from streamd.drain.admin import sink_routes
@@ -92,6 +93,7 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
                     require_client_cert=source.require_client_cert,
                     validator=_validator(source),
                     oauth=True,
+                    external=_external(source),
                 )
             )
             continue
@@ -144,6 +146,16 @@ def _validator(source: SourceConfig) -> Validator | None:
         return None
     hosts = tuple(h.lower() for h in source.validation_hosts)
     return Validator(hosts, source.validation_ca_file)
+
+
+def _external(source: SourceConfig) -> JwtVerifier | Introspector | None:
+    o = source.oauth
+    if o is None:
+        return None
+    if o.mode == "jwt":
+        return JwtVerifier(o.jwks_url, o.issuer, o.audience, tuple(o.algorithms), o.leeway)
+    secret = read_secret(o.client_secret_file, "introspection client secret").decode()
+    return Introspector(o.introspection_url, o.client_id, secret, o.cache_seconds)
 
 
 def build_issuer(config: Config) -> Issuer | None:

@@ -444,16 +444,9 @@ def _hash_secret() -> int:
 
 def _daemon_running(path: str) -> bool:
     """True when a streamd process holds the journal's writer lock."""
-    from streamd.journal.writer import hold_writer_lock
+    from streamd.journal.writer import writer_lock_held
 
-    if not os.path.exists(path):
-        return False
-    try:
-        fd = hold_writer_lock(path)
-    except JournalError:
-        return True
-    os.close(fd)
-    return False
+    return writer_lock_held(path)
 
 
 def _admin_call(args: argparse.Namespace, route: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import orjson
 
 from streamd.auth import TokenSet
 from streamd.errors import StreamdError
+from streamd.ingest.app import lifespan
 
 log = logging.getLogger("streamd.admin")
 
@@ -101,13 +102,7 @@ class AdminApp:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"].rstrip("/") or "/"

@@ -139,7 +139,7 @@ class IngestApp:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.issuer is not None and scope["path"] == TOKEN_PATH:
@@ -485,7 +485,8 @@ def _int_header(value: bytes | None) -> int | None:
     return int(value) if value and value.isdigit() and len(value) < 10 else None
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def lifespan(receive: Receive, send: Send) -> None:
+    """ASGI lifespan: nothing to start or stop; answer both."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import fcntl
 import io
 import os
 import sqlite3
@@ -30,7 +29,7 @@ from streamd.errors import JournalError, UsageError
 from streamd.inspect.commands import filters_from, open_from
 from streamd.inspect.output import Progress, event_record
 from streamd.inspect.reader import COLUMNS, Row, iter_pages, seq_window
-from streamd.journal.writer import lock_path
+from streamd.journal.writer import writer_lock_held
 
 EXPORT_FORMATS = ("jsonl", "csv")
 PAGE = 2000
@@ -100,25 +99,6 @@ class _TextAsBinary:
 DAEMON_RATE = 20_000
 
 
-def _daemon_holds(path: str) -> bool:
-    """True when a streamd process holds the journal's writer lock (it is ingesting).
-
-    Opens the lock file read-only (never creates it: export writes nothing beside
-    the journal) and asks for a shared lock without waiting.
-    """
-    try:
-        fd = os.open(lock_path(path), os.O_RDONLY)
-    except OSError:
-        return False  # no lock file: no streamd ever wrote this journal here
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # also drops a shared lock we got
-    return False
-
-
 def cmd_export(args: argparse.Namespace, out: IO[str]) -> int:
     """Write every matching event to ``--output`` (or stdout) as JSON Lines or CSV."""
     filters = filters_from(args)
@@ -126,7 +106,7 @@ def cmd_export(args: argparse.Namespace, out: IO[str]) -> int:
     path, conn = open_from(args, cache_mib=2)
     rate = args.max_rate
     if rate is None:
-        rate = DAEMON_RATE if _daemon_holds(path) else 0
+        rate = DAEMON_RATE if writer_lock_held(path) else 0
         if rate:
             print(
                 f"streamd: a streamd is ingesting into this journal: exporting at most "

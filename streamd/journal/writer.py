@@ -448,11 +448,7 @@ class JournalWriter:
         GIL hand-over each statement means) was most of the writer's time.
         Raises ``sqlite3.Error`` (state then to be reset by the caller).
         """
-        live = [job for job in jobs if not job.abandoned]
-        for job in jobs:
-            if job.abandoned:
-                # The request already answered 503; the sender will retry.
-                job.error = JournalBusy("abandoned before commit")
+        live = _live(jobs)
         hashes = list(dict.fromkeys(r.key_hash for job in live for r in job.batch.events))
         # DEFERRED: the write lock is needed on the journal only, never on the index,
         # which the indexer thread writes meanwhile.
@@ -469,10 +465,7 @@ class JournalWriter:
         conn.executemany(_INSERT_DELIVERY, deliveries)
         if rows:
             conn.executemany(_INSERT_EVENT, rows)
-        if counts:
-            conn.executemany(_UPSERT_COUNTS, [(*k, *v) for k, v in counts.items()])
-        _run_controls(conn, controls)
-        conn.execute("COMMIT")  # ack only after COMMIT: results are released by _commit
+        _finish_group(conn, counts, controls)
 
     def _commit_each(
         self,
@@ -487,11 +480,7 @@ class JournalWriter:
         # DEFERRED: the write lock is needed on the journal only, never on the index,
         # which the indexer thread writes meanwhile.
         conn.execute("BEGIN")
-        for job in jobs:
-            if job.abandoned:
-                # The request already answered 503; the sender will retry.
-                job.error = JournalBusy("abandoned before commit")
-                continue
+        for job in _live(jobs):
             conn.execute("SAVEPOINT batch")
             added: list[int] = []
             overflowed: list[str] = []
@@ -512,10 +501,7 @@ class JournalWriter:
                 job.result = None
                 job.error = JournalError(f"cannot journal the batch: {exc}")
                 self._note_error(f"batch from {job.batch.source}: {exc}")
-        if counts:
-            conn.executemany(_UPSERT_COUNTS, [(*k, *v) for k, v in counts.items()])
-        _run_controls(conn, controls)
-        conn.execute("COMMIT")  # ack only after COMMIT: results are released by _commit
+        _finish_group(conn, counts, controls)
 
     def _write(
         self,
@@ -722,6 +708,25 @@ def lock_path(journal_path: str) -> str:
     return journal_path + ".lock"
 
 
+def writer_lock_held(journal_path: str) -> bool:
+    """True when a process (a running streamd) holds the journal's writer lock.
+
+    Opens the lock file read-only, never creating it (the callers only read), and
+    asks for a shared lock without waiting.
+    """
+    try:
+        fd = os.open(lock_path(journal_path), os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: no streamd ever wrote this journal here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also drops a shared lock we got
+    return False
+
+
 def hold_writer_lock(journal_path: str) -> int:
     """Take the journal's writer lock (an ``flock`` the kernel drops when the process dies).
 
@@ -741,6 +746,28 @@ def hold_writer_lock(journal_path: str) -> int:
             f"{journal_path}: another process (a running streamd) is writing this journal"
         ) from None
     return fd
+
+
+def _live(jobs: list[Job]) -> list[Job]:
+    """The jobs still to write; an abandoned one gets its error (the request already
+    answered 503, the sender will retry)."""
+    for job in jobs:
+        if job.abandoned:
+            job.error = JournalBusy("abandoned before commit")
+    return [job for job in jobs if not job.abandoned]
+
+
+def _finish_group(
+    conn: sqlite3.Connection,
+    counts: dict[tuple[str, str, str, str, str], list[Any]],
+    controls: list[Control],
+) -> None:
+    """The group's per-minute counts and control ops, then COMMIT (results are released
+    by ``_commit`` only after it: ack means durable)."""
+    if counts:
+        conn.executemany(_UPSERT_COUNTS, [(*k, *v) for k, v in counts.items()])
+    _run_controls(conn, controls)
+    conn.execute("COMMIT")
 
 
 def _run_controls(conn: sqlite3.Connection, controls: list[Control]) -> None:

@@ -128,31 +128,36 @@ async def test_remote_appends_resolve_by_id_in_any_order() -> None:
         nursery.start_soon(remote.serve_sender)
         nursery.start_soon(remote.serve_receiver, ipc.worker_reader(), lambda m: None)
 
-        async def append(name: str) -> None:
+        async def append(fixture: str) -> None:
             try:
-                results[name] = await remote.append(batch())
+                results[fixture] = await remote.append(batch(fixture))
             except StreamdError as exc:
-                results[name] = exc
+                results[fixture] = exc
 
-        nursery.start_soon(append, "first")
-        nursery.start_soon(append, "second")
+        nursery.start_soon(append, "legacy_push")
+        nursery.start_soon(append, "lads_batch")
         reader = ipc.main_reader(1 << 20)
         appends: list[ipc.Append] = []
         while len(appends) < 2:
             appends += reader.feed(await peer.receive_some())
-        ids = sorted(m.id for m in appends)
-        # Answer the second first: each waiter gets its own answer.
-        await peer.send_all(ipc.frame(ipc.Committed(ids[1], 6, 0, 9)))
-        await peer.send_all(ipc.frame(refusal(ids[0], JournalBusy("full", 2, "queue_full"))))
+        ident = {m.batch.shape: m.id for m in appends}
+        # Answer the later one first: each waiter gets its own answer, whatever the order.
+        later, earlier = sorted(appends, key=lambda m: -m.id)
+        for message in (later, earlier):
+            if message.id == ident["legacy"]:
+                await peer.send_all(ipc.frame(ipc.Committed(message.id, 4, 0, 9)))
+            else:
+                busy = JournalBusy("full", 2, "queue_full")
+                await peer.send_all(ipc.frame(refusal(message.id, busy)))
         with trio.fail_after(5):
             while len(results) < 2:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-    first, second = results["first"], results["second"]
-    assert isinstance(first, JournalBusy)
-    assert (first.retry_after, first.reason) == (2, "queue_full")
-    assert isinstance(second, AppendResult)
-    assert (second.accepted, second.duplicates, second.delivery) == (6, 0, 9)
+    legacy, io = results["legacy_push"], results["lads_batch"]
+    assert isinstance(io, JournalBusy)
+    assert (io.retry_after, io.reason) == (2, "queue_full")
+    assert isinstance(legacy, AppendResult)
+    assert (legacy.accepted, legacy.duplicates, legacy.delivery) == (4, 0, 9)
 
 
 async def test_batches_in_flight_fail_with_503_when_the_main_process_goes_away() -> None:

@@ -159,6 +159,9 @@ class WorkerPool:
         Returns once every worker exited after :meth:`begin_shutdown`. Raises
         :class:`~streamd.errors.ConfigError` when a worker's first start fails.
         """
+        if self._stopping:  # a signal came while the service was starting
+            task_status.started()
+            return
         # Listening before the workers start: connections wait in the backlog meanwhile.
         for sock in (*self._sockets, *self._mtls_sockets):
             sock.listen(self._backlog)
@@ -177,7 +180,13 @@ class WorkerPool:
         first: trio.TaskStatus[None] | None = task_status
         while not self._stopping:
             t0 = trio.current_time()
-            code = await self._run_once(slot, first)
+            try:
+                code: int | None = await self._run_once(slot, first)
+            except ConfigError as exc:
+                if first is not None:
+                    raise  # the first start: the service does not start
+                log.error("ingest worker %d: %s", slot.index, exc)  # say, out of processes
+                code = None
             first = None
             if self._stopping:
                 return

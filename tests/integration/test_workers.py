@@ -18,8 +18,10 @@ import pytest
 import trio
 
 from streamd.errors import ConfigError
+from streamd.journal import WriterOptions, open_journal
 from streamd.service import Running, serve
 from streamd.service.config import Config
+from streamd.service.run import hypercorn_config
 from streamd.service.workers import WorkerPool
 from tests.conftest import fixture_bytes
 from tests.integration.conftest import TOKEN, Server, StartServer, make_config
@@ -297,3 +299,39 @@ async def test_a_worker_that_cannot_start_stops_the_start_with_a_clear_error(
     assert message in repr(ours)
     if "SIGKILL" in message:
         assert "sent a bad frame" in caplog.text
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(ONE)
+    real = WorkerPool._command
+
+    def broken(self: WorkerPool, ipc_fd: int) -> list[str]:
+        return [sys.executable, "-c", "import sys; sys.exit(7)"]
+
+    monkeypatch.setattr(WorkerPool, "_command", broken)
+    (victim,) = pool(server).statistics().pids
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    await server.wait_for(lambda: pool(server).restarts >= 3, "three restarts")
+    assert "exited with signal SIGKILL; starting it again in 0.5 s" in caplog.text
+    assert "exited with status 7; starting it again in 1 s" in caplog.text
+    assert "exited with status 7; starting it again in 2 s" in caplog.text
+    monkeypatch.setattr(WorkerPool, "_command", real)
+    # The next start (after at most 4 s) serves again; meanwhile connections wait.
+    reply = await server.post(fixture_bytes("lads_single"))
+    assert reply.status_code == 200
+
+
+async def test_a_stop_before_the_workers_started_starts_none(data_dir: Path) -> None:
+    config = make_config(data_dir, ONE)
+    hc = hypercorn_config(config)
+    sockets = hc.create_sockets()
+    async with open_journal(str(data_dir / "journal.db"), WriterOptions()) as journal:
+        workers = WorkerPool(config, journal, sockets)
+        workers.begin_shutdown()  # a signal while the service was starting
+        with trio.fail_after(5):
+            await workers.serve()
+    assert workers.statistics().pids == (None,)
+    assert all(s.fileno() == -1 for s in sockets.insecure_sockets)  # closed

@@ -7,6 +7,7 @@ real SQLite file written by the real writer.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import orjson
 import pytest
 import trio
 
+from streamd.cli import main
 from streamd.emit.asgi import Reply, Request, serve_handler
 from streamd.emit.journal_api import IMS_PATH, PATH, JournalApi, position
 from streamd.ingest.pull import PullSource
@@ -148,7 +150,10 @@ async def test_new_events_after_a_204_are_pulled_from_the_next_link(
 
 
 async def test_a_410_records_the_gap_and_restarts_from_the_oldest(
-    start_server: StartServer, emulator: Emulator, secret_file: Path
+    start_server: StartServer,
+    emulator: Emulator,
+    secret_file: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = await start_server(pull_toml(emulator, secret_file, limit=400))
     await caught_up(server, emulator)
@@ -161,6 +166,16 @@ async def test_a_410_records_the_gap_and_restarts_from_the_oldest(
     expected = [emulator.api.event(i)["id"] for i in (*range(1200), *range(2000, 2500))]
     assert pulled_keys(server.journal) == expected
     assert 410 in emulator.api.statuses
+    # The operator sees it in journal stats.
+    capsys.readouterr()
+    assert main(["journal", "stats", "--journal", str(server.journal), "--json"]) == 0
+    (pull,) = json.loads(capsys.readouterr().out)["pulls"]
+    assert pull["name"] == "adobe-journal" and pull["position"] == position(2499)
+    assert pull["gaps"] == 1 and pull["recent_gaps"][0]["lost_after"] == position(1199)
+    assert main(["journal", "stats", "--journal", str(server.journal), "--format", "table"]) == 0
+    text = capsys.readouterr().out
+    assert f"pull        adobe-journal: position {position(2499)}, 1700 events" in text
+    assert f"gap       after {position(1199)}: past retention at" in text
 
 
 async def test_a_410_can_restart_from_the_latest(

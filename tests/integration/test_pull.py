@@ -8,9 +8,13 @@ real SQLite file written by the real writer.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -21,8 +25,10 @@ from streamd.cli import main
 from streamd.emit.asgi import Reply, Request, serve_handler
 from streamd.emit.journal_api import IMS_PATH, PATH, JournalApi, position
 from streamd.ingest.pull import PullSource
+from streamd.service import serve
+from streamd.service.config import Config
 
-from .conftest import Server, StartServer
+from .conftest import Server, StartServer, make_config
 
 CLIENT_ID = "pull-client"
 SECRET = "pull-secret-5f4dcc3b5aa765d61d8327deb882cf99"
@@ -351,3 +357,59 @@ async def test_events_without_an_id_are_kept_under_their_position(
         ("real-1", "other", '{"id":"real-1","type":"t"}'),
     ]
     assert source.stats.unkeyed == 2
+
+
+async def test_reload_starts_restarts_and_stops_pulls(
+    data_dir: Path,
+    tmp_path: Path,
+    emulator: Emulator,
+    secret_file: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    toml = tmp_path / "streamd.toml"
+    toml.write_text("")
+
+    def load() -> Config:
+        return make_config(data_dir, toml.read_text())
+
+    async def reload(expect: str) -> None:
+        os.kill(os.getpid(), signal.SIGHUP)
+        with trio.fail_after(10):
+            while expect not in caplog.text:
+                await trio.sleep(0.02)
+
+    caplog.set_level(logging.INFO, logger="streamd")
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(partial(serve, load(), reload=load))
+        assert running.pulls.running == {}
+        toml.write_text(pull_toml(emulator, secret_file, limit=400))
+        await reload("SIGHUP: pull adobe-journal started")
+        source = running.pulls.running["adobe-journal"].source
+        with trio.fail_after(10):
+            while source.stats.position != position(1199):
+                await trio.sleep(0.02)
+        # A changed entry restarts from its saved position: nothing pulled twice.
+        toml.write_text(pull_toml(emulator, secret_file, limit=300))
+        emulator.api.initial = 1500
+        await reload("SIGHUP: pull adobe-journal restarted")
+        restarted = running.pulls.running["adobe-journal"].source
+        assert restarted is not source and restarted.settings.limit == 300
+        with trio.fail_after(10):
+            while restarted.stats.position != position(1499):
+                await trio.sleep(0.02)
+        assert restarted.stats.duplicates == 0
+        # The same file again: nothing restarts.
+        await reload("configuration reloaded")
+        caplog.clear()
+        await reload("configuration reloaded")
+        assert "pull adobe-journal" not in caplog.text
+        assert running.pulls.running["adobe-journal"].source is restarted
+        toml.write_text("")
+        await reload("SIGHUP: pull adobe-journal stopped")
+        assert running.pulls.running == {}
+        with trio.fail_after(5):
+            while restarted.stats.state != "stopped":
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    keys = pulled_keys(data_dir / "journal.db")
+    assert keys == [emulator.api.event(i)["id"] for i in range(1500)]

@@ -124,8 +124,7 @@ def _pulls(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             "FROM pull_positions ORDER BY source"
         ).fetchall()
         gaps = conn.execute(
-            "SELECT source, lost_after, restarted_from, detected_at FROM pull_gaps "
-            "ORDER BY id DESC"
+            "SELECT source, lost_after, restarted_from, detected_at FROM pull_gaps ORDER BY id DESC"
         ).fetchall()
     except sqlite3.OperationalError:
         return []  # a journal from before the pull source

@@ -71,6 +71,7 @@ class PullSettings:
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     verify: ssl.SSLContext | bool = True
+    max_page_bytes: int = MAX_PAGE_BYTES
 
 
 @dataclass(slots=True)
@@ -253,13 +254,13 @@ class PullSource:
         try:
             async with client.stream("GET", url, headers=headers) as response:
                 declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > MAX_PAGE_BYTES:
+                if declared.isdigit() and int(declared) > s.max_page_bytes:
                     raise _Retry(self._too_large())
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
-                    if size > MAX_PAGE_BYTES:
+                    if size > s.max_page_bytes:
                         raise _Retry(self._too_large())
                     chunks.append(chunk)
         except httpx.HTTPError as exc:
@@ -275,8 +276,9 @@ class PullSource:
             into.error = exc
 
     def _too_large(self) -> str:
+        self._count("too-large")
         return (
-            f"a journal page larger than {MAX_PAGE_BYTES // (1024 * 1024)} MiB; "
+            f"a journal page larger than {self.settings.max_page_bytes:,} bytes; "
             "set a smaller limit for this pull source"
         )
 

@@ -21,10 +21,12 @@ import orjson
 import pytest
 import trio
 
+from streamd.auth.ims import ClientCredentials
 from streamd.cli import main
 from streamd.emit.asgi import Reply, Request, serve_handler
 from streamd.emit.journal_api import IMS_PATH, PATH, JournalApi, position
-from streamd.ingest.pull import PullSource
+from streamd.ingest.pull import PullSettings, PullSource
+from streamd.journal import WriterOptions, open_journal
 from streamd.service import serve
 from streamd.service.config import Config
 
@@ -413,3 +415,48 @@ async def test_reload_starts_restarts_and_stops_pulls(
         nursery.cancel_scope.cancel()
     keys = pulled_keys(data_dir / "journal.db")
     assert keys == [emulator.api.event(i)["id"] for i in range(1500)]
+
+
+def _settings(url: str, **kw: object) -> PullSettings:
+    base: dict[str, object] = {
+        "name": "p", "url": url, "org_id": ORG, "api_key": CLIENT_ID,
+        "min_wait": 0.1, "backoff_base": 0.05, "backoff_cap": 0.3,
+    }  # fmt: skip
+    return PullSettings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+async def test_a_journal_that_cannot_be_reached_is_retried_with_backoff(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    tokens = ClientCredentials(emulator.url + IMS_PATH, CLIENT_ID, SECRET, "AdobeID")
+    settings = _settings("http://127.0.0.1:9/journal", timeout=2)
+    async with open_journal(str(tmp_path / "j.db"), WriterOptions(min_free_disk_bytes=0)) as j:
+        source = PullSource(settings, j, tokens)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run)
+            with trio.fail_after(10):
+                while source.stats.failures < 3:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    assert "ConnectError" in (source.stats.last_error or "")
+    assert source.stats.responses == {"error": source.stats.requests}
+    assert source.stats.state == "stopped"
+
+
+async def test_an_oversized_page_is_refused_and_nothing_journaled(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    tokens = ClientCredentials(emulator.url + IMS_PATH, CLIENT_ID, SECRET, "AdobeID")
+    settings = _settings(emulator.url + PATH, limit=1000, max_page_bytes=64 * 1024)
+    path = tmp_path / "j.db"
+    async with open_journal(str(path), WriterOptions(min_free_disk_bytes=0)) as j:
+        source = PullSource(settings, j, tokens)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run)
+            with trio.fail_after(10):
+                while source.stats.failures < 2:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    assert "a journal page larger than 65,536 bytes" in (source.stats.last_error or "")
+    assert source.stats.responses.get("too-large", 0) >= 2
+    assert pulled_keys(path, "p") == []

@@ -230,13 +230,40 @@ def _ingest_case(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def end_to_end(starts: Path, arrivals: Path) -> dict[str, Any]:
+    """Per event: its arrival at the receiver - the start of the sender's first request
+    that carried it. Events sent but never received are counted, not hidden."""
+    arrived: dict[str, float] = orjson.loads(arrivals.read_bytes())
+    latencies: list[float] = []
+    missing = 0
+    for line in starts.read_bytes().splitlines():
+        started, keys = orjson.loads(line)
+        for key in keys:
+            at = arrived.get(key)
+            if at is None:
+                missing += 1
+            else:
+                latencies.append(at - started)
+    latencies.sort()
+    n = len(latencies)
+
+    def rank(p: float) -> float | None:
+        return round(latencies[min(n - 1, max(0, round(p * n) - 1))] * 1000, 1) if n else None
+
+    return {"p50_ms": rank(0.5), "p99_ms": rank(0.99), "max_ms": rank(1.0), "n": n,
+            "sent_not_received": missing}  # fmt: skip
+
+
 def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
     """streamd with one http sink (default pool), legacy 500 paced to 10,000 events/s."""
+    work = Path(tempfile.mkdtemp(prefix="drain-latency-", dir=CACHE))
+    arrivals, starts = work / "arrivals.json", work / "starts.jsonl"
     rx = ServerProcess(
-        [sys.executable, "-m", "bench.sink_receiver", "--latency"], logdir, "latency-receiver"
+        [sys.executable, "-m", "bench.sink_receiver", "--latency", "--arrivals", str(arrivals)],
+        logdir,
+        "latency-receiver",
     )
     rx.wait_ready()
-    work = Path(tempfile.mkdtemp(prefix="drain-latency-", dir=CACHE))
     try:
         data = work / "data"
         config = work / "streamd.toml"
@@ -251,7 +278,7 @@ def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
                 [sys.executable, "-m", "bench.loadgen", "--url", f"{base}/events", "--token",
                  token.read_text().strip(), "--shape", "legacy", "--batch", "500",
                  "--concurrency", "8", "--rate", "10000", "--duration", str(duration),
-                 "--seed", "1"],
+                 "--seed", "1", "--starts", str(starts)],
                 capture_output=True, text=True, timeout=duration + 300, check=True, cwd=REPO,
             )  # fmt: skip
             result = orjson.loads(load.stdout.strip().splitlines()[-1])
@@ -267,6 +294,7 @@ def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
             "acked_events_per_s": result["events_per_s"],
             "request_latency_ms": result["latency_ms"],
             "receive_to_destination_ms": summary["latency"],
+            "sender_start_to_destination_ms": end_to_end(starts, arrivals),
         }
     finally:
         rx.kill()

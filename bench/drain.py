@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         rx.stop()
     document = {
-        "machine": machine_facts(REPO, CACHE),
+        "machine": machine_facts(REPO, CACHE, "bench.drain"),
         "source": source_hash(None),
         "cases": results,
     }

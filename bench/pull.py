@@ -30,7 +30,8 @@ from typing import Any
 import httpx
 import orjson
 
-from bench._server import READY_PREFIX, streamd_command
+from bench._machine import machine_facts
+from bench._server import READY_PREFIX, REPO, streamd_command
 from streamd.core.headers import link
 
 CLIENT = "bench-pull-client"
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "median_events_per_s": medians,
         "machine_load_1m": os.getloadavg()[0],
+        "machine": machine_facts(REPO, Path(tempfile.gettempdir()), "bench.pull"),
     }
     text = orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode()
     print(text)

@@ -102,3 +102,18 @@ def test_a_relative_secret_comes_from_the_credentials_directory(
     config = load_config(write(tmp_path, BASE.replace('"SECRET"', '"pull-secret"')))
     ((identity, _, _),) = build_pulls(config)
     assert identity == (config.pulls[0], "from-systemd")
+
+
+def test_check_config_reads_the_pull_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamd.cli import main
+
+    path = write(tmp_path, BASE)
+    argv = ["check-config", "--config", path, "--data-dir", str(tmp_path / "d")]
+    assert main(argv) == 0
+    assert "pulls: adobe-journal" in capsys.readouterr().out
+    (tmp_path / "secret").unlink()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the pull client secret" in err and "Traceback" not in err

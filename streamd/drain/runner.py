@@ -55,6 +55,9 @@ class SinkSpec:
     retry: RetrySettings = field(default_factory=RetrySettings)
     # The sink reads the event's columns and JSON (sqlite); False: envelopes suffice.
     full_events: bool = True
+    # With full_events False: False reads references only (the sqlite sink copies the
+    # rows from the attached journal and needs no envelope).
+    envelopes: bool = True
 
 
 class Broadcast:
@@ -185,7 +188,14 @@ class SinkRunner:
             conn = self._conn
             assert conn is not None
             rows = await trio.to_thread.run_sync(
-                partial(read_events, conn, self.read_pos, limit, full=spec.full_events),
+                partial(
+                    read_events,
+                    conn,
+                    self.read_pos,
+                    limit,
+                    full=spec.full_events,
+                    envelope=spec.envelopes,
+                ),
                 limiter=self._limiter,
             )
             for event in rows:

@@ -106,7 +106,10 @@ class _Retry(Exception):
 
 @dataclass(slots=True)
 class _Fetched:
+    """A prefetched answer, decoded already when it is a page (while the last one committed)."""
+
     response: tuple[int, httpx.Headers, bytes] | None = None
+    page: Page | None = None
     error: BaseException | None = None
 
 
@@ -175,10 +178,12 @@ class PullSource:
         self.stats.position = position
         url = self._start_url(position, restart)
         response = await self._get(client, url)
+        decoded: Page | None = None
         while True:
             status, headers, body = response
             if status == 200:
-                page = self._decode(body)
+                page = decoded or self._decode(body)
+                decoded = None
                 if not page.records:
                     # A 200 without events: wait as for a 204, never spin.
                     url = self._next(headers, url, position)
@@ -205,7 +210,7 @@ class PullSource:
                 if fetched.error is not None:
                     raise fetched.error
                 assert fetched.response is not None
-                response = fetched.response
+                response, decoded = fetched.response, fetched.page
             elif status == 204:
                 url = self._next(headers, url, position)
                 self._caught_up()
@@ -272,6 +277,9 @@ class PullSource:
     async def _prefetch(self, client: httpx.AsyncClient, url: httpx.URL, into: _Fetched) -> None:
         try:
             into.response = await self._get(client, url)
+            if into.response[0] == 200:
+                # Decoding here overlaps the writer's commit of the page before.
+                into.page = self._decode(into.response[2])
         except (_Retry, httpx.HTTPError) as exc:
             into.error = exc
 

@@ -220,12 +220,25 @@ def _ingest_case(
             cpu = server.cpu_s() - cpu0
             result = orjson.loads(load.stdout.strip().splitlines()[-1])
             lag = None
+            catch_up_s = None
             if kinds:
-                listing = subprocess.run(
-                    [*streamd_command(None), "sinks", "list", "--json", "--data-dir", str(data)],
-                    capture_output=True, text=True, timeout=60, check=True,
-                )  # fmt: skip
-                lag = {s["name"]: s["lag_events"] for s in orjson.loads(listing.stdout)}
+
+                def lags() -> dict[str, int]:
+                    listing = subprocess.run(
+                        [*streamd_command(None), "sinks", "list", "--json", "--data-dir",
+                         str(data)],
+                        capture_output=True, text=True, timeout=60, check=True,
+                    )  # fmt: skip
+                    return {s["name"]: s["lag_events"] for s in orjson.loads(listing.stdout)}
+
+                lag = lags()
+                # The other half of "ingest first": how long the sinks take to catch up
+                # once the load stops (sampled every 0.5 s, at most 120 s).
+                stopped = time.perf_counter()
+                while any(lags().values()) and time.perf_counter() - stopped < 120:
+                    time.sleep(0.5)
+                if not any(lags().values()):
+                    catch_up_s = round(time.perf_counter() - stopped, 1)
             stop = server.stop()
         finally:
             server.kill()
@@ -236,6 +249,7 @@ def _ingest_case(
             "errors": result["errors"],
             "server_cores": round(cpu / result["duration_s"], 2),
             "sink_lag_events_at_end": lag,
+            "sinks_caught_up_after_s": catch_up_s,
             "server_peak_rss_mib": stop.peak_rss_mib,
             "exit": stop.exit_code,
         }

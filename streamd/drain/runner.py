@@ -23,6 +23,7 @@ from functools import partial
 import trio
 
 from streamd.drain.policy import Action, Health, Kind, RetrySettings
+from streamd.drain.pressure import IngestPressure
 from streamd.drain.routing import Route
 from streamd.drain.sinks.base import DrainEvent, Result, Sink, transient
 from streamd.drain.store import (
@@ -97,8 +98,11 @@ class SinkRunner:
         limiter: trio.CapacityLimiter,
         dirty: Callable[[], None],
         disable: Callable[[SinkRunner, str], None],
+        pressure: IngestPressure | None = None,
     ) -> None:
         self.spec = spec
+        self._pressure = pressure
+        self.yields = 0  # pages this runner waited for because ingest was saturated
         self.journal = journal
         self.health = Health(spec.retry)
         self.state = row.state  # operator state: active, paused, disabled
@@ -183,6 +187,16 @@ class SinkRunner:
                 with trio.move_on_at(deadline):
                     await self.changed.wait()
                 continue
+            if self._pressure is not None:
+                pause = self._pressure.pause()
+                if pause:
+                    # Ingest first: it is saturated, and this sink cannot keep up with it
+                    # anyway; the journal holds the events (pressure.py). One page is
+                    # read after each pause, so the sink never stops altogether.
+                    self.yields += 1
+                    await trio.sleep(pause)
+                    if self._stopping:
+                        break
             snapshot = self.journal.last_seq
             limit = min(room, max(spec.batch_size, 1000))
             conn = self._conn

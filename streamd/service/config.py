@@ -244,6 +244,13 @@ class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     check_interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
 
 
+class DrainConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[drain]: how the sinks share the machine with ingest."""
+
+    yield_pause: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.25
+    yield_busy_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+
+
 class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[retention]: how long the journal keeps events and how large it may grow."""
 
@@ -288,6 +295,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pulls: Annotated[list[PullConfig], msgspec.Meta(max_length=16)] = msgspec.field(
         default_factory=list
     )
+    drain: DrainConfig = msgspec.field(default_factory=DrainConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     oauth: OAuthConfig = msgspec.field(default_factory=OAuthConfig)

@@ -260,6 +260,17 @@ class _StateCollector(Collector):
         drain = self.parts.drain
         if drain is None:
             return
+        yield GaugeMetricFamily(
+            "streamd_journal_writer_busy_ratio",
+            "Share of the last quarter second the journal writer spent committing "
+            "(sinks yield to ingest at drain.yield_busy_ratio).",
+            value=drain.pressure.sample(),
+        )
+        yield CounterMetricFamily(
+            "streamd_drain_yields",
+            "Pauses the sinks took before a page because ingest was saturated.",
+            value=drain.pressure.yields,
+        )
         statuses = drain.statistics()
         delivered = CounterMetricFamily(
             "streamd_sink_delivered_events", "Events a sink confirmed.", labels=["sink"]

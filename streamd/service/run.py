@@ -31,7 +31,7 @@ from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
 from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.ims import ClientCredentials
 from streamd.auth.issuer import Issuer, load_or_create_key
-from streamd.drain import Drain, open_drain
+from streamd.drain import Drain, YieldSettings, open_drain
 from streamd.drain.admin import sink_routes
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
@@ -448,7 +448,10 @@ async def serve(
         stop = trio.Event()
         # Stops after the listeners (its exit waits up to graceful_timeout for the
         # batches in flight; cursors only pass what was confirmed).
-        async with open_drain(journal, specs, grace=config.server.graceful_timeout) as drain:
+        yields = YieldSettings(config.drain.yield_pause, config.drain.yield_busy_ratio)
+        async with open_drain(
+            journal, specs, grace=config.server.graceful_timeout, yield_settings=yields
+        ) as drain:
             async with trio.open_nursery() as nursery:
                 reloader = _Reloader(config, reload, app, notify, [hconfig, mconfig])
                 reloader.log_level_from_config = log_level_from_config
@@ -650,7 +653,7 @@ class _Reloader:
     nothing: the old one stays and the log says why."""
 
     # Settings a running process cannot take over; they need a restart.
-    _RESTART_ONLY = ("data_dir", "journal", "retention", "health", "admin")
+    _RESTART_ONLY = ("data_dir", "journal", "retention", "health", "admin", "drain")
 
     def __init__(
         self,

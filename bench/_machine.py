@@ -80,7 +80,7 @@ def _node_versions(workdir: Path) -> dict[str, str | None]:
     return out
 
 
-def machine_facts(repo: Path, workdir: Path) -> dict[str, Any]:
+def machine_facts(repo: Path, workdir: Path, module: str = "bench.ingest") -> dict[str, Any]:
     """Return CPU, memory, kernel, filesystem, versions, git state and the command line."""
     versions: dict[str, str | None] = {}
     for name in _PACKAGES:
@@ -103,5 +103,5 @@ def machine_facts(repo: Path, workdir: Path) -> dict[str, Any]:
         "node": _node_versions(workdir),
         "git_commit": _git(repo, "rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.ingest", *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]]),
     }

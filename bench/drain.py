@@ -7,7 +7,8 @@ Cases, each measured in processes of their own:
 
 - ``sink-{file,sqlite,http}``: a journal already holding ``--events`` legacy events
   (built once, cached in ``bench/.cache/drain-N-HASH/``) is drained from its first
-  event by one sink with the default pool (4 workers, 500-event batches); events/s
+  event by one sink with the service's default pool for its kind (4 workers; 500-event
+  batches in a 5,000 window, sqlite 2,000 in 20,000); events/s
   from the drain's start until its cursor reaches the end. ``http`` posts to
   ``bench.sink_receiver`` (raw trio, answers 200) on loopback. Each run registers a
   new sink name, so every run drains the whole journal.
@@ -91,6 +92,7 @@ def child_prefill(journal: str, events: int) -> dict[str, Any]:
 
 async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
     from streamd.drain import Route, SinkSpec, open_drain
+    from streamd.drain.presets import DEFAULT_POOL, KIND_POOLS
     from streamd.drain.sinks.file import FileSettings, FileSink
     from streamd.drain.sinks.http import HttpSettings, HttpSink
     from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
@@ -103,12 +105,18 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         "sqlite": lambda: SqliteSink(SqliteSettings(str(out / "tables.db"), journal=args.journal)),
         "http": lambda: HttpSink(HttpSettings(url=args.url, sink=name, connections=5)),
     }
+    pool = KIND_POOLS.get(args.kind, DEFAULT_POOL)  # the service's defaults for the kind
     spec = SinkSpec(
         name,
         args.kind,
         Route(()),
         openers[args.kind],  # type: ignore[arg-type]
+        workers=pool.workers,
+        batch_size=pool.batch_size,
+        linger=pool.linger,
+        max_in_flight=pool.max_in_flight,
         full_events=False,
+        envelopes=args.kind != "sqlite",
     )
     samples: list[float] = []
     async with open_journal(args.journal, WriterOptions()) as journal:
@@ -116,10 +124,15 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         cpu0 = time.process_time()
         async with open_drain(journal, [spec]) as drain:
+            # The cursor is checked every 10 ms (a 0.25 s poll added up to 0.25 s to a
+            # 1-2 s drain: 10-20% off the rate); RSS is sampled every 0.25 s.
             with trio.move_on_after(args.duration) as scope:
+                next_sample = 0.0
                 while drain.statistics()[0].cursor < target:
-                    await trio.sleep(0.25)
-                    samples.append(_rss_mib()[0])
+                    await trio.sleep(0.01)
+                    if time.perf_counter() >= next_sample:
+                        samples.append(_rss_mib()[0])
+                        next_sample = time.perf_counter() + 0.25
             elapsed = time.perf_counter() - started
             cursor = drain.statistics()[0].cursor
         cpu = time.process_time() - cpu0
@@ -207,12 +220,25 @@ def _ingest_case(
             cpu = server.cpu_s() - cpu0
             result = orjson.loads(load.stdout.strip().splitlines()[-1])
             lag = None
+            catch_up_s = None
             if kinds:
-                listing = subprocess.run(
-                    [*streamd_command(None), "sinks", "list", "--json", "--data-dir", str(data)],
-                    capture_output=True, text=True, timeout=60, check=True,
-                )  # fmt: skip
-                lag = {s["name"]: s["lag_events"] for s in orjson.loads(listing.stdout)}
+
+                def lags() -> dict[str, int]:
+                    listing = subprocess.run(
+                        [*streamd_command(None), "sinks", "list", "--json", "--data-dir",
+                         str(data)],
+                        capture_output=True, text=True, timeout=60, check=True,
+                    )  # fmt: skip
+                    return {s["name"]: s["lag_events"] for s in orjson.loads(listing.stdout)}
+
+                lag = lags()
+                # The other half of "ingest first": how long the sinks take to catch up
+                # once the load stops (sampled every 0.5 s, at most 120 s).
+                stopped = time.perf_counter()
+                while any(lags().values()) and time.perf_counter() - stopped < 120:
+                    time.sleep(0.5)
+                if not any(lags().values()):
+                    catch_up_s = round(time.perf_counter() - stopped, 1)
             stop = server.stop()
         finally:
             server.kill()
@@ -223,6 +249,7 @@ def _ingest_case(
             "errors": result["errors"],
             "server_cores": round(cpu / result["duration_s"], 2),
             "sink_lag_events_at_end": lag,
+            "sinks_caught_up_after_s": catch_up_s,
             "server_peak_rss_mib": stop.peak_rss_mib,
             "exit": stop.exit_code,
         }
@@ -230,13 +257,40 @@ def _ingest_case(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def end_to_end(starts: Path, arrivals: Path) -> dict[str, Any]:
+    """Per event: its arrival at the receiver - the start of the sender's first request
+    that carried it. Events sent but never received are counted, not hidden."""
+    arrived: dict[str, float] = orjson.loads(arrivals.read_bytes())
+    latencies: list[float] = []
+    missing = 0
+    for line in starts.read_bytes().splitlines():
+        started, keys = orjson.loads(line)
+        for key in keys:
+            at = arrived.get(key)
+            if at is None:
+                missing += 1
+            else:
+                latencies.append(at - started)
+    latencies.sort()
+    n = len(latencies)
+
+    def rank(p: float) -> float | None:
+        return round(latencies[min(n - 1, max(0, round(p * n) - 1))] * 1000, 1) if n else None
+
+    return {"p50_ms": rank(0.5), "p99_ms": rank(0.99), "max_ms": rank(1.0), "n": n,
+            "sent_not_received": missing}  # fmt: skip
+
+
 def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
     """streamd with one http sink (default pool), legacy 500 paced to 10,000 events/s."""
+    work = Path(tempfile.mkdtemp(prefix="drain-latency-", dir=CACHE))
+    arrivals, starts = work / "arrivals.json", work / "starts.jsonl"
     rx = ServerProcess(
-        [sys.executable, "-m", "bench.sink_receiver", "--latency"], logdir, "latency-receiver"
+        [sys.executable, "-m", "bench.sink_receiver", "--latency", "--arrivals", str(arrivals)],
+        logdir,
+        "latency-receiver",
     )
     rx.wait_ready()
-    work = Path(tempfile.mkdtemp(prefix="drain-latency-", dir=CACHE))
     try:
         data = work / "data"
         config = work / "streamd.toml"
@@ -251,7 +305,7 @@ def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
                 [sys.executable, "-m", "bench.loadgen", "--url", f"{base}/events", "--token",
                  token.read_text().strip(), "--shape", "legacy", "--batch", "500",
                  "--concurrency", "8", "--rate", "10000", "--duration", str(duration),
-                 "--seed", "1"],
+                 "--seed", "1", "--starts", str(starts)],
                 capture_output=True, text=True, timeout=duration + 300, check=True, cwd=REPO,
             )  # fmt: skip
             result = orjson.loads(load.stdout.strip().splitlines()[-1])
@@ -267,6 +321,7 @@ def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
             "acked_events_per_s": result["events_per_s"],
             "request_latency_ms": result["latency_ms"],
             "receive_to_destination_ms": summary["latency"],
+            "sender_start_to_destination_ms": end_to_end(starts, arrivals),
         }
     finally:
         rx.kill()
@@ -349,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         rx.stop()
     document = {
-        "machine": machine_facts(REPO, CACHE),
+        "machine": machine_facts(REPO, CACHE, "bench.drain"),
         "source": source_hash(None),
         "cases": results,
     }

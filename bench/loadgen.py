@@ -64,6 +64,7 @@ class Options:
     reuse: bool
     ack_body: str
     child: int | None
+    starts: str | None = None
 
     @property
     def workers(self) -> int:
@@ -87,6 +88,8 @@ class _Tally:
     errors: Counter[str] = field(default_factory=Counter)
     latencies_us: list[int] = field(default_factory=list)
     sched_latencies_us: list[int] = field(default_factory=list)
+    # --starts: (wall-clock time of the first attempt, body) per batch; not in the output
+    starts: list[tuple[float, bytes]] = field(default_factory=list)
 
 
 class _Sender(Protocol):
@@ -153,6 +156,8 @@ async def _deliver(
     broken = 0  # consecutive connection-level failures
     retrying = False
     give_up_at = min(trio.current_time() + _GIVE_UP_S, deadline)
+    if opts.starts is not None:
+        tally.starts.append((time.time(), body))
     while True:
         if retrying and trio.current_time() >= give_up_at:
             tally.abandoned_batches += 1
@@ -267,13 +272,25 @@ def _run_process(opts: Options, index: int, wait_for_go: bool) -> dict[str, Any]
     start = time.monotonic()
     trio.run(run_all)
     end = time.monotonic()
+    if opts.starts is not None:
+        _write_starts(opts.starts, tally.starts)
     return {
         "start": start,
         "end": end,
         "cpu_s": _cpu_s() - cpu0,
         "pregen_s": pregen_s,
-        **{k: getattr(tally, k) for k in _Tally.__slots__},
+        **{k: getattr(tally, k) for k in _Tally.__slots__ if k != "starts"},
     }
+
+
+def _write_starts(path: str, starts: list[tuple[float, bytes]]) -> None:
+    """One JSON line per batch: [first attempt's time.time(), [event keys]] (after the run)."""
+    from streamd.core.normalise import decode_delivery
+
+    with open(path, "wb") as out:
+        for started, body in starts:
+            keys = [record.key for record in decode_delivery(body).events]
+            out.write(orjson.dumps([started, keys], option=orjson.OPT_APPEND_NEWLINE))
 
 
 def _cpu_s() -> float:
@@ -395,8 +412,16 @@ def _parse_args(argv: Sequence[str]) -> Options:
         help="streamd: a 200 must carry {accepted, duplicates} (else noted as bad_ack); "
         "any: the status alone acknowledges (peers answering a plain OK)",
     )
+    ap.add_argument(
+        "--starts",
+        metavar="FILE",
+        help="write each batch's send time (time.time()) and event keys here, for "
+        "end-to-end latency from the sender's request start (one process only)",
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.starts and a.processes != 1:
+        ap.error("--starts needs --processes 1")
     if a.batch < 1 or a.concurrency < 1 or a.processes < 1:
         ap.error("--batch, --concurrency and --processes must be at least 1")
     if a.processes * a.concurrency > MAX_WORKERS:
@@ -419,6 +444,7 @@ def _parse_args(argv: Sequence[str]) -> Options:
         reuse=a.reuse,
         ack_body=a.ack_body,
         child=a.child,
+        starts=a.starts,
     )
 
 

@@ -6,8 +6,10 @@ Raw trio sockets (no framework), so the receiver costs as little CPU as possible
 the figure describes the sink. Prints ``streamd ready: http://HOST:PORT`` once
 listening (the bench's ready line), and on SIGTERM one JSON line: requests and
 bytes received, and with ``--latency`` the percentiles of (receipt time - each
-event's ``received_at``): streamd's receive-to-destination latency. Keep-alive;
-Content-Length bodies only (what httpx sends).
+event's ``received_at``): streamd's receive-to-destination latency. With
+``--arrivals FILE`` it also writes, at the end, each event id's first receipt time
+(``time.time()``) as one JSON object, so the sender's request start can be joined in.
+Keep-alive; Content-Length bodies only (what httpx sends).
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ class Counts:
     body_bytes = 0
     latency = False
     latencies: list[float]
+    arrivals: dict[str, float]
 
     def __init__(self) -> None:
         self.latencies = []
+        self.arrivals = {}
 
     def record(self, body: bytes) -> None:
         """Per event: now - the event's ``received_at`` (streamd's receive time)."""
         now = time.time()
+        arrivals = self.arrivals
         for event in orjson.loads(body)["events"]:
             received = datetime.strptime(event["received_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
             self.latencies.append(now - received.replace(tzinfo=UTC).timestamp())
+            arrivals.setdefault(event["id"], now)
 
 
 async def _serve_one(stream: trio.SocketStream, counts: Counts) -> None:
@@ -83,9 +89,9 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": rank(0.5), "p99_ms": rank(0.99), "max_ms": rank(1.0), "n": len(ordered)}
 
 
-async def _main(host: str, port: int, latency: bool) -> None:
+async def _main(host: str, port: int, latency: bool, arrivals: str | None) -> None:
     counts = Counts()
-    counts.latency = latency
+    counts.latency = latency or arrivals is not None
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             partial(trio.serve_tcp, partial(_serve_one, counts=counts), port, host=host)
@@ -101,6 +107,8 @@ async def _main(host: str, port: int, latency: bool) -> None:
             "body_bytes": counts.body_bytes,
             "latency": _percentiles(counts.latencies),
         }
+        if arrivals is not None:
+            await trio.Path(arrivals).write_bytes(orjson.dumps(counts.arrivals))
         print(orjson.dumps(summary).decode(), flush=True)
         nursery.cancel_scope.cancel()
 
@@ -111,9 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--latency", action="store_true", help="parse bodies; report receipt - received_at"
     )
+    ap.add_argument("--arrivals", metavar="FILE", help="write {event id: receipt time} here")
     args = ap.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    trio.run(_main, host, int(port), args.latency)
+    trio.run(_main, host, int(port), args.latency, args.arrivals)
     return 0
 
 

@@ -560,7 +560,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from streamd.auth import read_token_file
-    from streamd.service.run import hypercorn_config, mtls_hypercorn_config, signature_check
+    from streamd.service.run import (
+        build_pulls,
+        hypercorn_config,
+        mtls_hypercorn_config,
+        signature_check,
+    )
     from streamd.service.sinks import build_specs
 
     config = _load(args)
@@ -579,6 +584,7 @@ def _check_config(args: argparse.Namespace) -> int:
                 continue
             read_token_file(path)
     specs = build_specs(config)  # the sinks' token and secret files
+    build_pulls(config)  # the pull sources' secrets and CA files
     if config.admin.addresses and os.path.exists(config.admin_token_file):
         read_token_file(config.admin_token_file)  # serve creates it when missing
     where = args.config or "<defaults>"
@@ -588,6 +594,8 @@ def _check_config(args: argparse.Namespace) -> int:
         + ", ".join(f"{s.name} at {s.path}" for s in config.sources)
         + "; sinks: "
         + (", ".join(f"{s.name} ({s.kind})" for s in specs) or "none")
+        + "; pulls: "
+        + (", ".join(p.name for p in config.pulls) or "none")
         + "; admin "
         + (", ".join(config.admin.addresses) or "off")
     )

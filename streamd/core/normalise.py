@@ -114,6 +114,22 @@ def decode_delivery(body: bytes) -> Delivery:
     raise PayloadError("$: expected a JSON object or an array of objects")
 
 
+def normalise_item(raw: msgspec.Raw, path: str) -> list[EventRecord]:
+    """The records of one item (a CloudEvent, a wrapper, a legacy push), as in a delivery.
+
+    Raises :class:`PayloadError` naming ``path`` when the item has no known shape or an
+    event of it has no usable id.
+    """
+    out: list[EventRecord] = []
+    _collect(_decode_item(raw, path), raw, path, out)
+    return out
+
+
+def raw_text(raw: msgspec.Raw, path: str) -> str:
+    """The JSON of ``raw`` as text; :class:`PayloadError` when it is not UTF-8."""
+    return _utf8(raw, path)
+
+
 def _recipients(item: Item, into: set[str]) -> None:
     for value in (item.recipientclientid, item.recipient_client_id):
         if value is not None:

@@ -10,6 +10,7 @@ them and saves their state through the journal writer
 
 from streamd.drain.engine import Drain, DrainError, SinkStatus, open_drain
 from streamd.drain.policy import Kind, RetrySettings
+from streamd.drain.pressure import YieldSettings
 from streamd.drain.routing import Filter, Route
 from streamd.drain.runner import SinkSpec
 from streamd.drain.sinks.base import DrainEvent, Result, Sink
@@ -26,5 +27,6 @@ __all__ = [
     "Sink",
     "SinkSpec",
     "SinkStatus",
+    "YieldSettings",
     "open_drain",
 ]

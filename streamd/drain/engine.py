@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import trio
 
 from streamd.drain import store
+from streamd.drain.pressure import IngestPressure, YieldSettings
 from streamd.drain.runner import SinkRunner, SinkSpec
 from streamd.drain.store import NewDeadLetter, Progress, SinkRow
 from streamd.errors import JournalError, StreamdError
@@ -74,8 +75,18 @@ class _Slot:
 class Drain:
     """The running drain (see :func:`open_drain`)."""
 
-    def __init__(self, journal: Journal, specs: Sequence[SinkSpec], *, read_threads: int) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        specs: Sequence[SinkSpec],
+        *,
+        read_threads: int,
+        yield_settings: YieldSettings | None = None,
+    ) -> None:
         self.journal = journal
+        self.pressure = IngestPressure(
+            lambda: journal.statistics().commit_seconds_sum, yield_settings or YieldSettings()
+        )
         self._specs = {spec.name: spec for spec in specs}
         self._slot: dict[str, _Slot] = {}
         self._nursery: trio.Nursery | None = None
@@ -405,6 +416,7 @@ class Drain:
                 limiter=self._limiter,
                 dirty=self._mark_dirty,
                 disable=self._disable_from_sink,
+                pressure=self.pressure,
             )
             slot.finished = trio.Event()
             # Visible (and cancellable) at once: an operator's change must reach it.
@@ -510,6 +522,7 @@ async def open_drain(
     *,
     grace: float = 10.0,
     read_threads: int = 2,
+    yield_settings: YieldSettings | None = None,
 ) -> AsyncIterator[Drain]:
     """Start a runner for every enabled sink; on exit, stop gracefully.
 
@@ -518,7 +531,7 @@ async def open_drain(
     after the restart), and saves every cursor. Raises :class:`JournalError` when
     the sinks' rows cannot be created.
     """
-    drain = Drain(journal, specs, read_threads=read_threads)
+    drain = Drain(journal, specs, read_threads=read_threads, yield_settings=yield_settings)
     starts = {spec.name: spec.start for spec in specs}
     rows = await journal.control(lambda conn: store.ensure_sinks(conn, starts, utc_now()))
     assert isinstance(rows, dict)

@@ -26,6 +26,14 @@ class PoolSettings:
 
 DEFAULT_POOL = PoolSettings()
 DEFAULT_RETRY = RetrySettings()
+# The default preset per kind, where one pool does not fit all: each sqlite commit
+# costs an fsync and rewrites index pages, so bigger groups pay (200k-event backlog:
+# 44-48k events/s with 500-event batches in a 5,000 window, 64k with 2,000 in 20,000;
+# ARCHITECTURE.md, "Drain"). Its window holds references only (seq and routing
+# columns), not the events' JSON.
+KIND_POOLS: dict[str, PoolSettings] = {
+    "sqlite": PoolSettings(batch_size=2000, max_in_flight=20_000),
+}
 
 PRESETS: dict[str, tuple[PoolSettings, RetrySettings]] = {
     "marketo": (

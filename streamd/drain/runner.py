@@ -23,6 +23,7 @@ from functools import partial
 import trio
 
 from streamd.drain.policy import Action, Health, Kind, RetrySettings
+from streamd.drain.pressure import IngestPressure
 from streamd.drain.routing import Route
 from streamd.drain.sinks.base import DrainEvent, Result, Sink, transient
 from streamd.drain.store import (
@@ -55,6 +56,9 @@ class SinkSpec:
     retry: RetrySettings = field(default_factory=RetrySettings)
     # The sink reads the event's columns and JSON (sqlite); False: envelopes suffice.
     full_events: bool = True
+    # With full_events False: False reads references only (the sqlite sink copies the
+    # rows from the attached journal and needs no envelope).
+    envelopes: bool = True
 
 
 class Broadcast:
@@ -94,8 +98,11 @@ class SinkRunner:
         limiter: trio.CapacityLimiter,
         dirty: Callable[[], None],
         disable: Callable[[SinkRunner, str], None],
+        pressure: IngestPressure | None = None,
     ) -> None:
         self.spec = spec
+        self._pressure = pressure
+        self.yields = 0  # pages this runner waited for because ingest was saturated
         self.journal = journal
         self.health = Health(spec.retry)
         self.state = row.state  # operator state: active, paused, disabled
@@ -180,23 +187,54 @@ class SinkRunner:
                 with trio.move_on_at(deadline):
                     await self.changed.wait()
                 continue
+            if self._pressure is not None:
+                pause = self._pressure.pause()
+                if pause:
+                    # Ingest first: it is saturated, and this sink cannot keep up with it
+                    # anyway; the journal holds the events (pressure.py). One page is
+                    # read after each pause, so the sink never stops altogether.
+                    self.yields += 1
+                    await trio.sleep(pause)
+                    if self._stopping:
+                        break
             snapshot = self.journal.last_seq
             limit = min(room, max(spec.batch_size, 1000))
             conn = self._conn
             assert conn is not None
             rows = await trio.to_thread.run_sync(
-                partial(read_events, conn, self.read_pos, limit, full=spec.full_events),
+                partial(
+                    read_events,
+                    conn,
+                    self.read_pos,
+                    limit,
+                    full=spec.full_events,
+                    envelope=spec.envelopes,
+                ),
                 limiter=self._limiter,
             )
-            for event in rows:
-                if spec.route.matches(event):
+            if spec.route.everything:
+                # No filter: batches are slices of the page (no per-event Python work).
+                start = 0
+                while start < len(rows):
                     if not pending:
                         first_at = trio.current_time()
-                    pending.append(event)
-                    self.outstanding += 1
+                    take = rows[start : start + spec.batch_size - len(pending)]
+                    pending.extend(take)
+                    self.outstanding += len(take)
+                    start += len(take)
                     if len(pending) >= spec.batch_size:
-                        await self._dispatch(send, pending, event.seq)
+                        await self._dispatch(send, pending, pending[-1].seq)
                         pending = []
+            else:
+                for event in rows:
+                    if spec.route.matches(event):
+                        if not pending:
+                            first_at = trio.current_time()
+                        pending.append(event)
+                        self.outstanding += 1
+                        if len(pending) >= spec.batch_size:
+                            await self._dispatch(send, pending, event.seq)
+                            pending = []
             if rows:
                 self.read_pos = rows[-1].seq
             if len(rows) < limit:

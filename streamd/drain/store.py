@@ -258,16 +258,19 @@ _EVENT_COLUMNS = (
 _ROUTING_COLUMNS = (
     f"seq, stream, type, munchkin_id, activity_type_id, source, CAST({_ENVELOPE} AS BLOB)"
 )
+_REFERENCE_COLUMNS = "seq, stream, type, munchkin_id, activity_type_id, source, X''"
 
 
 def read_events(
-    conn: sqlite3.Connection, after: int, limit: int, *, full: bool = True
+    conn: sqlite3.Connection, after: int, limit: int, *, full: bool = True, envelope: bool = True
 ) -> list[DrainEvent]:
     """Up to ``limit`` events with ``seq > after``, in order.
 
     ``full`` reads every column (for the sqlite sink, which stores them apart);
     ``full`` False reads only what routing needs and the envelope, built by SQLite
-    (no ``raw``, no key): half the bytes to turn into Python strings.
+    (no ``raw``, no key): half the bytes to turn into Python strings. ``envelope``
+    False (with ``full`` False) reads only what routing needs: references, for a sink
+    that copies the rows from the journal itself (sqlite with the journal attached).
     """
     if full:
         return [
@@ -277,10 +280,11 @@ def read_events(
                 (after, limit),
             )
         ]
+    columns = _ROUTING_COLUMNS if envelope else _REFERENCE_COLUMNS
     return [
         DrainEvent(seq, "", stream, type_, munchkin, activity, source, None, "", "", None, line)
         for seq, stream, type_, munchkin, activity, source, line in conn.execute(
-            f"SELECT {_ROUTING_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            f"SELECT {columns} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
             (after, limit),
         )
     ]

@@ -179,9 +179,14 @@ def register(sub: Any) -> None:
         help="API token file (first token): sent as 'Authorization: Bearer'",
     )
     p.add_argument("--oauth-url", metavar="URL", type=_url, help="legacy: identity provider URL")
-    p.add_argument("--client-id", help="legacy OAuth: the client id")
     p.add_argument(
-        "--client-secret-file", metavar="FILE", help="legacy OAuth: file holding the secret"
+        "--client-id", help="legacy OAuth: the client id (journal server: the x-api-key)"
+    )
+    p.add_argument(
+        "--client-secret-file",
+        metavar="FILE",
+        help="legacy OAuth: file holding the secret (journal server: serve an IMS token "
+        "endpoint at /ims/token/v3 for this client)",
     )
     p.add_argument(
         "--acked", metavar="FILE", type=Path, help="append every acknowledged event id here"
@@ -223,6 +228,11 @@ def register(sub: Any) -> None:
         type=int,
         default=0,
         help="journal server: the first N positions are past retention (410)",
+    )
+    p.add_argument(
+        "--journal-org-id",
+        metavar="ID",
+        help="journal server: require this x-ims-org-id",
     )
     p.add_argument(
         "--journal-token-file",

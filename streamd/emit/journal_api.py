@@ -14,6 +14,13 @@ With ``rate`` > 0 the journal grows while the server runs, so a consumer that ca
 (204) sees new events later. ``token``, ``api_key`` and ``org_id``, when given, are
 required as ``Authorization: Bearer``, ``x-api-key`` and ``x-ims-org-id`` (401, 403).
 
+With ``client_secret`` it is also the IMS token endpoint: ``POST /ims/token/v3`` with the
+client-credentials grant (form ``grant_type``, ``client_id`` = ``api_key``,
+``client_secret``, ``scope``) answers ``{"access_token", "token_type", "expires_in"}``;
+the journal then takes any such token until it expires (``token_lifetime`` seconds).
+``fail_next`` makes the next journal requests answer an error (429, 5xx...), for
+backoff tests.
+
 In a test (trio)::
 
     api = JournalApi(seed=1, initial=500, expired=10, retry_after=1, api_key="client")
@@ -27,12 +34,14 @@ import argparse
 import hmac
 import math
 import re
+import secrets
 import signal
 import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 import orjson
 import trio
@@ -42,6 +51,7 @@ from streamd.emit.errors import UsageError
 from streamd.emit.generate import MAX_SEED, MAX_WORKERS, EventStream
 
 PATH: Final = "/journal"
+IMS_PATH: Final = "/ims/token/v3"
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _POSITION: Final = re.compile(r"p([0-9]{12})")
@@ -73,6 +83,8 @@ class JournalApi:
         token: str | None = None,
         api_key: str | None = None,
         org_id: str | None = None,
+        client_secret: str | None = None,
+        token_lifetime: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= seed < MAX_SEED:
@@ -85,6 +97,43 @@ class JournalApi:
         self.clock = clock
         self.started = clock()
         self.requests = 0
+        self.client_secret, self.token_lifetime = client_secret, token_lifetime
+        self.issued: dict[str, float] = {}  # token -> expiry (clock)
+        self.token_requests = 0
+        self.failures: list[tuple[int, str | None]] = []  # injected answers, in order
+        self.statuses: dict[int, int] = {}
+
+    def fail_next(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
+        """Answer the next ``count`` journal requests ``status`` (with ``retry-after``)."""
+        self.failures.extend([(status, retry_after)] * count)
+
+    def _authorised(self, given: str) -> bool:
+        if self.token is not None and hmac.compare_digest(given.encode(), self.token.encode()):
+            return True
+        expiry = self.issued.get(given)
+        return expiry is not None and self.clock() < expiry
+
+    def _issue(self, request: Request) -> Reply:
+        self.token_requests += 1
+        if request.method != "POST":
+            return Reply(405, b'{"error":"POST only"}', [*_JSON, ("allow", "POST")])
+        form = dict(parse_qsl(request.body.decode("latin-1"), keep_blank_values=True))
+        if form.get("grant_type") != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type")
+        if not form.get("scope"):
+            return _oauth_error(400, "invalid_scope")
+        secret = form.get("client_secret", "")
+        assert self.client_secret is not None
+        if form.get("client_id") != self.api_key or not hmac.compare_digest(
+            secret.encode(), self.client_secret.encode()
+        ):
+            return _oauth_error(401, "invalid_client")
+        token = secrets.token_urlsafe(24)
+        if len(self.issued) > 10_000:
+            self.issued.clear()
+        self.issued[token] = self.clock() + self.token_lifetime
+        body = {"access_token": token, "token_type": "bearer", "expires_in": self.token_lifetime}
+        return Reply(200, orjson.dumps(body), list(_JSON))
 
     def available(self) -> int:
         """Events in the journal now."""
@@ -146,19 +195,30 @@ class JournalApi:
 
     async def handle(self, request: Request) -> Reply:
         """Answer one request."""
+        if request.path.rstrip("/") == IMS_PATH and self.client_secret is not None:
+            return self._issue(request)
         self.requests += 1
+        reply = self._answer(request)
+        self.statuses[reply.status] = self.statuses.get(reply.status, 0) + 1
+        return reply
+
+    def _answer(self, request: Request) -> Reply:
         if request.path.rstrip("/") != PATH:
             return _error(404, "no journal here")
         if request.method != "GET":
             return Reply(405, b'{"error":"GET only"}', [*_JSON, ("allow", "GET")])
-        if self.token is not None:
+        if self.token is not None or self.client_secret is not None:
             auth = request.headers.get("authorization", "")
             given = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
-                return _error(401, "missing or wrong bearer token")
+            if not self._authorised(given):
+                return _error(401, "missing, wrong or expired bearer token")
         for header, wanted in (("x-api-key", self.api_key), ("x-ims-org-id", self.org_id)):
             if wanted is not None and request.headers.get(header) != wanted:
                 return _error(403, f"missing or wrong {header}")
+        if self.failures:
+            status, wait = self.failures.pop(0)
+            extra = [("retry-after", wait)] if wait is not None else []
+            return Reply(status, orjson.dumps({"error": "injected"}), [*_JSON, *extra])
         limit: int | None = None
         if "limit" in request.query:
             text = request.query["limit"]
@@ -188,11 +248,17 @@ def _error(status: int, message: str) -> Reply:
     return Reply(status, orjson.dumps({"error": message}), list(_JSON))
 
 
+def _oauth_error(status: int, code: str) -> Reply:
+    return Reply(status, orjson.dumps({"error": code}), list(_JSON))
+
+
 async def _serve(api: JournalApi, listen: str) -> None:
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve_handler, api.handle, listen)
         for bind in binds:
             print(f"streamd emit: journal ready: {bind}{PATH}", flush=True)
+            if api.client_secret is not None:
+                print(f"streamd emit: token endpoint ready: {bind}{IMS_PATH}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
@@ -206,6 +272,13 @@ def run_journal_server(args: argparse.Namespace) -> int:
         from streamd.emit.cli import _first_token
 
         token = _first_token(args.journal_token_file, "--journal-token-file")
+    secret = None
+    if args.client_secret_file:
+        from streamd.emit.cli import _first_token
+
+        if not args.client_id:
+            raise UsageError("--client-secret-file needs --client-id (the journal's x-api-key)")
+        secret = _first_token(args.client_secret_file, "--client-secret-file")
     try:
         api = JournalApi(
             seed=args.seed,
@@ -213,6 +286,9 @@ def run_journal_server(args: argparse.Namespace) -> int:
             rate=args.journal_rate,
             expired=args.journal_expired,
             token=token,
+            api_key=args.client_id,
+            org_id=args.journal_org_id,
+            client_secret=secret,
         )
     except ValueError as exc:
         raise UsageError(f"journal server: {exc}") from None

@@ -109,7 +109,45 @@ def window_stats(
         **deliveries,
         "file_bytes": _sizes(path),
         "sinks": _sinks(conn, now),
+        "pulls": _pulls(conn),
     }
+
+
+_MAX_GAPS_SHOWN = 20
+
+
+def _pulls(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Each pull source's saved position and counts, and its gaps (newest first)."""
+    try:
+        positions = conn.execute(
+            "SELECT source, position, restart, pages, events, accepted, updated_at "
+            "FROM pull_positions ORDER BY source"
+        ).fetchall()
+        gaps = conn.execute(
+            "SELECT source, lost_after, restarted_from, detected_at FROM pull_gaps ORDER BY id DESC"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []  # a journal from before the pull source
+    out = []
+    for source, position, restart, pages, events, accepted, updated in positions:
+        mine = [g for g in gaps if g[0] == source]
+        out.append(
+            {
+                "name": source,
+                "position": position,
+                "restart_from": restart,
+                "pages": pages,
+                "events": events,
+                "accepted": accepted,
+                "updated_at": updated,
+                "gaps": len(mine),
+                "recent_gaps": [
+                    {"lost_after": g[1], "restarted_from": g[2], "detected_at": g[3]}
+                    for g in mine[:_MAX_GAPS_SHOWN]
+                ],
+            }
+        )
+    return out
 
 
 def _sinks(conn: sqlite3.Connection, now: datetime) -> list[dict[str, Any]]:
@@ -323,6 +361,17 @@ def _print_summary(out: IO[str], s: dict[str, Any], *, colour: bool) -> None:
             f"sink        {sink['name']} ({sink['state']}): cursor {sink['cursor']}, "
             f"lag {sink['lag_events']} events" + (f" ({lag:.0f} s)" if lag else "")
         )
+    for pull in s["pulls"]:
+        at = pull["position"] or f"none (next: from the {pull['restart_from']})"
+        lines.append(
+            f"pull        {pull['name']}: position {at}, {pull['events']} events in "
+            f"{pull['pages']} pages ({pull['accepted']} new), last {pull['updated_at']}"
+        )
+        for gap in pull["recent_gaps"]:
+            lines.append(
+                f"  gap       after {gap['lost_after']}: past retention at "
+                f"{gap['detected_at']}, restarted from the {gap['restarted_from']}"
+            )
     out.write("\n".join(lines) + "\n")
     if s["by_source"]:
         out.write("\n")

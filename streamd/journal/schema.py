@@ -121,6 +121,35 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
         "0003_inspect_indexes",
         ("CREATE INDEX events_lead ON events(lead_id) WHERE lead_id IS NOT NULL",),
     ),
+    (
+        # The Journaling API pull sources: where each one is, written by the writer in the
+        # same transaction as the events a page brought (so a restart resumes exactly
+        # there), and the gaps a 410 (position past Adobe's retention) forced.
+        "0004_pull",
+        (
+            """
+            CREATE TABLE pull_positions (
+                source TEXT PRIMARY KEY,
+                position TEXT,
+                restart TEXT CHECK (restart IN ('oldest', 'latest')),
+                pages INTEGER NOT NULL DEFAULT 0,
+                events INTEGER NOT NULL DEFAULT 0,
+                accepted INTEGER NOT NULL DEFAULT 0,
+                updated_at TEXT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE pull_gaps (
+                id INTEGER PRIMARY KEY,
+                source TEXT NOT NULL,
+                lost_after TEXT,
+                restarted_from TEXT NOT NULL,
+                detected_at TEXT NOT NULL,
+                detail TEXT
+            )
+            """,
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

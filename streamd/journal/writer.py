@@ -55,6 +55,9 @@ class Batch:
     message_id: str | None = None
     adobe_event_id: str | None = None
     retry_count: int | None = None
+    # A pull source's page: the position of its last event, saved for ``source`` in
+    # the same transaction as the events, so a restart resumes exactly after them.
+    position: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,17 @@ ON CONFLICT (minute, source, stream, type, munchkin_id) DO UPDATE SET
     )
 """
 _PAGE_SIZES = {"main": 4096, "dedup": DEDUP_PAGE_SIZE}
+_SAVE_POSITION = """
+INSERT INTO pull_positions (source, position, restart, pages, events, accepted, updated_at)
+VALUES (?, ?, NULL, 1, ?, ?, ?)
+ON CONFLICT (source) DO UPDATE SET
+    position = excluded.position,
+    restart = NULL,
+    pages = pages + 1,
+    events = events + excluded.events,
+    accepted = accepted + excluded.accepted,
+    updated_at = excluded.updated_at
+"""
 
 
 class JournalWriter:
@@ -465,6 +479,7 @@ class JournalWriter:
         conn.executemany(_INSERT_DELIVERY, deliveries)
         if rows:
             conn.executemany(_INSERT_EVENT, rows)
+        _save_positions(conn, live)
         _finish_group(conn, counts, controls)
 
     def _commit_each(
@@ -523,6 +538,8 @@ class JournalWriter:
         conn.executemany(_INSERT_DELIVERY, deliveries)
         if rows:
             conn.executemany(_INSERT_EVENT, rows)
+        if batch.position is not None:
+            conn.execute(_SAVE_POSITION, _position_row(batch, result))
         return result
 
     def _plan(
@@ -755,6 +772,21 @@ def _live(jobs: list[Job]) -> list[Job]:
         if job.abandoned:
             job.error = JournalBusy("abandoned before commit")
     return [job for job in jobs if not job.abandoned]
+
+
+def _position_row(batch: Batch, result: AppendResult) -> tuple[Any, ...]:
+    return (batch.source, batch.position, len(batch.events), result.accepted, batch.received_at)
+
+
+def _save_positions(conn: sqlite3.Connection, jobs: list[Job]) -> None:
+    """The pull sources' positions, in the transaction of the events they brought."""
+    rows = [
+        _position_row(job.batch, job.result)
+        for job in jobs
+        if job.batch.position is not None and job.result is not None
+    ]
+    if rows:
+        conn.executemany(_SAVE_POSITION, rows)
 
 
 def _finish_group(

@@ -207,6 +207,27 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exec: ExecSinkConfig | None = None
 
 
+class PullConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[[pulls]]: an Adobe I/O Events registration whose journal streamd pulls."""
+
+    name: str
+    url: _Text
+    org_id: _Short
+    client_id: _Short
+    client_secret_file: _Text
+    scope: _Text
+    ims_url: _Text = "https://ims-na1.adobelogin.com/ims/token/v3"
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    start: _Short = "oldest"
+    on_expired: Literal["oldest", "latest"] = "oldest"
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
+    min_wait: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
+    max_wait: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    backoff_base: Annotated[float, msgspec.Meta(ge=0.01, le=3600)] = 1.0
+    backoff_cap: Annotated[float, msgspec.Meta(ge=0.1, le=86_400)] = 300.0
+    ca_file: _Text = ""
+
+
 class OAuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[oauth]: the embedded issuer (POST /oauth/token) for auth = "oauth" sources."""
 
@@ -222,6 +243,13 @@ class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     silence_warning: Annotated[float, msgspec.Meta(ge=0, le=30 * 86_400)] = 3600.0
     failure_warning_ratio: Annotated[float, msgspec.Meta(ge=0.05, le=0.8)] = 0.5
     check_interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+
+
+class DrainConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[drain]: how the sinks share the machine with ingest."""
+
+    yield_pause: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.25
+    yield_busy_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
 
 
 class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -265,6 +293,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sinks: Annotated[list[SinkConfig], msgspec.Meta(max_length=64)] = msgspec.field(
         default_factory=list
     )
+    pulls: Annotated[list[PullConfig], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=list
+    )
+    drain: DrainConfig = msgspec.field(default_factory=DrainConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     oauth: OAuthConfig = msgspec.field(default_factory=OAuthConfig)
@@ -429,6 +461,60 @@ def validate(
     if any(s.path.rstrip("/") == "/oauth/token" for s in config.sources):
         raise ConfigError(f"{where}: key sources: /oauth/token is the embedded issuer's path")
     validate_sinks(config, where)
+    validate_pulls(config, where)
+
+
+_HTTP_URL = re.compile(r"https?://[^\s/?#]+(/[^\s#]*)?")
+
+
+def validate_pulls(config: Config, where: str) -> None:
+    """Names unique among sources and pulls, URLs, a usable start, sane waits."""
+    from streamd.ingest.pull import valid_start  # here: keeps config's imports small
+
+    taken = {s.name for s in config.sources}
+    for index, pull in enumerate(config.pulls):
+        key = f"{where}: key pulls[{index}]"
+        if not _NAME.fullmatch(pull.name):
+            raise ConfigError(
+                f"{key}.name: {pull.name!r} is not a valid name "
+                "(letters, digits, '_', '.', '-'; at most 64)"
+            )
+        if pull.name in taken:
+            raise ConfigError(
+                f"{key}.name: {pull.name!r} is already the name of a source or another pull "
+                "(it labels the events in the journal)"
+            )
+        taken.add(pull.name)
+        for field in ("url", "ims_url"):
+            value = getattr(pull, field)
+            if not _HTTP_URL.fullmatch(value):
+                raise ConfigError(f"{key}.{field}: {value!r} is not an http(s) URL")
+        for field in ("org_id", "client_id", "scope", "client_secret_file"):
+            value = getattr(pull, field)
+            if not value.strip() or any(c in value for c in "\r\n\0"):
+                raise ConfigError(
+                    f"{key}.{field}: must be one non-empty line"
+                    + (
+                        " (copy the scopes of your OAuth Server-to-Server credential "
+                        "from the Adobe Developer Console)"
+                        if field == "scope"
+                        else ""
+                    )
+                )
+        if not valid_start(pull.start):
+            raise ConfigError(
+                f'{key}.start: {pull.start!r}: expected "oldest", "latest" or a '
+                'duration back such as "-PT2H" or "-PT30M"'
+            )
+        if pull.min_wait > pull.max_wait:
+            raise ConfigError(
+                f"{key}.min_wait: {pull.min_wait:g} is larger than max_wait ({pull.max_wait:g})"
+            )
+        if pull.backoff_base > pull.backoff_cap:
+            raise ConfigError(
+                f"{key}.backoff_base: {pull.backoff_base:g} is larger than backoff_cap "
+                f"({pull.backoff_cap:g})"
+            )
 
 
 def _validate_external(source: SourceConfig, where: str) -> None:

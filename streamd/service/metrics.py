@@ -29,6 +29,7 @@ from streamd.drain import store
 from streamd.drain.engine import Drain, age_seconds
 from streamd.drain.retention import Retention
 from streamd.errors import JournalError
+from streamd.ingest.pull import Pulls
 from streamd.journal import Journal
 from streamd.journal.writer import COMMIT_BUCKETS
 from streamd.service.health import StreamHealth
@@ -66,6 +67,7 @@ class Parts:
     retention: Retention | None
     health: StreamHealth
     journal_path: str
+    pulls: Pulls | None = None
     workers: Restarts | None = None
 
 
@@ -233,11 +235,67 @@ class _StateCollector(Collector):
         yield sizes
         yield from self._sinks()
         yield from self._streams()
+        yield from self._pulls()
+
+    def _pulls(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        pulls = self.parts.pulls
+        if pulls is None or not pulls.running:
+            return
+        requests = CounterMetricFamily(
+            "streamd_pull_requests",
+            "Journaling API requests of each pull source, by answer (status, or error).",
+            labels=["pull", "status"],
+        )
+        events = CounterMetricFamily(
+            "streamd_pull_events",
+            "Events pulled and committed, by pull source and outcome (new or duplicate).",
+            labels=["pull", "outcome"],
+        )
+        gaps = CounterMetricFamily(
+            "streamd_pull_gaps",
+            "Restarts after a 410 (position past the journal's retention) since start.",
+            labels=["pull"],
+        )
+        failing = GaugeMetricFamily(
+            "streamd_pull_failures",
+            "Consecutive failed attempts of each pull source (0 while it works).",
+            labels=["pull"],
+        )
+        caught_up = GaugeMetricFamily(
+            "streamd_pull_caught_up_timestamp_seconds",
+            "When each pull source last reached the end of its journal (Unix time; 0: never).",
+            labels=["pull"],
+        )
+        for name, running in sorted(pulls.running.items()):
+            st = running.source.stats
+            for status, n in sorted(st.responses.copy().items()):
+                requests.add_metric([name, status], n)
+            events.add_metric([name, "new"], st.accepted)
+            events.add_metric([name, "duplicate"], st.duplicates)
+            gaps.add_metric([name], st.gaps)
+            failing.add_metric([name], st.failures)
+            caught_up.add_metric([name], st.caught_up_at or 0.0)
+        yield requests
+        yield events
+        yield gaps
+        yield failing
+        yield caught_up
 
     def _sinks(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         drain = self.parts.drain
         if drain is None:
             return
+        yield GaugeMetricFamily(
+            "streamd_journal_writer_busy_ratio",
+            "Share of the last quarter second the journal writer spent committing "
+            "(sinks yield to ingest at drain.yield_busy_ratio).",
+            value=drain.pressure.sample(),
+        )
+        yield CounterMetricFamily(
+            "streamd_drain_yields",
+            "Pauses the sinks took before a page because ingest was saturated.",
+            value=drain.pressure.yields,
+        )
         statuses = drain.statistics()
         delivered = CounterMetricFamily(
             "streamd_sink_delivered_events", "Events a sink confirmed.", labels=["sink"]

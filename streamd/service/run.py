@@ -29,12 +29,14 @@ from streamd.admin import AdminApp, journal_routes
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
 from streamd.auth.external import Introspector, JwtVerifier
+from streamd.auth.ims import ClientCredentials
 from streamd.auth.issuer import Issuer, load_or_create_key
-from streamd.drain import Drain, open_drain
+from streamd.drain import Drain, YieldSettings, open_drain
 from streamd.drain.admin import sink_routes
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Source
+from streamd.ingest.pull import Pulls, PullSettings, PullSource
 from streamd.ingest.validation import Validator
 from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.service.config import Config, SourceConfig
@@ -60,6 +62,7 @@ class Running:
     admin_binds: list[str]
     admin: AdminApp | None
     metrics: Metrics
+    pulls: Pulls
     # server.workers >= 1: the processes serving the ingest listeners (``app`` then
     # serves none: it holds the sources the workers were given).
     workers: WorkerPool | None = None
@@ -169,6 +172,55 @@ def build_issuer(config: Config) -> Issuer | None:
     o = config.oauth
     key = load_or_create_key(config.oauth_key_file)
     return Issuer(dict(o.clients), key, ttl=o.token_ttl, max_failures=o.max_failures_per_minute)
+
+
+PullPlan = tuple[object, PullSettings, ClientCredentials]
+
+
+def build_pulls(config: Config) -> list[PullPlan]:
+    """Settings and token client per ``[[pulls]]`` entry, its secret read now, with what
+    decides whether a reload restarts it (its configuration and secret).
+
+    Raises :class:`ConfigError` naming the file when a secret or CA file is unusable.
+    """
+    built: list[PullPlan] = []
+    for pull in config.pulls:
+        secret = read_secret(pull.client_secret_file, "pull client secret").decode()
+        verify: ssl.SSLContext | bool = True
+        if pull.ca_file:
+            try:
+                verify = ssl.create_default_context(cafile=pull.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"{pull.ca_file}: cannot load the CA of pull {pull.name!r}: {exc}"
+                ) from None
+        settings = PullSettings(
+            name=pull.name,
+            url=pull.url,
+            org_id=pull.org_id,
+            api_key=pull.client_id,
+            limit=pull.limit,
+            start=pull.start,
+            on_expired=pull.on_expired,
+            timeout=pull.timeout,
+            min_wait=pull.min_wait,
+            max_wait=pull.max_wait,
+            backoff_base=pull.backoff_base,
+            backoff_cap=pull.backoff_cap,
+            verify=verify,
+        )
+        tokens = ClientCredentials(
+            pull.ims_url, pull.client_id, secret, pull.scope, timeout=pull.timeout, verify=verify
+        )
+        built.append(((pull, secret), settings, tokens))
+    return built
+
+
+def start_pulls(pulls: Pulls, plans: list[PullPlan], journal: Journal) -> list[str]:
+    """Make the running pull sources match ``plans``; what changed."""
+    return pulls.apply(
+        [(identity, PullSource(settings, journal, tokens)) for identity, settings, tokens in plans]
+    )
 
 
 def read_secret(path: str, what: str) -> bytes:
@@ -344,6 +396,7 @@ async def serve(
     """
     notify = notifier or Notifier({})
     specs = build_specs(config)  # reads the sinks' secret files: a problem stops us here
+    pull_plans = build_pulls(config)  # and the pull sources' secrets
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     hconfig = hypercorn_config(config)
     activated = activated_binds()
@@ -405,7 +458,10 @@ async def serve(
         stop = trio.Event()
         # Stops after the listeners (its exit waits up to graceful_timeout for the
         # batches in flight; cursors only pass what was confirmed).
-        async with open_drain(journal, specs, grace=config.server.graceful_timeout) as drain:
+        yields = YieldSettings(config.drain.yield_pause, config.drain.yield_busy_ratio)
+        async with open_drain(
+            journal, specs, grace=config.server.graceful_timeout, yield_settings=yields
+        ) as drain:
             async with trio.open_nursery() as nursery:
                 reloader = _Reloader(config, reload, app, notify, [hconfig, mconfig])
                 reloader.log_level_from_config = log_level_from_config
@@ -420,6 +476,11 @@ async def serve(
                 )
                 await nursery.start(serve_retention, retention)
                 reloader.retention = retention
+                pulls = Pulls()
+                await nursery.start(pulls.run)
+                for line in start_pulls(pulls, pull_plans, journal):
+                    log.info("%s", line)
+                reloader.pulls, reloader.journal = pulls, journal
                 health = StreamHealth(
                     [s.name for s in config.sources],
                     silence_warning=config.health.silence_warning,
@@ -427,7 +488,9 @@ async def serve(
                     clock=time.time,
                 )
                 metrics = Metrics(
-                    Parts(front, journal, drain, retention, health, config.journal_path, pool)
+                    Parts(
+                        front, journal, drain, retention, health, config.journal_path, pulls, pool
+                    )
                 )
                 app.observer = metrics.observe
                 if admin is not None:
@@ -479,6 +542,7 @@ async def serve(
                         admin_binds=admin_binds,
                         admin=admin,
                         metrics=metrics,
+                        pulls=pulls,
                         workers=pool,
                     )
                 )
@@ -633,7 +697,7 @@ class _Reloader:
     nothing: the old one stays and the log says why."""
 
     # Settings a running process cannot take over; they need a restart.
-    _RESTART_ONLY = ("data_dir", "journal", "retention", "health", "admin")
+    _RESTART_ONLY = ("data_dir", "journal", "retention", "health", "admin", "drain")
 
     def __init__(
         self,
@@ -651,6 +715,8 @@ class _Reloader:
         self.log_level_from_config = False
         self.drain: Drain | None = None
         self.retention: Retention | None = None
+        self.pulls: Pulls | None = None
+        self.journal: Journal | None = None
         self.pool: WorkerPool | None = None
 
     async def __call__(self) -> None:
@@ -663,6 +729,7 @@ class _Reloader:
             sources = await trio.to_thread.run_sync(load_sources, new)
             specs = await trio.to_thread.run_sync(build_specs, new)  # reads secret files
             issuer = await trio.to_thread.run_sync(build_issuer, new)
+            pull_plans = await trio.to_thread.run_sync(build_pulls, new)
             if new.server.tls_certfile:
                 for hc in self._listeners:
                     reload_certificates(hc, new)
@@ -691,6 +758,9 @@ class _Reloader:
                     log.info("SIGHUP: %s", line)
                 if self.retention is not None:
                     self.retention.sinks = tuple(spec.name for spec in specs)
+            if self.pulls is not None and self.journal is not None:
+                for line in start_pulls(self.pulls, pull_plans, self.journal):
+                    log.info("SIGHUP: %s", line)
             if self.log_level_from_config:
                 logging.getLogger().setLevel((new.log_level or "info").upper())
             if self.pool is not None:

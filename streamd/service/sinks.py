@@ -12,7 +12,7 @@ import msgspec
 from streamd.auth import loose_permissions
 from streamd.drain import Filter, Route, SinkSpec
 from streamd.drain.policy import RetrySettings
-from streamd.drain.presets import DEFAULT_POOL, DEFAULT_RETRY, PRESETS, PoolSettings
+from streamd.drain.presets import DEFAULT_POOL, DEFAULT_RETRY, KIND_POOLS, PRESETS, PoolSettings
 from streamd.drain.sinks.base import Sink
 from streamd.drain.sinks.exec import ExecSettings, ExecSink
 from streamd.drain.sinks.file import FileSettings, FileSink
@@ -27,7 +27,7 @@ _MAX_SECRET_FILE = 64 * 1024
 
 def resolve(sink: SinkConfig) -> tuple[PoolSettings, RetrySettings]:
     """The preset's pool and retry settings with the keys the sink sets on top."""
-    pool, retry = PRESETS.get(sink.preset, (DEFAULT_POOL, DEFAULT_RETRY))
+    pool, retry = PRESETS.get(sink.preset, (KIND_POOLS.get(sink.kind, DEFAULT_POOL), DEFAULT_RETRY))
     pool = dataclasses.replace(
         pool, **{k: v for k, v in _fields(sink.pool).items() if v is not None}
     )
@@ -151,6 +151,7 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 retry=retry,
                 # Every kind sends envelopes or copies rows from the journal itself.
                 full_events=False,
+                envelopes=sink.kind != "sqlite",
             )
         )
     return specs

@@ -182,7 +182,8 @@ async def test_sqlite_rows_copied_from_the_attached_journal(
     await append(journal, ["u1"], stream="audit", type="com.adobe.platform.marketo.audit.x")
     target = tmp_path / "copied.db"
     sink = SqliteSink(SqliteSettings(str(target), journal=journal.path))
-    async with open_drain(journal, [spec("copy", sink, full_events=False)]) as d:
+    # References only, no envelope: what the service reads for a sqlite sink.
+    async with open_drain(journal, [spec("copy", sink, full_events=False, envelopes=False)]) as d:
         await wait_until(lambda: d.statistics()[0].cursor == 3, "written")
         await d.replay("copy", seq=1)  # again: upserts, no duplicates
         await wait_until(lambda: d.statistics()[0].cursor == 3, "rewritten")

@@ -141,3 +141,22 @@ async def test_group_writer_shares_one_write_among_waiting_batches() -> None:
     # they arrived in (trio starts tasks in any order).
     assert writes == [[1], [2, 3, 4]]
     assert results == [CONFIRMED] * 4
+
+
+async def test_reference_reads_carry_no_envelope(journal: Journal) -> None:
+    """The sqlite sink's reads: routing columns only, no JSON turned into Python bytes."""
+    from streamd.drain.store import open_reader, read_events
+
+    await append(journal, ["r1", "r2", "r3"])
+    reader = open_reader(journal.path)
+    try:
+        refs = read_events(reader, 0, 10, full=False, envelope=False)
+        full = read_events(reader, 0, 10, full=False)
+    finally:
+        reader.close()
+    assert [e.seq for e in refs] == [e.seq for e in full] == [1, 2, 3]
+    assert all(e.line == b"" and e.raw == "" for e in refs)
+    assert all(e.line for e in full)
+    assert [(e.stream, e.type, e.source) for e in refs] == [
+        (e.stream, e.type, e.source) for e in full
+    ]

@@ -12,9 +12,10 @@ from email.utils import format_datetime
 import pytest
 import trio
 
+from streamd.core.headers import retry_after
 from streamd.drain import RetrySettings, open_drain
 from streamd.drain.policy import Kind
-from streamd.drain.sinks.http import HttpSettings, HttpSink, classify, parse_secret, retry_after
+from streamd.drain.sinks.http import HttpSettings, HttpSink, classify, parse_secret
 from streamd.errors import ConfigError
 from streamd.journal import Journal
 

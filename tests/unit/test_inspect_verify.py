@@ -140,8 +140,9 @@ def _duplicate_key(path: Path) -> None:
             lambda p: sql(p, "UPDATE migrations SET name = '0001_other' WHERE rowid = 1"),
             {
                 "schema": [
-                    "migrations recorded ['0001_other', '0002_sinks', '0003_inspect_indexes'], "
-                    "expected ['0001_initial', '0002_sinks', '0003_inspect_indexes'] for version 3"
+                    "migrations recorded ['0001_other', '0002_sinks', '0003_inspect_indexes', "
+                    "'0004_pull'], expected ['0001_initial', '0002_sinks', "
+                    "'0003_inspect_indexes', '0004_pull'] for version 4"
                 ]
             },
         ),

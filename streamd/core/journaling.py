@@ -1,0 +1,100 @@
+"""Adobe's Journaling API pages (CONTRACT.md §2), decoded into journal records (sans-IO).
+
+A 200 answer is ``{"events": [{"position": "...", "event": {...}}], "_page": {"last",
+"count"}}``. Each ``event`` is normalised exactly as a pushed item is (its CloudEvent
+``id``, ``eventid`` or ``event_id`` is the dedup key), so the same event pushed and
+pulled is journaled once.
+
+An entry whose event cannot be normalised (no id, not an object, an id of the wrong
+type) is still journaled, never dropped and never allowed to stop the pull: its key is
+``journal-position:<position>``, unique in Adobe's journal, its stream ``other``, and
+the caller is told (``Page.unkeyed``) so it can warn. A page that is not the documented
+JSON at all raises :class:`PayloadError`: nothing of it is journaled and the position
+does not move.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from streamd.core.normalise import key_hash, normalise_item, raw_text
+from streamd.core.wire import EventRecord
+from streamd.errors import PayloadError
+
+MAX_POSITION_LENGTH = 1024
+POSITION_KEY_PREFIX = "journal-position:"
+
+
+class _Entry(msgspec.Struct, frozen=True):
+    position: str
+    event: msgspec.Raw
+
+
+class _Page(msgspec.Struct, frozen=True):
+    # ``_page`` ({"last", "count"}) repeats what the events say; it is not needed.
+    events: list[_Entry] = msgspec.field(default_factory=list)
+
+
+_PAGE_DECODER = msgspec.json.Decoder(_Page)
+
+
+class Page(msgspec.Struct, frozen=True):
+    """One decoded page: its records (in journal order) and the position after them."""
+
+    records: list[EventRecord]
+    last: str | None  # the position of the last event (None: the page was empty)
+    unkeyed: list[str]  # positions of events journaled under a position key (see above)
+
+
+def check_position(position: object, where: str) -> str:
+    """``position`` when it is a usable opaque position; else :class:`PayloadError`."""
+    if not isinstance(position, str) or not position:
+        raise PayloadError(f"{where}: a position must be a non-empty string")
+    if len(position) > MAX_POSITION_LENGTH:
+        raise PayloadError(f"{where}: a position longer than {MAX_POSITION_LENGTH} characters")
+    if not position.isprintable() or not position.isascii():
+        raise PayloadError(f"{where}: a position must be printable ASCII")
+    return position
+
+
+def decode_page(body: bytes) -> Page:
+    """Decode a 200 answer of the Journaling API; :class:`PayloadError` names the problem."""
+    try:
+        page = _PAGE_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        raise PayloadError(f"journal page: {message[:1].lower()}{message[1:]}") from None
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"journal page: not valid JSON: {exc}") from None
+    records: list[EventRecord] = []
+    unkeyed: list[str] = []
+    for index, entry in enumerate(page.events):
+        path = f"$.events[{index}]"
+        position = check_position(entry.position, path + ".position")
+        raw = entry.event
+        try:
+            found = normalise_item(raw, path + ".event")
+        except PayloadError:
+            found = []
+        if found:
+            records.extend(found)
+            continue
+        # No keyed event in it (no id, an id of an odd type, not an object): keep it whole
+        # under its position rather than stall the pull or lose it.
+        key = POSITION_KEY_PREFIX + position
+        records.append(
+            EventRecord(
+                key=key,
+                key_hash=key_hash(key),
+                stream="other",
+                type=None,
+                munchkin_id=None,
+                activity_type_id=None,
+                lead_id=None,
+                occurred_at=None,
+                raw=raw_text(raw, path + ".event"),
+            )
+        )
+        unkeyed.append(position)
+    last = page.events[-1].position if page.events else None
+    return Page(records=records, last=last, unkeyed=unkeyed)

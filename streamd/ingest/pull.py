@@ -1,0 +1,530 @@
+"""The Journaling API pull source: events fetched from Adobe's journal, into the same writer.
+
+For a VM that cannot take inbound traffic, or to fetch what a push endpoint missed
+while it was down. One task per configured ``[[pulls]]`` entry:
+
+- a token from the client-credentials grant (``streamd.auth.ims``), renewed before it
+  expires and dropped when the API answers 401;
+- ``GET <journal url>`` with ``x-ims-org-id``, ``x-api-key`` and the bearer token; a 200
+  page is normalised like a push (same dedup keys, so push and pull of one event are
+  journaled once) and handed to the writer with the position of its last event: the
+  writer saves that position **in the same transaction** as the events (``Batch.position``),
+  so after a crash the pull resumes exactly after the last committed page, and a page
+  is never journaled twice nor skipped;
+- ``Link: rel="next"`` is followed (only to the configured origin: the bearer token
+  never goes elsewhere); the next page is fetched while the current one commits;
+- 204: wait ``retry-after`` (seconds or an HTTP date, within ``min_wait``..``max_wait``),
+  then reuse the ``next`` link;
+- 410 (the position is past Adobe's retention): record a gap in ``pull_gaps`` and restart
+  from the oldest available event or from the latest, as configured, in one transaction;
+- 429, 5xx, timeouts and network errors: exponential backoff with jitter, ``Retry-After``
+  honoured; other answers (400, 403, 404) are configuration problems: logged with the
+  answer, retried at the backoff's pace. Every retry waits: the loop never spins.
+
+Each session starts from the position stored in the journal, so any failure (a commit
+refused because the journal is full, a page the writer could not take) simply restarts
+from what is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import sqlite3
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, cast
+
+import httpx
+import trio
+
+from streamd.auth.ims import ClientCredentials, TokenUnavailable
+from streamd.core.headers import link, retry_after
+from streamd.core.journaling import Page, check_position, decode_page
+from streamd.errors import JournalBusy, JournalError, PayloadError
+from streamd.journal import Batch, Journal, utc_now
+
+log = logging.getLogger("streamd.ingest.pull")
+
+MAX_PAGE_BYTES: Final = 64 * 1024 * 1024
+SEEK: Final = re.compile(r"-PT(?=\d)(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?")
+_SNIPPET: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class PullSettings:
+    """One pull source, as configured (``[[pulls]]``)."""
+
+    name: str
+    url: str
+    org_id: str
+    api_key: str  # the client id, sent as x-api-key
+    limit: int | None = None
+    start: str = "oldest"  # "oldest", "latest" or a seek such as "-PT2H"
+    on_expired: str = "oldest"  # after a 410: "oldest" or "latest"
+    timeout: float = 30.0
+    min_wait: float = 1.0
+    max_wait: float = 300.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    verify: ssl.SSLContext | bool = True
+    max_page_bytes: int = MAX_PAGE_BYTES
+
+
+@dataclass(slots=True)
+class PullStatistics:
+    """What a pull source did (read without a lock by metrics and the admin listener)."""
+
+    state: str = "starting"  # fetching, caught-up, backing-off, stopped
+    requests: int = 0
+    responses: dict[str, int] = field(default_factory=dict)  # status (or "error") -> count
+    pages: int = 0
+    events: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    unkeyed: int = 0
+    gaps: int = 0
+    failures: int = 0  # consecutive failed attempts (0 after any success)
+    last_error: str | None = None
+    position: str | None = None
+    caught_up_at: float | None = None  # time.time() of the last 204
+    last_page_at: float | None = None  # time.time() of the last committed page
+
+
+class _Retry(Exception):
+    """End the session and wait: ``delay`` None means the backoff decides."""
+
+    def __init__(self, reason: str, delay: float | None = None, *, failure: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+        self.failure = failure
+
+
+@dataclass(slots=True)
+class _Fetched:
+    """A prefetched answer, decoded already when it is a page (while the last one committed)."""
+
+    response: tuple[int, httpx.Headers, bytes] | None = None
+    page: Page | None = None
+    error: BaseException | None = None
+
+
+class PullSource:
+    """Pulls one registration's journal until cancelled."""
+
+    def __init__(
+        self,
+        settings: PullSettings,
+        journal: Journal,
+        tokens: ClientCredentials,
+        *,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.tokens = tokens
+        self.stats = PullStatistics()
+        self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not a secret
+        self._now = wall_clock
+        self._base = httpx.URL(settings.url)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Pull until cancelled; every failure waits before the next attempt."""
+        name = self.settings.name
+        log.info("pull %s: starting from %s", name, self.settings.url)
+        try:
+            async with httpx.AsyncClient(
+                timeout=self.settings.timeout,
+                verify=self.settings.verify,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+            ) as client:
+                while True:
+                    try:
+                        await self._session(client)
+                    except _Retry as retry:
+                        await self._wait_after(retry)
+        finally:
+            self.stats.state = "stopped"
+
+    async def _wait_after(self, retry: _Retry) -> None:
+        s, stats = self.settings, self.stats
+        if retry.failure:
+            stats.failures += 1
+            stats.last_error = retry.reason
+            backoff = min(s.backoff_cap, s.backoff_base * 2 ** min(stats.failures - 1, 30))
+            backoff *= 1.0 - 0.5 * self._rng.random()  # jitter: never in lockstep
+            delay = backoff if retry.delay is None else max(retry.delay, backoff)
+            delay = min(delay, max(s.backoff_cap, s.max_wait))
+            stats.state = "backing-off"
+            log.warning(
+                "pull %s: %s; attempt %d failed, next in %.1f s",
+                s.name, retry.reason, stats.failures, delay,
+            )  # fmt: skip
+        else:
+            delay = retry.delay or 0.0
+        await trio.sleep(delay)
+
+    async def _session(self, client: httpx.AsyncClient) -> None:
+        """From the durable position on, until something makes us wait (raises _Retry)."""
+        position, restart = await self._load()
+        self.stats.position = position
+        url = self._start_url(position, restart)
+        response = await self._get(client, url)
+        decoded: Page | None = None
+        while True:
+            status, headers, body = response
+            if status == 200:
+                page = decoded or self._decode(body)
+                decoded = None
+                if not page.records:
+                    # A 200 without events: wait as for a 204, never spin.
+                    url = self._next(headers, url, position)
+                    self._caught_up()
+                    await trio.sleep(self._server_wait(headers))
+                    response = await self._get(client, url)
+                    continue
+                assert page.last is not None
+                url = self._next(headers, url, page.last)
+                # Fetch the next page while this one commits: the commit is awaited
+                # before the next page is handed to the writer, so positions stay in order.
+                fetched = _Fetched()
+                refused: _Retry | None = None
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._prefetch, client, url, fetched)
+                    try:
+                        await self._commit(page)
+                    except _Retry as exc:  # raised outside: a nursery would wrap it
+                        refused = exc
+                        nursery.cancel_scope.cancel()
+                if refused is not None:
+                    raise refused
+                position = page.last
+                if fetched.error is not None:
+                    raise fetched.error
+                assert fetched.response is not None
+                response, decoded = fetched.response, fetched.page
+            elif status == 204:
+                url = self._next(headers, url, position)
+                self._caught_up()
+                await trio.sleep(self._server_wait(headers))
+                response = await self._get(client, url)
+            elif status == 410:
+                await self._gap(position, body)
+                position = None
+                url = self._start_url(None, self.settings.on_expired)
+                response = await self._get(client, url)
+            else:
+                raise self._refusal(status, headers, body)
+
+    # -- one request ------------------------------------------------------------------
+
+    async def _get(
+        self, client: httpx.AsyncClient, url: httpx.URL
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """One GET; 401 drops the token and tries once more with a fresh one."""
+        for attempt in (1, 2):
+            try:
+                token = await self.tokens.token()
+            except TokenUnavailable as exc:
+                raise _Retry(f"no access token: {exc}") from None
+            status, headers, body = await self._request(client, url, token)
+            if status != 401:
+                return status, headers, body
+            self.tokens.invalidate(token)
+            if attempt == 2:
+                raise _Retry("the journal refused a fresh access token (401)" + _snippet(body))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request(
+        self, client: httpx.AsyncClient, url: httpx.URL, token: str
+    ) -> tuple[int, httpx.Headers, bytes]:
+        s = self.settings
+        headers = {
+            "authorization": f"Bearer {token}",
+            "x-api-key": s.api_key,
+            "x-ims-org-id": s.org_id,
+            "accept": "application/json",
+        }
+        self.stats.requests += 1
+        if self.stats.state != "backing-off":
+            self.stats.state = "fetching"
+        try:
+            async with client.stream("GET", url, headers=headers) as response:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > s.max_page_bytes:
+                    raise _Retry(self._too_large())
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > s.max_page_bytes:
+                        raise _Retry(self._too_large())
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            self._count("error")
+            raise _Retry(f"GET {_show(url)}: {type(exc).__name__}: {exc}") from None
+        self._count(str(response.status_code))
+        return response.status_code, response.headers, b"".join(chunks)
+
+    async def _prefetch(self, client: httpx.AsyncClient, url: httpx.URL, into: _Fetched) -> None:
+        try:
+            into.response = await self._get(client, url)
+            if into.response[0] == 200:
+                # Decoding here overlaps the writer's commit of the page before.
+                into.page = self._decode(into.response[2])
+        except (_Retry, httpx.HTTPError) as exc:
+            into.error = exc
+
+    def _too_large(self) -> str:
+        self._count("too-large")
+        return (
+            f"a journal page larger than {self.settings.max_page_bytes:,} bytes; "
+            "set a smaller limit for this pull source"
+        )
+
+    def _count(self, status: str) -> None:
+        self.stats.responses[status] = self.stats.responses.get(status, 0) + 1
+
+    # -- what the answers mean --------------------------------------------------------
+
+    def _decode(self, body: bytes) -> Page:
+        try:
+            page = decode_page(body)
+        except PayloadError as exc:
+            # Nothing of the page is journaled and the position stays: retried, and
+            # visible (logs, metrics, last_error) until the journal serves a sane page.
+            raise _Retry(f"unusable journal page: {exc}") from None
+        if page.unkeyed:
+            log.warning(
+                "pull %s: %d event(s) without a usable id, journaled under their position "
+                "(stream 'other'), first at %s",
+                self.settings.name, len(page.unkeyed), page.unkeyed[0],
+            )  # fmt: skip
+        return page
+
+    async def _commit(self, page: Page) -> None:
+        s, stats = self.settings, self.stats
+        batch = Batch(
+            source=s.name,
+            received_at=utc_now(),
+            shape="journal",
+            events=page.records,
+            message_id=page.last,
+            position=page.last,
+        )
+        try:
+            result = await self.journal.append(batch)
+        except JournalBusy as exc:
+            raise _Retry(f"the journal cannot take the page now: {exc}", exc.retry_after) from None
+        except JournalError as exc:
+            raise _Retry(f"the journal refused the page: {exc}") from None
+        stats.pages += 1
+        stats.events += len(page.records)
+        stats.accepted += result.accepted
+        stats.duplicates += result.duplicates
+        stats.unkeyed += len(page.unkeyed)
+        stats.position = page.last
+        stats.last_page_at = self._now()
+        if stats.failures:
+            log.info("pull %s: pulling again after %d failure(s)", s.name, stats.failures)
+        stats.failures = 0
+        stats.last_error = None
+
+    def _caught_up(self) -> None:
+        stats = self.stats
+        if stats.state != "caught-up":
+            log.info(
+                "pull %s: caught up at position %s (%d events pulled so far)",
+                self.settings.name, stats.position, stats.events,
+            )  # fmt: skip
+        stats.state = "caught-up"
+        stats.caught_up_at = self._now()
+        stats.failures = 0
+        stats.last_error = None
+
+    def _server_wait(self, headers: httpx.Headers) -> float:
+        s = self.settings
+        wait = retry_after(headers.get("retry-after"), self._now())
+        return min(max(wait if wait is not None else s.min_wait, s.min_wait), s.max_wait)
+
+    def _refusal(self, status: int, headers: httpx.Headers, body: bytes) -> _Retry:
+        s = self.settings
+        wait = retry_after(headers.get("retry-after"), self._now())
+        if wait is not None:
+            wait = min(wait, s.max_wait)
+        if status == 429 or status >= 500:
+            return _Retry(f"the journal answered {status}" + _snippet(body), wait)
+        hint = {
+            400: " (a position the journal does not know? see README, 'Pull sources')",
+            403: " (check org_id and client_id, and the credential's access to this journal)",
+            404: " (check the journal URL)",
+        }.get(status, "")
+        return _Retry(f"the journal answered {status}{hint}" + _snippet(body), wait)
+
+    # -- positions --------------------------------------------------------------------
+
+    def _start_url(self, position: str | None, restart: str | None) -> httpx.URL:
+        s = self.settings
+        params: dict[str, str] = {}
+        if position is not None:
+            params["since"] = position
+        else:
+            mode = restart or s.start
+            if mode == "latest":
+                params["latest"] = "true"
+            elif mode != "oldest":
+                params["seek"] = mode
+        if s.limit is not None:
+            params["limit"] = str(s.limit)
+        return self._base.copy_merge_params(params)
+
+    def _next(self, headers: httpx.Headers, current: httpx.URL, position: str | None) -> httpx.URL:
+        """The ``next`` link, when it stays on the journal's origin; else ``since=position``."""
+        target = link(headers.get("link"), "next")
+        if target:
+            try:
+                url = current.join(target)
+            except httpx.InvalidURL:
+                url = None
+            if url is not None and _origin(url) == _origin(self._base):
+                if self.settings.limit is not None and "limit" not in url.params:
+                    url = url.copy_merge_params({"limit": str(self.settings.limit)})
+                return url
+            log.warning(
+                "pull %s: not following a next link to another origin (%s); "
+                "continuing from the position instead",
+                self.settings.name, target[:200],
+            )  # fmt: skip
+        if position is None:
+            return current
+        return self._start_url(position, None)
+
+    async def _load(self) -> tuple[str | None, str | None]:
+        name = self.settings.name
+
+        def read(conn: sqlite3.Connection) -> tuple[str | None, str | None]:
+            row = conn.execute(
+                "SELECT position, restart FROM pull_positions WHERE source = ?", (name,)
+            ).fetchone()
+            return (None, None) if row is None else (row[0], row[1])
+
+        try:
+            stored = await self.journal.control(read)
+        except JournalError as exc:
+            raise _Retry(f"cannot read the stored position: {exc}") from None
+        position, restart = cast(tuple[str | None, str | None], stored)
+        if position is not None:
+            try:
+                check_position(position, "the stored position")
+            except PayloadError as exc:
+                raise _Retry(f"{exc} (pull_positions of {name!r} is damaged)") from None
+        return position, restart
+
+    async def _gap(self, position: str | None, body: bytes) -> None:
+        s = self.settings
+        if position is None:
+            raise _Retry("the journal answered 410 without a position to be past" + _snippet(body))
+        detected = utc_now()
+        detail = body[:_SNIPPET].decode("utf-8", "replace") or None
+
+        def record(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO pull_gaps (source, lost_after, restarted_from, detected_at, detail) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (s.name, position, s.on_expired, detected, detail),
+            )
+            conn.execute(
+                "INSERT INTO pull_positions (source, position, restart, updated_at) "
+                "VALUES (?, NULL, ?, ?) ON CONFLICT (source) DO UPDATE SET "
+                "position = NULL, restart = excluded.restart, updated_at = excluded.updated_at",
+                (s.name, s.on_expired, detected),
+            )
+
+        try:
+            await self.journal.control(record)
+        except JournalError as exc:
+            raise _Retry(f"cannot record the gap after a 410: {exc}") from None
+        self.stats.gaps += 1
+        self.stats.position = None
+        log.warning(
+            "pull %s: position %s is past the journal's retention (410); restarting from the "
+            "%s available event. Events between were not pulled (unless they were pushed); "
+            "the gap is recorded (streamd journal stats)",
+            s.name, position, s.on_expired,
+        )  # fmt: skip
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def _show(url: httpx.URL) -> str:
+    return str(url.copy_with(query=None))
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:_SNIPPET].decode("utf-8", "replace").strip()
+    return f": {text}" if text else ""
+
+
+def valid_start(text: str) -> bool:
+    """Is ``text`` a usable ``start``: oldest, latest, or a seek like -PT2H?"""
+    return text in ("oldest", "latest") or SEEK.fullmatch(text) is not None
+
+
+@dataclass(slots=True)
+class _Running:
+    identity: object  # what decides whether a reload restarts it
+    source: PullSource
+    scope: trio.CancelScope
+
+
+class Pulls:
+    """The running pull sources; a reload restarts those whose configuration changed."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, _Running] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the pull tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def apply(self, wanted: list[tuple[object, PullSource]]) -> list[str]:
+        """Start, restart or stop pull sources to match ``wanted`` (identity, source);
+        return what changed, for the log."""
+        assert self._nursery is not None, "run() first"
+        changes: list[str] = []
+        names = {source.settings.name for _, source in wanted}
+        for name in list(self.running):
+            if name not in names:
+                self.running.pop(name).scope.cancel()
+                changes.append(f"pull {name} stopped")
+        for identity, source in wanted:
+            name = source.settings.name
+            current = self.running.get(name)
+            if current is not None and current.identity == identity:
+                continue
+            if current is not None:
+                current.scope.cancel()
+            scope = trio.CancelScope()
+            self.running[name] = _Running(identity, source, scope)
+            self._nursery.start_soon(_run_in, scope, source)
+            changes.append(f"pull {name} {'restarted' if current else 'started'}")
+        return changes
+
+
+async def _run_in(scope: trio.CancelScope, source: PullSource) -> None:
+    with scope:
+        await source.run()

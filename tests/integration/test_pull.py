@@ -1,0 +1,462 @@
+"""The Journaling API pull source against the emulator over real loopback HTTP.
+
+The emulator (``streamd.emit.journal_api``) is also the IMS token endpoint, so every
+request carries a token obtained by the client-credentials grant. The journal is a
+real SQLite file written by the real writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import orjson
+import pytest
+import trio
+
+from streamd.auth.ims import ClientCredentials
+from streamd.cli import main
+from streamd.emit.asgi import Reply, Request, serve_handler
+from streamd.emit.journal_api import IMS_PATH, PATH, JournalApi, position
+from streamd.ingest.pull import PullSettings, PullSource
+from streamd.journal import WriterOptions, open_journal
+from streamd.service import serve
+from streamd.service.config import Config
+
+from .conftest import Server, StartServer, make_config
+
+CLIENT_ID = "pull-client"
+SECRET = "pull-secret-5f4dcc3b5aa765d61d8327deb882cf99"
+ORG = "ORG123@AdobeOrg"
+
+
+@dataclass
+class Emulator:
+    api: JournalApi
+    url: str  # http://127.0.0.1:PORT
+    handler: list[Callable[[Request], Reply | None]]  # optional overrides, tried first
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    api = JournalApi(
+        seed=7,
+        initial=1200,
+        retry_after=1,
+        api_key=CLIENT_ID,
+        org_id=ORG,
+        client_secret=SECRET,
+    )
+    overrides: list[Callable[[Request], Reply | None]] = []
+
+    async def handle(request: Request) -> Reply:
+        for override in overrides:
+            reply = override(request)
+            if reply is not None:
+                return reply
+        return await api.handle(request)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(serve_handler, handle, "127.0.0.1:0")
+        yield Emulator(api, binds[0], overrides)
+        nursery.cancel_scope.cancel()
+
+
+def pull_toml(emulator: Emulator, secret_file: Path, **extra: object) -> str:
+    lines = [
+        "[[pulls]]",
+        'name = "adobe-journal"',
+        f'url = "{emulator.url}{PATH}"',
+        f'ims_url = "{emulator.url}{IMS_PATH}"',
+        f'org_id = "{ORG}"',
+        f'client_id = "{CLIENT_ID}"',
+        f'client_secret_file = "{secret_file}"',
+        'scope = "AdobeID,openid,read_organizations"',
+        "min_wait = 0.1",
+        "backoff_base = 0.05",
+        "backoff_cap = 0.5",
+    ]
+    for key, value in extra.items():
+        lines.append(f"{key} = {orjson.dumps(value).decode()}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pull-secret"
+    path.write_text(SECRET + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def pull_of(server: Server, name: str = "adobe-journal") -> PullSource:
+    return server.running.pulls.running[name].source
+
+
+async def caught_up(server: Server, emulator: Emulator, name: str = "adobe-journal") -> None:
+    """Wait until the pull reached the emulator's end (its position is the last event)."""
+    source = pull_of(server, name)
+    last = position(emulator.api.available() - 1)
+    await server.wait_for(
+        lambda: source.stats.position == last and source.stats.state == "caught-up",
+        f"the pull to reach {last}; stats {source.stats}",
+    )
+
+
+def rows(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def pulled_keys(db: Path, name: str = "adobe-journal") -> list[str]:
+    return [str(r[0]) for r in rows(db, "SELECT event_key FROM events WHERE source = ?", name)]
+
+
+async def test_everything_is_pulled_once_with_the_position_saved(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    server = await start_server(pull_toml(emulator, secret_file, limit=250))
+    await caught_up(server, emulator)
+    keys = pulled_keys(server.journal)
+    expected = [emulator.api.event(i)["id"] for i in range(1200)]
+    assert keys == expected  # every event, in journal order, once
+    # The position was saved with the events: 5 pages of 250, none journaled twice.
+    assert rows(
+        server.journal,
+        "SELECT position, restart, pages, events, accepted FROM pull_positions",
+    ) == [(position(1199), None, 5, 1200, 1200)]
+    assert rows(
+        server.journal,
+        "SELECT count(*), sum(events), sum(duplicates) FROM deliveries WHERE source = ?",
+        "adobe-journal",
+    ) == [(5, 1200, 0)]
+    # The columns were extracted as for a push.
+    streams = {r[0] for r in rows(server.journal, "SELECT DISTINCT stream FROM events")}
+    assert streams == {"activity", "audit", "notification"}
+    assert emulator.api.token_requests == 1  # one token, reused
+    assert set(emulator.api.statuses) == {200, 204}
+
+
+async def test_new_events_after_a_204_are_pulled_from_the_next_link(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    server = await start_server(pull_toml(emulator, secret_file))
+    await caught_up(server, emulator)
+    requests_at_end = emulator.api.requests
+    await trio.sleep(0.5)  # retry-after 1 s: at most one more request meanwhile
+    assert emulator.api.requests - requests_at_end <= 1
+    emulator.api.initial += 300  # the journal grows
+    await caught_up(server, emulator)
+    assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1500)]
+
+
+async def test_a_410_records_the_gap_and_restarts_from_the_oldest(
+    start_server: StartServer,
+    emulator: Emulator,
+    secret_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = await start_server(pull_toml(emulator, secret_file, limit=400))
+    await caught_up(server, emulator)
+    # Time passes: positions up to 1999 fall out of retention and 1000 more arrive.
+    emulator.api.expired, emulator.api.initial = 2000, 2500
+    await caught_up(server, emulator)
+    gaps = rows(server.journal, "SELECT source, lost_after, restarted_from FROM pull_gaps")
+    assert gaps == [("adobe-journal", position(1199), "oldest")]
+    assert pull_of(server).stats.gaps == 1
+    expected = [emulator.api.event(i)["id"] for i in (*range(1200), *range(2000, 2500))]
+    assert pulled_keys(server.journal) == expected
+    assert 410 in emulator.api.statuses
+    # The operator sees it in journal stats.
+    capsys.readouterr()
+    assert main(["journal", "stats", "--journal", str(server.journal), "--json"]) == 0
+    (pull,) = json.loads(capsys.readouterr().out)["pulls"]
+    assert pull["name"] == "adobe-journal" and pull["position"] == position(2499)
+    assert pull["gaps"] == 1 and pull["recent_gaps"][0]["lost_after"] == position(1199)
+    assert main(["journal", "stats", "--journal", str(server.journal), "--format", "table"]) == 0
+    text = capsys.readouterr().out
+    assert f"pull        adobe-journal: position {position(2499)}, 1700 events" in text
+    assert f"gap       after {position(1199)}: past retention at" in text
+
+
+async def test_a_410_can_restart_from_the_latest(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    server = await start_server(pull_toml(emulator, secret_file, on_expired="latest"))
+    await caught_up(server, emulator)
+    emulator.api.expired, emulator.api.initial = 1500, 1600
+    await server.wait_for(lambda: pull_of(server).stats.gaps == 1, "the gap")
+    # From the latest: nothing of 1500..1599; then what arrives later.
+    emulator.api.initial = 1650
+    await caught_up(server, emulator)
+    assert pulled_keys(server.journal)[1200:] == [
+        emulator.api.event(i)["id"] for i in range(1600, 1650)
+    ]
+    assert rows(server.journal, "SELECT restarted_from FROM pull_gaps") == [("latest",)]
+
+
+async def test_start_latest_and_seek_skip_the_past(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    server = await start_server(pull_toml(emulator, secret_file, start="latest"))
+    source = pull_of(server)
+    await server.wait_for(lambda: source.stats.state == "caught-up", "caught up")
+    assert pulled_keys(server.journal) == []
+    emulator.api.initial += 20
+    await caught_up(server, emulator)
+    assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200, 1220)]
+
+
+async def test_push_and_pull_of_the_same_events_are_journaled_once(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    emulator.api.initial = 0  # the journal is empty while the push delivers
+    server = await start_server(pull_toml(emulator, secret_file, limit=500))
+    await server.wait_for(lambda: pull_of(server).stats.state == "caught-up", "an empty journal")
+    # I/O Events pushes the same CloudEvents that the journal will list: 0..99.
+    reply = await server.post(orjson.dumps([emulator.api.event(i) for i in range(100)]))
+    assert reply.status_code == 200 and reply.json() == {"accepted": 100, "duplicates": 0}
+    emulator.api.initial = 1200
+    await caught_up(server, emulator)
+    keys = rows(server.journal, "SELECT event_key, count(*) FROM events GROUP BY event_key")
+    assert len(keys) == 1200 and all(n == 1 for _, n in keys)
+    assert rows(
+        server.journal,
+        "SELECT sum(accepted), sum(duplicates) FROM deliveries WHERE source = 'adobe-journal'",
+    ) == [(1100, 100)]
+    # ... and pushing pulled ones afterwards changes nothing either.
+    reply = await server.post(orjson.dumps([emulator.api.event(i) for i in range(1100, 1200)]))
+    assert reply.json() == {"accepted": 0, "duplicates": 100}
+
+
+async def test_429_and_5xx_back_off_honouring_retry_after_and_never_spin(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    emulator.api.fail_next(503, 3)
+    emulator.api.fail_next(429, 1, retry_after="1")
+    emulator.api.fail_next(500, 2)
+    server = await start_server(pull_toml(emulator, secret_file, limit=600))
+    await caught_up(server, emulator)
+    assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200)]
+    assert emulator.api.statuses[503] == 3 and emulator.api.statuses[500] == 2
+    # A journal that keeps failing: requests stay spaced by the backoff (cap 0.5 s).
+    emulator.api.fail_next(503, 10_000)
+    emulator.api.initial += 10
+    source = pull_of(server)
+    before = emulator.api.requests
+    await trio.sleep(2.0)
+    assert 1 <= emulator.api.requests - before <= 25
+    assert source.stats.failures >= 1 and "503" in (source.stats.last_error or "")
+    emulator.api.failures.clear()
+    await caught_up(server, emulator)
+    assert source.stats.failures == 0 and source.stats.last_error is None
+
+
+async def test_an_expired_or_revoked_token_is_renewed(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    server = await start_server(pull_toml(emulator, secret_file, limit=300))
+    await caught_up(server, emulator)
+    assert emulator.api.token_requests == 1
+    emulator.api.issued.clear()  # IMS revoked every token: the journal answers 401
+    emulator.api.initial += 100
+    await caught_up(server, emulator)
+    assert emulator.api.token_requests == 2
+    assert emulator.api.statuses[401] == 1
+    assert len(pulled_keys(server.journal)) == 1300
+
+
+async def test_a_wrong_client_secret_is_reported_without_the_secret(
+    start_server: StartServer, emulator: Emulator, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong-secret"
+    wrong.write_text("not-the-secret-0123456789\n")
+    server = await start_server(pull_toml(emulator, wrong))
+    source = pull_of(server)
+    await server.wait_for(lambda: source.stats.failures >= 2, "two failed attempts")
+    error = source.stats.last_error or ""
+    assert "401" in error and "invalid_client" in error
+    assert "not-the-secret" not in error and SECRET not in error
+    assert emulator.api.requests == 0  # the journal was never asked without a token
+    assert pulled_keys(server.journal) == []
+
+
+async def test_a_next_link_to_another_origin_is_not_followed(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    async def other_origin(request: Request) -> Reply:
+        reply = await emulator.api.handle(request)
+        reply.headers = [
+            (k, v.replace("</journal", "<http://198.51.100.7/journal") if k == "link" else v)
+            for k, v in reply.headers
+        ]
+        return reply
+
+    # The override answers through the emulator, so it must not recurse into itself.
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(serve_handler, other_origin, "127.0.0.1:0")
+        evil = Emulator(emulator.api, binds[0], [])
+        server = await start_server(pull_toml(evil, secret_file, limit=500))
+        await caught_up(server, evil)
+        assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200)]
+        assert pull_of(server).stats.failures == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_broken_page_stalls_without_journaling_then_recovers(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    broken = {"left": 3}
+
+    def truncate(request: Request) -> Reply | None:
+        if request.path != PATH or broken["left"] == 0 or "since" not in request.query:
+            return None
+        broken["left"] -= 1
+        return Reply(200, b'{"events": [{"position": "p1", "event": {"id": "x"', [])
+
+    emulator.handler.append(truncate)
+    server = await start_server(pull_toml(emulator, secret_file, limit=600))
+    await caught_up(server, emulator)
+    source = pull_of(server)
+    assert broken["left"] == 0
+    # The first page (no since) landed; the truncated answers journaled nothing.
+    assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200)]
+    assert source.stats.responses["200"] >= 5
+    assert rows(server.journal, "SELECT pages FROM pull_positions") == [(2,)]
+
+
+async def test_events_without_an_id_are_kept_under_their_position(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    def odd(request: Request) -> Reply | None:
+        if request.path != PATH or "since" in request.query:
+            return None
+        events = [
+            {"position": "q1", "event": {"type": "no-id", "data": {}}},
+            {"position": "q2", "event": [1, 2]},
+            {"position": "q3", "event": {"id": "real-1", "type": "t"}},
+        ]
+        return Reply(200, orjson.dumps({"events": events}), [])
+
+    emulator.handler.append(odd)
+    server = await start_server(pull_toml(emulator, secret_file))
+    source = pull_of(server)
+    await server.wait_for(lambda: source.stats.pages >= 1, "the odd page")
+    got = rows(
+        server.journal,
+        "SELECT event_key, stream, raw FROM events WHERE source = 'adobe-journal' ORDER BY seq",
+    )
+    assert got[:3] == [
+        ("journal-position:q1", "other", '{"type":"no-id","data":{}}'),
+        ("journal-position:q2", "other", "[1,2]"),
+        ("real-1", "other", '{"id":"real-1","type":"t"}'),
+    ]
+    assert source.stats.unkeyed == 2
+
+
+async def test_reload_starts_restarts_and_stops_pulls(
+    data_dir: Path,
+    tmp_path: Path,
+    emulator: Emulator,
+    secret_file: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    toml = tmp_path / "streamd.toml"
+    toml.write_text("")
+
+    def load() -> Config:
+        return make_config(data_dir, toml.read_text())
+
+    async def reload(expect: str) -> None:
+        os.kill(os.getpid(), signal.SIGHUP)
+        with trio.fail_after(10):
+            while expect not in caplog.text:
+                await trio.sleep(0.02)
+
+    caplog.set_level(logging.INFO, logger="streamd")
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(partial(serve, load(), reload=load))
+        assert running.pulls.running == {}
+        toml.write_text(pull_toml(emulator, secret_file, limit=400))
+        await reload("SIGHUP: pull adobe-journal started")
+        source = running.pulls.running["adobe-journal"].source
+        with trio.fail_after(10):
+            while source.stats.position != position(1199):
+                await trio.sleep(0.02)
+        # A changed entry restarts from its saved position: nothing pulled twice.
+        toml.write_text(pull_toml(emulator, secret_file, limit=300))
+        emulator.api.initial = 1500
+        await reload("SIGHUP: pull adobe-journal restarted")
+        restarted = running.pulls.running["adobe-journal"].source
+        assert restarted is not source and restarted.settings.limit == 300
+        with trio.fail_after(10):
+            while restarted.stats.position != position(1499):
+                await trio.sleep(0.02)
+        assert restarted.stats.duplicates == 0
+        # The same file again: nothing restarts.
+        await reload("configuration reloaded")
+        caplog.clear()
+        await reload("configuration reloaded")
+        assert "pull adobe-journal" not in caplog.text
+        assert running.pulls.running["adobe-journal"].source is restarted
+        toml.write_text("")
+        await reload("SIGHUP: pull adobe-journal stopped")
+        assert running.pulls.running == {}
+        with trio.fail_after(5):
+            while restarted.stats.state != "stopped":
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    keys = pulled_keys(data_dir / "journal.db")
+    assert keys == [emulator.api.event(i)["id"] for i in range(1500)]
+
+
+def _settings(url: str, **kw: object) -> PullSettings:
+    base: dict[str, object] = {
+        "name": "p", "url": url, "org_id": ORG, "api_key": CLIENT_ID,
+        "min_wait": 0.1, "backoff_base": 0.05, "backoff_cap": 0.3,
+    }  # fmt: skip
+    return PullSettings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+async def test_a_journal_that_cannot_be_reached_is_retried_with_backoff(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    tokens = ClientCredentials(emulator.url + IMS_PATH, CLIENT_ID, SECRET, "AdobeID")
+    settings = _settings("http://127.0.0.1:9/journal", timeout=2)
+    async with open_journal(str(tmp_path / "j.db"), WriterOptions(min_free_disk_bytes=0)) as j:
+        source = PullSource(settings, j, tokens)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run)
+            with trio.fail_after(10):
+                while source.stats.failures < 3:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    assert "ConnectError" in (source.stats.last_error or "")
+    assert source.stats.responses == {"error": source.stats.requests}
+    assert source.stats.state == "stopped"
+
+
+async def test_an_oversized_page_is_refused_and_nothing_journaled(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    tokens = ClientCredentials(emulator.url + IMS_PATH, CLIENT_ID, SECRET, "AdobeID")
+    settings = _settings(emulator.url + PATH, limit=1000, max_page_bytes=64 * 1024)
+    path = tmp_path / "j.db"
+    async with open_journal(str(path), WriterOptions(min_free_disk_bytes=0)) as j:
+        source = PullSource(settings, j, tokens)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run)
+            with trio.fail_after(10):
+                while source.stats.failures < 2:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    assert "a journal page larger than 65,536 bytes" in (source.stats.last_error or "")
+    assert source.stats.responses.get("too-large", 0) >= 2
+    assert pulled_keys(path, "p") == []

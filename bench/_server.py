@@ -31,10 +31,11 @@ class ServerError(Exception):
 class StopStats:
     """What we learn about a receiver as it stops."""
 
-    peak_rss_mib: float
+    peak_rss_mib: float  # summed over the process and its children (streamd's workers)
     cpu_s: float
     exit_code: int | None
     stop_s: float
+    main_peak_rss_mib: float = 0.0  # the process alone
 
 
 def system_busy_s() -> float:
@@ -100,20 +101,28 @@ class ServerProcess:
         self.kill()
         raise ServerError(f"server not ready after {timeout} s: {self.stderr_tail()}")
 
+    def pids(self) -> list[int]:
+        """The server and its child processes (streamd's ingest workers), alive now."""
+        return [self.pid, *_descendants(self.pid)]
+
     def cpu_s(self) -> float:
-        """User + system CPU seconds of all its threads so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        """User + system CPU seconds of all its threads and its live children so far."""
+        return sum(_cpu_s(pid) for pid in self.pids())
+
+    def main_cpu_s(self) -> float:
+        """The same for the process alone (without streamd's ingest workers)."""
+        return _cpu_s(self.pid)
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """The sum of each process's peak RSS (an upper bound of the peak of the sum)."""
+        total = 0.0
+        for pid in self.pids():
+            total += _peak_rss_mib(pid)
+        return total
 
     def stop(self, timeout: float = 60.0) -> StopStats:
         """Read peak RSS and CPU, send SIGTERM, wait for exit; kill after ``timeout``."""
-        rss, cpu = self.peak_rss_mib(), self.cpu_s()
+        rss, cpu, main_rss = self.peak_rss_mib(), self.cpu_s(), _peak_rss_mib(self.pid)
         t0 = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -121,7 +130,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             code = None
-        return StopStats(round(rss, 1), round(cpu, 2), code, round(time.monotonic() - t0, 3))
+        return StopStats(
+            round(rss, 1), round(cpu, 2), code, round(time.monotonic() - t0, 3), round(main_rss, 1)
+        )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -132,6 +143,41 @@ class ServerProcess:
         return self.err_path.read_text(errors="replace")[-limit:]
 
 
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0  # exited meanwhile
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _peak_rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        return 0.0
+    return float("nan")
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            out.append(int(child))
+            out.extend(_descendants(int(child)))
+    return out
+
+
 def start_streamd(
     workdir: Path,
     data_dir: Path,
@@ -139,14 +185,19 @@ def start_streamd(
     logdir: Path,
     name: str,
     src: Path | None = None,
+    workers: int = 0,
 ) -> tuple[ServerProcess, str]:
     """Start ``streamd serve`` on a free loopback port; return it and its API token.
 
     With ``src``, the streamd package is imported from that directory instead of the
-    working tree. Raises ``ServerError`` when it does not come up.
+    working tree; ``workers`` sets ``server.workers`` (0: the key is left out, so an
+    older streamd runs too). Raises ``ServerError`` when it does not come up.
     """
     config = workdir / "streamd.toml"
-    config.write_text(f'[journal]\nsynchronous = "{synchronous}"\n')
+    text = f'[journal]\nsynchronous = "{synchronous}"\n'
+    if workers:
+        text += f"[server]\nworkers = {workers}\n"
+    config.write_text(text)
     token_file = data_dir / "api-token"
     cmd = [
         *streamd_command(src),

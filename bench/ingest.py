@@ -85,6 +85,7 @@ class Case:
     duration: float = 15.0
     body_limit: str = ""  # express: "default" (100 kB) or a raised limit
     target: str = ""  # emit: "discard" (hypercorn) or "streamd"
+    workers: int = 0  # streamd: server.workers (bench.workers compares 0 with N)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +187,11 @@ def _measure(
     driver: Any = None,
 ) -> dict[str, Any]:
     cpu0, busy0, kids0, t0 = server.cpu_s(), system_busy_s(), _children_cpu_s(), time.monotonic()
+    main0 = server.main_cpu_s()
     try:
         load = run_loadgen(url, token, case, s.logdir, *extra) if driver is None else driver()
         cpu, busy = server.cpu_s() - cpu0, system_busy_s() - busy0
+        main_cpu = server.main_cpu_s() - main0
         loadgen_cpu, window = _children_cpu_s() - kids0, time.monotonic() - t0
     finally:
         stop = server.stop()
@@ -200,6 +203,8 @@ def _measure(
             **asdict(stop),
             "cpu_s_during_load": round(cpu, 2),
             "cores_used": round(cpu / load["duration_s"], 2),
+            # With server.workers, the main process alone (journal writer, drain).
+            "main_cores_used": round(main_cpu / load["duration_s"], 2),
         },
         "other_cores": round(other / window, 2),
     }
@@ -224,7 +229,9 @@ def run_streamd(case: Case, s: Settings) -> dict[str, Any]:
     else:
         data.mkdir()
     try:
-        server, token = start_streamd(workdir, data, case.synchronous, s.logdir, case.name, s.src)
+        server, token = start_streamd(
+            workdir, data, case.synchronous, s.logdir, case.name, s.src, case.workers
+        )
         out = _measure(server, server.base_url + "/events", token, case, s)
         out["data_dir_bytes"] = _du(data)
         if case.prefill:

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
@@ -27,7 +27,7 @@ from streamd.auth.issuer import Issuer, check_secret
 from streamd.core import decode_delivery
 from streamd.errors import JournalBusy, JournalClosed, PayloadError, StreamdError
 from streamd.ingest.validation import Validator
-from streamd.journal import Batch, Journal, utc_now
+from streamd.journal import AppendResult, Batch, utc_now
 
 log = logging.getLogger("streamd.ingest")
 
@@ -46,6 +46,14 @@ _JSON_TYPES = frozenset(
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
 _CHALLENGE = re.compile(r"[A-Za-z0-9._~-]{1,256}")
 _COMMON_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+
+
+class Appender(Protocol):
+    """What the app needs of a journal: the in-process :class:`~streamd.journal.Journal`,
+    or a worker process's :class:`~streamd.ingest.remote.RemoteJournal`."""
+
+    async def append(self, batch: Batch) -> AppendResult:
+        """Return once ``batch`` is durably committed; raise a :class:`StreamdError`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +77,7 @@ class IngestApp:
     def __init__(
         self,
         sources: list[Source],
-        journal: Journal,
+        journal: Appender,
         *,
         max_body_bytes: int,
         max_in_flight: int,

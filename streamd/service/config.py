@@ -34,6 +34,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_keyfile: str = ""
     mtls_listen: list[str] = msgspec.field(default_factory=list)
     mtls_client_ca: str = ""
+    workers: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
 
 
 class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

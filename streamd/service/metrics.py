@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -28,7 +29,6 @@ from streamd.drain import store
 from streamd.drain.engine import Drain, age_seconds
 from streamd.drain.retention import Retention
 from streamd.errors import JournalError
-from streamd.ingest import IngestApp
 from streamd.ingest.pull import Pulls
 from streamd.journal import Journal
 from streamd.journal.writer import COMMIT_BUCKETS
@@ -39,17 +39,36 @@ SINK_STATES = ("active", "paused", "auto-paused", "disabled")
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
+class Front(Protocol):
+    """What serves the ingest listeners: the in-process app, or the worker processes."""
+
+    @property
+    def stopping(self) -> bool:
+        """True once shutdown has begun."""
+
+    @property
+    def in_flight(self) -> int:
+        """POST requests being handled."""
+
+
+class Restarts(Protocol):
+    """The ingest worker processes (``server.workers``), when there are any."""
+
+    restarts: int
+
+
 @dataclass
 class Parts:
     """What the metrics read at scrape time."""
 
-    app: IngestApp
+    app: Front
     journal: Journal
     drain: Drain | None
     retention: Retention | None
     health: StreamHealth
     journal_path: str
     pulls: Pulls | None = None
+    workers: Restarts | None = None
 
 
 class Metrics:
@@ -193,6 +212,12 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "streamd_requests_in_flight", "POST deliveries being handled.", p.app.in_flight
         )
+        if p.workers is not None:
+            yield CounterMetricFamily(
+                "streamd_ingest_worker_restarts",
+                "Ingest worker processes started again after they died (server.workers).",
+                value=p.workers.restarts,
+            )
         yield GaugeMetricFamily(
             "streamd_low_disk", "1 while free disk is under the floor (503s).", int(stats.low_disk)
         )

@@ -23,7 +23,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 from streamd.admin import AdminApp, journal_routes
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
@@ -44,6 +44,7 @@ from streamd.service.health import StreamHealth
 from streamd.service.metrics import Metrics, Parts
 from streamd.service.sdnotify import Notifier
 from streamd.service.sinks import build_specs
+from streamd.service.workers import WorkerPool
 
 log = logging.getLogger("streamd.service")
 _MiB = 1024 * 1024
@@ -62,6 +63,9 @@ class Running:
     admin: AdminApp | None
     metrics: Metrics
     pulls: Pulls
+    # server.workers >= 1: the processes serving the ingest listeners (``app`` then
+    # serves none: it holds the sources the workers were given).
+    workers: WorkerPool | None = None
 
 
 def writer_options(config: Config) -> WriterOptions:
@@ -445,6 +449,12 @@ async def serve(
             max_in_flight=config.server.max_in_flight,
         )
         app.issuer = build_issuer(config)
+        # server.workers: worker processes serve the ingest listeners; this process
+        # keeps the journal writer, the drain and the admin listener.
+        pool = None
+        if config.server.workers:
+            pool = WorkerPool(config, journal, sockets, mtls_sockets, backlog=hconfig.backlog)
+        front: IngestApp | WorkerPool = app if pool is None else pool
         stop = trio.Event()
         # Stops after the listeners (its exit waits up to graceful_timeout for the
         # batches in flight; cursors only pass what was confirmed).
@@ -456,7 +466,8 @@ async def serve(
                 reloader = _Reloader(config, reload, app, notify, [hconfig, mconfig])
                 reloader.log_level_from_config = log_level_from_config
                 reloader.drain = drain
-                nursery.start_soon(_watch_signals, app, stop, notify, reloader)
+                reloader.pool = pool
+                nursery.start_soon(_watch_signals, front, stop, notify, reloader)
                 r = config.retention
                 retention = Retention(
                     journal,
@@ -477,7 +488,9 @@ async def serve(
                     clock=time.time,
                 )
                 metrics = Metrics(
-                    Parts(app, journal, drain, retention, health, config.journal_path, pulls)
+                    Parts(
+                        front, journal, drain, retention, health, config.journal_path, pulls, pool
+                    )
                 )
                 app.observer = metrics.observe
                 if admin is not None:
@@ -485,22 +498,29 @@ async def serve(
                         admin.add_route(route)
                 nursery.start_soon(_warn_about_streams, health, config.health.check_interval)
                 app.background = nursery
-                binds: list[str] = await nursery.start(
-                    _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
-                )
-                if mconfig is not None and mtls_sockets is not None:
-                    mtls_binds: list[str] = await nursery.start(
-                        _serve_admin, app, mconfig, mtls_sockets, stop
+                mtls_binds: list[str] = []
+                if pool is not None:
+                    pool.observer = metrics.observe
+                    binds = await nursery.start(_serve_workers, pool, sockets, nursery.cancel_scope)
+                    if mtls_sockets is not None:
+                        mtls_binds = _binds(mtls_sockets)
+                else:
+                    binds = await nursery.start(
+                        _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
                     )
-                    app.mtls_ports = {int(b.rsplit(":", 1)[1]) for b in mtls_binds}
-                    for bind in mtls_binds:
-                        announce(f"streamd ready (client certificates required): {bind}")
+                    if mconfig is not None and mtls_sockets is not None:
+                        mtls_binds = await nursery.start(
+                            _serve_admin, app, mconfig, mtls_sockets, stop
+                        )
+                app.mtls_ports = {int(b.rsplit(":", 1)[1]) for b in mtls_binds}
+                for bind in mtls_binds:
+                    announce(f"streamd ready (client certificates required): {bind}")
                 admin_binds: list[str] = []
                 if admin is not None and admin_sockets is not None:
                     admin_binds = await nursery.start(
                         _serve_admin, admin, aconfig, admin_sockets, stop
                     )
-                nursery.start_soon(_report_to_systemd, notify, app, journal, drain, binds, stop)
+                nursery.start_soon(_report_to_systemd, notify, front, journal, drain, binds, stop)
                 for bind in binds:
                     announce(f"streamd ready: {bind}")
                 for bind in admin_binds:
@@ -523,6 +543,7 @@ async def serve(
                         admin=admin,
                         metrics=metrics,
                         pulls=pulls,
+                        workers=pool,
                     )
                 )
             metrics.close()
@@ -557,6 +578,29 @@ async def _serve_http(
         )
         inner.cancel_scope.cancel()
     scope.cancel()  # the signal watcher has nothing left to guard
+
+
+async def _serve_workers(
+    pool: WorkerPool,
+    sockets: Sockets,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with trio.open_nursery() as inner:
+        await inner.start(pool.serve)
+        task_status.started(_binds(sockets))
+    # pool.serve returned: every worker exited after begin_shutdown.
+    scope.cancel()  # the signal watcher has nothing left to guard
+
+
+def _binds(sockets: Sockets) -> list[str]:
+    """The URLs of bound sockets, as hypercorn announces them."""
+    return [
+        f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}"
+        for scheme, group in (("https", sockets.secure_sockets), ("http", sockets.insecure_sockets))
+        for sock in group
+    ]
 
 
 async def _serve_admin(
@@ -597,7 +641,7 @@ async def _cancel_when_drained(app: IngestApp, stop: trio.Event, scope: trio.Can
 
 async def _report_to_systemd(
     notify: Notifier,
-    app: IngestApp,
+    app: IngestApp | WorkerPool,
     journal: Journal,
     drain: Drain,
     binds: list[str],
@@ -673,6 +717,7 @@ class _Reloader:
         self.retention: Retention | None = None
         self.pulls: Pulls | None = None
         self.journal: Journal | None = None
+        self.pool: WorkerPool | None = None
 
     async def __call__(self) -> None:
         if self._load is None:
@@ -718,6 +763,8 @@ class _Reloader:
                     log.info("SIGHUP: %s", line)
             if self.log_level_from_config:
                 logging.getLogger().setLevel((new.log_level or "info").upper())
+            if self.pool is not None:
+                self.pool.reload(new)  # the workers serve the sources, with our log level
             self.config = new
             log.info(
                 "SIGHUP: configuration reloaded; sources: %s",
@@ -735,7 +782,7 @@ async def _warn_about_streams(health: StreamHealth, interval: float) -> None:
 
 
 async def _watch_signals(
-    app: IngestApp, stop: trio.Event, notify: Notifier, reload: _Reloader
+    front: IngestApp | WorkerPool, stop: trio.Event, notify: Notifier, reload: _Reloader
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
@@ -749,5 +796,5 @@ async def _watch_signals(
                 os._exit(1)
             log.info("%s: stopping gracefully", signal.Signals(signum).name)
             notify.stopping("stopping: finishing in-flight requests")
-            app.begin_shutdown()
+            front.begin_shutdown()
             stop.set()

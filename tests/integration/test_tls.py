@@ -66,8 +66,9 @@ async def test_tls_listener_serves_https_and_refuses_plain_http(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "worker"])
 async def test_mtls_source_needs_a_client_certificate(
-    tmp_path: Path, data_dir: Path, ca: trustme.CA
+    tmp_path: Path, data_dir: Path, ca: trustme.CA, workers: int
 ) -> None:
     certfile, keyfile = server_files(ca, tmp_path)
     client_ca = trustme.CA()
@@ -75,6 +76,7 @@ async def test_mtls_source_needs_a_client_certificate(
     good = client_ca.issue_cert("adobe-client@example.com")
     stranger = trustme.CA().issue_cert("someone-else@example.com")
     extra = (
+        f"workers = {workers}\n"
         f'mtls_listen = ["127.0.0.1:0"]\nmtls_client_ca = "{tmp_path / "client-ca.pem"}"\n'
         '[[sources]]\nname = "io"\npath = "/io"\nrequire_client_cert = true\n'
         '[[sources]]\nname = "events"\npath = "/events"\n'
@@ -116,12 +118,13 @@ async def test_mtls_source_needs_a_client_certificate(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "worker"])
 async def test_sighup_loads_a_new_certificate_for_new_connections(
-    tmp_path: Path, data_dir: Path, ca: trustme.CA
+    tmp_path: Path, data_dir: Path, ca: trustme.CA, workers: int
 ) -> None:
     certfile, keyfile = server_files(ca, tmp_path)
     toml_path = tmp_path / "streamd.toml"
-    toml_path.write_text(tls_toml(certfile, keyfile))
+    toml_path.write_text(tls_toml(certfile, keyfile, f"workers = {workers}\n"))
     config = make_config(data_dir, toml_path.read_text())
     new_ca = trustme.CA()
 

@@ -78,6 +78,25 @@ def refuses_connections(port: int) -> bool:
         return False
 
 
+def children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of ``pid``."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if not exited(int(child)):
+                out.append(int(child))
+    return out
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie (its parent died and nobody reaped it yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
 def streamd_argv() -> list[str]:
     """The installed ``streamd`` console script (or ``python -m streamd`` without one)."""
     script = Path(sys.executable).with_name("streamd")

@@ -17,6 +17,7 @@ import random
 import re
 import signal
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ from ._harness import (
     Server,
     check_batches_atomic,
     check_journal,
+    children,
+    exited,
     free_port,
     serve,
     stop_gracefully,
@@ -45,14 +48,16 @@ def crash_seed() -> int:
 
 
 @pytest.mark.parametrize(
-    "kills",
+    ("kills", "workers"),
     [
-        pytest.param(3, id="3-kills"),
-        pytest.param(25, id="25-kills", marks=pytest.mark.slow),
+        pytest.param(3, 0, id="3-kills"),
+        # The main process killed: its workers go with it (server.workers).
+        pytest.param(3, 1, id="3-kills-with-a-worker"),
+        pytest.param(25, 0, id="25-kills", marks=pytest.mark.slow),
     ],
 )
 def test_sigkill_loses_no_acknowledged_event(
-    tmp_path: Path, processes: Processes, kills: int
+    tmp_path: Path, processes: Processes, kills: int, workers: int
 ) -> None:
     seed = crash_seed()
     print(f"crash test: seed={seed} kills={kills} (replay with STREAMD_CRASH_SEED={seed})")
@@ -61,7 +66,10 @@ def test_sigkill_loses_no_acknowledged_event(
     data_dir = tmp_path / "data"
     started = time.monotonic()
 
-    server = serve(processes, data_dir, port=port, name="streamd-0")
+    config = tmp_path / "streamd.toml"
+    config.write_text(f"[server]\nworkers = {workers}\n")
+    args = ["--config", str(config)]
+    server = serve(processes, data_dir, port=port, name="streamd-0", args=args)
     clients = [
         LoadClient.start(
             processes, port=port, token_file=data_dir / "api-token", seed=seed, client=index
@@ -78,10 +86,14 @@ def test_sigkill_loses_no_acknowledged_event(
     acked_at_kill = []
     for cycle in range(1, kills + 1):
         time.sleep(rng.uniform(0.2, 1.5))  # the kill moment (random, not a synchronisation)
+        left = children(server.spawned.pid)
         server.spawned.popen.kill()
         assert server.spawned.wait(10) == -signal.SIGKILL
         acked_at_kill.append(total_acked(clients))
-        server = _restart(processes, data_dir, port, cycle)
+        # Its workers exit once they see the main process gone; until then they still
+        # hold the port (under systemd, KillMode stops them with it).
+        wait_for(partial(_all_exited, left), timeout=10, what="its workers to exit")
+        server = _restart(processes, data_dir, port, cycle, args)
 
     # The senders must get through to the last incarnation, then stop after their request.
     before = total_acked(clients)
@@ -119,8 +131,14 @@ def test_sigkill_loses_no_acknowledged_event(
     assert foreign == [], f"seed={seed}: keys nobody sent: {foreign[:10]}"
 
 
-def _restart(processes: Processes, data_dir: Path, port: int, cycle: int) -> Server:
-    server = serve(processes, data_dir, port=port, name=f"streamd-{cycle}")
+def _all_exited(pids: list[int]) -> bool:
+    return all(exited(pid) for pid in pids)
+
+
+def _restart(
+    processes: Processes, data_dir: Path, port: int, cycle: int, args: list[str]
+) -> Server:
+    server = serve(processes, data_dir, port=port, name=f"streamd-{cycle}", args=args)
     assert "generated an API token" not in server.spawned.stdout()
     return server
 

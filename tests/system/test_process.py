@@ -128,8 +128,9 @@ def test_signal_while_idle_exits_zero_quickly(
 # -- (c) a signal during load ------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "workers"])
 def test_sigterm_under_load_answers_in_flight_requests_and_exits_zero(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, workers: int
 ) -> None:
     seed = random.SystemRandom().randrange(2**32)
     print(f"load seed={seed}")
@@ -137,7 +138,7 @@ def test_sigterm_under_load_answers_in_flight_requests_and_exits_zero(
     # A short grace keeps the test fast when hypercorn parks a connection until the
     # deadline (see test_pipelined_request_during_the_grace_does_not_delay_the_exit).
     config = tmp_path / "streamd.toml"
-    config.write_text(f"[server]\ngraceful_timeout = {GRACE}\n")
+    config.write_text(f"[server]\ngraceful_timeout = {GRACE}\nworkers = {workers}\n")
     server = serve(processes, data_dir, args=["--config", str(config)])
     clients = [
         LoadClient.start(
@@ -174,17 +175,17 @@ def test_sigterm_under_load_answers_in_flight_requests_and_exits_zero(
     assert not unanswered, f"{len(unanswered)} ids journaled but never acknowledged"
 
 
-def _graceful_config(tmp_path: Path) -> list[str]:
+def _graceful_config(tmp_path: Path, workers: int = 0) -> list[str]:
     # A long grace: the process can only end early through the second signal.
     config = tmp_path / "streamd.toml"
-    config.write_text("[server]\ngraceful_timeout = 60.0\n")
+    config.write_text(f"[server]\ngraceful_timeout = 60.0\nworkers = {workers}\n")
     return ["--config", str(config)]
 
 
 def _begin_stop_with_request_in_flight(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, workers: int = 0
 ) -> tuple[Server, HeldRequest]:
-    server = serve(processes, tmp_path / "data", args=_graceful_config(tmp_path))
+    server = serve(processes, tmp_path / "data", args=_graceful_config(tmp_path, workers))
     held = HeldRequest(server.port, server.token(), LEGACY)  # streamd holds it in flight
     try:
         server.spawned.send_signal(signal.SIGTERM)
@@ -197,8 +198,11 @@ def _begin_stop_with_request_in_flight(
     return server, held
 
 
-def test_request_in_flight_at_sigterm_is_answered(tmp_path: Path, processes: Processes) -> None:
-    server, held = _begin_stop_with_request_in_flight(tmp_path, processes)
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "worker"])
+def test_request_in_flight_at_sigterm_is_answered(
+    tmp_path: Path, processes: Processes, workers: int
+) -> None:
+    server, held = _begin_stop_with_request_in_flight(tmp_path, processes, workers)
     try:
         status, body = held.finish()
     finally:
@@ -243,11 +247,12 @@ def test_pipelined_request_during_the_grace_does_not_delay_the_exit(
 # -- (d) a second signal during the grace ------------------------------------------
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "worker"])
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_second_signal_during_the_grace_exits_at_once(
-    tmp_path: Path, processes: Processes, second: signal.Signals
+    tmp_path: Path, processes: Processes, second: signal.Signals, workers: int
 ) -> None:
-    server, held = _begin_stop_with_request_in_flight(tmp_path, processes)
+    server, held = _begin_stop_with_request_in_flight(tmp_path, processes, workers)
     try:
         started = time.monotonic()
         server.spawned.send_signal(second)

@@ -45,6 +45,8 @@ async def test_a_saturated_writer_slows_the_sinks_but_never_stops_them(journal: 
         # A saturated writer: its commit time grows as fast as the clock.
         d.pressure._commit_seconds = trio.current_time
         d.pressure._spent = trio.current_time()
+        await trio.sleep(0.02)  # one whole window of it, so that every page sees it
+        assert d.pressure.sample() >= 0.5
         for i in range(0, 3000, 500):
             await append(journal, keys[i : i + 500])
         await wait_until(lambda: len(sink.keys) == 3000, "every event, slowly")

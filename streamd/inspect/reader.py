@@ -13,6 +13,7 @@ transaction stays open long enough to hold back the daemon's checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -82,7 +83,48 @@ def open_readonly(path: str, *, cache_mib: int = 16) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         conn.close()
         raise JournalError(f"{path}: not a readable streamd journal: {exc}") from exc
+    _attach_lead_index(conn, path)
     return conn
+
+
+def _attach_lead_index(conn: sqlite3.Connection, path: str) -> None:
+    """Attach the derived index file read-only when it is this journal's and holds the
+    lead index; otherwise lead filters just scan (slower, same answers)."""
+    from streamd.journal.dedup import dedup_path
+
+    index = dedup_path(path)
+    if not os.path.exists(index):
+        return
+    try:
+        conn.execute("ATTACH DATABASE ? AS dedup", (f"file:{_uri_path(index)}?mode=ro",))
+        mine = conn.execute(
+            "SELECT 1 FROM dedup.dedup_state, dedup.leads_state, main.meta "
+            "WHERE main.meta.key = 'journal_id' AND main.meta.value = dedup.dedup_state.journal_id"
+        ).fetchone()
+    except sqlite3.Error:
+        mine = None
+    if mine is None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("DETACH DATABASE dedup")
+
+
+def lead_index_sql(conn: sqlite3.Connection, lead_ids: tuple[int, ...]) -> tuple[str, list[object]]:
+    """An extra condition that lets SQLite find a lead's events through the lead index:
+    its entries up to the seq it covers, and every event past that (not indexed yet).
+    Empty when there is no lead filter or no usable index (the plain filter scans)."""
+    if not lead_ids:
+        return "", []
+    try:
+        row = conn.execute("SELECT covered_seq FROM dedup.dedup_state").fetchone()
+    except sqlite3.Error:
+        return "", []  # not attached
+    if row is None:
+        return "", []
+    marks = ", ".join("?" * len(lead_ids))
+    return (
+        f" AND (seq IN (SELECT seq FROM dedup.leads WHERE lead_id IN ({marks})) OR seq > ?)",
+        [*lead_ids, int(row[0])],
+    )
 
 
 def _uri_path(path: str) -> str:
@@ -211,6 +253,8 @@ def _pages(
     conn: sqlite3.Connection, filters: Filters, lo: int, hi: int, limit: int | None, page: int
 ) -> Iterator[list[Row]]:
     condition, params = filters.where_sql()
+    extra, extra_params = lead_index_sql(conn, filters.lead_ids)
+    condition, params = condition + extra, [*params, *extra_params]
     sql = (
         f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
         "ORDER BY seq LIMIT ?"
@@ -238,6 +282,8 @@ def last_events(
     if upto is not None:
         hi = min(hi, upto)
     condition, params = filters.where_sql()
+    extra, extra_params = lead_index_sql(conn, filters.lead_ids)
+    condition, params = condition + extra, [*params, *extra_params]
     rows: list[Row] = conn.execute(
         f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
         "ORDER BY seq DESC LIMIT ?",
@@ -251,6 +297,8 @@ def count_events(conn: sqlite3.Connection, filters: Filters) -> int:
     """How many events match."""
     lo, hi = seq_window(conn, filters)
     condition, params = filters.where_sql()
+    extra, extra_params = lead_index_sql(conn, filters.lead_ids)
+    condition, params = condition + extra, [*params, *extra_params]
     return int(
         conn.execute(
             f"SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND {condition}",

@@ -45,12 +45,21 @@ _IN_CHUNK = 500  # keys per "IN (...)" lookup; well under SQLITE_MAX_VARIABLE_NU
 _RECONCILE_CHUNK = 20_000
 DEDUP_PAGE_SIZE = 1024
 
+_LEAD_BACKFILL_CHUNK = 200_000
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dedup.dedup (key_hash INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
+    # The lead index (journal grep --lead, GET /journal?lead=): derived like the keys, and
+    # kept here for the same reason: in journal.db its random inserts cost a saturated
+    # ingest a third of its rate at 2M events (ARCHITECTURE.md, "The lead index").
+    "CREATE TABLE IF NOT EXISTS dedup.leads (lead_id INTEGER NOT NULL, seq INTEGER NOT NULL, "
+    "PRIMARY KEY (lead_id, seq)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS dedup.dedup_overflow "
     "(event_key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS dedup.dedup_state (id INTEGER PRIMARY KEY CHECK (id = 1), "
     "journal_id TEXT NOT NULL, covered_seq INTEGER NOT NULL)",
+    # A row once ``leads`` holds every event up to covered_seq (an index file from before
+    # the lead index is filled in at the next start).
+    "CREATE TABLE IF NOT EXISTS dedup.leads_state (id INTEGER PRIMARY KEY CHECK (id = 1))",
 )
 
 
@@ -112,11 +121,33 @@ class DedupIndex:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM dedup.dedup")
             conn.execute("DELETE FROM dedup.dedup_overflow")
+            conn.execute("DELETE FROM dedup.leads")
             conn.execute("INSERT OR REPLACE INTO dedup.dedup_state VALUES (1, ?, 0)", (journal_id,))
+            conn.execute("INSERT OR IGNORE INTO dedup.leads_state VALUES (1)")
             conn.execute("COMMIT")
             self.covered_seq = 0
         else:
             self.covered_seq = int(row[1])
+        if conn.execute("SELECT 1 FROM dedup.leads_state").fetchone() is None:
+            self._backfill_leads()
+
+    def _backfill_leads(self) -> None:
+        """Fill the lead index for the events the key index already covers (an index file
+        written before the lead index existed), a chunk per transaction."""
+        conn = self._conn
+        log.warning("dedup index %s: building the lead index (once)", self.path)
+        done = 0
+        while done < self.covered_seq:
+            upto = min(done + _LEAD_BACKFILL_CHUNK, self.covered_seq)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT OR IGNORE INTO dedup.leads SELECT lead_id, seq FROM main.events "
+                "WHERE seq > ? AND seq <= ? AND lead_id IS NOT NULL",
+                (done, upto),
+            )
+            conn.execute("COMMIT")
+            done = upto
+        conn.execute("INSERT OR IGNORE INTO dedup.leads_state VALUES (1)")
 
     def _detach_quietly(self) -> None:
         try:
@@ -171,6 +202,7 @@ class DedupIndex:
         owners: Iterable[tuple[int, int]],
         overflow: Iterable[tuple[str, int]],
         covered_seq: int,
+        leads: Iterable[tuple[int, int]] = (),
     ) -> None:
         """Index newly committed events and advance ``covered_seq``, atomically.
 
@@ -181,6 +213,7 @@ class DedupIndex:
         try:
             conn.executemany("INSERT OR IGNORE INTO dedup.dedup VALUES (?, ?)", owners)
             conn.executemany("INSERT OR IGNORE INTO dedup.dedup_overflow VALUES (?, ?)", overflow)
+            conn.executemany("INSERT OR IGNORE INTO dedup.leads VALUES (?, ?)", leads)
             conn.execute("UPDATE dedup.dedup_state SET covered_seq = ?", (covered_seq,))
             conn.execute("COMMIT")
         except BaseException:
@@ -198,12 +231,14 @@ class DedupIndex:
         try:
             while True:
                 rows = self._conn.execute(
-                    "SELECT seq, event_key FROM main.events WHERE seq > ? ORDER BY seq LIMIT ?",
+                    "SELECT seq, event_key, lead_id FROM main.events WHERE seq > ? "
+                    "ORDER BY seq LIMIT ?",
                     (self.covered_seq, _RECONCILE_CHUNK),
                 ).fetchall()
                 if not rows:
                     return done
-                hashed = [(seq, key, key_hash(key)) for seq, key in rows]
+                hashed = [(seq, key, key_hash(key)) for seq, key, _ in rows]
+                leads = [(lead, seq) for seq, _, lead in rows if lead is not None]
                 known = self.lookup([h for _, _, h in hashed])
                 owners: list[tuple[int, int]] = []
                 overflow: list[tuple[str, int]] = []
@@ -217,7 +252,7 @@ class DedupIndex:
                         owners.append((h, seq))
                     elif claimed.get(h) != key and (owner is None or self.key_of(owner) != key):
                         overflow.append((key, seq))
-                self.store(owners, overflow, rows[-1][0])
+                self.store(owners, overflow, rows[-1][0], leads)
                 done += len(rows)
         except sqlite3.Error as exc:
             raise JournalError(
@@ -231,6 +266,7 @@ class Generation:
 
     owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # hash -> (key, seq)
     overflow: dict[str, int] = field(default_factory=dict)  # key -> seq
+    leads: list[tuple[int, int]] = field(default_factory=list)  # (lead id, seq)
     covered_seq: int = 0
 
 
@@ -331,6 +367,7 @@ class Indexer:
                     "INSERT OR IGNORE INTO dedup_overflow VALUES (?, ?)",
                     generation.overflow.items(),
                 )
+                conn.executemany("INSERT OR IGNORE INTO leads VALUES (?, ?)", generation.leads)
                 conn.execute("UPDATE dedup_state SET covered_seq = ?", (generation.covered_seq,))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:

@@ -500,6 +500,7 @@ class JournalWriter:
             added: list[int] = []
             overflowed: list[str] = []
             batch_counts: _Counts = {}
+            leads_before = len(group.leads)
             try:
                 job.result = self._write(
                     conn, job.batch, group, earlier, added, overflowed, batch_counts
@@ -513,6 +514,7 @@ class JournalWriter:
                     del group.owners[h]
                 for key in overflowed:
                     del group.overflow[key]
+                del group.leads[leads_before:]
                 job.result = None
                 job.error = JournalError(f"cannot journal the batch: {exc}")
                 self._note_error(f"batch from {job.batch.source}: {exc}")
@@ -580,6 +582,8 @@ class JournalWriter:
                 # A distinct key whose 64-bit hash is taken: journal it, keyed by full text.
                 group.overflow[key] = seq
                 overflowed.append(key)
+            if record.lead_id is not None:
+                group.leads.append((record.lead_id, seq))
             occurred = record.occurred_at
             ck = (record.stream, record.type or "", record.munchkin_id or "")
             c = counts.get(ck)

@@ -141,8 +141,9 @@ def _duplicate_key(path: Path) -> None:
             {
                 "schema": [
                     "migrations recorded ['0001_other', '0002_sinks', '0003_inspect_indexes', "
-                    "'0004_pull'], expected ['0001_initial', '0002_sinks', "
-                    "'0003_inspect_indexes', '0004_pull'] for version 4"
+                    "'0004_pull', '0005_lead_index_derived'], expected ['0001_initial', "
+                    "'0002_sinks', '0003_inspect_indexes', '0004_pull', "
+                    "'0005_lead_index_derived'] for version 5"
                 ]
             },
         ),

@@ -1,0 +1,136 @@
+"""The lead index in the derived index file: written after each commit, rebuilt when
+missing, filled in for an index file from before it, and used by lead filters."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from streamd.inspect.filters import Filters
+from streamd.inspect.reader import count_events, iter_events, lead_index_sql, open_readonly
+from streamd.journal.dedup import dedup_path
+from tests.journals import generated_batches, generated_journal, write_batches
+
+
+def rows(path: str, sql: str, *args: object) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generated_journal(tmp_path_factory.mktemp("leads") / "journal.db", 4000)
+
+
+def test_every_new_event_with_a_lead_is_indexed_once(journal: Path) -> None:
+    events = rows(str(journal), "SELECT lead_id, seq FROM events WHERE lead_id IS NOT NULL")
+    indexed = rows(dedup_path(str(journal)), "SELECT lead_id, seq FROM leads")
+    assert len(events) > 1000 and sorted(indexed) == sorted(events)
+    # The journal itself no longer carries the index (migration 0005).
+    names = {r[0] for r in rows(str(journal), "SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "events_lead" not in names
+
+
+def test_duplicates_add_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    batches = generated_batches(1000)
+    write_batches(path, batches)
+    write_batches(path, batches)  # every event again: all duplicates
+    assert rows(dedup_path(str(path)), "SELECT count(*) FROM leads") == rows(
+        str(path), "SELECT count(*) FROM events WHERE lead_id IS NOT NULL"
+    )
+
+
+def _lead_with_events(journal: Path) -> int:
+    lead = rows(
+        str(journal),
+        "SELECT lead_id FROM events WHERE lead_id IS NOT NULL GROUP BY lead_id "
+        "ORDER BY count(*) DESC LIMIT 1",
+    )[0][0]
+    assert isinstance(lead, int)
+    return lead
+
+
+def test_lead_filters_answer_the_same_with_and_without_the_index(journal: Path) -> None:
+    lead = _lead_with_events(journal)
+    filters = Filters(lead_ids=(lead,))
+    expected = [r[0] for r in rows(str(journal), "SELECT seq FROM events WHERE lead_id = ?", lead)]
+    conn = open_readonly(str(journal))
+    try:
+        assert lead_index_sql(conn, filters.lead_ids)[0]  # the index is in use
+        assert [r[0] for r in iter_events(conn, filters)] == expected
+        assert count_events(conn, filters) == len(expected)
+        plan = " ".join(
+            str(r[-1])
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE lead_id = ?"
+                + lead_index_sql(conn, (lead,))[0],
+                (lead, lead, 0),
+            )
+        )
+        assert "leads" in plan, plan
+    finally:
+        conn.close()
+
+
+def test_events_not_indexed_yet_are_found_by_the_tail_scan(tmp_path: Path) -> None:
+    path = generated_journal(tmp_path / "journal.db", 3000)
+    lead = _lead_with_events(path)
+    expected = [r[0] for r in rows(str(path), "SELECT seq FROM events WHERE lead_id = ?", lead)]
+    cut = expected[len(expected) // 2]
+    # As if the indexer had committed only up to ``cut``.
+    with sqlite3.connect(dedup_path(str(path))) as index:
+        index.execute("DELETE FROM leads WHERE seq > ?", (cut,))
+        index.execute("UPDATE dedup_state SET covered_seq = ?", (cut,))
+    conn = open_readonly(str(path))
+    try:
+        assert [r[0] for r in iter_events(conn, Filters(lead_ids=(lead,)))] == expected
+    finally:
+        conn.close()
+
+
+def test_a_missing_or_foreign_index_file_means_a_scan_with_the_same_answer(tmp_path: Path) -> None:
+    path = generated_journal(tmp_path / "journal.db", 2000)
+    lead = _lead_with_events(path)
+    expected = [r[0] for r in rows(str(path), "SELECT seq FROM events WHERE lead_id = ?", lead)]
+    with sqlite3.connect(dedup_path(str(path))) as index:
+        index.execute("UPDATE dedup_state SET journal_id = 'another journal'")
+    conn = open_readonly(str(path))
+    try:
+        assert lead_index_sql(conn, (lead,)) == ("", [])
+        assert [r[0] for r in iter_events(conn, Filters(lead_ids=(lead,)))] == expected
+    finally:
+        conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(dedup_path(str(path)) + suffix).unlink(missing_ok=True)
+    conn = open_readonly(str(path))
+    try:
+        assert [r[0] for r in iter_events(conn, Filters(lead_ids=(lead,)))] == expected
+    finally:
+        conn.close()
+    # The writer's next start rebuilds the whole file, the lead index included.
+    write_batches(path, [])
+    assert rows(dedup_path(str(path)), "SELECT count(*) FROM leads") == rows(
+        str(path), "SELECT count(*) FROM events WHERE lead_id IS NOT NULL"
+    )
+
+
+def test_an_index_file_from_before_the_lead_index_is_filled_in(tmp_path: Path) -> None:
+    path = generated_journal(tmp_path / "journal.db", 3000)
+    with sqlite3.connect(dedup_path(str(path))) as index:
+        index.execute("DROP TABLE leads")
+        index.execute("DROP TABLE leads_state")
+    conn = open_readonly(str(path))
+    try:
+        assert lead_index_sql(conn, (1,)) == ("", [])  # not usable: the scan answers
+    finally:
+        conn.close()
+    write_batches(path, [])  # a start: the writer fills it in
+    assert sorted(rows(dedup_path(str(path)), "SELECT lead_id, seq FROM leads")) == sorted(
+        rows(str(path), "SELECT lead_id, seq FROM events WHERE lead_id IS NOT NULL")
+    )

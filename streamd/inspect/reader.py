@@ -98,7 +98,7 @@ def _attach_lead_index(conn: sqlite3.Connection, path: str) -> None:
     try:
         conn.execute("ATTACH DATABASE ? AS dedup", (f"file:{_uri_path(index)}?mode=ro",))
         mine = conn.execute(
-            "SELECT 1 FROM dedup.dedup_state, dedup.leads_state, main.meta "
+            "SELECT 1 FROM dedup.dedup_state, dedup.lead_state, main.meta "
             "WHERE main.meta.key = 'journal_id' AND main.meta.value = dedup.dedup_state.journal_id"
         ).fetchone()
     except sqlite3.Error:
@@ -115,14 +115,15 @@ def lead_index_sql(conn: sqlite3.Connection, lead_ids: tuple[int, ...]) -> tuple
     if not lead_ids:
         return "", []
     try:
-        row = conn.execute("SELECT covered_seq FROM dedup.dedup_state").fetchone()
+        row = conn.execute("SELECT covered_seq FROM dedup.lead_state").fetchone()
     except sqlite3.Error:
         return "", []  # not attached
     if row is None:
         return "", []
     marks = ", ".join("?" * len(lead_ids))
     return (
-        f" AND (seq IN (SELECT seq FROM dedup.leads WHERE lead_id IN ({marks})) OR seq > ?)",
+        " AND (seq IN (SELECT seq FROM dedup.lead_index WHERE run IN "
+        f"(SELECT run FROM dedup.lead_runs) AND lead_id IN ({marks})) OR seq > ?)",
         [*lead_ids, int(row[0])],
     )
 

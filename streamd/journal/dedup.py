@@ -29,6 +29,7 @@ collision never makes a distinct event look like a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -45,21 +46,32 @@ _IN_CHUNK = 500  # keys per "IN (...)" lookup; well under SQLITE_MAX_VARIABLE_NU
 _RECONCILE_CHUNK = 20_000
 DEDUP_PAGE_SIZE = 1024
 
-_LEAD_BACKFILL_CHUNK = 200_000
+LEAD_RUN = 20_000  # lead entries per sorted run of the lead index
+_LEAD_RECONCILE_CHUNK = 50_000  # events read per step: bounded memory at start
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dedup.dedup (key_hash INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
-    # The lead index (journal grep --lead, GET /journal?lead=): derived like the keys, and
-    # kept here for the same reason: in journal.db its random inserts cost a saturated
-    # ingest a third of its rate at 2M events (ARCHITECTURE.md, "The lead index").
-    "CREATE TABLE IF NOT EXISTS dedup.leads (lead_id INTEGER NOT NULL, seq INTEGER NOT NULL, "
-    "PRIMARY KEY (lead_id, seq)) WITHOUT ROWID",
+    # The lead index (journal grep --lead, GET /journal?lead=), derived like the keys. Not
+    # one B-tree on lead_id (a random key: each insert dirties a random page, which cost a
+    # saturated ingest a third of its rate at 2M events), but sorted runs: the indexer
+    # collects LEAD_RUN entries, sorts them and appends them as one run, always at the
+    # right edge of the tree (run grows). A lookup seeks (run, lead_id) once per run.
+    # ARCHITECTURE.md, "The lead index".
+    "CREATE TABLE IF NOT EXISTS dedup.lead_index (run INTEGER NOT NULL, "
+    "lead_id INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (run, lead_id, seq)) "
+    "WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS dedup.lead_runs (run INTEGER PRIMARY KEY, "
+    "first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dedup.dedup_overflow "
     "(event_key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS dedup.dedup_state (id INTEGER PRIMARY KEY CHECK (id = 1), "
     "journal_id TEXT NOT NULL, covered_seq INTEGER NOT NULL)",
-    # A row once ``leads`` holds every event up to covered_seq (an index file from before
-    # the lead index is filled in at the next start).
-    "CREATE TABLE IF NOT EXISTS dedup.leads_state (id INTEGER PRIMARY KEY CHECK (id = 1))",
+    # Every event up to covered_seq has its lead in lead_index (the rest: a scan).
+    "CREATE TABLE IF NOT EXISTS dedup.lead_state (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "covered_seq INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO dedup.lead_state VALUES (1, 0)",
+    # An early layout of the lead index (one B-tree), never released: gone.
+    "DROP TABLE IF EXISTS dedup.leads",
+    "DROP TABLE IF EXISTS dedup.leads_state",
 )
 
 
@@ -98,7 +110,9 @@ class DedupIndex:
                 raise JournalError(
                     f"{self.path}: cannot create the dedup index: {again}"
                 ) from again
-        return self.reconcile()
+        done = self.reconcile()
+        self.reconcile_leads()
+        return done
 
     def _attach(self, journal_id: str) -> None:
         conn = self._conn
@@ -121,33 +135,14 @@ class DedupIndex:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM dedup.dedup")
             conn.execute("DELETE FROM dedup.dedup_overflow")
-            conn.execute("DELETE FROM dedup.leads")
+            conn.execute("DELETE FROM dedup.lead_index")
+            conn.execute("DELETE FROM dedup.lead_runs")
+            conn.execute("UPDATE dedup.lead_state SET covered_seq = 0")
             conn.execute("INSERT OR REPLACE INTO dedup.dedup_state VALUES (1, ?, 0)", (journal_id,))
-            conn.execute("INSERT OR IGNORE INTO dedup.leads_state VALUES (1)")
             conn.execute("COMMIT")
             self.covered_seq = 0
         else:
             self.covered_seq = int(row[1])
-        if conn.execute("SELECT 1 FROM dedup.leads_state").fetchone() is None:
-            self._backfill_leads()
-
-    def _backfill_leads(self) -> None:
-        """Fill the lead index for the events the key index already covers (an index file
-        written before the lead index existed), a chunk per transaction."""
-        conn = self._conn
-        log.warning("dedup index %s: building the lead index (once)", self.path)
-        done = 0
-        while done < self.covered_seq:
-            upto = min(done + _LEAD_BACKFILL_CHUNK, self.covered_seq)
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT OR IGNORE INTO dedup.leads SELECT lead_id, seq FROM main.events "
-                "WHERE seq > ? AND seq <= ? AND lead_id IS NOT NULL",
-                (done, upto),
-            )
-            conn.execute("COMMIT")
-            done = upto
-        conn.execute("INSERT OR IGNORE INTO dedup.leads_state VALUES (1)")
 
     def _detach_quietly(self) -> None:
         try:
@@ -202,7 +197,6 @@ class DedupIndex:
         owners: Iterable[tuple[int, int]],
         overflow: Iterable[tuple[str, int]],
         covered_seq: int,
-        leads: Iterable[tuple[int, int]] = (),
     ) -> None:
         """Index newly committed events and advance ``covered_seq``, atomically.
 
@@ -213,7 +207,6 @@ class DedupIndex:
         try:
             conn.executemany("INSERT OR IGNORE INTO dedup.dedup VALUES (?, ?)", owners)
             conn.executemany("INSERT OR IGNORE INTO dedup.dedup_overflow VALUES (?, ?)", overflow)
-            conn.executemany("INSERT OR IGNORE INTO dedup.leads VALUES (?, ?)", leads)
             conn.execute("UPDATE dedup.dedup_state SET covered_seq = ?", (covered_seq,))
             conn.execute("COMMIT")
         except BaseException:
@@ -231,14 +224,12 @@ class DedupIndex:
         try:
             while True:
                 rows = self._conn.execute(
-                    "SELECT seq, event_key, lead_id FROM main.events WHERE seq > ? "
-                    "ORDER BY seq LIMIT ?",
+                    "SELECT seq, event_key FROM main.events WHERE seq > ? ORDER BY seq LIMIT ?",
                     (self.covered_seq, _RECONCILE_CHUNK),
                 ).fetchall()
                 if not rows:
                     return done
-                hashed = [(seq, key, key_hash(key)) for seq, key, _ in rows]
-                leads = [(lead, seq) for seq, _, lead in rows if lead is not None]
+                hashed = [(seq, key, key_hash(key)) for seq, key in rows]
                 known = self.lookup([h for _, _, h in hashed])
                 owners: list[tuple[int, int]] = []
                 overflow: list[tuple[str, int]] = []
@@ -252,12 +243,59 @@ class DedupIndex:
                         owners.append((h, seq))
                     elif claimed.get(h) != key and (owner is None or self.key_of(owner) != key):
                         overflow.append((key, seq))
-                self.store(owners, overflow, rows[-1][0], leads)
+                self.store(owners, overflow, rows[-1][0])
                 done += len(rows)
         except sqlite3.Error as exc:
             raise JournalError(
                 f"{self.path}: cannot bring the dedup index up to date: {exc}"
             ) from exc
+
+    def reconcile_leads(self) -> int:
+        """Add runs for every journaled event past the lead index's ``covered_seq`` (after
+        a crash: the indexer's unflushed entries; an older index file: all); return how
+        many events were read. Raises :class:`JournalError`."""
+        conn = self._conn
+        done = 0
+        try:
+            covered = int(conn.execute("SELECT covered_seq FROM dedup.lead_state").fetchone()[0])
+            while True:
+                rows = conn.execute(
+                    "SELECT seq, lead_id FROM main.events WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (covered, _LEAD_RECONCILE_CHUNK),
+                ).fetchall()
+                if not rows:
+                    return done
+                covered = rows[-1][0]
+                leads = [(lead, seq) for seq, lead in rows if lead is not None]
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for i in range(0, len(leads), LEAD_RUN):
+                        append_run(conn, "dedup.", leads[i : i + LEAD_RUN])
+                    conn.execute("UPDATE dedup.lead_state SET covered_seq = ?", (covered,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                done += len(rows)
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"{self.path}: cannot bring the lead index up to date: {exc}"
+            ) from exc
+
+
+def append_run(conn: sqlite3.Connection, schema: str, leads: list[tuple[int, int]]) -> None:
+    """Append ``leads`` ((lead id, seq), any order) as the next sorted run."""
+    if not leads:
+        return
+    runs = f"{schema}lead_runs"
+    run = conn.execute(f"SELECT coalesce(max(run), 0) + 1 FROM {runs}").fetchone()[0]  # noqa: S608
+    seqs = [seq for _, seq in leads]
+    conn.execute(f"INSERT INTO {runs} VALUES (?, ?, ?)", (run, min(seqs), max(seqs)))  # noqa: S608
+    conn.executemany(
+        f"INSERT OR IGNORE INTO {schema}lead_index VALUES (?, ?, ?)",  # noqa: S608
+        [(run, lead, seq) for lead, seq in sorted(leads)],
+    )
 
 
 @dataclass(slots=True)
@@ -326,6 +364,10 @@ class Indexer:
         self._cache_mib = cache_mib
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="journal-indexer", daemon=True)
+        # Lead entries of indexed generations not yet in a run (fewer than LEAD_RUN); lost
+        # in a crash and rebuilt from the journal at the next start (reconcile_leads).
+        self._leads: list[tuple[int, int]] = []
+        self._covered = 0  # covered_seq of the last generation indexed
         self.failures = 0
         self.last_error: str | None = None
 
@@ -348,6 +390,21 @@ class Indexer:
         conn.execute(f"PRAGMA cache_size = {-1024 * self._cache_mib}")
         return conn
 
+    def _flush_leads(self, conn: sqlite3.Connection) -> None:
+        """At stop: the collected lead entries as a last run (else the next start
+        rebuilds them from the journal)."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            append_run(conn, "", self._leads)
+            conn.execute("UPDATE lead_state SET covered_seq = ?", (self._covered,))
+            conn.execute("COMMIT")
+            self._leads = []
+        except sqlite3.Error as exc:
+            log.warning("lead index: last run not written (rebuilt at the next start): %s", exc)
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         backoff = 0.05
@@ -367,7 +424,11 @@ class Indexer:
                     "INSERT OR IGNORE INTO dedup_overflow VALUES (?, ?)",
                     generation.overflow.items(),
                 )
-                conn.executemany("INSERT OR IGNORE INTO leads VALUES (?, ?)", generation.leads)
+                leads = [*self._leads, *generation.leads]
+                flush = len(leads) >= LEAD_RUN or self._stop.is_set()
+                if flush:
+                    append_run(conn, "", leads)
+                    conn.execute("UPDATE lead_state SET covered_seq = ?", (generation.covered_seq,))
                 conn.execute("UPDATE dedup_state SET covered_seq = ?", (generation.covered_seq,))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -389,8 +450,12 @@ class Indexer:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
+            self._leads = [] if flush else leads  # in a run now, or still to collect
+            self._covered = generation.covered_seq
             self._pending.pop_oldest()
         if conn is not None:
+            if self._leads:
+                self._flush_leads(conn)
             conn.close()
         self._pending.closed = True
         self._pending.wake()

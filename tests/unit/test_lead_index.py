@@ -29,8 +29,14 @@ def journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_new_event_with_a_lead_is_indexed_once(journal: Path) -> None:
     events = rows(str(journal), "SELECT lead_id, seq FROM events WHERE lead_id IS NOT NULL")
-    indexed = rows(dedup_path(str(journal)), "SELECT lead_id, seq FROM leads")
+    indexed = rows(dedup_path(str(journal)), "SELECT lead_id, seq FROM lead_index")
     assert len(events) > 1000 and sorted(indexed) == sorted(events)
+    # Sorted runs, each covering a seq range; the state says every event is covered.
+    runs = rows(dedup_path(str(journal)), "SELECT run, first_seq, last_seq FROM lead_runs")
+    assert runs and all(first <= last for _, first, last in runs)  # type: ignore[operator]
+    assert rows(dedup_path(str(journal)), "SELECT covered_seq FROM lead_state") == rows(
+        str(journal), "SELECT max(seq) FROM events"
+    )
     # The journal itself no longer carries the index (migration 0005).
     names = {r[0] for r in rows(str(journal), "SELECT name FROM sqlite_master WHERE type='index'")}
     assert "events_lead" not in names
@@ -41,7 +47,7 @@ def test_duplicates_add_nothing(tmp_path: Path) -> None:
     batches = generated_batches(1000)
     write_batches(path, batches)
     write_batches(path, batches)  # every event again: all duplicates
-    assert rows(dedup_path(str(path)), "SELECT count(*) FROM leads") == rows(
+    assert rows(dedup_path(str(path)), "SELECT count(*) FROM lead_index") == rows(
         str(path), "SELECT count(*) FROM events WHERE lead_id IS NOT NULL"
     )
 
@@ -73,7 +79,7 @@ def test_lead_filters_answer_the_same_with_and_without_the_index(journal: Path) 
                 (lead, lead, 0),
             )
         )
-        assert "leads" in plan, plan
+        assert "lead_index" in plan and "run=? AND lead_id=?" in plan, plan
     finally:
         conn.close()
 
@@ -83,10 +89,10 @@ def test_events_not_indexed_yet_are_found_by_the_tail_scan(tmp_path: Path) -> No
     lead = _lead_with_events(path)
     expected = [r[0] for r in rows(str(path), "SELECT seq FROM events WHERE lead_id = ?", lead)]
     cut = expected[len(expected) // 2]
-    # As if the indexer had committed only up to ``cut``.
+    # As if the indexer had written runs only up to ``cut`` (a crash lost its buffer).
     with sqlite3.connect(dedup_path(str(path))) as index:
-        index.execute("DELETE FROM leads WHERE seq > ?", (cut,))
-        index.execute("UPDATE dedup_state SET covered_seq = ?", (cut,))
+        index.execute("DELETE FROM lead_index WHERE seq > ?", (cut,))
+        index.execute("UPDATE lead_state SET covered_seq = ?", (cut,))
     conn = open_readonly(str(path))
     try:
         assert [r[0] for r in iter_events(conn, Filters(lead_ids=(lead,)))] == expected
@@ -115,7 +121,7 @@ def test_a_missing_or_foreign_index_file_means_a_scan_with_the_same_answer(tmp_p
         conn.close()
     # The writer's next start rebuilds the whole file, the lead index included.
     write_batches(path, [])
-    assert rows(dedup_path(str(path)), "SELECT count(*) FROM leads") == rows(
+    assert rows(dedup_path(str(path)), "SELECT count(*) FROM lead_index") == rows(
         str(path), "SELECT count(*) FROM events WHERE lead_id IS NOT NULL"
     )
 
@@ -123,14 +129,28 @@ def test_a_missing_or_foreign_index_file_means_a_scan_with_the_same_answer(tmp_p
 def test_an_index_file_from_before_the_lead_index_is_filled_in(tmp_path: Path) -> None:
     path = generated_journal(tmp_path / "journal.db", 3000)
     with sqlite3.connect(dedup_path(str(path))) as index:
-        index.execute("DROP TABLE leads")
-        index.execute("DROP TABLE leads_state")
+        for table in ("lead_index", "lead_runs", "lead_state"):
+            index.execute(f"DROP TABLE {table}")
     conn = open_readonly(str(path))
     try:
         assert lead_index_sql(conn, (1,)) == ("", [])  # not usable: the scan answers
     finally:
         conn.close()
-    write_batches(path, [])  # a start: the writer fills it in
-    assert sorted(rows(dedup_path(str(path)), "SELECT lead_id, seq FROM leads")) == sorted(
+    write_batches(path, [])  # a start: the writer fills it in from the journal
+    assert sorted(rows(dedup_path(str(path)), "SELECT lead_id, seq FROM lead_index")) == sorted(
+        rows(str(path), "SELECT lead_id, seq FROM events WHERE lead_id IS NOT NULL")
+    )
+
+
+def test_a_crash_loses_only_the_unwritten_run_and_the_next_start_rebuilds_it(
+    tmp_path: Path,
+) -> None:
+    path = generated_journal(tmp_path / "journal.db", 3000)
+    cut = 1000
+    with sqlite3.connect(dedup_path(str(path))) as index:
+        index.execute("DELETE FROM lead_index WHERE seq > ?", (cut,))
+        index.execute("UPDATE lead_state SET covered_seq = ?", (cut,))
+    write_batches(path, [])
+    assert sorted(rows(dedup_path(str(path)), "SELECT lead_id, seq FROM lead_index")) == sorted(
         rows(str(path), "SELECT lead_id, seq FROM events WHERE lead_id IS NOT NULL")
     )

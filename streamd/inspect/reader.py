@@ -121,10 +121,13 @@ def lead_index_sql(conn: sqlite3.Connection, lead_ids: tuple[int, ...]) -> tuple
     if row is None:
         return "", []
     marks = ", ".join("?" * len(lead_ids))
+    # One IN over a UNION ALL, not an OR: with the OR, SQLite kept its scan of the seq
+    # range and tested every row; this way the candidates drive rowid lookups.
     return (
-        " AND (seq IN (SELECT seq FROM dedup.lead_index WHERE run IN "
-        f"(SELECT run FROM dedup.lead_runs) AND lead_id IN ({marks})) OR seq > ?)",
-        [*lead_ids, int(row[0])],
+        " AND seq IN (SELECT seq FROM dedup.lead_index WHERE run IN "
+        f"(SELECT run FROM dedup.lead_runs) AND lead_id IN ({marks}) "
+        f"UNION ALL SELECT seq FROM main.events WHERE seq > ? AND lead_id IN ({marks}))",
+        [*lead_ids, int(row[0]), *lead_ids],
     )
 
 

@@ -412,6 +412,9 @@ class Indexer:
             generation = self._pending.oldest(self._stop)
             if generation is None:
                 break
+            mark = len(self._leads)
+            self._leads.extend(generation.leads)
+            flush = len(self._leads) >= LEAD_RUN or self._stop.is_set()
             try:
                 if conn is None:
                     conn = self._connect()
@@ -424,14 +427,13 @@ class Indexer:
                     "INSERT OR IGNORE INTO dedup_overflow VALUES (?, ?)",
                     generation.overflow.items(),
                 )
-                leads = [*self._leads, *generation.leads]
-                flush = len(leads) >= LEAD_RUN or self._stop.is_set()
                 if flush:
-                    append_run(conn, "", leads)
+                    append_run(conn, "", self._leads)
                     conn.execute("UPDATE lead_state SET covered_seq = ?", (generation.covered_seq,))
                 conn.execute("UPDATE dedup_state SET covered_seq = ?", (generation.covered_seq,))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                del self._leads[mark:]  # this generation's leads come again with it
                 # The generation stays pending (lookups still see it); try again.
                 self.failures += 1
                 self.last_error = str(exc)
@@ -450,7 +452,8 @@ class Indexer:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
-            self._leads = [] if flush else leads  # in a run now, or still to collect
+            if flush:
+                self._leads = []  # in a run now
             self._covered = generation.covered_seq
             self._pending.pop_oldest()
         if conn is not None:

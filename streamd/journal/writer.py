@@ -36,7 +36,7 @@ class WriterOptions:
     """Tuning of the writer; every bound is explicit."""
 
     synchronous: Synchronous = "full"
-    cache_mib: int = 32
+    cache_mib: int = 24
     max_events_per_commit: int = 20_000
     max_queued_events: int = 200_000
     min_free_disk_bytes: int = 256 * 1024 * 1024

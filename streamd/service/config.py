@@ -45,7 +45,7 @@ class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_events_per_commit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20_000
     max_queued_events: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 200_000
     min_free_disk_mib: Annotated[int, msgspec.Meta(ge=0)] = 256
-    cache_mib: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 32
+    cache_mib: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 24
     wal_max_mib: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 64
     checkpoint_interval: Seconds = 1.0
 

@@ -34,7 +34,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from streamd.core.normalise import key_hash
@@ -203,16 +203,10 @@ class DedupIndex:
         Raises ``sqlite3.Error``; the caller then reconciles before the next batch.
         """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             conn.executemany("INSERT OR IGNORE INTO dedup.dedup VALUES (?, ?)", owners)
             conn.executemany("INSERT OR IGNORE INTO dedup.dedup_overflow VALUES (?, ?)", overflow)
             conn.execute("UPDATE dedup.dedup_state SET covered_seq = ?", (covered_seq,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         self.covered_seq = covered_seq
 
     def reconcile(self) -> int:
@@ -267,21 +261,28 @@ class DedupIndex:
                     return done
                 covered = rows[-1][0]
                 leads = [(lead, seq) for seq, lead in rows if lead is not None]
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _immediate(conn):
                     for i in range(0, len(leads), LEAD_RUN):
                         append_run(conn, "dedup.", leads[i : i + LEAD_RUN])
                     conn.execute("UPDATE dedup.lead_state SET covered_seq = ?", (covered,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
                 done += len(rows)
         except sqlite3.Error as exc:
             raise JournalError(
                 f"{self.path}: cannot bring the lead index up to date: {exc}"
             ) from exc
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction: committed at the end, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def append_run(conn: sqlite3.Connection, schema: str, leads: list[tuple[int, int]]) -> None:

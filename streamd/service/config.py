@@ -422,11 +422,7 @@ def validate(
     paths: set[str] = set()
     for index, source in enumerate(config.sources):
         key = f"sources[{index}]"
-        if not _NAME.fullmatch(source.name):
-            raise ConfigError(
-                f"{where}: key {key}.name: {source.name!r} is not a valid name "
-                "(letters, digits, '_', '.', '-'; at most 64)"
-            )
+        _check_name(source.name, f"{where}: key {key}.name")
         if not _PATH.fullmatch(source.path) or "//" in source.path:
             raise ConfigError(
                 f"{where}: key {key}.path: {source.path!r} is not a valid URL path "
@@ -467,6 +463,14 @@ def validate(
 _HTTP_URL = re.compile(r"https?://[^\s/?#]+(/[^\s#]*)?")
 
 
+def _check_name(name: str, where: str) -> None:
+    """A source, pull or sink name: it labels rows in the journal and in metrics."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: {name!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64)"
+        )
+
+
 def validate_pulls(config: Config, where: str) -> None:
     """Names unique among sources and pulls, URLs, a usable start, sane waits."""
     from streamd.ingest.pull import valid_start  # here: keeps config's imports small
@@ -474,11 +478,7 @@ def validate_pulls(config: Config, where: str) -> None:
     taken = {s.name for s in config.sources}
     for index, pull in enumerate(config.pulls):
         key = f"{where}: key pulls[{index}]"
-        if not _NAME.fullmatch(pull.name):
-            raise ConfigError(
-                f"{key}.name: {pull.name!r} is not a valid name "
-                "(letters, digits, '_', '.', '-'; at most 64)"
-            )
+        _check_name(pull.name, f"{key}.name")
         if pull.name in taken:
             raise ConfigError(
                 f"{key}.name: {pull.name!r} is already the name of a source or another pull "
@@ -623,11 +623,7 @@ def validate_sinks(config: Config, where: str) -> None:
     names: set[str] = set()
     for index, sink in enumerate(config.sinks):
         key = f"sinks[{index}]"
-        if not _NAME.fullmatch(sink.name):
-            raise ConfigError(
-                f"{where}: key {key}.name: {sink.name!r} is not a valid name "
-                "(letters, digits, '_', '.', '-'; at most 64)"
-            )
+        _check_name(sink.name, f"{where}: key {key}.name")
         if sink.name in names:
             raise ConfigError(f"{where}: key {key}.name: duplicate sink name {sink.name!r}")
         names.add(sink.name)

@@ -176,6 +176,21 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(run=_backup)
 
+    p = jsub.add_parser(
+        "pull-reset",
+        help="start a pull source over from the oldest or latest event (streamd stopped)",
+    )
+    _journal_flags(p)
+    p.add_argument("name", metavar="NAME", help="the pull's name ([[pulls]] name)")
+    p.add_argument(
+        "--from",
+        dest="restart",
+        choices=("oldest", "latest"),
+        default="oldest",
+        help="where its next start begins (default oldest; pulled again is deduplicated)",
+    )
+    p.set_defaults(run=_pull_reset)
+
     p = jsub.add_parser("query", help="run one read-only SQL statement against the journal")
     _journal_flags(p)
     _format_flag(p)
@@ -211,6 +226,18 @@ def _backup(args: argparse.Namespace, out: IO[str]) -> int:
     from streamd.inspect.backup import cmd_backup
 
     return cmd_backup(args, out)
+
+
+def _pull_reset(args: argparse.Namespace, out: IO[str]) -> int:
+    from streamd.inspect.reader import journal_path
+    from streamd.service.pull_reset import reset_pull
+
+    done = reset_pull(journal_path(args.data_dir, args.journal), args.name, args.restart)
+    out.write(
+        f"pull {done.name}: position {done.was or '(none)'} cleared; the next start of "
+        f"streamd pulls from the {done.restart} event\n"
+    )
+    return 0
 
 
 def _limit(text: str) -> int:

@@ -108,7 +108,9 @@ def test_vendored_fixtures_match_the_contract() -> None:
         assert (shared / name).read_bytes() == (VENDORED / name).read_bytes(), name
 
 
-JOURNAL_COMMANDS = ["stats", "grep", "find", "tail", "show", "query", "export", "verify", "backup"]
+JOURNAL_COMMANDS = [
+    "stats", "grep", "find", "tail", "show", "query", "export", "verify", "backup", "pull-reset",
+]  # fmt: skip
 
 
 def test_every_journal_subcommand_has_help_and_a_readme_section() -> None:

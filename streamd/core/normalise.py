@@ -57,12 +57,22 @@ def stream_of(event_type: str | None) -> str:
     return "other"
 
 
+_LEGACY_TYPES: dict[str, str] = {}  # activityType -> type name; bounded below
+_MAX_LEGACY_TYPES = 4096
+
+
 def legacy_type(activity_type: object, activity_type_id: int | None) -> str | None:
     """The I/O Events type name of a legacy activity, so routing treats both paths alike."""
     if activity_type_id is not None and activity_type_id >= 100000:
         return _ACTIVITY_PREFIX + "custom"
     if isinstance(activity_type, str) and activity_type:
-        return _ACTIVITY_PREFIX + "standard." + activity_type.lower().replace(" ", "")
+        # A few dozen names recur in every batch: remembered, not rebuilt per event.
+        name = _LEGACY_TYPES.get(activity_type)
+        if name is None:
+            name = _ACTIVITY_PREFIX + "standard." + activity_type.lower().replace(" ", "")
+            if len(_LEGACY_TYPES) < _MAX_LEGACY_TYPES:
+                _LEGACY_TYPES[activity_type] = name
+        return name
     return None
 
 

@@ -570,9 +570,19 @@ class JournalWriter:
         delivery = self._next_delivery
         seq = self._next_seq
         first = len(rows)
+        owners = group.owners
+        earlier_owners = [g.owners for g in earlier]
         for record in fresh.values():
             h, key = record.key_hash, record.key
-            verdict = self._verdict(h, key, known.get(h), group, earlier)
+            owner = known.get(h)
+            if (
+                owner is None
+                and h not in owners
+                and not (earlier_owners and any(h in o for o in earlier_owners))
+            ):
+                verdict = _OWNER  # the common case, decided without building claims
+            else:
+                verdict = self._verdict(h, key, owner, group, earlier)
             if verdict == _DUPLICATE:
                 continue
             if verdict == _OWNER:

@@ -190,8 +190,12 @@ class JournalApi:
         return self.expired
 
     def _link(self, since: str, limit: int | None, rel: str) -> str:
-        extra = f"&limit={limit}" if limit is not None else ""
-        return f'<{PATH}?since={since}{extra}>; rel="{rel}"'
+        # An empty journal has no position yet: its next link starts from the oldest.
+        params = [f"since={since}"] if since else []
+        if limit is not None:
+            params.append(f"limit={limit}")
+        query = "?" + "&".join(params) if params else ""
+        return f'<{PATH}{query}>; rel="{rel}"'
 
     async def handle(self, request: Request) -> Reply:
         """Answer one request."""

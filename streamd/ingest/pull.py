@@ -394,6 +394,8 @@ class PullSource:
                 url = current.join(target)
             except httpx.InvalidURL:
                 url = None
+            if url is not None and "since" in url.params and not url.params["since"]:
+                url = None  # "since=" names no position: not a link to follow
             if url is not None and _origin(url) == _origin(self._base):
                 if self.settings.limit is not None and "limit" not in url.params:
                     url = url.copy_merge_params({"limit": str(self.settings.limit)})

@@ -89,6 +89,19 @@ async def test_new_events_appear_after_a_204_when_the_journal_grows() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_an_empty_journal_links_to_its_start_not_to_an_empty_position() -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        api, url, now = await _start(nursery, initial=0, retry_after=1)
+        j = Journal(api, url, client, now)
+        resp = await j.get("?limit=10")
+        assert resp.status_code == 204
+        assert resp.headers["link"].split(", ")[0] == '</journal?limit=10>; rel="next"'
+        api.initial = 3
+        resp = await j.get("?limit=10")
+        assert [e["position"] for e in resp.json()["events"]] == [position(i) for i in range(3)]
+        nursery.cancel_scope.cancel()
+
+
 async def test_latest_starts_at_the_end_and_seek_goes_back_in_time(journal: Journal) -> None:
     resp = await journal.get("?latest=true")
     assert resp.status_code == 204

@@ -231,6 +231,7 @@ async def test_push_and_pull_of_the_same_events_are_journaled_once(
         server.journal,
         "SELECT sum(accepted), sum(duplicates) FROM deliveries WHERE source = 'adobe-journal'",
     ) == [(1100, 100)]
+    assert 400 not in emulator.api.statuses  # the empty journal's next link was usable
     # ... and pushing pulled ones afterwards changes nothing either.
     reply = await server.post(orjson.dumps([emulator.api.event(i) for i in range(1100, 1200)]))
     assert reply.json() == {"accepted": 0, "duplicates": 100}
@@ -460,3 +461,25 @@ async def test_an_oversized_page_is_refused_and_nothing_journaled(
     assert "a journal page larger than 65,536 bytes" in (source.stats.last_error or "")
     assert source.stats.responses.get("too-large", 0) >= 2
     assert pulled_keys(path, "p") == []
+
+
+async def test_a_next_link_with_an_empty_position_is_not_followed(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    empty = {"answers": 0}
+    followed: list[str] = []
+
+    def hollow(request: Request) -> Reply | None:
+        if request.path == PATH and request.query.get("since") == "":
+            followed.append(request.raw_query)
+        if request.path != PATH or empty["answers"] >= 3:
+            return None
+        empty["answers"] += 1
+        return Reply(204, b"", [("retry-after", "0"), ("link", '</journal?since=>; rel="next"')])
+
+    emulator.handler.append(hollow)
+    server = await start_server(pull_toml(emulator, secret_file, limit=600))
+    await caught_up(server, emulator)
+    assert empty["answers"] == 3 and followed == []
+    assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200)]
+    assert pull_of(server).stats.failures == 0

@@ -373,19 +373,7 @@ class IngestApp:
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it passes the limit (nothing buffered past it)."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        return await self._read_limited(receive, self._max_body)
 
     def _too_large(self) -> str:
         return f"body larger than the limit of {self._max_body} bytes"

@@ -108,6 +108,13 @@ def _attach_lead_index(conn: sqlite3.Connection, path: str) -> None:
             conn.execute("DETACH DATABASE dedup")
 
 
+def _condition(conn: sqlite3.Connection, filters: Filters) -> tuple[str, list[object]]:
+    """The filters' SQL condition, with the lead index's when it can serve a lead filter."""
+    condition, params = filters.where_sql()
+    extra, extra_params = lead_index_sql(conn, filters.lead_ids)
+    return condition + extra, [*params, *extra_params]
+
+
 def lead_index_sql(conn: sqlite3.Connection, lead_ids: tuple[int, ...]) -> tuple[str, list[object]]:
     """An extra condition that lets SQLite find a lead's events through the lead index:
     its entries up to the seq it covers, and every event past that (not indexed yet).
@@ -256,9 +263,7 @@ def iter_pages(
 def _pages(
     conn: sqlite3.Connection, filters: Filters, lo: int, hi: int, limit: int | None, page: int
 ) -> Iterator[list[Row]]:
-    condition, params = filters.where_sql()
-    extra, extra_params = lead_index_sql(conn, filters.lead_ids)
-    condition, params = condition + extra, [*params, *extra_params]
+    condition, params = _condition(conn, filters)
     sql = (
         f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
         "ORDER BY seq LIMIT ?"
@@ -285,9 +290,7 @@ def last_events(
     lo, hi = seq_window(conn, filters)
     if upto is not None:
         hi = min(hi, upto)
-    condition, params = filters.where_sql()
-    extra, extra_params = lead_index_sql(conn, filters.lead_ids)
-    condition, params = condition + extra, [*params, *extra_params]
+    condition, params = _condition(conn, filters)
     rows: list[Row] = conn.execute(
         f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
         "ORDER BY seq DESC LIMIT ?",
@@ -300,9 +303,7 @@ def last_events(
 def count_events(conn: sqlite3.Connection, filters: Filters) -> int:
     """How many events match."""
     lo, hi = seq_window(conn, filters)
-    condition, params = filters.where_sql()
-    extra, extra_params = lead_index_sql(conn, filters.lead_ids)
-    condition, params = condition + extra, [*params, *extra_params]
+    condition, params = _condition(conn, filters)
     return int(
         conn.execute(
             f"SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND {condition}",

@@ -18,6 +18,7 @@ _MiB = 1024 * 1024
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")  # sinks, identity providers, pulls
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]{0,255}")
 
 
@@ -460,9 +461,6 @@ def validate(
     validate_pulls(config, where)
 
 
-_HTTP_URL = re.compile(r"https?://[^\s/?#]+(/[^\s#]*)?")
-
-
 def _check_name(name: str, where: str) -> None:
     """A source, pull or sink name: it labels rows in the journal and in metrics."""
     if not _NAME.fullmatch(name):
@@ -523,9 +521,8 @@ def _validate_external(source: SourceConfig, where: str) -> None:
         return
     if source.auth != "oauth":
         raise ConfigError(f'{where}.oauth: only for auth = "oauth"')
-    url = re.compile(r"https?://[^\s/]+(/\S*)?")
     if o.mode == "jwt":
-        if not url.fullmatch(o.jwks_url):
+        if not _HTTP_URL.fullmatch(o.jwks_url):
             raise ConfigError(f"{where}.oauth.jwks_url: an http(s) URL is needed for mode jwt")
         if not o.issuer or not o.audience:
             raise ConfigError(f"{where}.oauth: mode jwt needs issuer and audience")
@@ -538,7 +535,7 @@ def _validate_external(source: SourceConfig, where: str) -> None:
                 f"algorithms ({', '.join(sorted(ALLOWED_ALGORITHMS))})"
             )
     else:
-        if not url.fullmatch(o.introspection_url):
+        if not _HTTP_URL.fullmatch(o.introspection_url):
             raise ConfigError(
                 f"{where}.oauth.introspection_url: an http(s) URL is needed for mode introspection"
             )
@@ -649,7 +646,7 @@ def validate_sinks(config: Config, where: str) -> None:
                 f"{where}: key {key}.retry.backoff_base: {retry.backoff_base:g} is larger "
                 f"than retry.backoff_cap ({retry.backoff_cap:g})"
             )
-        if sink.http is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", sink.http.url):
+        if sink.http is not None and not _HTTP_URL.fullmatch(sink.http.url):
             raise ConfigError(
                 f"{where}: key {key}.http.url: {sink.http.url!r} is not an http:// or https:// URL"
             )

@@ -564,18 +564,10 @@ async def _serve_http(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
-        sock.listen(hconfig.backlog)
     async with trio.open_nursery() as inner:
         inner.start_soon(_cancel_when_drained, app, stop, inner.cancel_scope)
         # hypercorn returns once in-flight requests finished (or the grace ran out).
-        await worker_serve(
-            wrap_app(app, hconfig.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
-            hconfig,
-            sockets=sockets,
-            shutdown_trigger=stop.wait,
-            task_status=task_status,
-        )
+        await _serve_admin(app, hconfig, sockets, stop, task_status=task_status)
         inner.cancel_scope.cancel()
     scope.cancel()  # the signal watcher has nothing left to guard
 
@@ -611,8 +603,8 @@ async def _serve_admin(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # Stops with the ingest listener: the same trigger, and the nursery is cancelled
-    # once ingest has drained.
+    # Any listener (ingest, admin, mTLS) until ``stop``; the admin and mTLS ones stop
+    # with ingest: the same trigger, and the nursery is cancelled once ingest drained.
     for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
         sock.listen(hconfig.backlog)
     await worker_serve(

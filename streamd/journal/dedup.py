@@ -37,6 +37,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
+
 from streamd.core.normalise import key_hash
 from streamd.errors import JournalError
 
@@ -204,7 +206,7 @@ class DedupIndex:
         """
         conn = self._conn
         with _immediate(conn):
-            conn.executemany("INSERT OR IGNORE INTO dedup.dedup VALUES (?, ?)", owners)
+            insert_pairs(conn, "dedup.dedup", owners)
             conn.executemany("INSERT OR IGNORE INTO dedup.dedup_overflow VALUES (?, ?)", overflow)
             conn.execute("UPDATE dedup.dedup_state SET covered_seq = ?", (covered_seq,))
         self.covered_seq = covered_seq
@@ -293,10 +295,36 @@ def append_run(conn: sqlite3.Connection, schema: str, leads: list[tuple[int, int
     run = conn.execute(f"SELECT coalesce(max(run), 0) + 1 FROM {runs}").fetchone()[0]  # noqa: S608
     seqs = [seq for _, seq in leads]
     conn.execute(f"INSERT INTO {runs} VALUES (?, ?, ?)", (run, min(seqs), max(seqs)))  # noqa: S608
-    conn.executemany(
-        f"INSERT OR IGNORE INTO {schema}lead_index VALUES (?, ?, ?)",  # noqa: S608
-        [(run, lead, seq) for lead, seq in sorted(leads)],
-    )
+    insert_pairs(conn, f"{schema}lead_index", sorted(leads), first=run)
+
+
+# One statement per insert, its rows given as a JSON array of [a, b] pairs: SQLite
+# parses and inserts them all in one step, without the GIL. An ``executemany`` binds
+# each row under the GIL and hands the GIL over around each row's step: with the
+# indexer thread doing that for every event, the journal writer and the HTTP side
+# waited for the GIL (ARCHITECTURE.md, "The indexer's inserts"). JSON integers keep
+# all 64 bits (tests/unit/test_dedup.py checks both ends of the range).
+_PAIRS = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
+_PAIRS_AFTER = (
+    "SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
+)
+
+
+def insert_pairs(
+    conn: sqlite3.Connection,
+    table: str,
+    pairs: Iterable[tuple[int, int]],
+    first: int | None = None,
+) -> None:
+    """``INSERT OR IGNORE`` integer pairs into ``table``, in their order, as one statement.
+
+    With ``first``, each row is ``(first, a, b)`` (a lead run's number and its entries).
+    """
+    data = orjson.dumps(pairs if isinstance(pairs, list) else list(pairs))
+    if first is None:
+        conn.execute(f"INSERT OR IGNORE INTO {table} {_PAIRS}", (data,))
+    else:
+        conn.execute(f"INSERT OR IGNORE INTO {table} {_PAIRS_AFTER}", (first, data))
 
 
 @dataclass(slots=True)
@@ -420,10 +448,7 @@ class Indexer:
                 if conn is None:
                     conn = self._connect()
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(
-                    "INSERT OR IGNORE INTO dedup VALUES (?, ?)",
-                    [(h, seq) for h, (_, seq) in generation.owners.items()],
-                )
+                insert_pairs(conn, "dedup", [(h, seq) for h, (_, seq) in generation.owners.items()])
                 conn.executemany(
                     "INSERT OR IGNORE INTO dedup_overflow VALUES (?, ?)",
                     generation.overflow.items(),

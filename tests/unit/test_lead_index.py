@@ -158,3 +158,22 @@ def test_a_crash_loses_only_the_unwritten_run_and_the_next_start_rebuilds_it(
     assert sorted(rows(dedup_path(str(path)), "SELECT lead_id, seq FROM lead_index")) == sorted(
         rows(str(path), "SELECT lead_id, seq FROM events WHERE lead_id IS NOT NULL")
     )
+
+
+def test_insert_pairs_keeps_every_64_bit_value_and_the_order(tmp_path: Path) -> None:
+    """The indexer's one-statement inserts (JSON pairs parsed by SQLite) lose no bit:
+    both ends of the signed range, zero and -1 come back as the same integers."""
+    from streamd.journal.dedup import insert_pairs
+
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    conn.execute("CREATE TABLE d (k INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+    conn.execute("CREATE TABLE r (run INTEGER, a INTEGER, b INTEGER, PRIMARY KEY (run, a, b))")
+    edges = [(-(2**63), 1), (2**63 - 1, 2), (0, 3), (-1, 4), (2**53 + 1, 5)]
+    insert_pairs(conn, "d", edges)
+    insert_pairs(conn, "d", [(0, 99)])  # OR IGNORE: the first owner stays
+    got = conn.execute("SELECT k, typeof(k), v, typeof(v) FROM d ORDER BY v").fetchall()
+    assert got == [(k, "integer", v, "integer") for k, v in edges]
+    insert_pairs(conn, "r", iter([(5, 10), (7, 11)]), first=3)
+    assert conn.execute("SELECT * FROM r ORDER BY rowid").fetchall() == [(3, 5, 10), (3, 7, 11)]
+    insert_pairs(conn, "d", [])  # nothing to insert is not an error
+    assert conn.execute("SELECT count(*) FROM d").fetchone() == (5,)

@@ -13,11 +13,12 @@ from typing import Any
 import orjson
 
 from streamd import __version__
+from streamd.admin.client import admin_call, admin_flags, daemon_running
 from streamd.auth import read_token_file
 from streamd.emit import cli as emit_cli
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
 from streamd.inspect import cli as inspect_cli
-from streamd.service.config import Config, default_data_dir, load_config, parse_listen
+from streamd.service.config import Config, default_data_dir, load_config
 from streamd.service.logs import LOG_FORMATS, configure_logging
 
 # hypercorn, the service, the drain and httpx are imported by the commands that use
@@ -136,23 +137,6 @@ def _journal_flags(parser: argparse.ArgumentParser, *, json_flag: bool = False) 
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def _admin_flags(parser: argparse.ArgumentParser) -> None:
-    """Where a running daemon's admin listener is (for the commands that change things)."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=os.environ.get("STREAMD_CONFIG"),
-        help="the daemon's configuration, for its data directory and admin listener "
-        "(default: $STREAMD_CONFIG)",
-    )
-    parser.add_argument(
-        "--admin-url",
-        metavar="URL",
-        help="the running daemon's admin listener (default: from the configuration, "
-        "http://127.0.0.1:8081)",
-    )
-
-
 def _drain_commands(sub: Any) -> None:
     p_sinks = sub.add_parser(
         "sinks",
@@ -171,7 +155,7 @@ def _drain_commands(sub: Any) -> None:
         p = ssub.add_parser(verb, help=text)
         p.add_argument("name", help="the sink's name")
         _journal_flags(p)
-        _admin_flags(p)
+        admin_flags(p)
     p = ssub.add_parser(
         "replay", help="deliver events again: rewind a sink, or re-deliver a filtered range"
     )
@@ -199,7 +183,7 @@ def _drain_commands(sub: Any) -> None:
         help="deliver again from the first event received at or after TIME (ISO 8601, UTC)",
     )  # fmt: skip
     _journal_flags(p)
-    _admin_flags(p)
+    admin_flags(p)
 
     p_dlq = sub.add_parser("dlq", help="inspect, retry or drop dead letters")
     dsub = p_dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND")
@@ -230,7 +214,7 @@ def _drain_commands(sub: Any) -> None:
         )  # fmt: skip
         p.add_argument("--all", action="store_true", help="every dead letter of the sink")
         _journal_flags(p)
-        _admin_flags(p)
+        admin_flags(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,7 +311,7 @@ def _sinks(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        if _daemon_running(path):
+        if daemon_running(path):
             body = {
                 "name": args.name,
                 "from_seq": args.from_seq,
@@ -335,7 +319,7 @@ def _sinks(args: argparse.Namespace) -> int:
                 "streams": list(args.stream),
                 "types": list(args.type),
             }
-            n = int(_admin_call(args, "/sinks/replay-range", body)["count"])
+            n = int(admin_call(args, "/sinks/replay-range", body)["count"])
             print(f"{n} events queued for {args.name}")
             return 0
         n = offline.replay_range(
@@ -350,10 +334,10 @@ def _sinks(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        if _daemon_running(path):
+        if daemon_running(path):
             body = {"name": args.name}
             body.update({"from_seq": args.from_seq} if args.from_seq else {"since": args.since})
-            got = _admin_call(args, "/sinks/replay", body)
+            got = admin_call(args, "/sinks/replay", body)
             cursor = int(got["cursor"])
         else:
             cursor = offline.replay(
@@ -361,8 +345,8 @@ def _sinks(args: argparse.Namespace) -> int:
             ).cursor
         print(f"sink {args.name}: cursor {cursor}; it delivers again from seq {cursor + 1}")
         return 0
-    if _daemon_running(path):
-        got = _admin_call(args, f"/sinks/{command}", {"name": args.name})
+    if daemon_running(path):
+        got = admin_call(args, f"/sinks/{command}", {"name": args.name})
         print(f"sink {got['name']}: {got['state']}")
         return 0
     state, reason = {
@@ -412,9 +396,9 @@ def _dlq(args: argparse.Namespace) -> int:
         print(f"streamd dlq {command}: usage error: at most 10000 ids at once", file=sys.stderr)
         return 2
     ids = None if args.all else list(args.ids)
-    if _daemon_running(path):
+    if daemon_running(path):
         body = {"sink": args.sink, **({"all": True} if ids is None else {"ids": ids})}
-        n = int(_admin_call(args, f"/dlq/{command}", body)["count"])
+        n = int(admin_call(args, f"/dlq/{command}", body)["count"])
         done = "will be delivered again" if command == "retry" else "dropped"
         print(f"{n} dead letters of {args.sink} {done}")
         return 0
@@ -440,60 +424,6 @@ def _hash_secret() -> int:
         raise UsageError("oauth hash-secret: a client secret needs at least 16 characters")
     print(hash_secret(secret))
     return 0
-
-
-def _daemon_running(path: str) -> bool:
-    """True when a streamd process holds the journal's writer lock."""
-    from streamd.journal.writer import writer_lock_held
-
-    return writer_lock_held(path)
-
-
-def _admin_call(args: argparse.Namespace, route: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST ``body`` to the running daemon's admin listener; its JSON answer.
-
-    Raises :class:`StreamdError` with the daemon's message when it refuses.
-    """
-    import httpx
-
-    config = load_config(args.config, data_dir=args.data_dir)
-    url = args.admin_url
-    if url is None:
-        if not config.admin.addresses:
-            raise StreamdError(
-                "streamd is running on this journal and its admin listener is off "
-                "(admin.listen); stop streamd to change sinks offline"
-            )
-        host, port = parse_listen(config.admin.addresses[0])
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    try:
-        tokens = read_token_file(config.admin_token_file)
-    except ConfigError as exc:
-        raise StreamdError(
-            "streamd is running on this journal; stop it first, or give the daemon's "
-            f"--config so its admin listener can be used ({exc})"
-        ) from None
-    try:
-        with httpx.Client(timeout=30) as client:
-            reply = client.post(
-                url.rstrip("/") + route,
-                content=orjson.dumps(body),
-                headers={"Authorization": f"Bearer {tokens[0]}"},
-            )
-    except httpx.HTTPError as exc:
-        raise StreamdError(
-            f"streamd is running on this journal, but its admin listener at {url} did not "
-            f"answer ({type(exc).__name__}); is --admin-url right?"
-        ) from None
-    try:
-        answer = reply.json()
-    except ValueError:
-        answer = {"error": reply.text[:200]}
-    if reply.status_code != 200:
-        raise StreamdError(f"{answer.get('error', reply.reason_phrase)} (HTTP {reply.status_code})")
-    assert isinstance(answer, dict)
-    return answer
 
 
 def _first_leaf(group: BaseExceptionGroup[StreamdError]) -> StreamdError:
@@ -559,7 +489,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from streamd.auth import read_token_file
     from streamd.service.run import (
         build_pulls,
         hypercorn_config,

@@ -44,7 +44,7 @@ import trio
 from streamd.auth.ims import ClientCredentials, TokenUnavailable
 from streamd.core.headers import link, retry_after
 from streamd.core.journaling import Page, check_position, decode_page
-from streamd.errors import JournalBusy, JournalError, PayloadError
+from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
 from streamd.journal import Batch, Journal, utc_now
 
 log = logging.getLogger("streamd.ingest.pull")
@@ -486,7 +486,8 @@ def valid_start(text: str) -> bool:
 class _Running:
     identity: object  # what decides whether a reload restarts it
     source: PullSource
-    scope: trio.CancelScope
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    finished: trio.Event = field(default_factory=trio.Event)  # set once its task ended
 
 
 class Pulls:
@@ -520,13 +521,67 @@ class Pulls:
                 continue
             if current is not None:
                 current.scope.cancel()
-            scope = trio.CancelScope()
-            self.running[name] = _Running(identity, source, scope)
-            self._nursery.start_soon(_run_in, scope, source)
+            self._start(identity, source)
             changes.append(f"pull {name} {'restarted' if current else 'started'}")
         return changes
 
+    def _start(self, identity: object, source: PullSource) -> None:
+        assert self._nursery is not None, "run() first"
+        running = _Running(identity, source)
+        self.running[source.settings.name] = running
+        self._nursery.start_soon(_run_in, running)
 
-async def _run_in(scope: trio.CancelScope, source: PullSource) -> None:
-    with scope:
-        await source.run()
+    async def reset(self, name: str, restart: str) -> str | None:
+        """Start pull ``name`` over from the ``restart`` event (oldest or latest) while
+        streamd runs, as ``streamd journal pull-reset`` does on a stopped one.
+
+        Its session is stopped first; the position is then cleared in the writer's next
+        transaction, which comes after any page that session had handed to the writer,
+        so no late page can put an old position back; then the pull starts again (also
+        when the write failed: it then resumes from its position). Returns the position
+        it had. Raises :class:`UsageError` (no such pull, bad ``restart``) and
+        :class:`JournalError` (the journal refused the write).
+        """
+        if restart not in ("oldest", "latest"):
+            raise UsageError(f"from must be oldest or latest, got {restart[:40]!r}")
+        current = self.running.get(name)
+        if current is None:
+            names = ", ".join(sorted(self.running)) or "none configured"
+            raise UsageError(f"no pull named {name[:64]!r} runs here (pulls: {names})")
+        current.scope.cancel()
+        with trio.CancelScope(shield=True):  # never leave it stopped halfway
+            await current.finished.wait()
+            now = utc_now()
+
+            def clear(conn: sqlite3.Connection) -> str | None:
+                row = conn.execute(
+                    "SELECT position FROM pull_positions WHERE source = ?", (name,)
+                ).fetchone()
+                conn.execute(
+                    "INSERT INTO pull_positions (source, position, restart, updated_at) "
+                    "VALUES (?, NULL, ?, ?) ON CONFLICT (source) DO UPDATE SET "
+                    "position = NULL, restart = excluded.restart, "
+                    "updated_at = excluded.updated_at",
+                    (name, restart, now),
+                )
+                return None if row is None else cast(str | None, row[0])
+
+            try:
+                was = cast(str | None, await current.source.journal.control(clear))
+            finally:
+                if self.running.get(name) is current:  # not replaced by a reload meanwhile
+                    self._start(current.identity, current.source)
+        current.source.stats.position = None
+        log.warning(
+            "pull %s: position %s cleared by the operator; starting again from the %s event",
+            name, was or "(none)", restart,
+        )  # fmt: skip
+        return was
+
+
+async def _run_in(running: _Running) -> None:
+    try:
+        with running.scope:
+            await running.source.run()
+    finally:
+        running.finished.set()

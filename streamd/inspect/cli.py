@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
+from streamd.admin.client import admin_call, admin_flags, daemon_running
 from streamd.inspect import commands
 from streamd.inspect.output import FORMATS
 
@@ -178,9 +179,11 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = jsub.add_parser(
         "pull-reset",
-        help="start a pull source over from the oldest or latest event (streamd stopped)",
+        help="start a pull source over from the oldest or latest event (through the admin "
+        "listener while streamd runs)",
     )
     _journal_flags(p)
+    admin_flags(p)
     p.add_argument("name", metavar="NAME", help="the pull's name ([[pulls]] name)")
     p.add_argument(
         "--from",
@@ -232,7 +235,19 @@ def _pull_reset(args: argparse.Namespace, out: IO[str]) -> int:
     from streamd.inspect.reader import journal_path
     from streamd.service.pull_reset import reset_pull
 
-    done = reset_pull(journal_path(args.data_dir, args.journal), args.name, args.restart)
+    path = args.journal or journal_path(args.data_dir, None)
+    if args.journal is None and args.data_dir is None and args.config:
+        from streamd.service.config import load_config
+
+        path = load_config(args.config).journal_path
+    if daemon_running(path):
+        got = admin_call(args, "/pulls/reset", {"name": args.name, "from": args.restart})
+        out.write(
+            f"pull {args.name}: position {got.get('was') or '(none)'} cleared; it runs again "
+            f"from the {args.restart} event\n"
+        )
+        return 0
+    done = reset_pull(path, args.name, args.restart)
     out.write(
         f"pull {done.name}: position {done.was or '(none)'} cleared; the next start of "
         f"streamd pulls from the {done.restart} event\n"

@@ -42,6 +42,7 @@ from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.service.config import Config, SourceConfig
 from streamd.service.health import StreamHealth
 from streamd.service.metrics import Metrics, Parts
+from streamd.service.pull_reset import pull_routes
 from streamd.service.sdnotify import Notifier
 from streamd.service.sinks import build_specs
 from streamd.service.workers import WorkerPool
@@ -494,7 +495,7 @@ async def serve(
                 )
                 app.observer = metrics.observe
                 if admin is not None:
-                    for route in (*metrics.routes(), *sink_routes(drain)):
+                    for route in (*metrics.routes(), *sink_routes(drain), *pull_routes(pulls)):
                         admin.add_route(route)
                 nursery.start_soon(_warn_about_streams, health, config.health.check_interval)
                 app.background = nursery

@@ -109,6 +109,7 @@ async def test_routes(admin: Server) -> None:
         ("GET", "/sinks"),
         ("POST", "/dlq/drop"),
         ("POST", "/dlq/retry"),
+        ("POST", "/pulls/reset"),
         ("POST", "/sinks/disable"),
         ("POST", "/sinks/enable"),
         ("POST", "/sinks/pause"),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import trio
@@ -483,3 +484,72 @@ async def test_a_next_link_with_an_empty_position_is_not_followed(
     assert empty["answers"] == 3 and followed == []
     assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200)]
     assert pull_of(server).stats.failures == 0
+
+
+async def test_a_running_pull_is_started_over_through_the_admin_listener(
+    start_server: StartServer,
+    emulator: Emulator,
+    secret_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = await start_server(pull_toml(emulator, secret_file, limit=400))
+    await caught_up(server, emulator)
+    source = pull_of(server)
+    base = server.running.admin_binds[0]
+    url = base + "/pulls/reset"
+    auth = {"Authorization": f"Bearer {(server.data_dir / 'admin-token').read_text().strip()}"}
+
+    async def reset(body: bytes, headers: dict[str, str] = auth) -> httpx.Response:
+        response: httpx.Response = await server.client.post(url, content=body, headers=headers)
+        return response
+
+    # Refusals, each with its reason, and nothing changed.
+    for body, message in [
+        (b'{"name": "nope"}', "no pull named 'nope' runs here (pulls: adobe-journal)"),
+        (b'{"name": "adobe-journal", "from": "middle"}', "`$.from`"),
+        (b'{"name": "adobe-journal", "extra": 1}', "unknown field `extra`"),
+        (b'{"name": "adobe-', "not valid JSON"),
+        (b"{}", "missing required field `name`"),
+    ]:
+        response = await reset(body)
+        assert response.status_code == 400 and message in response.json()["error"], response.text
+    assert (await reset(b'{"name": "adobe-journal"}', headers={})).status_code == 401
+    assert (await server.client.get(url, headers=auth)).status_code == 405
+    assert pull_of(server) is source
+    saved = "SELECT position, restart FROM pull_positions"
+    assert rows(server.journal, saved) == [(position(1199), None)]
+
+    # From the oldest: the pull stops, starts over and pulls everything again; every
+    # event is a duplicate, journaled once.
+    response = await reset(b'{"name": "adobe-journal", "from": "oldest"}')
+    assert response.status_code == 200, response.text
+    assert response.json() == {"name": "adobe-journal", "was": position(1199), "from": "oldest"}
+    await server.wait_for(
+        lambda: source.stats.duplicates == 1200 and source.stats.position == position(1199),
+        f"everything pulled again; stats {source.stats}",
+    )
+    expected = [emulator.api.event(i)["id"] for i in range(1200)]
+    assert pulled_keys(server.journal) == expected
+    assert rows(
+        server.journal,
+        "SELECT sum(accepted), sum(duplicates) FROM deliveries WHERE source = ?",
+        "adobe-journal",
+    ) == [(1200, 1200)]
+    assert rows(server.journal, saved) == [(position(1199), None)]
+
+    # The command finds the daemon holding the journal and goes through its admin listener.
+    capsys.readouterr()
+    argv = ["journal", "pull-reset", "--data-dir", str(server.data_dir), "--admin-url", base]
+    argv += ["adobe-journal", "--from", "latest"]
+    assert await trio.to_thread.run_sync(main, argv) == 0
+    assert "it runs again from the latest event" in capsys.readouterr().out
+    await server.wait_for(lambda: source.stats.state == "caught-up", "caught up at the end")
+    emulator.api.initial += 50  # only what arrives after the reset is pulled
+    await caught_up(server, emulator)
+    assert pulled_keys(server.journal) == expected + [
+        emulator.api.event(i)["id"] for i in range(1200, 1250)
+    ]
+    assert source.stats.duplicates == 1200
+    # A name the daemon does not run: the daemon's reason, exit status 1.
+    assert await trio.to_thread.run_sync(main, [*argv[:-3], "nope"]) == 1
+    assert "no pull named 'nope' runs here" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``streamd journal pull-reset`` on a stopped daemon's journal."""
+"""``streamd journal pull-reset`` on a stopped daemon's journal (and its refusals)."""
 
 from __future__ import annotations
 
@@ -53,8 +53,16 @@ def test_unknown_pull_bad_flag_and_a_running_daemon_are_refused(
     capsys.readouterr()
     fd = hold_writer_lock(str(path))  # as a running streamd does
     try:
-        assert main(["journal", "pull-reset", "--journal", str(path), "adobe-journal"]) != 0
-        assert "streamd is running on this journal; stop it first" in capsys.readouterr().err
+        # A daemon holds the journal: the command would ask it through its admin listener,
+        # but finds no admin token in this data directory (a running pull is reset over
+        # HTTP: tests/integration/test_pull.py).
+        argv = ["journal", "pull-reset", "--journal", str(path), "--data-dir", str(tmp_path)]
+        assert main([*argv, "adobe-journal"]) != 0
+        err = capsys.readouterr().err
+        assert (
+            "streamd is running on this journal; stop it first, or give the daemon's "
+            "--config so its admin listener can be used"
+        ) in err
     finally:
         os.close(fd)
     assert saved(path) == [("adobe-journal", "p0042", None)]  # nothing changed

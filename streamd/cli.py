@@ -319,7 +319,7 @@ def _sinks(args: argparse.Namespace) -> int:
                 "streams": list(args.stream),
                 "types": list(args.type),
             }
-            n = int(admin_call(args, "/sinks/replay-range", body)["count"])
+            n = int(admin_call(args, "/sinks/replay-range", body, path)["count"])
             print(f"{n} events queued for {args.name}")
             return 0
         n = offline.replay_range(
@@ -337,7 +337,7 @@ def _sinks(args: argparse.Namespace) -> int:
         if daemon_running(path):
             body = {"name": args.name}
             body.update({"from_seq": args.from_seq} if args.from_seq else {"since": args.since})
-            got = admin_call(args, "/sinks/replay", body)
+            got = admin_call(args, "/sinks/replay", body, path)
             cursor = int(got["cursor"])
         else:
             cursor = offline.replay(
@@ -346,7 +346,7 @@ def _sinks(args: argparse.Namespace) -> int:
         print(f"sink {args.name}: cursor {cursor}; it delivers again from seq {cursor + 1}")
         return 0
     if daemon_running(path):
-        got = admin_call(args, f"/sinks/{command}", {"name": args.name})
+        got = admin_call(args, f"/sinks/{command}", {"name": args.name}, path)
         print(f"sink {got['name']}: {got['state']}")
         return 0
     state, reason = {
@@ -398,7 +398,7 @@ def _dlq(args: argparse.Namespace) -> int:
     ids = None if args.all else list(args.ids)
     if daemon_running(path):
         body = {"sink": args.sink, **({"all": True} if ids is None else {"ids": ids})}
-        n = int(admin_call(args, f"/dlq/{command}", body)["count"])
+        n = int(admin_call(args, f"/dlq/{command}", body, path)["count"])
         done = "will be delivered again" if command == "retry" else "dropped"
         print(f"{n} dead letters of {args.sink} {done}")
         return 0

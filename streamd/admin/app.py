@@ -34,6 +34,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY = 1024 * 1024
+JOURNAL_HEADER = b"x-streamd-journal-id"
 MAX_QUERY_FIELDS = 50
 _COMMON_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
@@ -80,6 +81,10 @@ class AdminApp:
     def __init__(self, tokens: TokenSet, routes: Iterable[Route] = ()) -> None:
         self._tokens = tokens
         self._routes: dict[str, dict[str, Handler]] = {}
+        # The journal this daemon writes. A command that names a journal sends its id
+        # (JOURNAL_HEADER); another daemon's id is a 409, so an operator who pointed
+        # --admin-url at the wrong daemon changes nothing there.
+        self.journal_id: str | None = None
         self._public: set[tuple[str, str]] = set()
         for route in routes:
             self.add_route(route)
@@ -129,6 +134,21 @@ class AdminApp:
                     401,
                     {"error": "missing or invalid admin token"},
                     headers=[(b"www-authenticate", b'Bearer realm="streamd-admin"')],
+                ),
+            )
+            return
+        named = headers.get(JOURNAL_HEADER)
+        if named is not None and self.journal_id is not None and named != self.journal_id.encode():
+            shown = named.decode("latin-1")[:64]
+            await _send(
+                send,
+                Response(
+                    409,
+                    {
+                        "error": f"this streamd writes journal {self.journal_id}, not the "
+                        f"journal named ({shown}); give the --admin-url or --config of the "
+                        "daemon that writes it"
+                    },
                 ),
             )
             return

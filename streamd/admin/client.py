@@ -42,10 +42,33 @@ def daemon_running(path: str) -> bool:
     return writer_lock_held(path)
 
 
-def admin_call(args: argparse.Namespace, route: str, body: dict[str, Any]) -> dict[str, Any]:
+def journal_id_of(path: str) -> str | None:
+    """The id of the journal at ``path`` (read-only), or None when it cannot be read."""
+    import sqlite3
+    from pathlib import Path
+
+    try:
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True)
+    except (sqlite3.Error, OSError, ValueError):
+        return None
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
+def admin_call(
+    args: argparse.Namespace, route: str, body: dict[str, Any], journal: str
+) -> dict[str, Any]:
     """POST ``body`` to the running daemon's admin listener; its JSON answer.
 
-    Raises :class:`StreamdError` with the daemon's message when it refuses.
+    ``journal`` is the journal the command named: its id goes along, and a daemon that
+    writes another journal refuses (409) instead of acting on the wrong one. Raises
+    :class:`StreamdError` with the daemon's message when it refuses.
     """
     import httpx
 
@@ -67,12 +90,16 @@ def admin_call(args: argparse.Namespace, route: str, body: dict[str, Any]) -> di
             "streamd is running on this journal; stop it first, or give the daemon's "
             f"--config so its admin listener can be used ({exc})"
         ) from None
+    named = journal_id_of(journal)
     try:
         with httpx.Client(timeout=30) as client:
             reply = client.post(
                 url.rstrip("/") + route,
                 content=orjson.dumps(body),
-                headers={"Authorization": f"Bearer {tokens[0]}"},
+                headers={
+                    "Authorization": f"Bearer {tokens[0]}",
+                    **({"X-Streamd-Journal-Id": named} if named else {}),
+                },
             )
     except httpx.HTTPError as exc:
         raise StreamdError(

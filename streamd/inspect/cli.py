@@ -241,7 +241,7 @@ def _pull_reset(args: argparse.Namespace, out: IO[str]) -> int:
 
         path = load_config(args.config).journal_path
     if daemon_running(path):
-        got = admin_call(args, "/pulls/reset", {"name": args.name, "from": args.restart})
+        got = admin_call(args, "/pulls/reset", {"name": args.name, "from": args.restart}, path)
         out.write(
             f"pull {args.name}: position {got.get('was') or '(none)'} cleared; it runs again "
             f"from the {args.restart} event\n"

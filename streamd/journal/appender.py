@@ -35,6 +35,7 @@ class Journal:
         self._writer = writer
         self._budget = commit_budget
         self.path = writer.path
+        self.journal_id = writer.journal_id  # the writer has started: it knows it
         self._committed = trio.Event()
 
     @property

@@ -196,6 +196,7 @@ class JournalWriter:
         self._disk_checked = 0.0
         self._lock_file: int | None = None
         self.refusal: str | None = None  # set by retention when the size cap is reached
+        self.journal_id = ""  # the journal's random id (meta), known once started
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -291,7 +292,8 @@ class JournalWriter:
             # lookups that miss are served by the OS page cache, which is not our RSS.
             dedup_cache = max(1, self.options.cache_mib // 4)
             self._dedup = DedupIndex(conn, self.path, dedup_cache)
-            self.stats.reindexed = self._dedup.open(journal_id(conn))
+            self.journal_id = journal_id(conn)
+            self.stats.reindexed = self._dedup.open(self.journal_id)
             self._indexer = Indexer(self._dedup.path, self._pending, dedup_cache)
             self._indexer.start()
             self._next_seq = conn.execute(

@@ -495,6 +495,7 @@ async def serve(
                 )
                 app.observer = metrics.observe
                 if admin is not None:
+                    admin.journal_id = journal.journal_id
                     for route in (*metrics.routes(), *sink_routes(drain), *pull_routes(pulls)):
                         admin.add_route(route)
                 nursery.start_soon(_warn_about_streams, health, config.health.check_interval)

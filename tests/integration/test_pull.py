@@ -514,6 +514,11 @@ async def test_a_running_pull_is_started_over_through_the_admin_listener(
         response = await reset(body)
         assert response.status_code == 400 and message in response.json()["error"], response.text
     assert (await reset(b'{"name": "adobe-journal"}', headers={})).status_code == 401
+    # A command that named another journal reached this daemon: refused, nothing done.
+    other = {**auth, "X-Streamd-Journal-Id": "0f" * 16}
+    response = await reset(b'{"name": "adobe-journal"}', headers=other)
+    assert response.status_code == 409, response.text
+    assert f"not the journal named ({'0f' * 16})" in response.json()["error"]
     assert (await server.client.get(url, headers=auth)).status_code == 405
     assert pull_of(server) is source
     saved = "SELECT position, restart FROM pull_positions"
@@ -553,3 +558,11 @@ async def test_a_running_pull_is_started_over_through_the_admin_listener(
     # A name the daemon does not run: the daemon's reason, exit status 1.
     assert await trio.to_thread.run_sync(main, [*argv[:-3], "nope"]) == 1
     assert "no pull named 'nope' runs here" in capsys.readouterr().err
+    # Another running journal, but --admin-url of this daemon: it refuses (409).
+    elsewhere = server.data_dir.parent / "elsewhere" / "journal.db"
+    async with open_journal(str(elsewhere), WriterOptions()):
+        wrong = ["journal", "pull-reset", "--journal", str(elsewhere), "--admin-url", base]
+        wrong += ["--data-dir", str(server.data_dir), "adobe-journal"]
+        assert await trio.to_thread.run_sync(main, wrong) == 1
+    assert "this streamd writes journal" in capsys.readouterr().err
+    assert rows(server.journal, saved) == [(position(1249), None)]  # untouched

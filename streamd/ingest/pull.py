@@ -28,6 +28,7 @@ from what is durable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -570,7 +571,8 @@ class Pulls:
                 was = cast(str | None, await current.source.journal.control(clear))
             finally:
                 if self.running.get(name) is current:  # not replaced by a reload meanwhile
-                    self._start(current.identity, current.source)
+                    with contextlib.suppress(RuntimeError):  # the nursery closed: stopping
+                        self._start(current.identity, current.source)
         current.source.stats.position = None
         log.warning(
             "pull %s: position %s cleared by the operator; starting again from the %s event",

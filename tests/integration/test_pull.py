@@ -194,6 +194,12 @@ async def test_a_410_can_restart_from_the_latest(
     await caught_up(server, emulator)
     emulator.api.expired, emulator.api.initial = 1500, 1600
     await server.wait_for(lambda: pull_of(server).stats.gaps == 1, "the gap")
+    # The restart asks for the latest event (1600) and gets a 204; only then do more
+    # arrive: were they there first, "latest" would already be past them.
+    waits = emulator.api.statuses.get(204, 0)
+    await server.wait_for(
+        lambda: emulator.api.statuses.get(204, 0) > waits, "the pull to ask for the latest"
+    )
     # From the latest: nothing of 1500..1599; then what arrives later.
     emulator.api.initial = 1650
     await caught_up(server, emulator)

@@ -1,8 +1,12 @@
-"""The markdown table ``bench.ingest`` prints from its case results."""
+"""The markdown table ``bench.ingest`` prints from its case results, and the JSON
+summary every benchmark prints (and saves with ``--out``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Final
+
+import orjson
 
 # Cores used by other processes during a case above which its figures are suspect.
 CONTAMINATED: Final = 0.1
@@ -144,3 +148,11 @@ def ratio_table(entries: list[dict[str, Any]]) -> str:
             + (f" ({emitter / full_l:.1f}x what streamd FULL took)" if full_l else "")
         )
     return "\n".join(lines)
+
+
+def print_summary(summary: dict[str, Any], out: str | None) -> None:
+    """Print ``summary`` as indented JSON; also write it to ``out`` when given."""
+    text = orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

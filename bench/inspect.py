@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import orjson
 
+from bench._report import print_summary
 from streamd.core import decode_delivery
 from streamd.emit.generate import iter_batches
 from streamd.journal.schema import MIGRATIONS, connect, migrate
@@ -282,10 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["export_events_per_s"] = round(1_000_000 / best)
     if args.impact:
         result["impact"] = impact(path, args.impact_rounds, args.impact_max_rate)
-    text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_summary(result, args.out)
     return 0
 
 

@@ -31,6 +31,7 @@ import httpx
 import orjson
 
 from bench._machine import machine_facts
+from bench._report import print_summary
 from bench._server import READY_PREFIX, REPO, streamd_command
 from streamd.core.headers import link
 
@@ -213,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine_load_1m": os.getloadavg()[0],
         "machine": machine_facts(REPO, Path(tempfile.gettempdir()), "bench.pull"),
     }
-    text = orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode()
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_summary(summary, args.out)
     return 0
 
 

@@ -28,11 +28,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import orjson
 import trio
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from bench._report import print_summary
 from bench._server import READY_PREFIX, streamd_command
 from streamd.emit.generate import RECIPIENT_CLIENT_ID, iter_batches
 from streamd.emit.http import Connection, Target
@@ -194,10 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "change": round(signed / token - 1, 3),
         "machine_load_1m": os.getloadavg()[0],
     }
-    text = orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode()
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_summary(summary, args.out)
     return 0
 
 

@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 
 from streamd import __version__
-from streamd.admin.client import admin_call, admin_flags, daemon_running
+from streamd.admin.client import admin_call, admin_flags, daemon_running, named_journal
 from streamd.auth import read_token_file
 from streamd.emit import cli as emit_cli
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
 from streamd.inspect import cli as inspect_cli
-from streamd.service.config import Config, default_data_dir, load_config
+from streamd.service.config import Config
 from streamd.service.logs import LOG_FORMATS, configure_logging
 
 # hypercorn, the service, the drain and httpx are imported by the commands that use
@@ -267,16 +267,6 @@ def _silence_stdout() -> None:
         pass
 
 
-def _journal_path(args: argparse.Namespace) -> str:
-    if args.journal:
-        return str(args.journal)
-    if args.data_dir:
-        return os.path.join(args.data_dir, "journal.db")
-    if getattr(args, "config", None):
-        return load_config(args.config).journal_path
-    return os.path.join(default_data_dir(), "journal.db")
-
-
 def _print_json(value: object) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -284,7 +274,7 @@ def _print_json(value: object) -> None:
 def _sinks(args: argparse.Namespace) -> int:
     from streamd.drain import offline
 
-    path = _journal_path(args)
+    path = named_journal(args)
     command = args.sinks_command
     if command == "list":
         sinks = offline.list_sinks(path)
@@ -363,7 +353,7 @@ def _sinks(args: argparse.Namespace) -> int:
 def _dlq(args: argparse.Namespace) -> int:
     from streamd.drain import offline
 
-    path = _journal_path(args)
+    path = named_journal(args)
     command = args.dlq_command
     if command == "list":
         letters = offline.list_dead_letters(

@@ -15,7 +15,7 @@ import orjson
 
 from streamd.auth import read_token_file
 from streamd.errors import ConfigError, StreamdError
-from streamd.service.config import load_config, parse_listen
+from streamd.service.config import default_data_dir, load_config, parse_listen
 
 
 def admin_flags(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,18 @@ def admin_flags(parser: argparse.ArgumentParser) -> None:
         help="the running daemon's admin listener (default: from the configuration, "
         "http://127.0.0.1:8081)",
     )
+
+
+def named_journal(args: argparse.Namespace) -> str:
+    """The journal a command names: ``--journal``, else ``--data-dir``, else the
+    ``--config``'s data directory, else the default one."""
+    if args.journal:
+        return str(args.journal)
+    if args.data_dir:
+        return os.path.join(args.data_dir, "journal.db")
+    if getattr(args, "config", None):
+        return load_config(args.config).journal_path
+    return os.path.join(default_data_dir(), "journal.db")
 
 
 def daemon_running(path: str) -> bool:

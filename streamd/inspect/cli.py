@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
-from streamd.admin.client import admin_call, admin_flags, daemon_running
+from streamd.admin.client import admin_call, admin_flags, daemon_running, named_journal
 from streamd.inspect import commands
 from streamd.inspect.output import FORMATS
 
@@ -232,14 +232,9 @@ def _backup(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _pull_reset(args: argparse.Namespace, out: IO[str]) -> int:
-    from streamd.inspect.reader import journal_path
     from streamd.service.pull_reset import reset_pull
 
-    path = args.journal or journal_path(args.data_dir, None)
-    if args.journal is None and args.data_dir is None and args.config:
-        from streamd.service.config import load_config
-
-        path = load_config(args.config).journal_path
+    path = named_journal(args)
     if daemon_running(path):
         got = admin_call(args, "/pulls/reset", {"name": args.name, "from": args.restart}, path)
         out.write(

@@ -33,6 +33,28 @@ def write_locked(journal: Path) -> Iterator[sqlite3.Connection]:
         blocker.close()
 
 
+async def assert_a_full_queue_is_503(server: Server) -> None:
+    """With the writer stalled and ``max_queued_events = 10``: one 6-event batch waits,
+    the next is answered 503 + Retry-After 2, and the first commits once released."""
+    with write_locked(server.journal) as blocker:  # stall the writer: nothing can commit
+        first: list[int] = []
+
+        async def stuck() -> None:
+            first.append((await server.post(fixture_bytes("lads_batch"))).status_code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stuck)
+            journal = server.running.journal
+            await server.wait_for(lambda: journal.statistics().queued_events == 6, "queued")
+            response = await server.post(fixture_bytes("lads_batch"))
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "2"
+            assert "queue is full" in response.json()["error"]
+            blocker.execute("ROLLBACK")
+    assert first == [200]
+    assert count(server) == 6
+
+
 async def raw_exchange(server: Server, request: bytes, *, read_until_close: bool = False) -> bytes:
     """Send raw bytes on a fresh connection and return the response head and body."""
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
@@ -191,23 +213,7 @@ async def test_400_for_a_malformed_content_length(server: Server) -> None:
 
 async def test_503_when_the_writer_queue_is_full(start_server: StartServer) -> None:
     server = await start_server("[journal]\nmax_queued_events = 10\ncommit_budget = 30.0\n")
-    with write_locked(server.journal) as blocker:  # stall the writer: nothing can commit
-        first: list[int] = []
-
-        async def stuck() -> None:
-            first.append((await server.post(fixture_bytes("lads_batch"))).status_code)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stuck)
-            journal = server.running.journal
-            await server.wait_for(lambda: journal.statistics().queued_events == 6, "queued")
-            response = await server.post(fixture_bytes("lads_batch"))
-            assert response.status_code == 503
-            assert response.headers["retry-after"] == "2"
-            assert "queue is full" in response.json()["error"]
-            blocker.execute("ROLLBACK")
-    assert first == [200]
-    assert count(server) == 6
+    await assert_a_full_queue_is_503(server)
 
 
 async def test_503_when_the_commit_exceeds_its_budget(start_server: StartServer) -> None:

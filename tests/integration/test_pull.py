@@ -433,19 +433,27 @@ def _settings(url: str, **kw: object) -> PullSettings:
     return PullSettings(**{**base, **kw})  # type: ignore[arg-type]
 
 
-async def test_a_journal_that_cannot_be_reached_is_retried_with_backoff(
-    emulator: Emulator, tmp_path: Path
-) -> None:
+async def pull_until_failures(
+    emulator: Emulator, settings: PullSettings, journal: Path, failures: int
+) -> PullSource:
+    """Run a pull source alone on a fresh journal until it failed ``failures`` times."""
     tokens = ClientCredentials(emulator.url + IMS_PATH, CLIENT_ID, SECRET, "AdobeID")
-    settings = _settings("http://127.0.0.1:9/journal", timeout=2)
-    async with open_journal(str(tmp_path / "j.db"), WriterOptions(min_free_disk_bytes=0)) as j:
+    async with open_journal(str(journal), WriterOptions(min_free_disk_bytes=0)) as j:
         source = PullSource(settings, j, tokens)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(source.run)
             with trio.fail_after(10):
-                while source.stats.failures < 3:
+                while source.stats.failures < failures:
                     await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
+    return source
+
+
+async def test_a_journal_that_cannot_be_reached_is_retried_with_backoff(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    settings = _settings("http://127.0.0.1:9/journal", timeout=2)
+    source = await pull_until_failures(emulator, settings, tmp_path / "j.db", 3)
     assert "ConnectError" in (source.stats.last_error or "")
     assert source.stats.responses == {"error": source.stats.requests}
     assert source.stats.state == "stopped"
@@ -454,17 +462,9 @@ async def test_a_journal_that_cannot_be_reached_is_retried_with_backoff(
 async def test_an_oversized_page_is_refused_and_nothing_journaled(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    tokens = ClientCredentials(emulator.url + IMS_PATH, CLIENT_ID, SECRET, "AdobeID")
     settings = _settings(emulator.url + PATH, limit=1000, max_page_bytes=64 * 1024)
     path = tmp_path / "j.db"
-    async with open_journal(str(path), WriterOptions(min_free_disk_bytes=0)) as j:
-        source = PullSource(settings, j, tokens)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(source.run)
-            with trio.fail_after(10):
-                while source.stats.failures < 2:
-                    await trio.sleep(0.02)
-            nursery.cancel_scope.cancel()
+    source = await pull_until_failures(emulator, settings, path, 2)
     assert "a journal page larger than 65,536 bytes" in (source.stats.last_error or "")
     assert source.stats.responses.get("too-large", 0) >= 2
     assert pulled_keys(path, "p") == []

@@ -25,7 +25,7 @@ from streamd.service.run import hypercorn_config
 from streamd.service.workers import WorkerPool
 from tests.conftest import fixture_bytes
 from tests.integration.conftest import TOKEN, Server, StartServer, make_config
-from tests.integration.test_errors import write_locked
+from tests.integration.test_errors import assert_a_full_queue_is_503, write_locked
 from tests.integration.test_ingest import count
 from tests.integration.test_metrics import scrape, value
 
@@ -84,23 +84,7 @@ async def test_answers_are_counted_in_the_main_process_metrics(start_server: Sta
 
 async def test_a_full_queue_is_the_same_503(start_server: StartServer) -> None:
     server = await start_server(ONE + "[journal]\nmax_queued_events = 10\ncommit_budget = 30.0\n")
-    with write_locked(server.journal) as blocker:  # stall the writer: nothing can commit
-        first: list[int] = []
-
-        async def stuck() -> None:
-            first.append((await server.post(fixture_bytes("lads_batch"))).status_code)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stuck)
-            journal = server.running.journal
-            await server.wait_for(lambda: journal.statistics().queued_events == 6, "queued")
-            response = await server.post(fixture_bytes("lads_batch"))
-            assert response.status_code == 503
-            assert response.headers["retry-after"] == "2"
-            assert "queue is full" in response.json()["error"]
-            blocker.execute("ROLLBACK")
-    assert first == [200]
-    assert count(server) == 6
+    await assert_a_full_queue_is_503(server)
     await server.wait_for(lambda: pool(server).responses.get(503) == 1, "the worker's report")
     m = await scrape(server)
     assert value(m, "streamd_unavailable_responses_total", reason="queue_full") == 1

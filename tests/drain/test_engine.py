@@ -229,8 +229,8 @@ async def test_graceful_stop_leaves_unconfirmed_events_for_the_next_run(
 ) -> None:
     await append(journal, ["s1", "s2"])
     sink = Recorder(lambda n: transient("down"))
-    retry = RetrySettings(backoff_base=5, backoff_cap=5, pause_after=100)
-    with trio.fail_after(5):  # the grace ends the backoff sleep: no waiting it out
+    retry = RetrySettings(backoff_base=120, backoff_cap=120, pause_after=100)
+    with trio.fail_after(60):  # the grace (1 s) ends the 120 s backoff sleep: no waiting it out
         async with open_drain(journal, [spec("gs", sink, retry=retry)], grace=1):
             await wait_until(lambda: len(sink.attempts) >= 1, "first attempt")
     assert cursor_of(journal, "gs") == 0

@@ -59,10 +59,19 @@ async def test_a_saturated_writer_slows_the_sinks_but_never_stops_them(journal: 
 async def test_an_idle_writer_costs_the_sinks_nothing(journal: Journal) -> None:
     await append(journal, [f"i{i}" for i in range(2000)])
     sink = Recorder()
-    settings = YieldSettings(pause=5.0, busy_ratio=0.5, window=0.01)
+    # A pause long enough that one taken would outlast wait_until's deadline.
+    settings = YieldSettings(pause=60.0, busy_ratio=0.5, window=0.01)
     async with open_drain(
         journal, [spec("rec", sink, batch_size=500)], yield_settings=settings
     ) as d:
-        with trio.fail_after(4):  # a single 5 s pause would fail this
-            await wait_until(lambda: len(sink.keys) == 2000, "every event")
+        # An idle writer: its commit time stands still. (The real one's would move with the
+        # drain's own cursor saves, and on a loaded machine one slow fsync inside a 10 ms
+        # window reads as "busy"; that is the saturated case, tested above.)
+        d.pressure._commit_seconds = lambda: 0.0
+        d.pressure._spent = 0.0
+        await wait_until(lambda: len(sink.keys) == 2000, "every event")
         assert d.pressure.yields == 0
+        assert d.pressure.sample() == 0.0
+        runner = d._slot["rec"].runner
+        assert runner is not None and runner.yields == 0
+    assert sink.keys == [f"i{i}" for i in range(2000)]

@@ -465,7 +465,7 @@ class JournalWriter:
         Raises ``sqlite3.Error`` (state then to be reset by the caller).
         """
         live = _live(jobs)
-        hashes = list(dict.fromkeys(r.key_hash for job in live for r in job.batch.events))
+        hashes = list({r.key_hash: None for job in live for r in job.batch.events})
         # DEFERRED: the write lock is needed on the journal only, never on the index,
         # which the indexer thread writes meanwhile.
         conn.execute("BEGIN")
@@ -566,15 +566,15 @@ class JournalWriter:
         already in the index to their owners' seq.
         """
         events = batch.events
-        fresh: dict[str, EventRecord] = {}
-        for record in events:
-            fresh.setdefault(record.key, record)  # the same id twice in one batch
         delivery = self._next_delivery
         seq = self._next_seq
         first = len(rows)
         owners = group.owners
         earlier_owners = [g.owners for g in earlier]
-        for record in fresh.values():
+        # The same id twice in one batch needs no pass of its own: the first claims its
+        # hash in ``group``, so the second finds the claim and is a duplicate (or, after
+        # a collision, finds its key in ``group.overflow``).
+        for record in events:
             h, key = record.key_hash, record.key
             owner = known.get(h)
             verdict = _OWNER  # the common case, decided without building claims

@@ -131,6 +131,20 @@ async def test_duplicates_inside_one_batch_count_once(journal_path: Path) -> Non
             Batch("s", utc_now(), "cloudevent", [record("a"), record("b"), record("a")])
         )
     assert (result.accepted, result.duplicates) == (2, 1)
+    assert rows(journal_path, "SELECT event_key FROM events ORDER BY seq") == [("a",), ("b",)]
+
+
+async def test_a_colliding_key_twice_in_one_batch_is_journaled_once(journal_path: Path) -> None:
+    same = 7  # k1 owns the hash; k2 collides with it, and comes twice
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        r1 = await journal.append(
+            Batch("s", utc_now(), "x", [record(k, hashed=same) for k in ("k1", "k2", "k2", "k1")])
+        )
+        r2 = await journal.append(
+            Batch("s", utc_now(), "x", [record(k, hashed=same) for k in ("k2", "k1")])
+        )
+    assert (r1.accepted, r1.duplicates, r2.accepted, r2.duplicates) == (2, 2, 0, 2)
+    assert rows(journal_path, "SELECT event_key FROM events ORDER BY seq") == [("k1",), ("k2",)]
 
 
 async def test_hash_collision_never_hides_a_distinct_event(journal_path: Path) -> None:

@@ -315,18 +315,30 @@ def _record(
 
 
 def _collect_legacy(item: Item, path: str, out: list[EventRecord]) -> None:
+    # Up to thousands of activities per body: the JSON path of each is built only for
+    # an error message, and the common key (a non-empty string id) is taken as it is.
     activities = item.activities or []
     munchkin_id = _text(item.munchkinId)
+    decode = LEGACY_DECODER.decode
     for index, raw in enumerate(activities):
-        apath = f"{path}.activities[{index}]"
-        activity = _decode_soft(LEGACY_DECODER, raw)
-        if activity is None:
-            raise PayloadError(f"{apath}: expected an object (an activity), got {_kind(raw)}")
-        key = _key(activity.marketoGUID, apath + ".marketoGUID")
-        if key is None:
+        try:
+            activity = decode(raw)
+        except msgspec.ValidationError:
             raise PayloadError(
-                f"{apath}: the activity has no marketoGUID; it cannot be deduplicated"
-            )
+                f"{path}.activities[{index}]: expected an object (an activity), got {_kind(raw)}"
+            ) from None
+        key = activity.marketoGUID
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
+            key = _key(key, f"{path}.activities[{index}].marketoGUID")
+            if key is None:
+                raise PayloadError(
+                    f"{path}.activities[{index}]: the activity has no marketoGUID; "
+                    "it cannot be deduplicated"
+                )
+        try:
+            text = str(raw, "utf-8")
+        except UnicodeDecodeError:
+            text = _utf8(raw, f"{path}.activities[{index}]")  # raises, naming the byte
         type_id = _integer(activity.activityTypeId)
         out.append(
             EventRecord(
@@ -338,7 +350,7 @@ def _collect_legacy(item: Item, path: str, out: list[EventRecord]) -> None:
                 activity_type_id=type_id,
                 lead_id=_integer(activity.leadId),
                 occurred_at=normalise_timestamp(activity.activityDate),
-                raw=_utf8(raw, apath),
+                raw=text,
             )
         )
 

@@ -44,7 +44,15 @@ from streamd.errors import JournalError
 
 log = logging.getLogger("streamd.journal")
 
-_IN_CHUNK = 500  # keys per "IN (...)" lookup; well under SQLITE_MAX_VARIABLE_NUMBER
+# The writer's lookup of a whole group, one statement and one result row: the hashes go
+# in as one JSON array, the owners come back as one JSON array of [hash, seq]. SQLite
+# probes the rowid table without the GIL, and the writer takes the GIL back once, not
+# once per 500-key "IN (...)" chunk and once per row found (ARCHITECTURE.md, "The
+# writer's lookup").
+_LOOKUP = (
+    "SELECT json_group_array(json_array(d.key_hash, d.seq)) FROM json_each(?) AS j "
+    "CROSS JOIN dedup.dedup AS d ON d.key_hash = j.value"
+)
 _RECONCILE_CHUNK = 20_000
 DEDUP_PAGE_SIZE = 1024
 
@@ -166,18 +174,12 @@ class DedupIndex:
     # -- reading (inside the writer's transaction) -------------------------
     def lookup(self, hashes: list[int]) -> dict[int, int]:
         """Map each known hash to the seq of the event that owns it."""
-        owners: dict[int, int] = {}
-        execute = self._conn.execute
-        for i in range(0, len(hashes), _IN_CHUNK):
-            chunk = hashes[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            owners.update(
-                execute(
-                    f"SELECT key_hash, seq FROM dedup.dedup WHERE key_hash IN ({marks})",  # noqa: S608
-                    chunk,
-                ).fetchall()
-            )
-        return owners
+        if not hashes:
+            return {}
+        # fetchall, not fetchone: a statement left active would make the writer's next
+        # write fail at once with "database is locked" instead of waiting busy_timeout.
+        ((found,),) = self._conn.execute(_LOOKUP, (orjson.dumps(hashes),)).fetchall()
+        return dict(orjson.loads(found))
 
     def key_of(self, seq: int) -> str | None:
         """The full key of the event at ``seq`` (to tell a duplicate from a collision)."""

@@ -448,6 +448,20 @@ class JournalWriter:
             if munchkin and ((source, munchkin) in seen or len(seen) < MAX_MUNCHKINS_TRACKED):
                 seen[(source, munchkin)] = now
 
+    def _lookup(self, live: list[Job]) -> dict[int, int]:
+        """The owners already in the index of every key of ``live``, read *before* BEGIN.
+
+        Its own short read transaction: the lookup's ``json_each`` opens a read snapshot of
+        every attached file, and a transaction that holds one of ``journal.db`` when it
+        first writes gets "database is locked" at once if another connection writes (it
+        cannot wait: its snapshot would be stale). Read before BEGIN, the INSERT waits
+        ``busy_timeout`` as before. Safe: ``earlier`` (the pending generations) was copied
+        before this read began, and only this thread adds keys.
+        """
+        return self._dedup.lookup(
+            list({r.key_hash: None for job in live for r in job.batch.events})
+        )
+
     def _commit_together(
         self,
         conn: sqlite3.Connection,
@@ -465,11 +479,10 @@ class JournalWriter:
         Raises ``sqlite3.Error`` (state then to be reset by the caller).
         """
         live = _live(jobs)
-        hashes = list({r.key_hash: None for job in live for r in job.batch.events})
+        known = self._lookup(live)
         # DEFERRED: the write lock is needed on the journal only, never on the index,
         # which the indexer thread writes meanwhile.
         conn.execute("BEGIN")
-        known = self._dedup.lookup(hashes)
         deliveries: list[tuple[Any, ...]] = []
         rows: list[tuple[Any, ...]] = []
         for job in live:
@@ -494,10 +507,12 @@ class JournalWriter:
         counts: dict[tuple[str, str, str, str, str], list[Any]],
     ) -> None:
         """The group again, each batch in its own savepoint: a failing one takes only itself."""
+        live = _live(jobs)
+        known = self._lookup(live)
         # DEFERRED: the write lock is needed on the journal only, never on the index,
         # which the indexer thread writes meanwhile.
         conn.execute("BEGIN")
-        for job in _live(jobs):
+        for job in live:
             conn.execute("SAVEPOINT batch")
             added: list[int] = []
             overflowed: list[str] = []
@@ -505,7 +520,7 @@ class JournalWriter:
             leads_before = len(group.leads)
             try:
                 job.result = self._write(
-                    conn, job.batch, group, earlier, added, overflowed, batch_counts
+                    conn, job.batch, group, earlier, known, added, overflowed, batch_counts
                 )
                 conn.execute("RELEASE batch")
                 _merge_counts(counts, job.batch, batch_counts)
@@ -528,12 +543,12 @@ class JournalWriter:
         batch: Batch,
         group: Generation,
         earlier: list[Generation],
+        known: dict[int, int],
         added: list[int],
         overflowed: list[str],
         counts: _Counts,
     ) -> AppendResult:
         """Decide and insert one batch (inside its savepoint)."""
-        known = self._dedup.lookup(list(dict.fromkeys(r.key_hash for r in batch.events)))
         deliveries: list[tuple[Any, ...]] = []
         rows: list[tuple[Any, ...]] = []
         result = self._plan(

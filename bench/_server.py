@@ -210,6 +210,9 @@ def start_streamd(
         str(data_dir),
         "--token-file",
         str(token_file),
+        # Not the default 8081: a streamd running on this host must not fail the benchmark.
+        "--admin-listen",
+        "127.0.0.1:0",
     ]
     if src is None:
         server = ServerProcess(cmd, logdir, name)

@@ -206,7 +206,8 @@ def _ingest_case(
         config.write_text(text)
         token = data / "api-token"
         cmd = [*streamd_command(None), "serve", "--config", str(config), "--listen",
-               "127.0.0.1:0", "--data-dir", str(data), "--token-file", str(token)]  # fmt: skip
+               "127.0.0.1:0", "--data-dir", str(data), "--token-file", str(token),
+               "--admin-listen", "127.0.0.1:0"]  # fmt: skip
         server = ServerProcess(cmd, logdir, name)
         try:
             base = server.wait_ready()
@@ -297,7 +298,8 @@ def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
         config.write_text(_SINK_TOML["http"].replace("{url}", rx.base_url + "/hook"))
         token = data / "api-token"
         cmd = [*streamd_command(None), "serve", "--config", str(config), "--listen",
-               "127.0.0.1:0", "--data-dir", str(data), "--token-file", str(token)]  # fmt: skip
+               "127.0.0.1:0", "--data-dir", str(data), "--token-file", str(token),
+               "--admin-listen", "127.0.0.1:0"]  # fmt: skip
         server = ServerProcess(cmd, logdir, "latency-streamd")
         try:
             base = server.wait_ready()

@@ -161,7 +161,12 @@ def test_dist_build_runs_outside_the_repo(processes: Processes, tmp_path: Path) 
     env = {"PATH": path, "HOME": str(tmp_path), "SHIV_ROOT": str(tmp_path / "shiv")}
     env["PYTHONUNBUFFERED"] = "1"
     spawned = processes.spawn(
-        [str(target), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(outside / "data")],
+        [
+            str(target),
+            "serve",
+            *("--listen", "127.0.0.1:0", "--data-dir", str(outside / "data")),
+            *("--admin-listen", "127.0.0.1:0"),  # not 8081, which a running streamd may hold
+        ],
         "dist-streamd",
         env=env,
     )

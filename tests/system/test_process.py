@@ -86,6 +86,7 @@ def test_under_systemd_the_generated_token_is_never_printed(
     # systemd sets INVOCATION_ID; stdout then goes to the journal, where no secret belongs.
     data_dir = tmp_path / "data"
     argv = [*streamd_argv(), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    argv += ["--admin-listen", "127.0.0.1:0"]  # not 8081, which a running streamd may hold
     env = {**clean_env(), "INVOCATION_ID": "0123456789abcdef0123456789abcdef"}
     server = Server(processes.spawn(argv, "under-systemd", env=env), data_dir)
     server.wait_ready()

@@ -88,7 +88,10 @@ def test_socket_activation_ready_watchdog_reload_and_stop(
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
     config = tmp_path / "streamd.toml"
-    config.write_text(f'data_dir = "{data_dir}"\n[tokens]\nfiles = ["{token_file}"]\n')
+    config.write_text(
+        f'data_dir = "{data_dir}"\n[tokens]\nfiles = ["{token_file}"]\n'
+        '[admin]\nlisten = "127.0.0.1:0"\n'  # not 8081, which a running streamd may hold
+    )
     argv = [
         ACTIVATE,
         "--listen",
@@ -229,6 +232,7 @@ def test_the_stack_runs_with_memory_deny_write_execute(
     data_dir = tmp_path / "data"
     argv = [sys.executable, "-c", MDWE_WRAPPER, *streamd_argv(), "serve"]
     argv += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    argv += ["--admin-listen", "127.0.0.1:0"]  # not 8081, which a running streamd may hold
     daemon = processes.spawn(argv, "streamd-mdwe")
     match = wait_for(
         lambda: READY.search(daemon.stdout()), timeout=20, what="ready", context=daemon.stderr

@@ -241,6 +241,23 @@ async def test_reopen_continues_sequence_and_dedup(journal_path: Path) -> None:
     assert rows(journal_path, "PRAGMA journal_mode") == [("wal",)]
 
 
+async def test_the_index_lookup_keeps_all_64_bits_of_a_hash(journal_path: Path) -> None:
+    # The writer's lookup sends hashes to SQLite as JSON and reads owners back as JSON.
+    extremes = [-(2**63), 2**63 - 1, 0, -1, 2**53 + 1]
+    records = [record(f"x{i}", hashed=h) for i, h in enumerate(extremes)]
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        first = await journal.append(Batch("s", utc_now(), "x", records))
+    assert rows(dedup_file(journal_path), "SELECT key_hash FROM dedup ORDER BY seq") == [
+        (h,) for h in extremes
+    ]
+    # Reopened: nothing is pending in memory, so only the index can find them.
+    async with open_journal(str(journal_path), WriterOptions()) as journal:
+        again = await journal.append(Batch("s", utc_now(), "x", records))
+        # 2**53 (a neighbour a float would round onto) is a different hash: a new event.
+        near = await journal.append(Batch("s", utc_now(), "x", [record("y", hashed=2**53)]))
+    assert (first.accepted, again.duplicates, near.accepted) == (5, 5, 1)
+
+
 async def test_commit_budget_answers_busy_and_nothing_is_lost(journal_path: Path) -> None:
     async with open_journal(str(journal_path), WriterOptions(), commit_budget=0.2) as journal:
         # Another process holds the write lock: the writer's BEGIN waits (busy_timeout).

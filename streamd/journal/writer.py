@@ -12,7 +12,6 @@ the group so far; the index itself is updated right after (see dedup.py).
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
 import queue
 import sqlite3
@@ -20,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 from streamd.core.wire import EventRecord
@@ -132,33 +130,6 @@ _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
 
 _INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# Event rows go in 256 to a statement (multi-row VALUES), the rest with executemany:
-# each statement's step releases the GIL and must take it back from the HTTP side, and
-# per row that was a fifth of the writer's time under load (ARCHITECTURE.md, "Event rows,
-# 256 to a statement"). Fewer where SQLite allows fewer variables (999 before 3.32).
-_EVENTS_PER_STATEMENT = 256
-_EVENT_COLUMNS = 12
-
-
-def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` (each of the 12 event columns) in order, as few statements as fit."""
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    per = max(1, min(_EVENTS_PER_STATEMENT, limit // _EVENT_COLUMNS))
-    whole = len(rows) - len(rows) % per
-    if whole:
-        sql = _insert_events_sql(per)
-        for i in range(0, whole, per):
-            conn.execute(sql, list(chain.from_iterable(rows[i : i + per])))
-    if whole < len(rows):
-        conn.executemany(_INSERT_EVENT, rows[whole:])
-
-
-@functools.lru_cache(maxsize=4)
-def _insert_events_sql(rows: int) -> str:
-    row = "(" + ", ".join("?" * _EVENT_COLUMNS) + ")"
-    return "INSERT INTO events VALUES " + ",".join([row] * rows)  # noqa: S608 (placeholders only)
-
-
 # event_counts: (stream, type, munchkin) -> [events, first_seq, last_seq, min_occ, max_occ]
 _Counts = dict[tuple[str, str, str], list[Any]]
 _UPSERT_COUNTS = """
@@ -502,9 +473,9 @@ class JournalWriter:
     ) -> None:
         """The whole group in one transaction with one statement per table.
 
-        One dedup lookup and one insert per table (events: 256 rows a statement)
-        instead of five statements per batch: for small batches the per-statement cost
-        (and the GIL hand-over each statement means) was most of the writer's time.
+        One dedup lookup and one ``executemany`` per table instead of five
+        statements per batch: for small batches the per-statement cost (and the
+        GIL hand-over each statement means) was most of the writer's time.
         Raises ``sqlite3.Error`` (state then to be reset by the caller).
         """
         live = _live(jobs)
@@ -522,7 +493,7 @@ class JournalWriter:
             _merge_counts(counts, job.batch, batch_counts)
         conn.executemany(_INSERT_DELIVERY, deliveries)
         if rows:
-            _insert_events(conn, rows)
+            conn.executemany(_INSERT_EVENT, rows)
         _save_positions(conn, live)
         _finish_group(conn, counts, controls)
 
@@ -585,7 +556,7 @@ class JournalWriter:
         )
         conn.executemany(_INSERT_DELIVERY, deliveries)
         if rows:
-            _insert_events(conn, rows)
+            conn.executemany(_INSERT_EVENT, rows)
         if batch.position is not None:
             conn.execute(_SAVE_POSITION, _position_row(batch, result))
         return result

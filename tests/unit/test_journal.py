@@ -23,7 +23,6 @@ from streamd.journal import (
     utc_now,
 )
 from streamd.journal.dedup import dedup_path
-from streamd.journal.writer import _insert_events
 from tests.conftest import fixture_bytes
 
 
@@ -240,33 +239,6 @@ async def test_reopen_continues_sequence_and_dedup(journal_path: Path) -> None:
     assert rows(journal_path, "SELECT name FROM migrations") == [(n,) for n, _ in MIGRATIONS]
     assert rows(journal_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert rows(journal_path, "PRAGMA journal_mode") == [("wal",)]
-
-
-@pytest.mark.parametrize("variables", [32766, 999, 100])
-def test_event_rows_go_in_whole_statements_and_a_rest(journal_path: Path, variables: int) -> None:
-    # 600 rows: two 256-row statements and 88 by executemany; at 999 variables (SQLite
-    # before 3.32) 83 a statement, at 100 only 8.
-    trio.run(_create, journal_path)
-    conn = sqlite3.connect(journal_path, isolation_level=None)
-    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
-    made = [
-        (seq, f"k{seq}", "activity", None, None, seq % 7 or None, seq, None, "t", "s", 1, "{}")
-        for seq in range(1, 601)
-    ]
-    conn.execute("BEGIN")
-    conn.execute(
-        "INSERT INTO deliveries (id, received_at, source, shape, events, accepted, duplicates)"
-        " VALUES (1, 't', 's', 'x', 600, 600, 0)"
-    )
-    _insert_events(conn, made)
-    conn.execute("COMMIT")
-    assert conn.execute("SELECT * FROM events ORDER BY seq").fetchall() == made
-    conn.close()
-
-
-async def _create(journal_path: Path) -> None:
-    async with open_journal(str(journal_path), WriterOptions()):
-        pass
 
 
 async def test_the_index_lookup_keeps_all_64_bits_of_a_hash(journal_path: Path) -> None:

@@ -252,7 +252,7 @@ class IngestApp:
             if int(declared) > self._max_body:
                 await self._error(send, 413, self._too_large())
                 return
-        body = await self._read_body(receive)
+        body = await self._read_limited(receive, self._max_body)
         if body is None:
             await self._error(send, 413, self._too_large())
             return
@@ -358,6 +358,7 @@ class IngestApp:
         await self._json(send, status, {"error": error, "error_description": description}, headers)
 
     async def _read_limited(self, receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None as soon as it passes ``limit`` (nothing buffered past it)."""
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -370,10 +371,6 @@ class IngestApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it passes the limit (nothing buffered past it)."""
-        return await self._read_limited(receive, self._max_body)
 
     def _too_large(self) -> str:
         return f"body larger than the limit of {self._max_body} bytes"

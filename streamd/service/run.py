@@ -512,7 +512,7 @@ async def serve(
                     )
                     if mconfig is not None and mtls_sockets is not None:
                         mtls_binds = await nursery.start(
-                            _serve_admin, app, mconfig, mtls_sockets, stop
+                            _serve_listener, app, mconfig, mtls_sockets, stop
                         )
                 app.mtls_ports = {int(b.rsplit(":", 1)[1]) for b in mtls_binds}
                 for bind in mtls_binds:
@@ -520,7 +520,7 @@ async def serve(
                 admin_binds: list[str] = []
                 if admin is not None and admin_sockets is not None:
                     admin_binds = await nursery.start(
-                        _serve_admin, admin, aconfig, admin_sockets, stop
+                        _serve_listener, admin, aconfig, admin_sockets, stop
                     )
                 nursery.start_soon(_report_to_systemd, notify, front, journal, drain, binds, stop)
                 for bind in binds:
@@ -569,7 +569,7 @@ async def _serve_http(
     async with trio.open_nursery() as inner:
         inner.start_soon(_cancel_when_drained, app, stop, inner.cancel_scope)
         # hypercorn returns once in-flight requests finished (or the grace ran out).
-        await _serve_admin(app, hconfig, sockets, stop, task_status=task_status)
+        await _serve_listener(app, hconfig, sockets, stop, task_status=task_status)
         inner.cancel_scope.cancel()
     scope.cancel()  # the signal watcher has nothing left to guard
 
@@ -597,7 +597,7 @@ def _binds(sockets: Sockets) -> list[str]:
     ]
 
 
-async def _serve_admin(
+async def _serve_listener(
     app: AdminApp | IngestApp,
     hconfig: HypercornConfig,
     sockets: Sockets,

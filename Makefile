@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest test-slow bench bench-drain dist system-tools clean
+.PHONY: run test lint typecheck pytest test-slow soak bench bench-drain dist system-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+# The hostile-input and fault suite in its long mode (minutes to an hour; never in CI),
+# then the slow crash loops.
+soak: $(STAMP) system-tools
+	STREAMD_SOAK=1 $(BIN)/pytest -q tests/hostile -m 'slow or not slow'
 	$(BIN)/pytest -q -m slow
 
 # One self-contained executable zipapp (shiv): runs with the target's python3 (3.11+,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote_plus
@@ -69,34 +70,82 @@ class Source:
     validator: Validator | None = None  # set: open allowed validationUrls automatically
     oauth: bool = False  # set: Bearer tokens from the embedded issuer instead of API tokens
     external: JwtVerifier | Introspector | None = None  # set: an external IdP's tokens
+    max_in_flight: int = 0  # its share of the slots (0: an equal part of what is left)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of one app (``[server]``; a worker process gets its part of the
+    shared ones)."""
+
+    max_body_bytes: int = 8 << 20
+    max_in_flight: int = 256
+    max_events: int = 10_000  # per request
+    max_buffered_bytes: int = 256 << 20  # bodies being read or decoded, together
+    body_timeout: float = 30.0  # the whole body must arrive within this...
+    min_body_rate: int = 4096  # ...and, after body_grace, at least this many bytes/s
+    body_grace: float = 5.0
+
+
+TOKEN_PARTY = "/oauth/token"  # noqa: S105 - the embedded issuer's share of the slots
+
+
+def share_out(total: int, wanted: Mapping[str, int]) -> dict[str, int]:
+    """Each party's share of ``total`` slots: what it asked for (non-zero), the rest
+    split equally among the others (at least 1 each; config validation makes it add up)."""
+    fixed = {name: n for name, n in wanted.items() if n}
+    others = [name for name, n in wanted.items() if not n]
+    left = max(total - sum(fixed.values()), 0)
+    shares = dict(fixed)
+    for index, name in enumerate(others):
+        part, extra = divmod(left, len(others))
+        shares[name] = max(1, part + (1 if index < extra else 0))
+    return shares
 
 
 class IngestApp:
     """The ASGI application that receives deliveries and journals them."""
 
-    def __init__(
-        self,
-        sources: list[Source],
-        journal: Appender,
-        *,
-        max_body_bytes: int,
-        max_in_flight: int,
-    ) -> None:
+    def __init__(self, sources: list[Source], journal: Appender, limits: Limits) -> None:
         self._routes = {s.path.rstrip("/") or "/": s for s in sources}
         self._journal = journal
-        self._max_body = max_body_bytes
-        self._max_in_flight = max_in_flight
+        self.limits = limits
+        self._max_body = limits.max_body_bytes
+        self._busy: dict[str, int] = {}  # party (source name, TOKEN_PARTY) -> slots held
+        self._shares: dict[str, int] = {}
         self._in_flight = 0
+        self._buffered = 0  # bytes of bodies held by requests in progress
         self._stopping = False
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
         self._background: trio.Nursery | None = None
         # The embedded OAuth issuer (POST /oauth/token), when configured.
-        self.issuer: Issuer | None = None
+        self._issuer: Issuer | None = None
         # Ports of the listener that required a verified client certificate (mTLS).
         self.mtls_ports: set[int] = set()
         # Called once per answered POST: (source, status, seconds, reason of a 503 or None).
         self.observer: Callable[[str, int, float, str | None], None] | None = None
+        self._share_out()
+
+    @property
+    def issuer(self) -> Issuer | None:
+        """The embedded OAuth issuer, when configured (its endpoint has a share of slots)."""
+        return self._issuer
+
+    @issuer.setter
+    def issuer(self, issuer: Issuer | None) -> None:
+        self._issuer = issuer
+        self._share_out()
+
+    def _share_out(self) -> None:
+        wanted = {s.name: s.max_in_flight for s in self._routes.values()}
+        if self._issuer is not None:
+            wanted[TOKEN_PARTY] = 0
+        self._shares = share_out(self.limits.max_in_flight, wanted)
+
+    def shares(self) -> dict[str, int]:
+        """Each party's share of ``max_in_flight`` now."""
+        return dict(self._shares)
 
     def sources(self) -> list[Source]:
         """The sources served now."""
@@ -105,6 +154,7 @@ class IngestApp:
     def replace_sources(self, sources: list[Source]) -> None:
         """Swap in new sources (a reload): requests already routed keep their old one."""
         self._routes = {s.path.rstrip("/") or "/": s for s in sources}
+        self._share_out()
         self._give_nursery()
 
     @property
@@ -150,8 +200,9 @@ class IngestApp:
             await lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.issuer is not None and scope["path"] == TOKEN_PATH:
-            await self._token(scope, receive, send, self.issuer)
+        started = trio.current_time()
+        if self._issuer is not None and scope["path"] == TOKEN_PATH:
+            await self._token(scope, receive, send, self._issuer, started)
             return
         source = self._routes.get(scope["path"].rstrip("/") or "/")
         if source is None:
@@ -165,7 +216,6 @@ class IngestApp:
             await self._error(send, 405, f"{method} not allowed", [(b"allow", b"GET, POST")])
             return
         observer = self.observer
-        started = trio.current_time() if observer is not None else 0.0
         answered = [0]
         if observer is not None:
             inner_send = send
@@ -176,32 +226,26 @@ class IngestApp:
                 await inner_send(message)
 
         reason: str | None = None
-        if self._in_flight >= self._max_in_flight:
-            await self._error(send, 503, "too many requests in flight", retry_after=1)
-            if observer is not None:
-                observer(source.name, 503, trio.current_time() - started, "in_flight")
-            return
-        self._in_flight += 1
         try:
-            await self._post(scope, receive, send, source)
+            await self._post(scope, receive, send, source, started)
         except _Disconnected:
             log.info("client went away before sending its whole body to %s", source.name)
         except StreamdError as exc:
             reason = exc.reason if exc.status_hint >= 500 else None
-            await self._error(send, exc.status_hint, str(exc), retry_after=_retry_after(exc))
+            extra = [(b"connection", b"close")] if isinstance(exc, SlowBody) else None
+            await self._error(send, exc.status_hint, str(exc), extra, retry_after=_retry_after(exc))
         except Exception:
             # Never a traceback to the sender, never a 4xx for our own fault.
             log.exception("unexpected error on %s %s", method, scope["path"])
             reason = "internal"
             await self._error(send, 503, "internal error; retry later", retry_after=5)
         finally:
-            self._in_flight -= 1
-            if self._stopping and self._in_flight == 0:
-                self._idle.set()
             if observer is not None and answered[0]:
                 observer(source.name, answered[0], trio.current_time() - started, reason)
 
-    async def _post(self, scope: Scope, receive: Receive, send: Send, source: Source) -> None:
+    async def _post(
+        self, scope: Scope, receive: Receive, send: Send, source: Source, started: float
+    ) -> None:
         if self._stopping:
             raise JournalClosed("streamd is shutting down")  # 503, Retry-After: 10
         if source.require_client_cert and _local_port(scope) not in self.mtls_ports:
@@ -211,8 +255,11 @@ class IngestApp:
                 send, 401, "this source requires a client certificate: use the mTLS listener"
             )
             return
+        # Everything that needs no body is checked before a slot is taken: a client
+        # without credentials, or with a body it will never send in full, holds none.
         headers = _headers(scope)
         signed: Presented | None = None
+        presented: bytes | None = None
         if source.adobe is not None:
             # Present and well-formed before the body is read (SignatureInvalid: 401).
             signed = source.adobe.presented(headers)
@@ -220,21 +267,8 @@ class IngestApp:
             presented = token_from_request(
                 headers.get(b"authorization"), scope["query_string"], allow_query=source.query_token
             )
-            if source.external is not None:
-                # ProviderUnavailable: 503, the sender retries (never a 401 for the IdP's fault)
-                accepted = await source.external.check(presented)
-            elif source.oauth:
-                accepted = self.issuer is not None and self.issuer.check(presented) is not None
-            else:
-                accepted = source.tokens is not None and source.tokens.check(presented)
-            if not accepted:
-                what = "missing" if presented is None else "invalid"
-                await self._error(
-                    send,
-                    401,
-                    f"{what} credentials",
-                    [(b"www-authenticate", b'Bearer realm="streamd"')],
-                )
+            if source.external is None and not self._token_ok(source, presented):
+                await self._unauthorized(send, presented)
                 return
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if media and media not in _JSON_TYPES:
@@ -246,23 +280,43 @@ class IngestApp:
             return
         declared = headers.get(b"content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not declared.isdigit() or len(declared) > 18:
                 await self._error(send, 400, "invalid Content-Length")
                 return
             if int(declared) > self._max_body:
                 await self._error(send, 413, self._too_large())
                 return
-        body = await self._read_limited(receive, self._max_body)
-        if body is None:
-            await self._error(send, 413, self._too_large())
+        elif source.adobe is not None:
+            # Adobe sends Content-Length: a signed source reads no body of unknown size
+            # before the signature can be checked.
+            await self._error(send, 411, "a signed source needs Content-Length")
             return
+        async with self._slot(source.name, int(declared or 0)) as reserve:
+            # ProviderUnavailable: 503, the sender retries (never a 401 for the IdP's fault)
+            if source.external is not None and not await source.external.check(presented):
+                await self._unauthorized(send, presented)
+                return
+            body = await self._read_limited(receive, self._max_body, started, reserve)
+            if body is None:
+                await self._error(send, 413, self._too_large())
+                return
+            await self._journal_body(send, source, headers, signed, body)
+
+    async def _journal_body(
+        self,
+        send: Send,
+        source: Source,
+        headers: dict[bytes, bytes],
+        signed: Presented | None,
+        body: bytes,
+    ) -> None:
         if source.adobe is not None and signed is not None:
             await source.adobe.verify(signed, body)  # 401, or 503 when the key host fails
         try:
             delivery = decode_delivery(body)
         except PayloadError as exc:
             log.info("rejected a body from source %s: %r", source.name, str(exc))
-            await self._error(send, 400, str(exc))
+            await self._error(send, exc.status_hint, str(exc))
             return
         if source.adobe is not None:
             problem = source.adobe.check_recipient(delivery.recipients)
@@ -299,8 +353,74 @@ class IngestApp:
         result = await self._journal.append(batch)  # returns only after COMMIT
         await self._json(send, 200, {"accepted": result.accepted, "duplicates": result.duplicates})
 
-    async def _token(self, scope: Scope, receive: Receive, send: Send, issuer: Issuer) -> None:
+    def _token_ok(self, source: Source, presented: bytes | None) -> bool:
+        if source.oauth:
+            return self._issuer is not None and self._issuer.check(presented) is not None
+        return source.tokens is not None and source.tokens.check(presented)
+
+    async def _unauthorized(self, send: Send, presented: bytes | None) -> None:
+        what = "missing" if presented is None else "invalid"
+        await self._error(
+            send, 401, f"{what} credentials", [(b"www-authenticate", b'Bearer realm="streamd"')]
+        )
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, party: str, declared: int) -> AsyncIterator[Callable[[int], None]]:
+        """Hold one of ``party``'s in-flight slots and ``declared`` bytes of the body budget
+        for the request; yields a function that reserves more of the budget as a body of
+        undeclared length grows.
+
+        Raises :class:`SlotsFull` when the party's share is taken, and :class:`BufferFull`
+        when the bodies being read already hold ``max_buffered_bytes``.
+        """
+        held = self._busy.get(party, 0)
+        if held >= self._shares.get(party, 1):
+            raise SlotsFull(
+                f"too many requests in flight for {party} "
+                f"({self._shares.get(party, 1)} of server.max_in_flight)"
+            )
+        reserved = [0]
+
+        def reserve(total: int) -> None:
+            more = total - reserved[0]
+            if more <= 0:
+                return
+            if self._buffered + more > self.limits.max_buffered_bytes:
+                raise BufferFull(
+                    "the bodies being received already hold server.max_buffered_mib; retry"
+                )
+            self._buffered += more
+            reserved[0] = total
+
+        self._busy[party] = held + 1
+        self._in_flight += 1
+        try:
+            reserve(declared)
+            yield reserve
+        finally:
+            self._buffered -= reserved[0]
+            self._busy[party] -= 1
+            self._in_flight -= 1
+            if self._stopping and self._in_flight == 0:
+                self._idle.set()
+
+    async def _token(
+        self, scope: Scope, receive: Receive, send: Send, issuer: Issuer, started: float
+    ) -> None:
         """``POST /oauth/token``, client credentials grant (RFC 6749 section 4.4)."""
+        try:
+            await self._token_request(scope, receive, send, issuer, started)
+        except _Disconnected:
+            log.info("client went away before sending its whole token request")
+        except (SlotsFull, BufferFull, SlowBody) as exc:
+            extra = [(b"connection", b"close")] if isinstance(exc, SlowBody) else []
+            if isinstance(exc, SlotsFull):
+                extra.append((b"retry-after", b"1"))
+            await self._oauth_error(send, 503, "temporarily_unavailable", str(exc), 5, extra)
+
+    async def _token_request(
+        self, scope: Scope, receive: Receive, send: Send, issuer: Issuer, started: float
+    ) -> None:
         if scope["method"] != "POST":
             await self._error(send, 405, f"{scope['method']} not allowed", [(b"allow", b"POST")])
             return
@@ -317,7 +437,8 @@ class IngestApp:
         if media != b"application/x-www-form-urlencoded":
             await self._oauth_error(send, 400, "invalid_request", "send a form")
             return
-        body = await self._read_limited(receive, 8192)
+        async with self._slot(TOKEN_PARTY, 0) as reserve:
+            body = await self._read_limited(receive, 8192, started, reserve)
         if body is None:
             await self._oauth_error(send, 413, "invalid_request", "body larger than 8192 bytes")
             return
@@ -348,29 +469,61 @@ class IngestApp:
         )
 
     async def _oauth_error(
-        self, send: Send, status: int, error: str, description: str, retry_after: int | None = None
+        self,
+        send: Send,
+        status: int,
+        error: str,
+        description: str,
+        retry_after: int | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        headers = []
+        headers = list(extra or [])
         if status == 401:
             headers.append((b"www-authenticate", b'Basic realm="streamd"'))
         if retry_after is not None:
             headers.append((b"retry-after", str(retry_after).encode()))
         await self._json(send, status, {"error": error, "error_description": description}, headers)
 
-    async def _read_limited(self, receive: Receive, limit: int) -> bytes | None:
-        """The whole body, or None as soon as it passes ``limit`` (nothing buffered past it)."""
-        chunks, size = [], 0
+    async def _read_limited(
+        self, receive: Receive, limit: int, started: float, reserve: Callable[[int], None]
+    ) -> bytes | None:
+        """The whole body, or None as soon as it passes ``limit`` (nothing buffered past it).
+
+        The body must arrive within ``body_timeout`` of the request's start and, after
+        ``body_grace``, at ``min_body_rate`` on average: a slow or stalled client holds
+        its slot no longer (:class:`SlowBody`, 503: a sender's stalled network retries).
+        ``reserve(n)`` takes the first ``n`` bytes from the body budget (:class:`BufferFull`).
+        """
+        limits = self.limits
+        deadline = started + limits.body_timeout
+        rate, grace = limits.min_body_rate, limits.body_grace
+        chunks: list[bytes] = []
+        size = 0
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+            # By when, at the minimum rate, more than ``size`` bytes are due.
+            due = min(deadline, started + grace + size / rate) if rate else deadline
+            with trio.move_on_at(due):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return None
+                reserve(size)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+                continue
+            if trio.current_time() >= deadline:
+                raise SlowBody(
+                    f"the body did not arrive within {limits.body_timeout:g} s "
+                    f"({size} bytes in); retry"
+                )
+            raise SlowBody(
+                f"the body arrived slower than {rate} bytes/s after {grace:g} s "
+                f"({size} bytes in); retry"
+            )
 
     def _too_large(self) -> str:
         return f"body larger than the limit of {self._max_body} bytes"
@@ -441,6 +594,27 @@ class IngestApp:
 
 class _Disconnected(StreamdError):
     """Raised when the client went away before its body arrived; nothing to answer."""
+
+
+class SlowBody(StreamdError):
+    """Raised when a body arrives too slowly (503 + Retry-After, and the connection closes)."""
+
+    status_hint = 503
+    reason = "slow_body"
+
+
+class SlotsFull(JournalBusy):
+    """Raised when a party's share of the in-flight slots is taken (503, Retry-After: 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=1, reason="in_flight")
+
+
+class BufferFull(JournalBusy):
+    """Raised when the bodies in progress hold ``max_buffered_bytes`` (503, Retry-After: 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=1, reason="buffer_full")
 
 
 def _retry_after(exc: StreamdError) -> int | None:

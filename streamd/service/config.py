@@ -6,8 +6,10 @@ test fails when one is not. Errors name the file, the key and the problem.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 from typing import Annotated, Literal
 
 import msgspec
@@ -28,9 +30,17 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MiB)] = 8 * _MiB
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    max_events_per_request: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
+    # The bodies being read at once may hold at most this much memory (503 past it).
+    max_buffered_mib: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 256
+    # 0: derived from RLIMIT_NOFILE (see max_connections_for).
+    max_connections: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     graceful_timeout: Seconds = 10.0
     keep_alive_timeout: Seconds = 30.0
     read_timeout: Seconds = 30.0
+    body_timeout: Annotated[float, msgspec.Meta(ge=1, le=600)] = 30.0
+    min_body_rate: Annotated[int, msgspec.Meta(ge=0, le=1024 * _MiB)] = 4096
+    body_grace: Annotated[float, msgspec.Meta(ge=0, le=600)] = 5.0
     tls_certfile: str = ""
     tls_keyfile: str = ""
     mtls_listen: list[str] = msgspec.field(default_factory=list)
@@ -98,6 +108,8 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     validation_hosts: list[str] = msgspec.field(default_factory=lambda: ["csm.adobe.io"])
     validation_ca_file: str = ""
     adobe: AdobeConfig | None = None
+    # This source's share of server.max_in_flight (0: an equal part of what is left).
+    max_in_flight: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
 
 
 Streams = Literal["activity", "audit", "notification", "other"]
@@ -449,6 +461,8 @@ def validate(
                 "(the listener that asks for client certificates)"
             )
     _validate_tls(config.server, where)
+    _validate_listeners(config, where, overrides, admin_overrides)
+    _validate_bounds(config, where)
     from streamd.auth.issuer import validate_hash  # here: keeps config's imports small
 
     for client_id, stored in config.oauth.clients.items():
@@ -459,6 +473,32 @@ def validate(
         raise ConfigError(f"{where}: key sources: /oauth/token is the embedded issuer's path")
     validate_sinks(config, where)
     validate_pulls(config, where)
+
+
+def _validate_bounds(config: Config, where: str) -> None:
+    """Bounds that depend on each other: shares of in-flight slots, events vs the queue."""
+    server = config.server
+    if server.max_events_per_request > config.journal.max_queued_events:
+        raise ConfigError(
+            f"{where}: key server.max_events_per_request: {server.max_events_per_request} is "
+            f"larger than journal.max_queued_events ({config.journal.max_queued_events}); "
+            "such a request could never be queued"
+        )
+    if server.body_grace >= server.body_timeout:
+        raise ConfigError(
+            f"{where}: key server.body_grace: {server.body_grace:g} s is not shorter than "
+            f"server.body_timeout ({server.body_timeout:g} s)"
+        )
+    fixed = [s.max_in_flight for s in config.sources if s.max_in_flight]
+    # The embedded issuer's POST /oauth/token takes a share like a source.
+    open_shares = len(config.sources) - len(fixed) + (1 if config.oauth.clients else 0)
+    left = server.max_in_flight - sum(fixed)
+    if left < open_shares or (not open_shares and left < 0):
+        raise ConfigError(
+            f"{where}: key sources: the sources' max_in_flight add up to {sum(fixed)}, which "
+            f"leaves {max(left, 0)} of server.max_in_flight ({server.max_in_flight}) for "
+            f"{open_shares} other share(s); each needs at least 1"
+        )
 
 
 def _check_name(name: str, where: str) -> None:
@@ -567,10 +607,6 @@ def _validate_tls(server: ServerConfig, where: str) -> None:
             parse_listen(address)
         except ValueError as exc:
             raise ConfigError(f"{where}: key server.mtls_listen[{index}]: {exc}") from None
-        if address in server.listen:
-            raise ConfigError(
-                f"{where}: key server.mtls_listen[{index}]: {address} is also in server.listen"
-            )
 
 
 _KEY_HOST = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
@@ -676,30 +712,74 @@ def validate_sinks(config: Config, where: str) -> None:
 
 
 def _validate_admin(config: Config, where: str, overrides: bool) -> None:
-    ingest = set()
-    for address in config.server.listen:
-        host, port = parse_listen(address)
-        if port:
-            ingest.add((host, port))
     for index, address in enumerate(config.admin.addresses):
-        origin = (
-            "--admin-listen"
-            if overrides
-            else (
-                "key admin.listen"
-                if isinstance(config.admin.listen, str)
-                else f"key admin.listen[{index}]"
-            )
-        )
         try:
-            host, port = parse_listen(address)
+            parse_listen(address)
         except ValueError as exc:
+            origin = _admin_origin(config, index, overrides)
             raise ConfigError(f"{where}: {origin}: {exc}") from None
-        if (host, port) in ingest:
-            raise ConfigError(
-                f"{where}: {origin}: {address} is also in server.listen; the admin listener "
-                "needs its own address"
-            )
+
+
+def _admin_origin(config: Config, index: int, overrides: bool) -> str:
+    if overrides:
+        return "--admin-listen"
+    if isinstance(config.admin.listen, str):
+        return "key admin.listen"
+    return f"key admin.listen[{index}]"
+
+
+_Endpoint = tuple[str, str, int, "ipaddress.IPv4Address | ipaddress.IPv6Address"]
+
+
+def _validate_listeners(config: Config, where: str, overrides: bool, admin_overrides: bool) -> None:
+    """No two listeners (server.listen, server.mtls_listen, admin.listen) may take the
+    same port on overlapping addresses: ``localhost`` is 127.0.0.1, ``0.0.0.0`` is every
+    IPv4 address and ``[::]`` every address (dual stack), as the kernel sees it at
+    ``listen()``."""
+    endpoints: list[_Endpoint] = []
+    named = [
+        (address, "--listen" if overrides else f"key server.listen[{i}]")
+        for i, address in enumerate(config.server.listen)
+    ]
+    named += [(a, f"key server.mtls_listen[{i}]") for i, a in enumerate(config.server.mtls_listen)]
+    named += [
+        (a, _admin_origin(config, i, admin_overrides)) for i, a in enumerate(config.admin.addresses)
+    ]
+    for address, origin in named:
+        host, port = parse_listen(address)
+        ip = _resolve(host, port, f"{where}: {origin}")
+        for other_address, other_origin, other_port, other_ip in endpoints:
+            if port and port == other_port and _overlap(ip, other_ip):
+                raise ConfigError(
+                    f"{where}: {origin}: {address} overlaps {other_address} ({other_origin}): "
+                    "each listener needs its own address or port"
+                )
+        endpoints.append((address, origin, port, ip))
+
+
+def _resolve(host: str, port: int, where: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address a listener binds for ``host``, resolved as the bind will resolve it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        ip = ipaddress.ip_address(str(infos[0][4][0]).split("%", 1)[0])
+    except (OSError, ValueError, IndexError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{where}: cannot resolve {host!r}: {reason}") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _overlap(
+    a: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    b: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> bool:
+    if a.version == b.version:
+        return a == b or a.is_unspecified or b.is_unspecified
+    # An IPv6 wildcard listens on IPv4 too (Linux's default, bindv6only=0).
+    v6 = a if a.version == 6 else b
+    return v6.is_unspecified
 
 
 def parse_listen(address: str) -> tuple[str, int]:

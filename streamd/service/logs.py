@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
+import trio
 
 LogFormat = Literal["auto", "json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "text")
@@ -136,3 +139,94 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     return handler
+
+
+class RateLimitFilter(logging.Filter):
+    """At most ``burst`` records per (logger, level, message template) per ``interval``
+    seconds; the rest are counted, and :meth:`flush` logs the count once their interval
+    has ended: one line with a count, however many requests or connections tried.
+
+    For the lines a client can cause once per request or connection (refused bodies,
+    dropped connections, hypercorn's errors): a flood must not flood the log too.
+    """
+
+    def __init__(
+        self, interval: float = 10.0, burst: int = 3, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()  # hypercorn logs from the event loop, sinks from threads
+        # key -> [window start, records passed, records suppressed, the logger's name]
+        self._windows: dict[tuple[str, int, str], list[Any]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_rate_summary", False):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now - window[0] >= self.interval:
+                if window is not None and window[2]:
+                    self._report(key, window[2])
+                if window is None and len(self._windows) >= 1024:
+                    self._flush_locked(now, everything=True)
+                self._windows[key] = [now, 1, 0]
+                return True
+            if window[1] < self.burst:
+                window[1] += 1
+                return True
+            window[2] += 1
+            return False
+
+    def flush(self) -> None:
+        """Log the count of every interval that has ended with records suppressed."""
+        with self._lock:
+            self._flush_locked(self._clock())
+
+    def _flush_locked(self, now: float, *, everything: bool = False) -> None:
+        for key, window in list(self._windows.items()):
+            if everything or now - window[0] >= self.interval:
+                del self._windows[key]
+                if window[2]:
+                    self._report(key, window[2])
+
+    def _report(self, key: tuple[str, int, str], count: int) -> None:
+        name, level, template = key
+        logging.getLogger(name).log(
+            level,
+            "%d more like this were not logged in %g s: %s",
+            count,
+            self.interval,
+            template[:300],
+            extra={"_rate_summary": True},
+        )
+
+    async def serve_flush(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Flush every ``interval`` until cancelled (a task of the service's nursery)."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval)
+            self.flush()
+
+
+# The loggers a client can make speak once per request or connection. Installed at
+# import: every process that serves HTTP imports this module.
+PER_REQUEST_LOGGERS = (
+    "streamd.ingest",
+    "streamd.http",
+    "streamd.http.edge",
+    "streamd.http.mtls",
+    "streamd.admin",
+    "streamd.admin.http",
+    "streamd.auth.adobe",
+    "streamd.auth.external",
+    "streamd.ingest.validation",
+)
+PER_REQUEST = RateLimitFilter()
+for _name in PER_REQUEST_LOGGERS:
+    logging.getLogger(_name).addFilter(PER_REQUEST)

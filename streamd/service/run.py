@@ -9,7 +9,9 @@ acknowledged is already committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import signal
 import ssl
@@ -22,8 +24,7 @@ import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import repr_socket_addr, wrap_app
+from hypercorn.utils import repr_socket_addr
 
 from streamd.admin import AdminApp, journal_routes
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
@@ -35,12 +36,21 @@ from streamd.drain import Drain, YieldSettings, open_drain
 from streamd.drain.admin import sink_routes
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
-from streamd.ingest import IngestApp, Source
+from streamd.ingest import IngestApp, Limits, Source
 from streamd.ingest.pull import Pulls, PullSettings, PullSource
 from streamd.ingest.validation import Validator
 from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.service.config import Config, SourceConfig
 from streamd.service.health import StreamHealth
+from streamd.service.http import (
+    ADMIN_MAX_CONNECTIONS,
+    ConnectionTable,
+    bind_sockets,
+    close_sockets,
+    max_connections_for,
+    serve_http,
+)
+from streamd.service.logs import PER_REQUEST
 from streamd.service.metrics import Metrics, Parts
 from streamd.service.pull_reset import pull_routes
 from streamd.service.sdnotify import Notifier
@@ -67,6 +77,8 @@ class Running:
     # server.workers >= 1: the processes serving the ingest listeners (``app`` then
     # serves none: it holds the sources the workers were given).
     workers: WorkerPool | None = None
+    # The ingest listeners' connections (this process's; the workers keep their own).
+    connections: ConnectionTable | None = None
 
 
 def writer_options(config: Config) -> WriterOptions:
@@ -102,6 +114,7 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
                     validator=_validator(source),
                     oauth=True,
                     external=_external(source),
+                    max_in_flight=source.max_in_flight,
                 )
             )
             continue
@@ -116,6 +129,7 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
                     check,
                     require_client_cert=source.require_client_cert,
                     validator=_validator(source),
+                    max_in_flight=source.max_in_flight,
                 )
             )
             continue
@@ -144,9 +158,29 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
                 source.query_token,
                 require_client_cert=source.require_client_cert,
                 validator=_validator(source),
+                max_in_flight=source.max_in_flight,
             )
         )
     return sources
+
+
+def ingest_limits(config: Config, processes: int = 1) -> Limits:
+    """The ingest app's bounds from ``[server]``; with ``processes`` worker processes
+    each gets its part (rounded up) of the daemon-wide ones."""
+    server = config.server
+
+    def part(n: int) -> int:
+        return math.ceil(n / max(processes, 1))
+
+    return Limits(
+        max_body_bytes=server.max_body_bytes,
+        max_in_flight=part(server.max_in_flight),
+        max_events=server.max_events_per_request,
+        max_buffered_bytes=part(server.max_buffered_mib * _MiB),
+        body_timeout=server.body_timeout,
+        min_body_rate=server.min_body_rate,
+        body_grace=server.body_grace,
+    )
 
 
 def _validator(source: SourceConfig) -> Validator | None:
@@ -405,50 +439,30 @@ async def serve(
         log.info("socket activation: serving the %d socket(s) systemd passed", len(activated))
         hconfig.bind = activated
     notify.status("opening the journal")
-    try:
-        # Bound here, outside any nursery, so "address in use" is one clear error.
-        sockets = hconfig.create_sockets()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {', '.join(config.server.listen)}: {exc.strerror or exc}"
-        ) from None
-    aconfig = admin_hypercorn_config(config)
-    admin_sockets: Sockets | None = None
-    if config.admin.addresses:
-        try:
-            admin_sockets = aconfig.create_sockets()
-        except OSError as exc:
-            _close(sockets)
-            raise ConfigError(
-                f"cannot listen on {', '.join(config.admin.addresses)} (admin.listen): "
-                f"{exc.strerror or exc}"
-            ) from None
-    mconfig: HypercornConfig | None = None
-    mtls_sockets: Sockets | None = None
-    if config.server.mtls_listen:
-        mconfig = mtls_hypercorn_config(config)
-        try:
-            mtls_sockets = mconfig.create_sockets()
-        except OSError as exc:
-            _close(sockets)
-            if admin_sockets is not None:
-                _close(admin_sockets)
-            raise ConfigError(
-                f"cannot listen on {', '.join(config.server.mtls_listen)} (server.mtls_listen): "
-                f"{exc.strerror or exc}"
-            ) from None
+    with contextlib.ExitStack() as bound:
+        # Bound (and listening) here, outside any nursery, so "address in use" is one
+        # clear error; on any failure the sockets already bound are closed again.
+        sockets = _bind(bound, hconfig, ", ".join(hconfig.bind))
+        aconfig = admin_hypercorn_config(config)
+        admin_sockets: Sockets | None = None
+        if config.admin.addresses:
+            admin_sockets = _bind(
+                bound, aconfig, f"{', '.join(config.admin.addresses)} (admin.listen)"
+            )
+        mconfig: HypercornConfig | None = None
+        mtls_sockets: Sockets | None = None
+        if config.server.mtls_listen:
+            mconfig = mtls_hypercorn_config(config)
+            where = f"{', '.join(config.server.mtls_listen)} (server.mtls_listen)"
+            mtls_sockets = _bind(bound, mconfig, where)
+        bound.pop_all()  # from here on they are served, and closed with the process
     async with open_journal(
         config.journal_path, writer_options(config), commit_budget=config.journal.commit_budget
     ) as journal:
         # After the journal opened: a first start with a broken journal creates no token.
         sources = load_sources(config, announce=announce)
         admin = load_admin(config, announce=announce) if admin_sockets is not None else None
-        app = IngestApp(
-            sources,
-            journal,
-            max_body_bytes=config.server.max_body_bytes,
-            max_in_flight=config.server.max_in_flight,
-        )
+        app = IngestApp(sources, journal, ingest_limits(config))
         app.issuer = build_issuer(config)
         # server.workers: worker processes serve the ingest listeners; this process
         # keeps the journal writer, the drain and the admin listener.
@@ -456,6 +470,9 @@ async def serve(
         if config.server.workers:
             pool = WorkerPool(config, journal, sockets, mtls_sockets, backlog=hconfig.backlog)
         front: IngestApp | WorkerPool = app if pool is None else pool
+        # One cap for the ingest listeners (with mTLS), a small one for the admin's.
+        edge = ConnectionTable(max_connections_for(config.server.max_connections))
+        admin_edge = ConnectionTable(ADMIN_MAX_CONNECTIONS)
         stop = trio.Event()
         # Stops after the listeners (its exit waits up to graceful_timeout for the
         # batches in flight; cursors only pass what was confirmed).
@@ -499,6 +516,7 @@ async def serve(
                     for route in (*metrics.routes(), *sink_routes(drain), *pull_routes(pulls)):
                         admin.add_route(route)
                 nursery.start_soon(_warn_about_streams, health, config.health.check_interval)
+                nursery.start_soon(PER_REQUEST.serve_flush)
                 app.background = nursery
                 mtls_binds: list[str] = []
                 if pool is not None:
@@ -508,11 +526,11 @@ async def serve(
                         mtls_binds = _binds(mtls_sockets)
                 else:
                     binds = await nursery.start(
-                        _serve_http, app, hconfig, sockets, stop, nursery.cancel_scope
+                        _serve_http, app, hconfig, sockets, stop, edge, nursery.cancel_scope
                     )
                     if mconfig is not None and mtls_sockets is not None:
                         mtls_binds = await nursery.start(
-                            _serve_listener, app, mconfig, mtls_sockets, stop
+                            _serve_listener, app, mconfig, mtls_sockets, stop, edge
                         )
                 app.mtls_ports = {int(b.rsplit(":", 1)[1]) for b in mtls_binds}
                 for bind in mtls_binds:
@@ -520,7 +538,7 @@ async def serve(
                 admin_binds: list[str] = []
                 if admin is not None and admin_sockets is not None:
                     admin_binds = await nursery.start(
-                        _serve_listener, admin, aconfig, admin_sockets, stop
+                        _serve_listener, admin, aconfig, admin_sockets, stop, admin_edge
                     )
                 nursery.start_soon(_report_to_systemd, notify, front, journal, drain, binds, stop)
                 for bind in binds:
@@ -546,6 +564,7 @@ async def serve(
                         metrics=metrics,
                         pulls=pulls,
                         workers=pool,
+                        connections=edge,
                     )
                 )
             metrics.close()
@@ -562,6 +581,7 @@ async def _serve_http(
     hconfig: HypercornConfig,
     sockets: Sockets,
     stop: trio.Event,
+    table: ConnectionTable,
     scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -569,7 +589,7 @@ async def _serve_http(
     async with trio.open_nursery() as inner:
         inner.start_soon(_cancel_when_drained, app, stop, inner.cancel_scope)
         # hypercorn returns once in-flight requests finished (or the grace ran out).
-        await _serve_listener(app, hconfig, sockets, stop, task_status=task_status)
+        await _serve_listener(app, hconfig, sockets, stop, table, task_status=task_status)
         inner.cancel_scope.cancel()
     scope.cancel()  # the signal watcher has nothing left to guard
 
@@ -602,25 +622,19 @@ async def _serve_listener(
     hconfig: HypercornConfig,
     sockets: Sockets,
     stop: trio.Event,
+    table: ConnectionTable,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     # Any listener (ingest, admin, mTLS) until ``stop``; the admin and mTLS ones stop
     # with ingest: the same trigger, and the nursery is cancelled once ingest drained.
-    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
-        sock.listen(hconfig.backlog)
-    await worker_serve(
-        wrap_app(app, hconfig.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
-        hconfig,
-        sockets=sockets,
-        shutdown_trigger=stop.wait,
-        task_status=task_status,
-    )
+    await serve_http(app, hconfig, sockets, table, shutdown=stop.wait, task_status=task_status)
 
 
-def _close(sockets: Sockets) -> None:
-    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
-        sock.close()
+def _bind(stack: contextlib.ExitStack, hconfig: HypercornConfig, where: str) -> Sockets:
+    sockets = bind_sockets(hconfig, where)
+    stack.callback(close_sockets, sockets)
+    return sockets
 
 
 async def _cancel_when_drained(app: IngestApp, stop: trio.Event, scope: trio.CancelScope) -> None:

@@ -29,17 +29,17 @@ import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, ipc
 from streamd.ingest.remote import RemoteJournal
 from streamd.service.config import Config
-from streamd.service.logs import LOG_FORMATS, configure_logging
+from streamd.service.http import ConnectionTable, max_connections_for, serve_http
+from streamd.service.logs import LOG_FORMATS, PER_REQUEST, configure_logging
 from streamd.service.run import (
     build_issuer,
     hypercorn_config,
+    ingest_limits,
     load_sources,
     mtls_hypercorn_config,
     reload_certificates,
@@ -61,18 +61,16 @@ class _Worker:
         self.config = config
         self.index = hello.index
         self.remote = remote
-        # The bound of the whole daemon, shared: each worker takes its part, rounded up.
-        in_flight = math.ceil(config.server.max_in_flight / max(hello.workers, 1))
-        self.app = IngestApp(
-            load_sources(config),
-            remote,
-            max_body_bytes=config.server.max_body_bytes,
-            max_in_flight=in_flight,
-        )
+        # The bounds of the whole daemon, shared: each worker takes its part, rounded up.
+        self.app = IngestApp(load_sources(config), remote, ingest_limits(config, hello.workers))
         self.app.issuer = build_issuer(config)
         self.app.observer = self.observe
         self.hc = hypercorn_config(config)
         self.mtls_hc = mtls_hypercorn_config(config) if config.server.mtls_listen else None
+        # Each worker has descriptors of its own; a configured cap is the daemon's, shared.
+        configured = config.server.max_connections
+        limit = math.ceil(configured / max(hello.workers, 1)) if configured else 0
+        self.connections = ConnectionTable(max_connections_for(limit))
         self.stop = trio.Event()
         self.answers: list[tuple[str, int, float, str | None]] = []
         self._reported: tuple[dict[int, int], int] = ({}, 0)
@@ -205,6 +203,7 @@ async def serve_worker(ipc_fd: int, listen_fds: list[int], mtls_fds: list[int]) 
         nursery.start_soon(receive)
         nursery.start_soon(serve_http)
         nursery.start_soon(worker.report)
+        nursery.start_soon(PER_REQUEST.serve_flush)
     if main_gone:
         log.error("worker %d: the main process went away; exiting", hello.index)
         return EXIT_MAIN_GONE
@@ -218,11 +217,12 @@ async def _serve_listener(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await worker_serve(
-        wrap_app(worker.app, hc.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
+    await serve_http(
+        worker.app,
         hc,
-        sockets=sockets,
-        shutdown_trigger=worker.stop.wait,
+        sockets,
+        worker.connections,
+        shutdown=worker.stop.wait,
         task_status=task_status,
     )
 

@@ -247,7 +247,7 @@ async def test_the_listener_can_be_off(
         ('[admin]\nlisten = "nope"\n', {}, "key admin.listen: 'nope' is not HOST:PORT"),
         ('[admin]\nlisten = ["127.0.0.1:1", "x:y"]\n', {}, "key admin.listen[1]: 'x:y': port"),
         ('[server]\nlisten = ["127.0.0.1:9000"]\n[admin]\nlisten = "127.0.0.1:9000"\n', {},
-         "is also in server.listen"),
+         "127.0.0.1:9000 overlaps 127.0.0.1:9000 (key server.listen[0])"),
         ("[admin]\npull_retry_after = 0\n", {}, "key admin.pull_retry_after"),
         ("[admin]\nlisten = 8081\n", {}, "key admin.listen"),
         ("", {"admin_listen": ["localhost"]}, "--admin-listen: 'localhost' is not HOST:PORT"),

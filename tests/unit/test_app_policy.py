@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from streamd.auth import TokenSet
-from streamd.ingest import IngestApp, Source
+from streamd.ingest import IngestApp, Limits, Source
 from streamd.journal import WriterOptions, open_journal
 from tests.conftest import fixture_bytes
 
@@ -44,8 +44,7 @@ async def test_after_shutdown_began_posts_get_503_and_nothing_is_journaled(tmp_p
         app = IngestApp(
             [Source("events", "/events", TokenSet([TOKEN]))],
             journal,
-            max_body_bytes=1 << 20,
-            max_in_flight=4,
+            Limits(max_body_bytes=1 << 20, max_in_flight=4),
         )
         status, _, payload = await call(app, fixture_bytes("lads_single"))
         assert (status, payload) == (200, {"accepted": 1, "duplicates": 0})

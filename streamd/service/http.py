@@ -1,0 +1,443 @@
+"""The HTTP edge: hypercorn's protocol code under streamd's own accept loop.
+
+hypercorn's ``worker_serve`` takes every connection trio's ``serve_listeners`` hands
+it: no cap, so idle connections can use up the descriptors and the memory, and at
+``EMFILE`` it logs a traceback ten times a second. :func:`serve_http` replaces it:
+
+- **a connection cap** (:class:`ConnectionTable`): at the cap the connection idle the
+  longest (no request in progress: between requests, or still sending its headers) is
+  closed to make room, so a flood of idle connections cannot lock a sender out; only
+  when none is idle is the new connection closed at once;
+- **out of descriptors** (``EMFILE``/``ENFILE``): an idle connection is closed to give
+  one back and accepting pauses briefly, logged once per interval with a count;
+- **framing** checked before any app sees a request (:class:`FramingGuard`);
+- **hypercorn 0.18's close race**: ``TCPServer._close`` calls ``send_eof`` outside its
+  ``send_lock``, so a response being sent at that moment fails with
+  ``trio.BusyResourceError`` ("Error in ASGI Framework" and a traceback, which any
+  client could trigger); :class:`_Connection` takes the lock.
+
+Everything else (HTTP/1.1 and h2 parsing, keep-alive, the header deadline, which is
+hypercorn's ``keep_alive_timeout`` running from accept until the headers are in) is
+hypercorn's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import resource
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.events import Updated
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+from streamd.errors import ConfigError
+from streamd.service import logs  # noqa: F401 - installs the per-request log rate limit
+
+# Rate-limited (logs.PER_REQUEST_LOGGERS): a flood of connections must not flood the log.
+log = logging.getLogger("streamd.http.edge")
+
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Accepting pauses this long when the process is out of descriptors.
+FD_PAUSE = 0.25
+_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Descriptors kept back from the ingest listeners: the journal, its index and WAL files,
+# the sinks' files and connections, the admin listener, pulls, worker pipes, logs.
+FD_HEADROOM = 128
+ADMIN_MAX_CONNECTIONS = 64
+# Give memory back to the OS once the open connections fall to a quarter of a peak of
+# at least this many.
+_TRIM_PEAK = 256
+
+
+def max_connections_for(configured: int, nofile: int | None = None) -> int:
+    """``server.max_connections``, or when it is 0 the soft ``RLIMIT_NOFILE`` less
+    :data:`FD_HEADROOM` (at least 16)."""
+    if configured:
+        return configured
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY:
+        nofile = 1 << 20
+    return max(16, nofile - FD_HEADROOM)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """A snapshot of a :class:`ConnectionTable`."""
+
+    open: int
+    idle: int
+    peak: int
+    limit: int
+    accepted: int
+    evicted: int  # idle connections closed to make room
+    refused: int  # new connections closed at once: the cap was reached, none idle
+    fd_pauses: int  # times accepting paused for lack of descriptors
+
+
+class ConnectionTable:
+    """The open connections of one set of listeners, and the cap on them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._idle: dict[_Connection, None] = {}  # oldest idle first (insertion order)
+        self._busy: set[_Connection] = set()
+        self._peak = self._accepted = self._evicted = self._refused = self._fd_pauses = 0
+        self._trim_peak = 0
+
+    def __len__(self) -> int:
+        return len(self._idle) + len(self._busy)
+
+    def statistics(self) -> ConnectionStatistics:
+        """Counts now and since start."""
+        return ConnectionStatistics(
+            open=len(self),
+            idle=len(self._idle),
+            peak=self._peak,
+            limit=self.limit,
+            accepted=self._accepted,
+            evicted=self._evicted,
+            refused=self._refused,
+            fd_pauses=self._fd_pauses,
+        )
+
+    def admit(self) -> bool:
+        """Room for one more connection? Closes the longest-idle one when at the cap;
+        False (refuse the new one) when every connection has a request in progress."""
+        if len(self) < self.limit:
+            return True
+        if self.evict_oldest():
+            return True
+        self._refused += 1
+        return False
+
+    def evict_oldest(self) -> bool:
+        """Close the connection idle the longest; False when none is idle."""
+        if not self._idle:
+            return False
+        oldest = next(iter(self._idle))
+        self._evicted += 1
+        self.remove(oldest)
+        oldest.evict()
+        return True
+
+    def out_of_descriptors(self) -> None:
+        """Accept failed for lack of descriptors: give one back if a connection is idle."""
+        self._fd_pauses += 1
+        self.evict_oldest()
+
+    def add(self, conn: _Connection) -> None:
+        self._idle[conn] = None
+        self._accepted += 1
+        self._peak = max(self._peak, len(self))
+        self._trim_peak = max(self._trim_peak, len(self))
+
+    def set_idle(self, conn: _Connection, idle: bool) -> None:
+        if conn in self._idle:
+            if not idle:
+                del self._idle[conn]
+                self._busy.add(conn)
+        elif conn in self._busy and idle:
+            self._busy.discard(conn)
+            self._idle[conn] = None  # now the newest idle one
+
+    def remove(self, conn: _Connection) -> None:
+        self._idle.pop(conn, None)
+        self._busy.discard(conn)
+        if self._trim_peak >= _TRIM_PEAK and len(self) <= self._trim_peak // 4:
+            # A flood has ended: hand its buffers back (glibc keeps freed heap otherwise).
+            self._trim_peak = len(self)
+            release_memory()
+
+
+def release_memory() -> None:
+    """Return freed heap to the operating system (glibc ``malloc_trim``; elsewhere nothing)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+class _Connection(TCPServer):
+    """hypercorn's connection, tracked in a :class:`ConnectionTable`."""
+
+    def __init__(self, table: ConnectionTable, *args: Any) -> None:
+        super().__init__(*args)
+        self._table = table
+        self._evicted = False
+
+    async def serve(self) -> None:
+        try:
+            await self.run()
+        finally:
+            self._table.remove(self)
+            # hypercorn returns without closing when a TLS handshake fails: close here
+            # (a second close is a no-op).
+            _socket_of(self.stream).close()
+
+    def evict(self) -> None:
+        """Close at once (the connection has no request in progress): the read loop ends
+        and hypercorn closes the rest as it does for a client that went away."""
+        self._evicted = True
+        _socket_of(self.stream).close()
+
+    async def protocol_send(self, event: Any) -> None:
+        if isinstance(event, Updated):
+            self._table.set_idle(self, event.idle)
+        await super().protocol_send(event)
+
+    async def _close(self) -> None:
+        # hypercorn 0.18 sends EOF outside send_lock: a response being written then
+        # fails with BusyResourceError. Take the lock (unless this task holds it), never
+        # waiting long for a peer that does not read; close in any case.
+        lock: trio.Lock = self.send_lock
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(1.0):
+                held = lock.statistics().owner is trio.lowlevel.current_task()
+                async with contextlib.AsyncExitStack() as stack:
+                    if not held:
+                        await stack.enter_async_context(lock)
+                    with contextlib.suppress(
+                        trio.BrokenResourceError,
+                        trio.BusyResourceError,
+                        trio.ClosedResourceError,
+                        AttributeError,  # an SSL stream has no send_eof
+                        OSError,
+                    ):
+                        await self.stream.send_eof()
+            await self.stream.aclose()
+
+
+def _socket_of(stream: Any) -> Any:
+    inner = getattr(stream, "transport_stream", stream)  # SSLStream wraps a SocketStream
+    return inner.socket
+
+
+class FramingGuard:
+    """Refuse, before the app sees it, a request whose framing is ambiguous or not ours:
+
+    - ``Content-Length`` together with ``Transfer-Encoding``: 400 and close (RFC 9112
+      §6.1; h11 would take the chunked framing and keep the connection, so a request
+      hidden in the body would be served next: request smuggling);
+    - a header that must come once (``Authorization``, ``Content-Length``,
+      ``Content-Type``, ``Content-Encoding``, the Adobe signature headers) more than
+      once: 400 (a proxy reading the first and streamd the last would disagree);
+    - an HTTP version other than 1.0, 1.1 or 2: 505;
+    - a ``Content-Encoding`` other than ``identity``: 415 (the body is stored as sent;
+      decompressing would need its own bounds).
+
+    Every answer here closes the connection.
+    """
+
+    _SINGLE = frozenset(
+        {
+            b"authorization",
+            b"content-length",
+            b"content-type",
+            b"content-encoding",
+            b"transfer-encoding",
+            b"x-adobe-digital-signature-1",
+            b"x-adobe-digital-signature-2",
+            b"x-adobe-public-key1-path",
+            b"x-adobe-public-key2-path",
+            b"x-adobe-signature",
+        }
+    )
+    _VERSIONS = frozenset({"1.0", "1.1", "2"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self.problem(scope)
+            if problem is not None:
+                status, message = problem
+                log.info("refused a request: %s", message)
+                body = orjson.dumps({"error": message})
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ]
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    @classmethod
+    def problem(cls, scope: Scope) -> tuple[int, str] | None:
+        """The status and message for a request that must not reach the app, or None."""
+        version = scope.get("http_version", "1.1")
+        if version not in cls._VERSIONS:
+            return 505, f"HTTP/{str(version)[:10]} is not supported; use HTTP/1.1"
+        seen: set[bytes] = set()
+        for raw_name, value in scope["headers"]:
+            name = raw_name.lower()
+            if name in cls._SINGLE:
+                if name in seen:
+                    return 400, f"more than one {name.decode()} header"
+                seen.add(name)
+                if name == b"content-encoding" and value.strip().lower() != b"identity":
+                    shown = value.decode("latin-1")[:40]
+                    return 415, f"Content-Encoding {shown!r} is not supported; send the body as is"
+        if b"content-length" in seen and b"transfer-encoding" in seen:
+            return 400, "Content-Length together with Transfer-Encoding (RFC 9112 section 6.1)"
+        return None
+
+
+def bind_sockets(hconfig: HypercornConfig, where: str) -> Sockets:
+    """Bind and listen on ``hconfig.bind`` (``where`` names them for the operator).
+
+    Raises :class:`ConfigError` with the system's reason when an address cannot be
+    bound or listened on (in use, not local, a name that does not resolve), having
+    closed whatever it opened.
+    """
+    try:
+        sockets = hconfig.create_sockets()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot listen on {where}: {_reason(exc)}") from None
+    try:
+        # listen() too: with SO_REUSEADDR two sockets may bind one address; the second
+        # finds out only here (EADDRINUSE).
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            sock.listen(hconfig.backlog)
+    except OSError as exc:
+        close_sockets(sockets)
+        raise ConfigError(f"cannot listen on {where}: {_reason(exc)}") from None
+    return sockets
+
+
+def close_sockets(sockets: Sockets) -> None:
+    """Close listening sockets (start-up failed after they were bound)."""
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+        sock.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+async def serve_http(
+    app: ASGIApp,
+    hconfig: HypercornConfig,
+    sockets: Sockets,
+    table: ConnectionTable,
+    *,
+    shutdown: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on the bound and listening ``sockets`` until ``shutdown()`` returns,
+    then let open requests finish within ``hconfig.graceful_timeout``.
+
+    Reports the listeners' URLs through ``task_status``.
+    """
+    guarded: Any = FramingGuard(app)  # an ASGI app, as hypercorn's types would have it
+    wrapped = wrap_app(guarded, hconfig.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+    ssl_context = hconfig.create_ssl_context()
+    listeners: list[trio.SSLListener[trio.SocketStream] | trio.SocketListener] = []
+    binds = []
+    for sock in sockets.secure_sockets:
+        assert ssl_context is not None  # secure sockets exist only with a certificate
+        listeners.append(
+            trio.SSLListener(
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
+                ssl_context,
+                https_compatible=True,
+            )
+        )
+        binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
+    for sock in sockets.insecure_sockets:
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+
+    async with trio.open_nursery() as connections:
+
+        def spawn(stream: Any) -> None:
+            state = ConnectionState({})
+            conn = _Connection(table, wrapped, hconfig, context, state, stream)
+            table.add(conn)
+            connections.start_soon(conn.serve)
+
+        async with trio.open_nursery() as accepting:
+            for listener in listeners:
+                accepting.start_soon(_accept, listener, table, spawn)
+            task_status.started(binds)
+            await shutdown()
+            accepting.cancel_scope.cancel()
+        # Idle connections close now, busy ones after their answer (hypercorn's own rule).
+        await context.terminated.set()
+        connections.cancel_scope.deadline = trio.current_time() + hconfig.graceful_timeout
+
+
+async def _accept(
+    listener: trio.SSLListener[trio.SocketStream] | trio.SocketListener,
+    table: ConnectionTable,
+    spawn: Callable[[Any], None],
+) -> None:
+    async with listener:  # closed when accepting ends (trio.serve_listeners does the same)
+        await _accept_until_cancelled(listener, table, spawn)
+
+
+async def _accept_until_cancelled(
+    listener: trio.SSLListener[trio.SocketStream] | trio.SocketListener,
+    table: ConnectionTable,
+    spawn: Callable[[Any], None],
+) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_FDS:
+                raise
+            table.out_of_descriptors()
+            log.warning(
+                "accept failed (%s): out of file descriptors with %d connections open; "
+                "pausing %g s (lower server.max_connections or raise LimitNOFILE)",
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+                len(table),
+                FD_PAUSE,
+            )
+            await trio.sleep(FD_PAUSE)
+            continue
+        if not table.admit():
+            log.warning(
+                "refused a connection: %d open, every one with a request in progress "
+                "(server.max_connections = %d)",
+                len(table),
+                table.limit,
+            )
+            _socket_of(stream).close()
+            continue
+        spawn(stream)

@@ -27,8 +27,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import gc
 import logging
 import resource
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,21 +63,28 @@ _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM
 # the sinks' files and connections, the admin listener, pulls, worker pipes, logs.
 FD_HEADROOM = 128
 ADMIN_MAX_CONNECTIONS = 64
-# Give memory back to the OS once the open connections fall to a quarter of a peak of
-# at least this many.
+# The automatic cap, whatever the descriptor limit: an idle connection costs about
+# 5 KiB (bench/edge.py), so a full house of idle ones stays near 20 MiB.
+AUTO_MAX_CONNECTIONS = 4096
+# At EMFILE, close up to this many idle connections at once (one at a time, each
+# accept would take back the descriptor just freed).
+_EMFILE_EVICT = 16
+# Give memory back to the OS when the open connections fall to a quarter of a peak of
+# at least this many, and again once at most _TRIM_LOW are left (the flood is over).
 _TRIM_PEAK = 256
+_TRIM_LOW = 8
 
 
 def max_connections_for(configured: int, nofile: int | None = None) -> int:
     """``server.max_connections``, or when it is 0 the soft ``RLIMIT_NOFILE`` less
-    :data:`FD_HEADROOM` (at least 16)."""
+    :data:`FD_HEADROOM`, at most :data:`AUTO_MAX_CONNECTIONS` (at least 16)."""
     if configured:
         return configured
     if nofile is None:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if nofile == resource.RLIM_INFINITY:
         nofile = 1 << 20
-    return max(16, nofile - FD_HEADROOM)
+    return max(16, min(nofile - FD_HEADROOM, AUTO_MAX_CONNECTIONS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,19 +106,23 @@ class ConnectionTable:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._idle: dict[_Connection, None] = {}  # oldest idle first (insertion order)
+        # Idle connections, oldest first (insertion order): those that never had a POST
+        # accepted, then those that did (a sender's kept-alive connection goes last).
+        self._idle: dict[_Connection, None] = {}
+        self._proven_idle: dict[_Connection, None] = {}
         self._busy: set[_Connection] = set()
         self._peak = self._accepted = self._evicted = self._refused = self._fd_pauses = 0
         self._trim_peak = 0
+        self._flood_ending = False
 
     def __len__(self) -> int:
-        return len(self._idle) + len(self._busy)
+        return len(self._idle) + len(self._proven_idle) + len(self._busy)
 
     def statistics(self) -> ConnectionStatistics:
         """Counts now and since start."""
         return ConnectionStatistics(
             open=len(self),
-            idle=len(self._idle),
+            idle=len(self._idle) + len(self._proven_idle),
             peak=self._peak,
             limit=self.limit,
             accepted=self._accepted,
@@ -129,19 +142,26 @@ class ConnectionTable:
         return False
 
     def evict_oldest(self) -> bool:
-        """Close the connection idle the longest; False when none is idle."""
-        if not self._idle:
+        """Close the connection idle the longest, preferring one that never had a POST
+        accepted; False when none is idle."""
+        pool = self._idle or self._proven_idle
+        if not pool:
             return False
-        oldest = next(iter(self._idle))
+        oldest = next(iter(pool))
         self._evicted += 1
         self.remove(oldest)
         oldest.evict()
         return True
 
-    def out_of_descriptors(self) -> None:
-        """Accept failed for lack of descriptors: give one back if a connection is idle."""
-        self._fd_pauses += 1
-        self.evict_oldest()
+    def out_of_descriptors(self) -> bool:
+        """Accept failed for lack of descriptors: close up to 16 idle connections to give
+        descriptors back; False when none was idle (then accepting must pause)."""
+        freed = 0
+        while freed < _EMFILE_EVICT and self.evict_oldest():
+            freed += 1
+        if not freed:
+            self._fd_pauses += 1
+        return freed > 0
 
     def add(self, conn: _Connection) -> None:
         self._idle[conn] = None
@@ -150,25 +170,36 @@ class ConnectionTable:
         self._trim_peak = max(self._trim_peak, len(self))
 
     def set_idle(self, conn: _Connection, idle: bool) -> None:
-        if conn in self._idle:
-            if not idle:
-                del self._idle[conn]
-                self._busy.add(conn)
-        elif conn in self._busy and idle:
+        if not idle:
+            for pool in (self._idle, self._proven_idle):
+                if conn in pool:
+                    del pool[conn]
+                    self._busy.add(conn)
+        elif conn in self._busy:
             self._busy.discard(conn)
-            self._idle[conn] = None  # now the newest idle one
+            # Now the newest idle one.
+            (self._proven_idle if conn.proven else self._idle)[conn] = None
 
     def remove(self, conn: _Connection) -> None:
         self._idle.pop(conn, None)
+        self._proven_idle.pop(conn, None)
         self._busy.discard(conn)
-        if self._trim_peak >= _TRIM_PEAK and len(self) <= self._trim_peak // 4:
-            # A flood has ended: hand its buffers back (glibc keeps freed heap otherwise).
-            self._trim_peak = len(self)
+        left = len(self)
+        if self._trim_peak >= _TRIM_PEAK and left <= self._trim_peak // 4:
+            # A flood is ending: hand its memory back (see release_memory), at each
+            # quarter of the way down and once more when it is over.
+            self._trim_peak = left
+            self._flood_ending = True
+            release_memory()
+        elif self._flood_ending and left <= _TRIM_LOW:
+            self._flood_ending = False
             release_memory()
 
 
 def release_memory() -> None:
-    """Return freed heap to the operating system (glibc ``malloc_trim``; elsewhere nothing)."""
+    """Free what only the cycle collector can (hypercorn's connections hold reference
+    cycles), then return freed heap to the operating system (glibc ``malloc_trim``)."""
+    gc.collect()
     if _malloc_trim is not None:
         _malloc_trim(0)
 
@@ -195,10 +226,23 @@ class _Connection(TCPServer):
         super().__init__(*args)
         self._table = table
         self._evicted = False
+        self.proven = False  # a POST on it was answered 2xx (see _Proving)
+        self.state[CONNECTION_KEY] = self  # the scope's "state": how _Proving finds it
 
     async def serve(self) -> None:
         try:
-            await self.run()
+            # Until its first bytes arrive a connection costs a task and a socket:
+            # hypercorn's machinery (a nursery, h11, timers: about 17 KiB, and reference
+            # cycles only the GC frees) is built when there is something to parse. The
+            # wait is the header deadline hypercorn would apply (keep_alive_timeout).
+            sock = _socket_of(self.stream)
+            with trio.move_on_after(self.config.keep_alive_timeout) as first_bytes:
+                await trio.lowlevel.wait_readable(sock)
+            # Readable with nothing to read: the client closed; nothing to build for it.
+            if not first_bytes.cancelled_caught and await sock.recv(1, socket.MSG_PEEK):
+                await self.run()
+        except (trio.ClosedResourceError, OSError):
+            pass  # evicted (closed) while waiting, or gone
         finally:
             self._table.remove(self)
             # hypercorn returns without closing when a TLS handshake fails: close here
@@ -241,6 +285,31 @@ class _Connection(TCPServer):
 def _socket_of(stream: Any) -> Any:
     inner = getattr(stream, "transport_stream", stream)  # SSLStream wraps a SocketStream
     return inner.socket
+
+
+CONNECTION_KEY = "streamd.connection"
+
+
+class _Proving:
+    """Marks a connection whose POST was answered 2xx (credentials checked, batch
+    accepted): at the cap, such a sender's kept-alive connection is closed only after
+    every idle connection that never got that far."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = scope.get("state", {}).get(CONNECTION_KEY)
+        if conn is None or conn.proven or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Mapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                conn.proven = True
+            await send(message)
+
+        await self.app(scope, receive, watch)
 
 
 class FramingGuard:
@@ -362,7 +431,7 @@ async def serve_http(
 
     Reports the listeners' URLs through ``task_status``.
     """
-    guarded: Any = FramingGuard(app)  # an ASGI app, as hypercorn's types would have it
+    guarded: Any = FramingGuard(_Proving(app))  # an ASGI app, as hypercorn's types say
     wrapped = wrap_app(guarded, hconfig.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     ssl_context = hconfig.create_ssl_context()
@@ -421,15 +490,16 @@ async def _accept_until_cancelled(
         except OSError as exc:
             if exc.errno not in _OUT_OF_FDS:
                 raise
-            table.out_of_descriptors()
+            freed = table.out_of_descriptors()
             log.warning(
-                "accept failed (%s): out of file descriptors with %d connections open; "
-                "pausing %g s (lower server.max_connections or raise LimitNOFILE)",
+                "accept failed (%s): out of file descriptors with %d connections open; %s "
+                "(lower server.max_connections or raise LimitNOFILE)",
                 errno.errorcode.get(exc.errno or 0, exc.errno),
                 len(table),
-                FD_PAUSE,
+                "closed idle ones" if freed else f"none idle, pausing {FD_PAUSE:g} s",
             )
-            await trio.sleep(FD_PAUSE)
+            if not freed:
+                await trio.sleep(FD_PAUSE)
             continue
         if not table.admit():
             log.warning(

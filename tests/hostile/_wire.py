@@ -23,8 +23,11 @@ def split_url(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def read_answer(stream: trio.abc.ReceiveStream, *, timeout: float = 10.0) -> Answer:
-    """One response (Content-Length framed), and whether the connection then closed."""
+async def read_answer(
+    stream: trio.abc.ReceiveStream, *, timeout: float = 10.0, check_close: bool = True
+) -> Answer:
+    """One response (Content-Length framed), and whether the connection then closed
+    (``check_close``: wait up to 2 s to see; else ``closed`` is False)."""
     data = b""
     with trio.fail_after(timeout):
         while b"\r\n\r\n" not in data:
@@ -45,7 +48,7 @@ async def read_answer(stream: trio.abc.ReceiveStream, *, timeout: float = 10.0) 
             if not chunk:
                 break
             body += chunk
-        closed = await closes(stream, timeout=2.0)
+        closed = check_close and await closes(stream, timeout=2.0)
     return Answer(status, headers, body[:length], closed)
 
 

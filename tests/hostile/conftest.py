@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +17,7 @@ from tests.integration.conftest import server, start_server
 from tests.system._harness import Processes
 
 __all__ = ["processes", "scale", "server", "soak", "start_server"]
+T = TypeVar("T")
 
 
 def soak() -> bool:
@@ -23,7 +25,7 @@ def soak() -> bool:
     return os.environ.get("STREAMD_SOAK", "") not in ("", "0")
 
 
-def scale(bounded: int, long: int) -> int:
+def scale(bounded: T, long: T) -> T:
     """``bounded`` in ``make test``, ``long`` under ``make soak``."""
     return long if soak() else bounded
 

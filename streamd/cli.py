@@ -14,7 +14,6 @@ import orjson
 
 from streamd import __version__
 from streamd.admin.client import admin_call, admin_flags, daemon_running, named_journal
-from streamd.auth import read_token_file
 from streamd.emit import cli as emit_cli
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
 from streamd.inspect import cli as inspect_cli
@@ -479,33 +478,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from streamd.service.run import (
-        build_pulls,
-        hypercorn_config,
-        mtls_hypercorn_config,
-        signature_check,
-    )
-    from streamd.service.sinks import build_specs
+    from streamd.service.run import check_startup
 
     config = _load(args)
-    hypercorn_config(config)  # loads the TLS certificate and key, if any
-    if config.server.mtls_listen:
-        mtls_hypercorn_config(config)  # ... and the client CA
-    for source in config.sources:
-        if source.auth == "adobe-signature":
-            signature_check(config, source)  # pinned keys and the secret must load
-            continue
-        for path in config.token_files(source):
-            # serve creates a missing global token file (default or tokens.files);
-            # a source's own token_files must exist.
-            creatable = path == config.default_token_file or path in config.tokens.files
-            if creatable and not os.path.exists(path):
-                continue
-            read_token_file(path)
-    specs = build_specs(config)  # the sinks' token and secret files
-    build_pulls(config)  # the pull sources' secrets and CA files
-    if config.admin.addresses and os.path.exists(config.admin_token_file):
-        read_token_file(config.admin_token_file)  # serve creates it when missing
+    # Exactly what serve reads and builds before it binds (no file is created; a port
+    # held by another process is not found: a running daemon may hold these very ports).
+    specs = check_startup(config).specs
     where = args.config or "<defaults>"
     print(
         f"{where}: ok — listen {', '.join(config.server.listen)}; data dir {config.data_dir}; "

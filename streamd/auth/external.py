@@ -167,14 +167,19 @@ class Introspector:
         except ValueError:
             raise ProviderUnavailable("introspection answered something else than JSON") from None
         active = isinstance(answer, dict) and answer.get("active") is True
-        until = now + self.cache_seconds
         exp = answer.get("exp") if isinstance(answer, dict) else None
-        if active and isinstance(exp, int | float):
-            until = min(until, float(exp))
-        if active and until <= now:
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            exp = None
+        if active and exp is not None and exp <= now:
             active = False  # already expired
-        self._cache[token] = (active, until if active else now + min(self.cache_seconds, 30))
-        self._cache.move_to_end(token)
-        while len(self._cache) > _CACHE_LIMIT:
-            self._cache.popitem(last=False)
+        # Remembered for cache_seconds (a refusal at most 30 s), never past the token's
+        # exp; cache_seconds = 0 asks the provider every time.
+        until = now + (self.cache_seconds if active else min(self.cache_seconds, 30))
+        if active and exp is not None:
+            until = min(until, float(exp))
+        if until > now:
+            self._cache[token] = (active, until)
+            self._cache.move_to_end(token)
+            while len(self._cache) > _CACHE_LIMIT:
+                self._cache.popitem(last=False)
         return active

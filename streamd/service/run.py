@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -32,7 +33,7 @@ from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
 from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.ims import ClientCredentials
 from streamd.auth.issuer import Issuer, load_or_create_key
-from streamd.drain import Drain, YieldSettings, open_drain
+from streamd.drain import Drain, SinkSpec, YieldSettings, open_drain
 from streamd.drain.admin import sink_routes
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
@@ -40,7 +41,7 @@ from streamd.ingest import IngestApp, Limits, Source
 from streamd.ingest.pull import Pulls, PullSettings, PullSource
 from streamd.ingest.validation import Validator
 from streamd.journal import Journal, WriterOptions, open_journal
-from streamd.service.config import Config, SourceConfig
+from streamd.service.config import Config, SourceConfig, parse_listen
 from streamd.service.health import StreamHealth
 from streamd.service.http import (
     ADMIN_MAX_CONNECTIONS,
@@ -81,6 +82,62 @@ class Running:
     connections: ConnectionTable | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What :func:`check_startup` built, for ``serve`` to keep."""
+
+    specs: list[SinkSpec]
+    pull_plans: list[PullPlan]
+
+
+def check_startup(config: Config) -> Checked:
+    """Everything ``serve`` reads and builds before it binds a socket, without creating
+    anything: the sinks' and pulls' secrets, the TLS certificates, keys and CAs, each
+    source's token files and checkers (signature keys, an identity provider's secret,
+    the validation CA), the embedded issuer's signing key and the admin token when they
+    exist, that each listen address is local, and that the data directory is writable.
+    ``streamd check-config`` runs exactly this; ``serve`` runs it first.
+
+    Raises :class:`ConfigError` naming the file or key and the problem.
+    """
+    specs = build_specs(config)
+    pull_plans = build_pulls(config)
+    hypercorn_config(config)  # the TLS certificate and key
+    if config.server.mtls_listen:
+        mtls_hypercorn_config(config)  # ... and the client CA
+    load_sources(config, create=False)
+    if config.oauth.clients and os.path.exists(config.oauth_key_file):
+        load_or_create_key(config.oauth_key_file)
+    if config.admin.addresses and os.path.exists(config.admin_token_file):
+        read_token_file(config.admin_token_file)
+    addresses = [*config.server.listen, *config.server.mtls_listen, *config.admin.addresses]
+    for address in addresses:
+        _check_local(address)
+    _check_writable(config.data_dir)
+    return Checked(specs, pull_plans)
+
+
+def _check_local(address: str) -> None:
+    """Binding the address's host on port 0 finds what ``listen`` would (a host that is
+    not this machine's, a name that does not resolve) without taking the port, which a
+    running daemon may hold."""
+    host, _ = parse_listen(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+
+
+def _check_writable(data_dir: str) -> None:
+    path = os.path.abspath(data_dir)
+    while not os.path.lexists(path):  # serve creates it: its nearest existing parent
+        path = os.path.dirname(path)
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"data_dir {data_dir}: {path} is not a writable directory")
+
+
 def writer_options(config: Config) -> WriterOptions:
     """The journal writer's bounds from the [journal] section."""
     j = config.journal
@@ -95,10 +152,14 @@ def writer_options(config: Config) -> WriterOptions:
     )
 
 
-def load_sources(config: Config, *, announce: Callable[[str], None] | None = None) -> list[Source]:
-    """Build each source's token set, generating the default token on first start.
+def load_sources(
+    config: Config, *, announce: Callable[[str], None] | None = None, create: bool = True
+) -> list[Source]:
+    """Build each source's token set and checkers, generating the default token on
+    first start (not with ``create=False``: a missing token file streamd would create is
+    then skipped, as ``check-config`` does).
 
-    Raises :class:`ConfigError` naming the token file and the problem.
+    Raises :class:`ConfigError` naming the file and the problem.
     """
     cache: dict[str, list[str]] = {}
     sources = []
@@ -136,7 +197,11 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
         tokens: list[str] = []
         for path in config.token_files(source):
             if path not in cache:
-                if path == config.default_token_file or path in config.tokens.files:
+                creatable = path == config.default_token_file or path in config.tokens.files
+                if creatable and not create and not os.path.exists(path):
+                    cache[path] = []
+                    continue
+                if creatable:
                     generated = ensure_token_file(path)
                     if generated is not None and announce is not None:
                         if os.environ.get("INVOCATION_ID"):
@@ -154,7 +219,8 @@ def load_sources(config: Config, *, announce: Callable[[str], None] | None = Non
             Source(
                 source.name,
                 source.path,
-                TokenSet(tokens),
+                # check-config: a token file serve would create holds no token yet
+                TokenSet(tokens) if tokens or create else None,
                 source.query_token,
                 require_client_cert=source.require_client_cert,
                 validator=_validator(source),
@@ -187,6 +253,14 @@ def _validator(source: SourceConfig) -> Validator | None:
     if not source.auto_validate:
         return None
     hosts = tuple(h.lower() for h in source.validation_hosts)
+    if source.validation_ca_file:
+        try:  # loaded now: a missing or broken file is found at start, not at Adobe's call
+            ssl.create_default_context(cafile=source.validation_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{source.validation_ca_file}: cannot load the validation CA of source "
+                f"{source.name!r}: {exc}"
+            ) from None
     return Validator(hosts, source.validation_ca_file)
 
 
@@ -430,9 +504,14 @@ async def serve(
     Raises :class:`ConfigError` or :class:`JournalError` when it cannot start.
     """
     notify = notifier or Notifier({})
-    specs = build_specs(config)  # reads the sinks' secret files: a problem stops us here
-    pull_plans = build_pulls(config)  # and the pull sources' secrets
-    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    # Every secret and certificate read, every checker built: a problem stops us here,
+    # with the same verdict check-config gives.
+    checked = check_startup(config)
+    specs, pull_plans = checked.specs, checked.pull_plans
+    try:
+        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data_dir {config.data_dir}: cannot create it: {exc.strerror}") from None
     hconfig = hypercorn_config(config)
     activated = activated_binds()
     if activated is not None:

@@ -194,13 +194,29 @@ async def test_an_unreachable_jwks_is_503_not_401(
     assert reply.headers["retry-after"]
 
 
-def introspection_source(provider: Provider, secret_file: Path) -> str:
+def introspection_source(provider: Provider, secret_file: Path, cache: int = 300) -> str:
     return (
         '[[sources]]\nname = "legacy"\npath = "/legacy"\nauth = "oauth"\n'
         f'[sources.oauth]\nmode = "introspection"\n'
         f'introspection_url = "{provider.url}/introspect"\n'
-        f'client_id = "streamd"\nclient_secret_file = "{secret_file}"\ncache_seconds = 300\n'
+        f'client_id = "streamd"\nclient_secret_file = "{secret_file}"\ncache_seconds = {cache}\n'
     )
+
+
+async def test_introspection_without_a_cache_asks_every_time(
+    start_server: StartServer, provider: Provider, tmp_path: Path
+) -> None:
+    # cache_seconds = 0 (the documented minimum) once refused every token: now + 0 was
+    # taken for "already expired" (issue 13, case 9).
+    secret = tmp_path / "introspection-secret"
+    secret.write_text("rs-secret-0123456789\n")
+    provider.active["opaque-good"] = {"active": True, "exp": int(time.time()) + 600}
+    server: Server = await start_server(introspection_source(provider, secret, cache=0))
+    assert [await post(server, "opaque-good") for _ in range(3)] == [200, 200, 200]
+    assert await post(server, "opaque-unknown") == 401
+    assert [i["token"] for i in provider.introspections] == ["opaque-good"] * 3 + ["opaque-unknown"]
+    del provider.active["opaque-good"]  # revoked: with no cache, refused at once
+    assert await post(server, "opaque-good") == 401
 
 
 async def test_introspection_with_a_cache(

@@ -361,8 +361,14 @@ def check_cut(
     model: Model,
     acked: set[str],
     batches: Iterable[Sequence[str]],
+    *,
+    cli: Sequence[str] = (),
 ) -> CutResult:
-    """Restart streamd's journal on a rebuilt directory and check the promise."""
+    """Restart streamd's journal on a rebuilt directory and check the promise.
+
+    ``cli``: the ``streamd`` command, to run ``streamd journal verify`` as an operator
+    would, besides the same check in-process (which every cut gets).
+    """
     result = CutResult(cut, model, len(acked))
     journal = data_dir / "journal.db"
     index = Path(dedup_path(str(journal)))
@@ -384,6 +390,13 @@ def check_cut(
     report = verify_journal(str(journal))
     for check in report.checks:
         result.integrity += [f"verify {check.name}: {p}" for p in check.problems]
+    if cli:
+        done = subprocess.run(
+            [*cli, "journal", "verify", "--data-dir", str(data_dir), "--format", "jsonl"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            result.integrity.append(f"streamd journal verify: {done.stdout}{done.stderr}")
     with contextlib.closing(sqlite3.connect(journal)) as conn:
         keys = Counter(
             dict(conn.execute("SELECT event_key, count(*) FROM events GROUP BY event_key"))
@@ -493,6 +506,7 @@ class Figures:
     index_failures: int = 0
     atomic_failures: int = 0
     dedup_damaged: int = 0
+    cli_runs: int = 0  # cuts also checked with the streamd journal verify command
     stats: Stats = field(default_factory=Stats)
     examples: list[str] = field(default_factory=list)
 
@@ -519,7 +533,8 @@ class Figures:
             f"(at {self.cuts_with_loss} cuts), stored twice {self.stored_twice}, "
             f"integrity failures {self.integrity_failures}, index failures "
             f"{self.index_failures}, partial batches {self.atomic_failures}, derived index "
-            f"damaged as left {self.dedup_damaged}; unsynced ops {self.stats.unsynced_ops}, "
+            f"damaged as left {self.dedup_damaged}, `streamd journal verify` runs "
+            f"{self.cli_runs}; unsynced ops {self.stats.unsynced_ops}, "
             f"kept {self.stats.kept}, torn {self.stats.torn}"
         )
 
@@ -532,15 +547,20 @@ def simulate(
     models: Sequence[Model],
     seed: int,
     workdir: Path,
+    *,
+    cli: Sequence[str] = (),
+    cli_every: int = 50,
 ) -> dict[Model, Figures]:
     """Rebuild and check every cut under every model; ``acked_by_record`` maps the index
-    of each HTTP 200 record to the keys of the batch it acknowledged."""
+    of each HTTP 200 record to the keys of the batch it acknowledged. ``streamd journal
+    verify`` (``cli``) also runs at every ``cli_every``-th cut and at the last."""
     storage = Storage(records)
     figures = {model: Figures(model) for model in models}
     acked: set[str] = set()
     counted = 0  # 200 records whose batches are in ``acked``
-    for cut in cuts:
+    for number, cut in enumerate(cuts):
         storage.advance(cut)
+        run_cli = cli if number % cli_every == 0 or number == len(cuts) - 1 else ()
         for index in storage.acks[counted:]:
             acked.update(acked_by_record[index])
         counted = len(storage.acks)
@@ -548,6 +568,8 @@ def simulate(
             rng = random.Random(f"{seed}:{cut}:{model}")
             dest = workdir / f"cut-{cut}-{model}"
             storage.materialize(dest, model, rng, figures[model].stats)
-            figures[model].add(check_cut(dest, cut, model, set(acked), batches))
+            result = check_cut(dest, cut, model, set(acked), batches, cli=run_cli)
+            figures[model].add(result)
+            figures[model].cli_runs += bool(run_cli)
             shutil.rmtree(dest)
     return figures

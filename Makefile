@@ -17,13 +17,19 @@ run: $(STAMP)
 
 test: $(STAMP) system-tools lint typecheck pytest
 
-# systemd-analyze and systemd-socket-activate for the unit and activation tests:
-# installed when missing and we may (root with apt); otherwise those tests skip.
+# systemd-analyze and systemd-socket-activate for the unit and activation tests, strace
+# for the check that every 200 follows the fdatasync of its WAL frames: installed when
+# missing and we may (root with apt); otherwise those tests skip.
 system-tools:
 	@if ! command -v systemd-analyze >/dev/null || ! command -v systemd-socket-activate >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
 	  else echo "systemd tools missing and cannot install them: their tests will be skipped"; fi; \
+	fi
+	@if ! command -v strace >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; \
+	  else echo "strace missing and cannot install it: its test will be skipped"; fi; \
 	fi
 
 lint: $(STAMP)

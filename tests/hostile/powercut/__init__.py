@@ -1,0 +1,1 @@
+"""The power-cut simulator's parts: the recording shim (``shim.c``) and the load (``load``)."""

@@ -490,10 +490,6 @@ class JournalWriter:
                 control.error = error
         finally:
             wrote = committed and (bool(controls) or any(job.taken for job in jobs))
-            if committed and (group.owners or group.overflow):
-                # Before any ack: the next group must see these keys, index or not.
-                group.covered_seq = self._next_seq - 1
-                self._pending.push(group)
             elapsed = time.monotonic() - started
             with self._lock:
                 self._queued -= sum(len(job.batch.events) for job in jobs)
@@ -519,6 +515,14 @@ class JournalWriter:
                 for job in jobs:
                     if job.on_done is not None:
                         job.on_done(job)
+            if committed and (group.owners or group.overflow):
+                # Before the next group's snapshot (this thread takes it): it must see
+                # these keys, indexed or not; a sender's retry after the ack lands there.
+                # After the acks: when the indexer falls behind (it cannot write its
+                # file, say on a full disk) the push waits, and holds back the next
+                # group, never the answer for a batch that committed.
+                group.covered_seq = self._next_seq - 1
+                self._pending.push(group)
             self._checkpoint_wake.set()
         return wrote
 

@@ -20,6 +20,7 @@ from streamd.core import decode_delivery
 from streamd.errors import CommitTimeout, JournalBusy, JournalError
 from streamd.journal import AppendResult, Batch, Job, JournalWriter, WriterOptions, open_journal
 from streamd.journal.appender import Journal, utc_now
+from streamd.journal.dedup import dedup_path
 from tests.conftest import fixture_bytes
 from tests.unit.test_journal import record, rows
 
@@ -175,3 +176,29 @@ async def test_failing_commits_are_reported_and_a_probe_ends_them_without_a_batc
     # The probe wrote and took back its row: the journal holds what it held.
     assert rows(path, "SELECT key FROM meta") == [("journal_id",)]
     assert rows(path, "SELECT count(*) FROM events") == [(7,)]
+
+
+async def test_a_batch_is_answered_when_the_dedup_index_falls_behind(tmp_path: Path) -> None:
+    # The indexer cannot write its file (another connection holds its write lock, as a
+    # full disk would refuse it): committed groups pile up in memory, 8 at most, and then
+    # the writer waits. It must wait *after* answering the group it committed.
+    path = tmp_path / "journal.db"
+    async with open_journal(str(path), WriterOptions(), commit_budget=0.5) as journal:
+        blocker = sqlite3.connect(dedup_path(str(path)), isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            for i in range(9):  # the 9th group finds 8 pending: its push waits
+                with trio.fail_after(20):
+                    result = await journal.append(Batch("s", utc_now(), "x", [record(f"i{i}")]))
+                assert result.accepted == 1
+            # The writer now waits for the indexer: a new batch stays queued, and goes
+            # at its budget (503, never written).
+            with pytest.raises(CommitTimeout):
+                await journal.append(Batch("s", utc_now(), "x", [record("late")]))
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        with trio.fail_after(30):
+            again = await journal.append(Batch("s", utc_now(), "x", [record("late")]))
+        assert again.accepted == 1
+    assert rows(path, "SELECT count(*) FROM events") == [(10,)]

@@ -11,9 +11,7 @@ the group so far; the index itself is updated right after (see dedup.py).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import logging
 import os
 import queue
 import sqlite3
@@ -26,9 +24,8 @@ from typing import Any
 from streamd.core.wire import EventRecord
 from streamd.errors import JournalBusy, JournalClosed, JournalError
 from streamd.journal.dedup import DEDUP_PAGE_SIZE, DedupIndex, Generation, Indexer, Pending
+from streamd.journal.failing import FailingState, describe, journal_wide, probe, rollback
 from streamd.journal.schema import Synchronous, connect, journal_id, migrate
-
-log = logging.getLogger("streamd.journal")
 
 # Upper bounds (seconds) of the commit-latency histogram; the last bucket is +Inf.
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -145,38 +142,11 @@ class WriterStatistics:
 
 
 _STOP = object()
-_LOG_EVERY = 10.0  # seconds between two "commits are failing" lines when they flap
 _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
 # A write that changes nothing but takes the journal's write lock (waiting busy_timeout
 # for another process's): taken before any job is, so a lock held elsewhere keeps jobs
 # queued, where their requests can still abandon them at the commit budget.
 _CLAIM = "DELETE FROM main.meta WHERE 0"
-# While commits fail and nothing waits: a transaction that really writes (two pages of
-# meta, back as they were), so a held lock, a full disk or a file size limit fail it.
-_PROBE = (
-    "INSERT INTO main.meta VALUES ('writer_probe', '')",
-    "DELETE FROM main.meta WHERE key = 'writer_probe'",
-)
-# SQLite's primary result codes that say the journal cannot be written now, whatever
-# the batch: another process's lock, a full disk or file size limit (EFBIG is an I/O
-# error to SQLite), I/O errors, a read-only or damaged file. Retrying such a group
-# batch by batch would only fail again, one busy_timeout per batch.
-_JOURNAL_WIDE = frozenset(
-    {
-        sqlite3.SQLITE_PERM,
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-        sqlite3.SQLITE_NOMEM,
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_CORRUPT,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_PROTOCOL,
-        sqlite3.SQLITE_NOTADB,
-    }
-)
-
 _INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # event_counts: (stream, type, munchkin) -> [events, first_seq, last_seq, min_occ, max_occ]
@@ -237,14 +207,13 @@ class JournalWriter:
             target=self._checkpoint_loop, name="journal-checkpoint", daemon=True
         )
         self.stats = WriterStatistics()
+        self._failing = FailingState(self.stats)
         self._next_seq = 1
         self._next_delivery = 1
         self._dedup: DedupIndex
         self._pending = Pending(limit=8)
         self._indexer: Indexer | None = None
         self._disk_checked = 0.0
-        self._failure_logged_at = float("-inf")
-        self._failure_logged = False
         self._lock_file: int | None = None
         self.refusal: str | None = None  # set by retention when the size cap is reached
         self.journal_id = ""  # the journal's random id (meta), known once started
@@ -464,8 +433,8 @@ class JournalWriter:
             try:
                 self._commit_together(conn, jobs, controls, group, earlier, counts)
             except sqlite3.Error as exc:
-                _rollback(conn)
-                if _journal_wide(exc) or not any(job.taken for job in jobs):
+                rollback(conn)
+                if journal_wide(exc) or not any(job.taken for job in jobs):
                     raise  # the journal cannot be written now: the whole group fails
                 # Which batch failed is unknown: start over, each batch in its own
                 # savepoint, so only the failing one is refused.
@@ -478,10 +447,10 @@ class JournalWriter:
             committed = True
         except Exception as exc:  # sqlite3.Error, or a bug: never a dead writer thread
             # The whole transaction is lost: nothing of any batch in it is acknowledged.
-            _rollback(conn)
+            rollback(conn)
             self._next_seq, self._next_delivery = seq0, delivery0
             self._failed(exc)
-            error = JournalError(f"the journal commit failed: {_describe(exc)}")
+            error = JournalError(f"the journal commit failed: {describe(exc)}")
             for job in jobs:
                 job.result = None
                 job.error = error
@@ -501,7 +470,7 @@ class JournalWriter:
                 self.stats.last_commit_seconds = elapsed
                 self.stats.max_commit_seconds = max(self.stats.max_commit_seconds, elapsed)
                 self._observe(elapsed, counts)
-                self._recovered()
+                self._failing.recovered()
             for job in jobs:
                 if job.result is not None:
                     self.stats.batches += 1
@@ -543,52 +512,19 @@ class JournalWriter:
         return live
 
     def _probe(self, conn: sqlite3.Connection) -> None:
-        """While commits fail and nothing waits: one small transaction that really
-        writes, so the failing state (readiness, the watchdog) ends by itself once the
-        lock is released or space returns, before any sender has to try a batch."""
+        """While commits fail and nothing waits: find out whether they would succeed."""
         try:
-            conn.execute("BEGIN")
-            for sql in _PROBE:
-                conn.execute(sql)
-            conn.execute("COMMIT")
+            probe(conn)
         except sqlite3.Error as exc:
-            _rollback(conn)
             self._failed(exc)
         else:
-            self._recovered()
+            self._failing.recovered()
         # A checkpoint that completes lets the WAL start over inside the space it
         # already has: how a WAL at a file size limit or a full disk recovers.
         self._checkpoint_wake.set()
 
     def _failed(self, exc: BaseException) -> None:
-        """A group commit or a probe failed: commits are failing (readiness, watchdog)."""
-        stats = self.stats
-        reason = _describe(exc)
-        stats.commit_failures += 1
-        self._note_error(f"commit failed: {reason}")
-        stats.failing_reason = reason  # before failing_since: readers check that first
-        if stats.failing_since is None:
-            stats.failing_since = time.time()
-            now = time.monotonic()
-            # One line per episode, and at most one per _LOG_EVERY s when it flaps.
-            if now - self._failure_logged_at >= _LOG_EVERY:
-                self._failure_logged_at = now
-                self._failure_logged = True
-                log.error("journal commits are failing: %s; answering 503 meanwhile", reason)
-
-    def _recovered(self) -> None:
-        """A commit (or probe) succeeded: commits no longer fail."""
-        stats = self.stats
-        since = stats.failing_since
-        if since is None:
-            return
-        stats.failing_since = None
-        stats.failing_reason = None
-        if self._failure_logged:
-            self._failure_logged = False
-            log.warning(
-                "journal commits succeed again (they failed for %.1f s)", time.time() - since
-            )
+        self._note_error(f"commit failed: {self._failing.failed(exc)}")
 
     def _observe(
         self, elapsed: float, counts: dict[tuple[str, str, str, str, str], list[Any]]
@@ -694,7 +630,7 @@ class JournalWriter:
                 conn.execute("RELEASE batch")
                 _merge_counts(counts, job.batch, batch_counts)
             except sqlite3.Error as exc:
-                if _journal_wide(exc):
+                if journal_wide(exc):
                     raise
                 conn.execute("ROLLBACK TO batch")
                 conn.execute("RELEASE batch")
@@ -967,26 +903,6 @@ def hold_writer_lock(journal_path: str) -> int:
             f"{journal_path}: another process (a running streamd) is writing this journal"
         ) from None
     return fd
-
-
-def _journal_wide(exc: BaseException) -> bool:
-    """Does this error say the journal cannot be written now, whatever the batch?"""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in _JOURNAL_WIDE
-
-
-def _describe(exc: BaseException) -> str:
-    """An error for operators: SQLite's message and its (extended) code name."""
-    name = getattr(exc, "sqlite_errorname", None)
-    return f"{exc} ({name})" if name else str(exc)
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """End a failed transaction; after some errors SQLite has already rolled it back
-    (or cannot), and that must never end the writer thread."""
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
 
 
 def _position_row(batch: Batch, result: AppendResult) -> tuple[Any, ...]:

@@ -75,12 +75,14 @@ def test_a_file_size_limit_is_503_until_it_is_raised_and_nothing_acknowledged_is
     senders = Senders(server.port, server.token(), seed, clients=2)
     try:
         for round_ in range(rounds):
-            # The WAL reaches the limit first (it grows under load between checkpoints):
-            # commits fail, and succeed again by themselves once a checkpoint lets the
-            # WAL start over inside the size it has.
             found = wait_unready(admin, FAILING, timeout=60)
             senders.wait_answers(503, 1, timeout=30, what="a 503 at the file size limit")
-            senders.wait_answers(200, 20, timeout=30, what="200s after a checkpoint")
+            if round_ == 0:
+                # A fresh journal: the WAL reaches the limit first (it grows under load
+                # between checkpoints); commits succeed again by themselves once a
+                # checkpoint lets the WAL start over inside the size it has. (Later
+                # rounds start with a journal file near the old limit: they may not.)
+                senders.wait_answers(200, 20, timeout=30, what="200s after a checkpoint")
             recovered = senders.statuses()
             # Then the journal file itself reaches it: checkpoints fail, the WAL can no
             # longer start over, and every commit fails until the limit changes.
@@ -102,7 +104,7 @@ def test_a_file_size_limit_is_503_until_it_is_raised_and_nothing_acknowledged_is
             ready_after = time.monotonic() - raised_at
             senders.wait_answers(200, 20, timeout=30, what="200s once the limit is raised")
             print(
-                f"round {round_}: {found!r}; answers after the first recovery "
+                f"round {round_}: {found!r}; answers after the first failure "
                 f"{dict(recovered)}; stuck with files {sizes}, answers {dict(stuck)}; ready "
                 f"{ready_after:.2f} s after the limit was raised to {limit} bytes"
             )

@@ -312,25 +312,43 @@ class PullSource:
         return page
 
     async def _commit(self, page: Page) -> None:
+        """Journal a page, its position saved in the transaction of its last event.
+
+        A page larger than the writer admits in one batch (the queue bound holds for
+        every batch) goes in as several, in order, and only the last one carries the
+        position: a failure between them resumes from the page before, and what went
+        in already comes back as duplicates. Raises :class:`_Retry` when refused.
+        """
         s, stats = self.settings, self.stats
-        batch = Batch(
-            source=s.name,
-            received_at=utc_now(),
-            shape="journal",
-            events=page.records,
-            message_id=page.last,
-            position=page.last,
-        )
-        try:
-            result = await self.journal.append(batch)
-        except JournalBusy as exc:
-            raise _Retry(f"the journal cannot take the page now: {exc}", exc.retry_after) from None
-        except JournalError as exc:
-            raise _Retry(f"the journal refused the page: {exc}") from None
+        records, size = page.records, self.journal.max_batch_events
+        received_at = utc_now()
+        events = accepted = duplicates = 0
+        for start in range(0, len(records), size):
+            chunk = records[start : start + size]
+            last = start + size >= len(records)
+            batch = Batch(
+                source=s.name,
+                received_at=received_at,
+                shape="journal",
+                events=chunk,
+                message_id=page.last,
+                position=page.last if last else None,
+                page_tally=(events, accepted),
+            )
+            try:
+                result = await self.journal.append(batch)
+            except JournalBusy as exc:
+                reason = f"the journal cannot take the page now: {exc}"
+                raise _Retry(reason, exc.retry_after) from None
+            except JournalError as exc:
+                raise _Retry(f"the journal refused the page: {exc}") from None
+            events += len(chunk)
+            accepted += result.accepted
+            duplicates += result.duplicates
         stats.pages += 1
-        stats.events += len(page.records)
-        stats.accepted += result.accepted
-        stats.duplicates += result.duplicates
+        stats.events += events
+        stats.accepted += accepted
+        stats.duplicates += duplicates
         stats.unkeyed += len(page.unkeyed)
         stats.position = page.last
         stats.last_page_at = self._now()

@@ -15,15 +15,12 @@ from dataclasses import dataclass
 
 import trio
 
-from streamd.errors import CommitTimeout, JournalBusy, JournalClosed, JournalError
+from streamd.errors import JournalBusy, JournalClosed, JournalError
 from streamd.ingest import ipc
 from streamd.journal.writer import AppendResult, Batch
 
 log = logging.getLogger("streamd.worker")
 
-# Past the main process's own commit budget (which answers first, with 503): the
-# answer is lost or the main process is wedged; the sender gets 503 and retries.
-_MARGIN = 2.0
 _RECV = 256 * 1024
 
 
@@ -44,9 +41,9 @@ class _Waiter:
 class RemoteJournal:
     """The journal as seen from a worker: appends travel over ``stream`` to the main process."""
 
-    def __init__(self, stream: trio.SocketStream, commit_budget: float) -> None:
+    def __init__(self, stream: trio.SocketStream, commit_budget: float | None = None) -> None:
+        """``commit_budget`` is not used: the main process applies it (see :meth:`append`)."""
         self._stream = stream
-        self._budget = commit_budget + _MARGIN
         self._next_id = 1
         self._waiting: dict[int, _Waiter] = {}
         self._out = bytearray()
@@ -60,8 +57,12 @@ class RemoteJournal:
         """Journal ``batch`` through the main process; return once it committed.
 
         Raises what the main process refused with (:class:`JournalBusy` and its
-        kinds, :class:`JournalError`), :class:`CommitTimeout` when no answer came in
-        time, :class:`MainGone` when the main process went away.
+        kinds, among them the commit budget's :class:`~streamd.errors.CommitTimeout`;
+        :class:`JournalError`), :class:`MainGone` when the main process went away.
+
+        No timer of its own: only the main process knows whether its writer took the
+        batch (then it is waited for, and a batch that committed is never answered
+        503) or abandoned it at the commit budget (then it answers the 503 itself).
         """
         if self._gone:
             raise MainGone
@@ -71,16 +72,10 @@ class RemoteJournal:
         self._waiting[ident] = waiter
         try:
             self.send(ipc.Append(ident, batch))
-            with trio.move_on_after(self._budget):
-                await waiter.done.wait()
+            await waiter.done.wait()
         finally:
-            # Answered, timed out or cancelled: a late answer finds nobody waiting.
+            # Answered or cancelled: a late answer finds nobody waiting.
             self._waiting.pop(ident, None)
-        if not waiter.done.is_set():
-            # The main process may still commit it: the sender's retry is then a duplicate.
-            raise CommitTimeout(
-                f"the main process reported no commit within {self._budget:g} s", retry_after=5
-            )
         if waiter.error is not None:
             raise waiter.error
         assert waiter.result is not None
@@ -97,7 +92,7 @@ class RemoteJournal:
         """The main process's answer to one batch."""
         waiter = self._waiting.pop(message.id, None)
         if waiter is None:
-            return  # timed out here already
+            return  # its request was cancelled (the sender went away)
         if isinstance(message, ipc.Committed):
             waiter.result = AppendResult(message.accepted, message.duplicates, message.delivery)
         else:

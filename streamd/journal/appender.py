@@ -79,20 +79,29 @@ class Journal:
         """Journal a batch atomically and return once it is durably committed.
 
         Raises :class:`JournalBusy` (queue full, low disk, closing),
-        :class:`CommitTimeout` when the commit took longer than the budget,
-        and :class:`JournalError` when the commit failed. In every case
-        nothing was acknowledged and the sender must retry.
+        :class:`CommitTimeout` when the writer had not taken the batch within the
+        commit budget (it is then never written), and :class:`JournalError` when the
+        commit failed. In every case nothing was journaled and the sender must retry.
+
+        A batch the writer took before the budget ran out is waited for: its commit
+        decides the answer, so a batch that committed is never reported as failed.
         """
         done = trio.Event()
         job = Job(batch=batch, waiter=done)
         self._writer.submit(job)
-        with trio.move_on_after(self._budget):
-            await done.wait()
-        if not done.is_set():
-            job.abandoned = True
-            raise CommitTimeout(
-                f"the journal did not commit within {self._budget:g} s", retry_after=5
-            )
+        try:
+            with trio.move_on_after(self._budget):
+                await done.wait()
+            if not done.is_set():
+                if self._writer.abandon(job):
+                    raise CommitTimeout(
+                        f"the journal did not commit within {self._budget:g} s", retry_after=5
+                    )
+                # Taken: the writer is committing it now; its outcome is the answer.
+                await done.wait()
+        except trio.Cancelled:
+            self._writer.abandon(job)  # nobody will answer: write it only if taken already
+            raise
         if job.error is not None:
             if isinstance(job.error, JournalError):
                 raise job.error
@@ -103,6 +112,22 @@ class Journal:
     def making_progress(self, within: float) -> bool:
         """Is the writer alive and committing (or idle)? For the systemd watchdog."""
         return self._writer.making_progress(within)
+
+    @property
+    def max_batch_events(self) -> int:
+        """The most events one batch should hold to be admitted beside other traffic:
+        half the writer's queue, and never more than one commit takes (a pull splits
+        larger pages into batches of this size)."""
+        options = self._writer.options
+        return max(1, min(options.max_events_per_commit, options.max_queued_events // 2))
+
+    def commit_failure(self) -> tuple[float, str] | None:
+        """While commits fail: since when (``time.time()``) and the last reason."""
+        stats = self._writer.stats
+        since = stats.failing_since
+        if since is None:
+            return None
+        return since, stats.failing_reason or "unknown"
 
     def refuse_intake(self, reason: str | None) -> None:
         """Answer every new batch 503 with ``reason`` (None: accept again)."""

@@ -24,6 +24,7 @@ from typing import Any
 from streamd.core.wire import EventRecord
 from streamd.errors import JournalBusy, JournalClosed, JournalError
 from streamd.journal.dedup import DEDUP_PAGE_SIZE, DedupIndex, Generation, Indexer, Pending
+from streamd.journal.failing import FailingState, describe, journal_wide, probe, rollback
 from streamd.journal.schema import Synchronous, connect, journal_id, migrate
 
 # Upper bounds (seconds) of the commit-latency histogram; the last bucket is +Inf.
@@ -58,6 +59,9 @@ class Batch:
     # A pull source's page: the position of its last event, saved for ``source`` in
     # the same transaction as the events, so a restart resumes exactly after them.
     position: str | None = None
+    # (events, new events) of the same page's earlier batches, when a page larger than
+    # the writer takes at once was split: added to the counts saved with the position.
+    page_tally: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,12 @@ class AppendResult:
 
 @dataclass(slots=True, eq=False)
 class Job:
-    """A batch waiting for the writer, and its outcome once committed."""
+    """A batch waiting for the writer, and its outcome once committed.
+
+    ``taken`` and ``abandoned`` change only under the writer's lock and exclude each
+    other (:meth:`JournalWriter.abandon`): a job the writer took is written and its
+    outcome reported; an abandoned one is never written.
+    """
 
     batch: Batch
     on_done: Callable[[Job], None] | None = None  # called in the writer thread, unless
@@ -79,6 +88,7 @@ class Job:
     result: AppendResult | None = None
     error: BaseException | None = None
     abandoned: bool = False
+    taken: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -114,9 +124,15 @@ class WriterStatistics:
     last_seq: int = 0  # the highest committed events.seq
     controls: int = 0
     errors: list[str] = field(default_factory=list)
-    # time.monotonic() when the writer thread last finished a commit or found
-    # nothing to do: a stale value with batches waiting means a wedged writer.
+    # time.monotonic() when the writer thread last finished a *successful* commit or
+    # found nothing to do: a stale value with batches waiting means a wedged writer,
+    # or one whose commits fail (a failed commit is no progress).
     progress_at: float = field(default_factory=time.monotonic)
+    # Commits failing: time.time() of the first failure in a row and the last one's
+    # reason; both None again after the next successful commit (or probe).
+    failing_since: float | None = None
+    failing_reason: str | None = None
+    commit_failures: int = 0  # group commits and probes that failed, since start
     # For metrics (written by the writer thread only; read without a lock).
     commit_buckets: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS) + 1))
     commit_seconds_sum: float = 0.0
@@ -127,7 +143,10 @@ class WriterStatistics:
 
 _STOP = object()
 _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
-
+# A write that changes nothing but takes the journal's write lock (waiting busy_timeout
+# for another process's): taken before any job is, so a lock held elsewhere keeps jobs
+# queued, where their requests can still abandon them at the commit budget.
+_CLAIM = "DELETE FROM main.meta WHERE 0"
 _INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # event_counts: (stream, type, munchkin) -> [events, first_seq, last_seq, min_occ, max_occ]
@@ -188,6 +207,7 @@ class JournalWriter:
             target=self._checkpoint_loop, name="journal-checkpoint", daemon=True
         )
         self.stats = WriterStatistics()
+        self._failing = FailingState(self.stats)
         self._next_seq = 1
         self._next_delivery = 1
         self._dedup: DedupIndex
@@ -225,13 +245,18 @@ class JournalWriter:
             self._checkpointer.join()
 
     def making_progress(self, within: float) -> bool:
-        """True unless the writer thread died, or has batches waiting and has not
-        finished a commit (nor been idle) in the last ``within`` seconds."""
+        """True unless the writer thread died, or has not finished a successful commit
+        (nor been idle with nothing queued) in the last ``within`` seconds.
+
+        A failed commit is no progress: while commits fail, only the writer's own
+        idle wake-up (a second with nothing queued) counts, never a moment between
+        two requests.
+        """
         if not self._thread.is_alive():
             return False
         if time.monotonic() - self.stats.progress_at < within:
             return True
-        return self._queued == 0 and self._queue.empty()
+        return self.stats.failing_since is None and self._queued == 0 and self._queue.empty()
 
     # -- submission (any thread) -------------------------------------------
     def submit(self, job: Job) -> None:
@@ -241,6 +266,7 @@ class JournalWriter:
         :class:`JournalClosed` once closing has begun: the sender must retry.
         """
         n = len(job.batch.events)
+        limit = self.options.max_queued_events
         with self._lock:
             if self._closing:
                 raise JournalClosed("streamd is shutting down", retry_after=10)
@@ -252,13 +278,35 @@ class JournalWriter:
                 )
             if self.refusal is not None:
                 raise JournalBusy(self.refusal, retry_after=60, reason="journal_full")
-            if self._queued and self._queued + n > self.options.max_queued_events:
+            if n > limit:
+                # Never admitted, even into an empty queue: the bound holds for every
+                # batch (ingest caps a request below it; a pull splits its pages).
+                raise JournalBusy(
+                    f"a batch of {n} events is more than journal.max_queued_events "
+                    f"({limit}) allows",
+                    retry_after=2,
+                    reason="queue_full",
+                )
+            if self._queued + n > limit:
                 raise JournalBusy(
                     "the journal writer queue is full", retry_after=2, reason="queue_full"
                 )
             self._queued += n
             self.stats.queued_events = self._queued
         self._queue.put(job)
+
+    def abandon(self, job: Job) -> bool:
+        """Withdraw a submitted job unless the writer has taken it; True if withdrawn.
+
+        One decision under the writer's lock: an abandoned job is never written; a
+        job already taken will be committed (or fail), and its submitter must wait
+        for that outcome, so a batch that committed is never reported as not.
+        """
+        with self._lock:
+            if job.taken:
+                return False
+            job.abandoned = True
+            return True
 
     def submit_control(self, control: Control) -> None:
         """Queue a control op for the next group transaction (never refused for a full
@@ -318,10 +366,14 @@ class JournalWriter:
                 jobs: list[Job | Control] = []
                 try:
                     # Wake now and then even when idle: a low-disk state refuses every
-                    # batch, so only this re-check can lift it.
+                    # batch, and failing commits need a probe, to find out by
+                    # themselves when the problem is gone.
                     first = self._queue.get(timeout=1.0)
                 except queue.Empty:
-                    self.stats.progress_at = time.monotonic()
+                    if self.stats.failing_since is not None:
+                        self._probe(conn)
+                    if self._queue.empty():
+                        self.stats.progress_at = time.monotonic()  # idle, nothing queued
                     self._check_disk()
                     continue
                 if first is _STOP:
@@ -341,8 +393,8 @@ class JournalWriter:
                     jobs.append(nxt)
                     if isinstance(nxt, Job):
                         events += len(nxt.batch.events)
-                self._commit(conn, jobs)
-                self.stats.progress_at = time.monotonic()
+                if self._commit(conn, jobs):
+                    self.stats.progress_at = time.monotonic()
                 self._check_disk()
         finally:
             if self._indexer is not None:
@@ -361,7 +413,13 @@ class JournalWriter:
         )
         self._started.set()
 
-    def _commit(self, conn: sqlite3.Connection, items: list[Job | Control]) -> None:
+    def _commit(self, conn: sqlite3.Connection, items: list[Job | Control]) -> bool:
+        """Write one group in one transaction and report each item's outcome.
+
+        Returns True when a transaction that wrote something committed (progress);
+        False when the commit failed, or every batch had been abandoned before the
+        writer took it.
+        """
         jobs = [item for item in items if isinstance(item, Job)]
         controls = [item for item in items if isinstance(item, Control)]
         started = time.monotonic()
@@ -374,11 +432,12 @@ class JournalWriter:
         try:
             try:
                 self._commit_together(conn, jobs, controls, group, earlier, counts)
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
+                rollback(conn)
+                if journal_wide(exc) or not any(job.taken for job in jobs):
+                    raise  # the journal cannot be written now: the whole group fails
                 # Which batch failed is unknown: start over, each batch in its own
                 # savepoint, so only the failing one is refused.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
                 self._next_seq, self._next_delivery = seq0, delivery0
                 group = Generation()
                 counts.clear()
@@ -388,11 +447,10 @@ class JournalWriter:
             committed = True
         except Exception as exc:  # sqlite3.Error, or a bug: never a dead writer thread
             # The whole transaction is lost: nothing of any batch in it is acknowledged.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback(conn)
             self._next_seq, self._next_delivery = seq0, delivery0
-            self._note_error(f"commit failed: {exc}")
-            error = JournalError(f"the journal commit failed: {exc}")
+            self._failed(exc)
+            error = JournalError(f"the journal commit failed: {describe(exc)}")
             for job in jobs:
                 job.result = None
                 job.error = error
@@ -400,21 +458,19 @@ class JournalWriter:
                 control.result = None
                 control.error = error
         finally:
-            if committed and (group.owners or group.overflow):
-                # Before any ack: the next group must see these keys, index or not.
-                group.covered_seq = self._next_seq - 1
-                self._pending.push(group)
+            wrote = committed and (bool(controls) or any(job.taken for job in jobs))
             elapsed = time.monotonic() - started
             with self._lock:
                 self._queued -= sum(len(job.batch.events) for job in jobs)
                 self.stats.queued_events = self._queued
-            self.stats.commits += 1
             self.stats.controls += len(controls)
-            if committed:
+            if wrote:
+                self.stats.commits += 1
                 self.stats.last_seq = self._next_seq - 1
-            self.stats.last_commit_seconds = elapsed
-            self.stats.max_commit_seconds = max(self.stats.max_commit_seconds, elapsed)
-            self._observe(elapsed, counts if committed else {})
+                self.stats.last_commit_seconds = elapsed
+                self.stats.max_commit_seconds = max(self.stats.max_commit_seconds, elapsed)
+                self._observe(elapsed, counts)
+                self._failing.recovered()
             for job in jobs:
                 if job.result is not None:
                     self.stats.batches += 1
@@ -428,7 +484,47 @@ class JournalWriter:
                 for job in jobs:
                     if job.on_done is not None:
                         job.on_done(job)
+            if committed and (group.owners or group.overflow):
+                # Before the next group's snapshot (this thread takes it): it must see
+                # these keys, indexed or not; a sender's retry after the ack lands there.
+                # After the acks: when the indexer falls behind (it cannot write its
+                # file, say on a full disk) the push waits, and holds back the next
+                # group, never the answer for a batch that committed.
+                group.covered_seq = self._next_seq - 1
+                self._pending.push(group)
             self._checkpoint_wake.set()
+        return wrote
+
+    def _take(self, jobs: list[Job]) -> list[Job]:
+        """Take every job not abandoned yet; once taken, a job can no longer be
+        (:meth:`abandon`). Called holding the journal's write lock, right before the
+        jobs are written."""
+        with self._lock:
+            for job in jobs:
+                if not job.abandoned:
+                    job.taken = True
+        live = []
+        for job in jobs:
+            if job.taken:
+                live.append(job)
+            else:  # its request already answered 503; the sender will retry
+                job.error = JournalBusy("abandoned before commit")
+        return live
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """While commits fail and nothing waits: find out whether they would succeed."""
+        try:
+            probe(conn)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+        else:
+            self._failing.recovered()
+        # A checkpoint that completes lets the WAL start over inside the space it
+        # already has: how a WAL at a file size limit or a full disk recovers.
+        self._checkpoint_wake.set()
+
+    def _failed(self, exc: BaseException) -> None:
+        self._note_error(f"commit failed: {self._failing.failed(exc)}")
 
     def _observe(
         self, elapsed: float, counts: dict[tuple[str, str, str, str, str], list[Any]]
@@ -478,11 +574,17 @@ class JournalWriter:
         GIL hand-over each statement means) was most of the writer's time.
         Raises ``sqlite3.Error`` (state then to be reset by the caller).
         """
-        live = _live(jobs)
-        known = self._lookup(live)
+        # Looked up for every job not abandoned so far; which are written is decided
+        # only once the write lock is held (_take).
+        known = self._lookup([job for job in jobs if not job.abandoned])
         # DEFERRED: the write lock is needed on the journal only, never on the index,
         # which the indexer thread writes meanwhile.
         conn.execute("BEGIN")
+        conn.execute(_CLAIM)
+        live = self._take(jobs)
+        if not live and not controls:
+            conn.execute("ROLLBACK")  # every batch was abandoned meanwhile
+            return
         deliveries: list[tuple[Any, ...]] = []
         rows: list[tuple[Any, ...]] = []
         for job in live:
@@ -506,12 +608,15 @@ class JournalWriter:
         earlier: list[Generation],
         counts: dict[tuple[str, str, str, str, str], list[Any]],
     ) -> None:
-        """The group again, each batch in its own savepoint: a failing one takes only itself."""
-        live = _live(jobs)
+        """The group again, each batch in its own savepoint: a failing one takes only itself.
+
+        Raises ``sqlite3.Error`` when the journal itself cannot be written (then no
+        batch of the group is).
+        """
+        live = [job for job in jobs if job.taken]
         known = self._lookup(live)
-        # DEFERRED: the write lock is needed on the journal only, never on the index,
-        # which the indexer thread writes meanwhile.
         conn.execute("BEGIN")
+        conn.execute(_CLAIM)
         for job in live:
             conn.execute("SAVEPOINT batch")
             added: list[int] = []
@@ -525,6 +630,8 @@ class JournalWriter:
                 conn.execute("RELEASE batch")
                 _merge_counts(counts, job.batch, batch_counts)
             except sqlite3.Error as exc:
+                if journal_wide(exc):
+                    raise
                 conn.execute("ROLLBACK TO batch")
                 conn.execute("RELEASE batch")
                 for h in added:
@@ -798,17 +905,15 @@ def hold_writer_lock(journal_path: str) -> int:
     return fd
 
 
-def _live(jobs: list[Job]) -> list[Job]:
-    """The jobs still to write; an abandoned one gets its error (the request already
-    answered 503, the sender will retry)."""
-    for job in jobs:
-        if job.abandoned:
-            job.error = JournalBusy("abandoned before commit")
-    return [job for job in jobs if not job.abandoned]
-
-
 def _position_row(batch: Batch, result: AppendResult) -> tuple[Any, ...]:
-    return (batch.source, batch.position, len(batch.events), result.accepted, batch.received_at)
+    events, accepted = batch.page_tally
+    return (
+        batch.source,
+        batch.position,
+        events + len(batch.events),
+        accepted + result.accepted,
+        batch.received_at,
+    )
 
 
 def _save_positions(conn: sqlite3.Connection, jobs: list[Job]) -> None:

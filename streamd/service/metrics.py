@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from streamd.admin.app import Request, Response, Route
+from streamd.core.timeparse import format_utc
 from streamd.drain import store
 from streamd.drain.engine import Drain, age_seconds
 from streamd.drain.retention import Retention
@@ -147,6 +148,11 @@ class Metrics:
         problems = []
         if not parts.journal.making_progress(within=10.0):
             problems.append("the journal writer is not making progress")
+        failure = parts.journal.commit_failure()
+        if failure is not None:
+            # Until a commit (or the writer's probe while idle) succeeds again.
+            since, reason = failure
+            problems.append(f"journal commits are failing since {_utc(since)}: {reason}")
         if stats.low_disk:
             problems.append("free disk space is below journal.min_free_disk_mib")
         if parts.retention is not None and parts.retention.stats.refusing:
@@ -154,6 +160,10 @@ class Metrics:
         if parts.app.stopping:
             problems.append("streamd is stopping")
         return problems
+
+
+def _utc(timestamp: float) -> str:
+    return format_utc(datetime.fromtimestamp(timestamp, UTC))
 
 
 class _StateCollector(Collector):
@@ -220,6 +230,16 @@ class _StateCollector(Collector):
             )
         yield GaugeMetricFamily(
             "streamd_low_disk", "1 while free disk is under the floor (503s).", int(stats.low_disk)
+        )
+        yield GaugeMetricFamily(
+            "streamd_journal_commits_failing",
+            "1 while journal commits fail (locked journal, full disk, I/O errors): not ready.",
+            int(stats.failing_since is not None),
+        )
+        yield CounterMetricFamily(
+            "streamd_journal_commit_failures",
+            "Journal group commits (and the writer's recovery probes) that failed.",
+            value=stats.commit_failures,
         )
         yield GaugeMetricFamily(
             "streamd_journal_last_seq", "The newest event's sequence number.", stats.last_seq

@@ -736,10 +736,12 @@ async def _report_to_systemd(
 ) -> None:
     """READY once listening; then STATUS lines and watchdog pings until stop.
 
-    A ping goes out only while the journal writer makes progress (commits, or
-    is idle with nothing queued) and the drain saves what its sinks confirmed:
-    a wedged writer or drain stops the pings and systemd restarts the process
-    (WatchdogSec), rather than senders or sinks hanging on it.
+    A ping goes out only while the journal writer makes progress (a *successful*
+    commit within the interval, or idle with nothing queued: a failed commit is
+    no progress) and the drain saves what its sinks confirmed: a wedged writer,
+    commits that keep failing under load, or a stuck drain stop the pings and
+    systemd restarts the process (WatchdogSec), rather than senders or sinks
+    hanging on it.
     """
     if not notify.enabled:
         return
@@ -758,17 +760,22 @@ async def _report_to_systemd(
                 wedged = False
             elif not wedged:
                 wedged = True
+                failure = journal.commit_failure()
                 log.error(
-                    "%s has made no progress for %.1f s; withholding watchdog pings",
+                    "%s has made no progress for %.1f s%s; withholding watchdog pings",
                     "journal writer" if not writer_ok else "the drain's save loop",
                     stale_after,
+                    f" (commits failing: {failure[1]})" if failure and not writer_ok else "",
                 )
         if now >= next_status:
             rate = (stats.events - last_events) / max(now - last_time, 1e-9)
             last_events, last_time, next_status = stats.events, now, now + 10.0
+            failure = journal.commit_failure()
             notify.status(
                 f"{stats.events} events journaled ({rate:.0f}/s), {stats.queued_events} queued, "
-                f"{app.in_flight} requests in flight" + ("; LOW DISK" if stats.low_disk else "")
+                f"{app.in_flight} requests in flight"
+                + ("; LOW DISK" if stats.low_disk else "")
+                + (f"; COMMITS FAILING: {failure[1]}" if failure else "")
             )
         with trio.move_on_after(tick):
             await stop.wait()

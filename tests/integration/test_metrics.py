@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from streamd.service import serve
 from tests.conftest import fixture_bytes
 from tests.integration.conftest import Server, StartServer, make_config
 from tests.integration.test_admin import admin_auth, admin_url
+from tests.integration.test_errors import write_locked
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -108,6 +110,41 @@ async def test_health_needs_no_token_metrics_does(server: Server) -> None:
     assert (await server.client.get(base + "/metrics")).status_code == 401
     # Never on the public ingest listener.
     assert (await server.client.get(server.url + "/metrics")).status_code == 404
+
+
+FAILING = re.compile(
+    r"journal commits are failing since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z: "
+    r"database is locked \(SQLITE_BUSY\)"
+)
+
+
+async def test_readyz_says_commits_fail_until_one_succeeds_again(start_server: StartServer) -> None:
+    # Another process holds the journal's write lock: every commit fails after SQLite's
+    # busy_timeout (5 s). Readiness must say so, with the reason, and come back by
+    # itself (the writer's probe) once the lock is released, without a POST.
+    server: Server = await start_server("[journal]\ncommit_budget = 30.0\n")
+    base = admin_url(server)
+    assert (await server.client.get(base + "/readyz")).status_code == 200
+    with write_locked(server.journal) as blocker:
+        reply = await server.post(fixture_bytes("lads_single"))
+        assert reply.status_code == 503
+        assert reply.headers["retry-after"] == "5"
+        assert "database is locked" in reply.json()["error"]
+        ready = await server.client.get(base + "/readyz")
+        assert ready.status_code == 503
+        assert ready.headers["retry-after"] == "5"
+        assert ready.json()["ready"] is False
+        assert [p for p in ready.json()["problems"] if FAILING.fullmatch(p)], ready.json()
+        m = await scrape(server)
+        assert value(m, "streamd_journal_commits_failing") == 1
+        assert value(m, "streamd_journal_commit_failures_total") >= 1
+        blocker.execute("ROLLBACK")
+    with trio.fail_after(20):
+        while (ready := await server.client.get(base + "/readyz")).status_code != 200:
+            await trio.sleep(0.05)
+    assert ready.json() == {"ready": True}
+    assert value(await scrape(server), "streamd_journal_commits_failing") == 0
+    assert (await server.post(fixture_bytes("lads_single"))).status_code == 200
 
 
 @contextlib.contextmanager

@@ -145,6 +145,64 @@ async def test_everything_is_pulled_once_with_the_position_saved(
     assert set(emulator.api.statuses) == {200, 204}
 
 
+async def test_a_page_larger_than_the_writer_takes_goes_in_as_several_batches(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    # Pages of 250 and a queue of 100: every batch must fit the queue bound (one that
+    # does not is refused even into an empty queue), so each page goes in as batches of
+    # 50 (half the queue), the position saved with the last one only.
+    toml = "[journal]\nmax_queued_events = 100\n" + pull_toml(emulator, secret_file, limit=250)
+    server = await start_server(toml)
+    await caught_up(server, emulator)
+    assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200)]
+    assert rows(
+        server.journal,
+        "SELECT position, restart, pages, events, accepted FROM pull_positions",
+    ) == [(position(1199), None, 5, 1200, 1200)]
+    assert rows(
+        server.journal,
+        "SELECT count(*), max(events), sum(events) FROM deliveries WHERE source = ?",
+        "adobe-journal",
+    ) == [(24, 50, 1200)]  # 4 pages of 5 batches, the last page (200) of 4
+    assert pull_of(server).stats.pages == 5
+
+
+async def test_a_split_page_saves_its_position_only_with_its_last_batch(
+    start_server: StartServer, emulator: Emulator, secret_file: Path, data_dir: Path
+) -> None:
+    # The third batch of the first page fails (a trigger refuses one of its events):
+    # the first two are in, but the position is not saved, so the page is fetched again
+    # and its first batches come back as duplicates, never twice in the journal.
+    poisoned = emulator.api.event(120)["id"]
+    async with open_journal(str(data_dir / "journal.db"), WriterOptions()):
+        pass  # the schema, for the trigger
+    with sqlite3.connect(data_dir / "journal.db") as conn:
+        # A trigger takes no parameters; the id is the emulator's (hex and dashes).
+        conn.execute(
+            f"CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.event_key = '{poisoned}' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned event'); END"
+        )
+    toml = "[journal]\nmax_queued_events = 100\n" + pull_toml(emulator, secret_file, limit=250)
+    server = await start_server(toml)
+    source = pull_of(server)
+    await server.wait_for(lambda: source.stats.failures >= 2, "the poisoned batch to fail twice")
+    assert "poisoned event" in (source.stats.last_error or "")
+    assert rows(server.journal, "SELECT count(*) FROM pull_positions") == [(0,)]
+    assert sorted(pulled_keys(server.journal)) == sorted(
+        emulator.api.event(i)["id"] for i in range(100)
+    )
+    with sqlite3.connect(server.journal) as conn:
+        conn.execute("DROP TRIGGER poison")
+    await caught_up(server, emulator)
+    assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200)]
+    # Every event of every page counted once per page; the first page's first 100 were
+    # duplicates of its earlier attempts.
+    assert rows(
+        server.journal,
+        "SELECT position, pages, events, accepted FROM pull_positions",
+    ) == [(position(1199), 5, 1200, 1100)]
+
+
 async def test_new_events_after_a_204_are_pulled_from_the_next_link(
     start_server: StartServer, emulator: Emulator, secret_file: Path
 ) -> None:

@@ -41,8 +41,8 @@ class _Waiter:
 class RemoteJournal:
     """The journal as seen from a worker: appends travel over ``stream`` to the main process."""
 
-    def __init__(self, stream: trio.SocketStream, commit_budget: float | None = None) -> None:
-        """``commit_budget`` is not used: the main process applies it (see :meth:`append`)."""
+    def __init__(self, stream: trio.SocketStream) -> None:
+        """The main process applies the commit budget (see :meth:`append`)."""
         self._stream = stream
         self._next_id = 1
         self._waiting: dict[int, _Waiter] = {}

@@ -161,7 +161,7 @@ async def serve_worker(ipc_fd: int, listen_fds: list[int], mtls_fds: list[int]) 
         return EXIT_MAIN_GONE
     hello, early = first
     config = msgspec.msgpack.decode(hello.config, type=Config)
-    remote = RemoteJournal(stream, config.journal.commit_budget)
+    remote = RemoteJournal(stream)
     worker = _Worker(config, hello, remote)
     sockets = _sockets(worker.hc, listen_fds)
     mtls_sockets = None

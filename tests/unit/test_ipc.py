@@ -122,7 +122,7 @@ def test_an_unexpected_error_in_the_main_process_is_an_internal_503() -> None:
 async def test_remote_appends_resolve_by_id_in_any_order() -> None:
     a, b = trio.socket.socketpair()
     stream, peer = trio.SocketStream(a), trio.SocketStream(b)
-    remote = RemoteJournal(stream, commit_budget=5.0)
+    remote = RemoteJournal(stream)
     results: dict[str, object] = {}
     async with stream, peer, trio.open_nursery() as nursery:
         nursery.start_soon(remote.serve_sender)
@@ -163,7 +163,7 @@ async def test_remote_appends_resolve_by_id_in_any_order() -> None:
 async def test_batches_in_flight_fail_with_503_when_the_main_process_goes_away() -> None:
     a, b = trio.socket.socketpair()
     stream, peer = trio.SocketStream(a), trio.SocketStream(b)
-    remote = RemoteJournal(stream, commit_budget=5.0)
+    remote = RemoteJournal(stream)
     outcome: list[MainGone] = []
     async with stream, trio.open_nursery() as nursery:
         nursery.start_soon(remote.serve_sender)

@@ -139,8 +139,22 @@ class DedupIndex:
         for statement in _SCHEMA:
             conn.execute(statement)
         row = conn.execute("SELECT journal_id, covered_seq FROM dedup.dedup_state").fetchone()
-        if row is None or row[0] != journal_id:
-            if row is not None:
+        # An index ahead of the journal (a power cut at synchronous = "normal" synced the
+        # index but not the journal's last commits; an older journal restored beside a
+        # newer index) would skip the journal's events past its own coverage: rebuilt.
+        last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM main.events").fetchone()[0]
+        (lead_covered,) = conn.execute("SELECT covered_seq FROM dedup.lead_state").fetchone()
+        ahead = row is not None and max(int(row[1]), int(lead_covered)) > last_seq
+        if row is None or row[0] != journal_id or ahead:
+            if ahead:
+                log.warning(
+                    "dedup index %s covers events up to %d, the journal ends at %d; "
+                    "rebuilding it",
+                    self.path,
+                    max(int(row[1]), int(lead_covered)),
+                    last_seq,
+                )
+            elif row is not None:
                 log.warning("dedup index %s belongs to another journal; rebuilding it", self.path)
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM dedup.dedup")

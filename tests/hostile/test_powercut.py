@@ -308,11 +308,6 @@ def _journal_files(src: Path, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streamd trusts a dedup index whose covered_seq is past the journal's newest "
-    "event (DedupIndex._attach): report of the power-cut simulator, issue 13",
-)
 def test_a_restart_never_trusts_an_index_ahead_of_the_journal(tmp_path: Path) -> None:
     # At synchronous=normal a power cut can leave the derived index *ahead* of the
     # journal (a checkpoint synced the index's WAL, not the journal's last commits): the

@@ -82,6 +82,8 @@ class Observed(msgspec.Struct, tag="observed", array_like=True):
     answers: list[tuple[str, int, float, str | None]]
     responses: dict[int, int]  # every answer by status, POSTs or not (IngestApp.responses)
     in_flight: int
+    # The worker's connection table (service.http.ConnectionStatistics, as a tuple).
+    connections: tuple[int, ...] = ()
 
 
 ToWorker = Hello | Reload | Stop | Committed | Refused

@@ -148,8 +148,7 @@ class DedupIndex:
         if row is None or row[0] != journal_id or ahead:
             if ahead:
                 log.warning(
-                    "dedup index %s covers events up to %d, the journal ends at %d; "
-                    "rebuilding it",
+                    "dedup index %s covers events up to %d, the journal ends at %d; rebuilding it",
                     self.path,
                     max(int(row[1]), int(lead_covered)),
                     last_seq,

@@ -26,12 +26,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import gc
 import logging
 import resource
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,17 @@ class ConnectionStatistics:
     evicted: int  # idle connections closed to make room
     refused: int  # new connections closed at once: the cap was reached, none idle
     fd_pauses: int  # times accepting paused for lack of descriptors
+
+    @classmethod
+    def combine(cls, parts: list[ConnectionStatistics]) -> ConnectionStatistics:
+        """The sum of several tables' (the ingest worker processes')."""
+        return cls(*(sum(column) for column in zip(*parts, strict=True)))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(dataclasses.astuple(self))
+
+
+NO_CONNECTIONS = ConnectionStatistics(0, 0, 0, 0, 0, 0, 0, 0)
 
 
 class ConnectionTable:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -34,6 +34,7 @@ from streamd.ingest.pull import Pulls
 from streamd.journal import Journal
 from streamd.journal.writer import COMMIT_BUCKETS
 from streamd.service.health import StreamHealth
+from streamd.service.http import ConnectionStatistics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SINK_STATES = ("active", "paused", "auto-paused", "disabled")
@@ -70,6 +71,8 @@ class Parts:
     journal_path: str
     pulls: Pulls | None = None
     workers: Restarts | None = None
+    # The ingest listeners' connection table(s): this process's, or the workers' summed.
+    connections: Callable[[], ConnectionStatistics] | None = None
 
 
 class Metrics:
@@ -166,6 +169,38 @@ def _utc(timestamp: float) -> str:
     return format_utc(datetime.fromtimestamp(timestamp, UTC))
 
 
+def _connections(c: ConnectionStatistics) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    yield GaugeMetricFamily(
+        "streamd_connections_open", "Connections open on the ingest listeners.", c.open
+    )
+    yield GaugeMetricFamily(
+        "streamd_connections_idle",
+        "Open connections with no request in progress (closed first at the cap).",
+        c.idle,
+    )
+    yield GaugeMetricFamily(
+        "streamd_connections_limit", "server.max_connections (per process, summed).", c.limit
+    )
+    yield CounterMetricFamily(
+        "streamd_connections_accepted", "Connections accepted on the ingest listeners.", c.accepted
+    )
+    yield CounterMetricFamily(
+        "streamd_connections_evicted",
+        "Idle connections closed to make room at the cap or when out of descriptors.",
+        c.evicted,
+    )
+    yield CounterMetricFamily(
+        "streamd_connections_refused",
+        "New connections closed at once: at the cap with every connection busy.",
+        c.refused,
+    )
+    yield CounterMetricFamily(
+        "streamd_accept_pauses",
+        "Times accepting paused: out of file descriptors and no connection idle.",
+        c.fd_pauses,
+    )
+
+
 class _StateCollector(Collector):
     """Metrics read from the parts at scrape time."""
 
@@ -228,6 +263,8 @@ class _StateCollector(Collector):
                 "Ingest worker processes started again after they died (server.workers).",
                 value=p.workers.restarts,
             )
+        if p.connections is not None:
+            yield from _connections(p.connections())
         yield GaugeMetricFamily(
             "streamd_low_disk", "1 while free disk is under the floor (503s).", int(stats.low_disk)
         )

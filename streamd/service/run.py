@@ -584,9 +584,18 @@ async def serve(
                     failure_warning_ratio=config.health.failure_warning_ratio,
                     clock=time.time,
                 )
+                connections = edge.statistics if pool is None else pool.connection_statistics
                 metrics = Metrics(
                     Parts(
-                        front, journal, drain, retention, health, config.journal_path, pulls, pool
+                        front,
+                        journal,
+                        drain,
+                        retention,
+                        health,
+                        config.journal_path,
+                        pulls,
+                        pool,
+                        connections,
                     )
                 )
                 app.observer = metrics.observe

@@ -73,7 +73,7 @@ class _Worker:
         self.connections = ConnectionTable(max_connections_for(limit))
         self.stop = trio.Event()
         self.answers: list[tuple[str, int, float, str | None]] = []
-        self._reported: tuple[dict[int, int], int] = ({}, 0)
+        self._reported: tuple[dict[int, int], int, tuple[int, ...]] = ({}, 0, ())
         self.nursery: trio.Nursery | None = None
 
     def observe(self, source: str, status: int, seconds: float, reason: str | None) -> None:
@@ -83,12 +83,13 @@ class _Worker:
 
     def flush_report(self) -> None:
         """Send what was answered since the last report (nothing when nothing changed)."""
-        state = (self.app.responses, self.app.in_flight)
+        connections = tuple(self.connections.statistics())
+        state = (self.app.responses, self.app.in_flight, connections)
         if not self.answers and state == self._reported:
             return
         answers, self.answers = self.answers, []
-        self._reported = (dict(state[0]), state[1])
-        self.remote.send(ipc.Observed(answers, dict(state[0]), state[1]))
+        self._reported = (dict(state[0]), state[1], connections)
+        self.remote.send(ipc.Observed(answers, dict(state[0]), state[1], connections))
 
     async def report(self) -> None:
         while True:

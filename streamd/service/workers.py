@@ -15,6 +15,7 @@ the last batches, and waits for the workers to exit, killing one that overruns
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from streamd.ingest import ipc
 from streamd.ingest.remote import refusal
 from streamd.journal import Journal
 from streamd.service.config import Config
+from streamd.service.http import NO_CONNECTIONS, ConnectionStatistics
 from streamd.service.logs import JsonFormatter
 
 log = logging.getLogger("streamd.workers")
@@ -61,6 +63,7 @@ class _Slot:
     starts: int = 0
     responses: dict[int, int] = field(default_factory=dict)
     in_flight: int = 0
+    connections: ConnectionStatistics = NO_CONNECTIONS
     stream: trio.SocketStream | None = None
     out: bytearray = field(default_factory=bytearray)
     out_ready: trio.Event = field(default_factory=trio.Event)
@@ -101,6 +104,7 @@ class WorkerPool:
         self.observer: ObserverFn | None = None
         self.restarts = 0
         self._dead_responses: dict[int, int] = {}
+        self._dead_connections = NO_CONNECTIONS
 
     # -- what the rest of the service reads -------------------------------------------
     @property
@@ -121,6 +125,13 @@ class WorkerPool:
             for status, n in slot.responses.items():
                 total[status] = total.get(status, 0) + n
         return total
+
+    def connection_statistics(self) -> ConnectionStatistics:
+        """The workers' connection tables together (as last reported, every 0.25 s;
+        the counts of a worker that died are kept)."""
+        return ConnectionStatistics.combine(
+            [self._dead_connections, *(slot.connections for slot in self._slots)]
+        )
 
     def statistics(self) -> WorkerStatistics:
         """The workers' process ids (None while one is being restarted) and restarts."""
@@ -258,7 +269,12 @@ class WorkerPool:
                 await stream.aclose()
             for status, n in slot.responses.items():
                 self._dead_responses[status] = self._dead_responses.get(status, 0) + n
+            # Its counters are kept; what was open or idle went with the process.
+            gone = slot.connections
+            kept = dataclasses.replace(gone, open=0, idle=0, peak=0, limit=0)
+            self._dead_connections = ConnectionStatistics.combine([self._dead_connections, kept])
             slot.responses, slot.in_flight, slot.stream = {}, 0, None
+            slot.connections = NO_CONNECTIONS
         if task_status is not None:
             raise ConfigError(
                 f"ingest worker {slot.index} exited with {_describe(code)} before serving "
@@ -336,6 +352,8 @@ class WorkerPool:
     def _observed(self, slot: _Slot, message: ipc.Observed) -> None:
         slot.responses = message.responses
         slot.in_flight = message.in_flight
+        if message.connections:
+            slot.connections = ConnectionStatistics(*message.connections)
         observer = self.observer
         if observer is not None:
             for answer in message.answers:

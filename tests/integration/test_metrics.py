@@ -206,3 +206,38 @@ async def test_readyz_turns_unready_when_the_disk_floor_is_crossed(tmp_path: Pat
                 m = samples(metrics.text)
                 assert value(m, "streamd_unavailable_responses_total", reason="low_disk") == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_connection_metrics_count_the_edge(start_server: StartServer) -> None:
+    server: Server = await start_server("[server]\nmax_connections = 3\n")
+    assert (await server.post(fixture_bytes("lads_single"))).status_code == 200
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    idle = [await trio.open_tcp_stream(host, int(port)) for _ in range(5)]
+    table = server.running.connections
+    assert table is not None
+    # Five idle connections against a cap of 3 (the client's kept-alive one among
+    # them): the oldest idle ones were closed to make room.
+    await server.wait_for(lambda: table.statistics().evicted >= 3, "evictions")
+    m = await scrape(server)
+    for stream in idle:
+        await stream.aclose()
+    assert value(m, "streamd_connections_limit") == 3
+    assert value(m, "streamd_connections_open") <= 3
+    assert value(m, "streamd_connections_accepted_total") >= 6
+    assert value(m, "streamd_connections_evicted_total") >= 3
+    assert value(m, "streamd_connections_refused_total") == 0
+    assert value(m, "streamd_accept_pauses_total") == 0
+
+
+async def test_every_metric_is_in_the_readme(start_server: StartServer) -> None:
+    server: Server = await start_server(
+        '[[sinks]]\nname = "out"\nkind = "file"\n[sinks.file]\ndirectory = "out"\n'
+    )
+    assert (await server.post(fixture_bytes("lads_batch"))).status_code == 200
+    names = {name for name, _ in await scrape(server)}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    families = {
+        re.sub(r"_(bucket|count|sum)$", "", name) for name in names if not name.endswith("_created")
+    }
+    missing = sorted(f for f in families if f"`{f}`" not in readme)
+    assert missing == [], f"metrics not in README's table: {missing}"

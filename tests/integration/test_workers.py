@@ -80,6 +80,9 @@ async def test_answers_are_counted_in_the_main_process_metrics(start_server: Sta
     assert value(m, "streamd_source_requests_24h", source="events") == 3
     assert value(m, "streamd_events_journaled_total", source="events", stream="activity") == 6
     assert value(m, "streamd_ingest_worker_restarts_total") == 0
+    # The worker's connection table, reported with its answers.
+    assert value(m, "streamd_connections_accepted_total") >= 1
+    assert value(m, "streamd_connections_limit") > 0
 
 
 async def test_a_full_queue_is_the_same_503(start_server: StartServer) -> None:

@@ -56,6 +56,9 @@ class Appender(Protocol):
     async def append(self, batch: Batch) -> AppendResult:
         """Return once ``batch`` is durably committed; raise a :class:`StreamdError`."""
 
+    def refusal(self) -> JournalBusy | None:
+        """Why a batch would be refused now, or None (checked before reading a body)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -291,6 +294,11 @@ class IngestApp:
             # before the signature can be checked.
             await self._error(send, 411, "a signed source needs Content-Length")
             return
+        refused = self._journal.refusal()
+        if refused is not None:
+            # A full queue or a low disk would refuse the batch after it was read and
+            # decoded: refuse before, and hold no memory for it.
+            raise refused
         async with self._slot(source.name, int(declared or 0)) as reserve:
             # ProviderUnavailable: 503, the sender retries (never a 401 for the IdP's fault)
             if source.external is not None and not await source.external.check(presented):

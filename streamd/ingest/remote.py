@@ -53,6 +53,10 @@ class RemoteJournal:
         self._sent = trio.Event()
         self._gone = False
 
+    def refusal(self) -> JournalBusy | None:
+        """Always None: the main process's queue is not known here; it refuses on submit."""
+        return None
+
     async def append(self, batch: Batch) -> AppendResult:
         """Journal ``batch`` through the main process; return once it committed.
 

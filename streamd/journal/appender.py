@@ -129,9 +129,14 @@ class Journal:
             return None
         return since, stats.failing_reason or "unknown"
 
+    def refusal(self) -> JournalBusy | None:
+        """Why a batch would be refused now (a full queue, low disk, closing), or None:
+        a request checks this before it reads and decodes a body for nothing."""
+        return self._writer.refusal()
+
     def refuse_intake(self, reason: str | None) -> None:
         """Answer every new batch 503 with ``reason`` (None: accept again)."""
-        self._writer.refusal = reason
+        self._writer.refusal_reason = reason
 
     def statistics(self) -> WriterStatistics:
         """The writer's counters (commits, events, duplicates, queue, disk state)."""

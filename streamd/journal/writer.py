@@ -215,7 +215,7 @@ class JournalWriter:
         self._indexer: Indexer | None = None
         self._disk_checked = 0.0
         self._lock_file: int | None = None
-        self.refusal: str | None = None  # set by retention when the size cap is reached
+        self.refusal_reason: str | None = None  # set by retention when the size cap is reached
         self.journal_id = ""  # the journal's random id (meta), known once started
 
     # -- lifecycle ---------------------------------------------------------
@@ -266,34 +266,46 @@ class JournalWriter:
         :class:`JournalClosed` once closing has begun: the sender must retry.
         """
         n = len(job.batch.events)
-        limit = self.options.max_queued_events
         with self._lock:
-            if self._closing:
-                raise JournalClosed("streamd is shutting down", retry_after=10)
-            if self.stats.low_disk:
-                raise JournalBusy(
-                    "free disk space is below the configured floor",
-                    retry_after=60,
-                    reason="low_disk",
-                )
-            if self.refusal is not None:
-                raise JournalBusy(self.refusal, retry_after=60, reason="journal_full")
-            if n > limit:
-                # Never admitted, even into an empty queue: the bound holds for every
-                # batch (ingest caps a request below it; a pull splits its pages).
-                raise JournalBusy(
-                    f"a batch of {n} events is more than journal.max_queued_events "
-                    f"({limit}) allows",
-                    retry_after=2,
-                    reason="queue_full",
-                )
-            if self._queued + n > limit:
-                raise JournalBusy(
-                    "the journal writer queue is full", retry_after=2, reason="queue_full"
-                )
+            refused = self._refusal(n)
+            if refused is not None:
+                raise refused
             self._queued += n
             self.stats.queued_events = self._queued
         self._queue.put(job)
+
+    def refusal(self, events: int = 1) -> JournalBusy | None:
+        """Why a batch of ``events`` would be refused now (None: it would be queued).
+
+        For a request to find out before it reads and decodes a body that could only
+        be refused (a full queue, low disk, closing): the answer may be stale by the
+        time the batch is submitted, which decides.
+        """
+        return self._refusal(events)
+
+    def _refusal(self, n: int) -> JournalBusy | None:
+        limit = self.options.max_queued_events
+        if self._closing:
+            return JournalClosed("streamd is shutting down", retry_after=10)
+        if self.stats.low_disk:
+            return JournalBusy(
+                "free disk space is below the configured floor", retry_after=60, reason="low_disk"
+            )
+        if self.refusal_reason is not None:
+            return JournalBusy(self.refusal_reason, retry_after=60, reason="journal_full")
+        if n > limit:
+            # Never admitted, even into an empty queue: the bound holds for every batch
+            # (ingest caps a request below it; a pull splits its pages).
+            return JournalBusy(
+                f"a batch of {n} events is more than journal.max_queued_events ({limit}) allows",
+                retry_after=2,
+                reason="queue_full",
+            )
+        if self._queued + n > limit:
+            return JournalBusy(
+                "the journal writer queue is full", retry_after=2, reason="queue_full"
+            )
+        return None
 
     def abandon(self, job: Job) -> bool:
         """Withdraw a submitted job unless the writer has taken it; True if withdrawn.

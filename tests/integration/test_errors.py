@@ -216,6 +216,34 @@ async def test_503_when_the_writer_queue_is_full(start_server: StartServer) -> N
     await assert_a_full_queue_is_503(server)
 
 
+async def test_a_full_queue_refuses_before_the_body_is_read(start_server: StartServer) -> None:
+    # Issue 13, case 5: eight large bodies at once were read and decoded (711 MB of RSS)
+    # and only then refused, because the queue was checked after decoding.
+    server = await start_server("[journal]\nmax_queued_events = 6\ncommit_budget = 30.0\n")
+    with write_locked(server.journal) as blocker:  # the queue fills: 6 of 6
+        async with trio.open_nursery() as nursery:
+            first: list[int] = []
+
+            async def stuck() -> None:
+                first.append((await server.post(fixture_bytes("lads_batch"))).status_code)
+
+            nursery.start_soon(stuck)
+            journal = server.running.journal
+            await server.wait_for(lambda: journal.statistics().queued_events == 6, "queued")
+            # Headers announcing 7 MB, and not one byte of the body: answered at once.
+            head = (
+                b"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                + TOKEN.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: 7000000\r\n\r\n"
+            )
+            response = await raw_exchange(server, head)
+            assert response.startswith(b"HTTP/1.1 503")
+            assert b"retry-after: 2" in response.lower()
+            assert b"queue is full" in response
+            blocker.execute("ROLLBACK")
+    assert first == [200]
+
+
 async def test_503_when_the_commit_exceeds_its_budget(start_server: StartServer) -> None:
     server = await start_server("[journal]\ncommit_budget = 0.3\n")
     with write_locked(server.journal):

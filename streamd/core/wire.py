@@ -9,19 +9,30 @@ when a nested member has an unexpected type (``data`` as a string, say), the
 item is decoded again with :class:`LooseItem`, whose nested members are kept
 as ``msgspec.Raw`` and decoded one level at a time, so a wrong type at one
 level never rejects the event.
+
+Also here, what the bytes themselves must be before any decoder sees them: nested no
+deeper than :data:`MAX_DEPTH` (:func:`check_depth`, which never recurses), and where
+in the JSON a bad byte sits (:func:`json_path_at`, for error messages).
 """
 
 from __future__ import annotations
 
+import re
+from itertools import accumulate
 from typing import Any
 
 import msgspec
 
+from streamd.errors import PayloadError
+
 # An absent Raw field decodes to this empty value (msgspec cannot express Raw | None).
 _ABSENT = msgspec.Raw(b"")
 
+# gc=False on the decoded types: they hold only decoded JSON values, which cannot form a
+# reference cycle, and thousands are made per body (fewer collector passes while decoding).
 
-class EventData(msgspec.Struct, frozen=True):
+
+class EventData(msgspec.Struct, frozen=True, gc=False):
     """The ``data`` member of a CloudEvent (lead activity, user audit or notification)."""
 
     munchkinId: Any = None
@@ -30,7 +41,7 @@ class EventData(msgspec.Struct, frozen=True):
     activityTypeId: Any = None
 
 
-class CloudEvent(msgspec.Struct, frozen=True):
+class CloudEvent(msgspec.Struct, frozen=True, gc=False):
     """A CloudEvent, or the ``event`` member of a wrapper (which may hold one as ``body``)."""
 
     id: Any = None
@@ -40,7 +51,7 @@ class CloudEvent(msgspec.Struct, frozen=True):
     body: CloudEvent | None = None  # present only in the {"event": {"body": ...}} wrapper
 
 
-class Item(msgspec.Struct, frozen=True):
+class Item(msgspec.Struct, frozen=True, gc=False):
     """One top-level delivery object: a CloudEvent, a wrapper, a legacy push or a challenge."""
 
     id: Any = None
@@ -88,7 +99,7 @@ class LooseItem(msgspec.Struct, frozen=True):
     recipient_client_id: Any = None
 
 
-class LegacyActivity(msgspec.Struct, frozen=True):
+class LegacyActivity(msgspec.Struct, frozen=True, gc=False):
     """One activity of a legacy push (``activities[]``)."""
 
     marketoGUID: Any = None
@@ -133,3 +144,124 @@ CLOUDEVENT_DECODER = msgspec.json.Decoder(CloudEvent)
 LOOSE_EVENT_DECODER = msgspec.json.Decoder(LooseEvent)
 DATA_DECODER = msgspec.json.Decoder(EventData)
 LEGACY_DECODER = msgspec.json.Decoder(LegacyActivity)
+
+
+# -- the bytes before any decoder ----------------------------------------------------------
+
+MAX_DEPTH = 64  # Adobe and Marketo payloads nest 5 levels; msgspec recurses per level
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+_NOT_BRACKETS = _NOT_MARKS + b'"'
+_SMALL = 4096  # bytes: a body this small usually has too few brackets to need more
+_SIGNS = bytes.maketrans(b"[]", b"\x01\xff")  # read back as signed bytes: +1, -1
+_ROUNDS = 16  # typical bodies empty in 4-6 rounds; deeper or larger ones take the exact sum
+_ROUNDS_MAX = 1 << 16  # brackets; past this a round costs more than the exact sum
+
+
+def check_depth(data: bytes, limit: int = MAX_DEPTH, where: str = "$") -> None:
+    """Raise :class:`PayloadError` when ``data`` nests arrays and objects deeper than
+    ``limit`` levels; brackets inside strings do not count.
+
+    Iterative C-speed byte operations only, so the verdict is the same for the same bytes
+    whatever the caller's stack depth (msgspec's own recursion is not: it hits Python's
+    recursion limit at a depth that depends on the caller). For malformed JSON the depth
+    counted is never less than what a decoder would recurse into before it fails.
+    """
+    if len(data) <= _SMALL and len(data.translate(None, _NOT_BRACKETS)) <= limit:
+        return  # a single event, say: string brackets only add, too few to nest deeper
+    if b"\\" in data:
+        # A lexer reads escapes in pairs from the left: so do these two passes. What is
+        # left has no escaped quote, so every quote opens or closes a string.
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = data.translate(_SQUARE, _NOT_MARKS)  # quotes and brackets ({} as [])
+    brackets = marks.translate(None, b'"')
+    if len(brackets) <= limit:
+        return  # string brackets only add: fewer than `limit` cannot nest deeper
+    if len(marks) - len(brackets) != 2 * marks.count(b'""'):
+        # A run of quotes of odd length: some string holds a bracket (or never ends).
+        # Keep what lies outside strings: the segments between quote pairs.
+        brackets = b"".join(marks.split(b'"')[::2])
+    if b"[" * (limit + 1) in brackets:
+        raise PayloadError(f"{where}: JSON nested deeper than {limit} levels")
+    if len(brackets) <= _ROUNDS_MAX:
+        # Each round removes the innermost level everywhere: empty after n rounds means
+        # balanced and n levels deep at most.
+        rest = brackets
+        for _ in range(min(limit, _ROUNDS)):
+            shorter = rest.replace(b"[]", b"")
+            if not shorter:
+                return
+            if len(shorter) == len(rest):
+                break  # unbalanced: malformed, but how deep before it fails?
+            rest = shorter
+    # Exact: the largest running sum of +1 per opening and -1 per closing bracket.
+    if max(accumulate(memoryview(brackets.translate(_SIGNS)).cast("b"))) > limit:
+        raise PayloadError(f"{where}: JSON nested deeper than {limit} levels")
+
+
+# Possessive quantifiers: a container or string cut off at `offset` fails at once instead
+# of backtracking through every way to split it.
+_TOKEN = re.compile(
+    rb"""
+      (?P<flat>[{\[] (?:[^"\[\]{}]++ | "[^"\\]*+(?:\\.[^"\\]*+)*+")*+ [}\]])  # a whole
+                                                             # innermost container
+    | (?P<string>"[^"\\]*+(?:\\.[^"\\]*+)*+(?P<end>")?)
+    | [^"\[\]{},:]++
+    | .
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+LOCATE_LIMIT = 1 << 20  # bytes read to name a path; past them, only the byte is named
+
+
+def json_path_at(data: bytes, offset: int) -> str | None:
+    """The JSON path, relative to the root of ``data`` (``""``, ``.a[3].b``), of the value
+    or member that holds byte ``offset``; ``None`` past :data:`LOCATE_LIMIT` bytes.
+
+    For error messages only: it reads ``data`` up to ``offset`` with a regex tokenizer and
+    a stack (no recursion), and is lenient with JSON that is malformed before ``offset``.
+    """
+    if offset > LOCATE_LIMIT:
+        return None
+    # One frame per open container: [is an object, its current key or index, awaiting a key]
+    stack: list[list[Any]] = []
+    for token in _TOKEN.finditer(data, 0, offset):
+        kind = token.lastgroup
+        if kind == "flat":
+            continue  # a whole value before `offset`: nothing of it is on the path
+        text = token.group()
+        if kind == "string":
+            frame = stack[-1] if stack else None
+            # A member name read whole; one cut off at `offset` is where the fault is.
+            if frame is not None and frame[0] and frame[2] and token.group("end"):
+                frame[1] = text[1:-1]
+        elif text == b"{":
+            stack.append([True, None, True])
+        elif text == b"[":
+            stack.append([False, 0, False])
+        elif text == b"]" or text == b"}":
+            if stack:
+                stack.pop()
+        elif text == b"," and stack:
+            frame = stack[-1]
+            if frame[0]:
+                frame[1], frame[2] = None, True
+            else:
+                frame[1] += 1
+        elif text == b":" and stack:
+            stack[-1][2] = False
+    parts = []
+    for is_object, at, _ in stack:
+        if not is_object:
+            parts.append(f"[{at}]")
+        elif at is not None:
+            parts.append(_member(at))
+    return "".join(parts)
+
+
+def _member(key: bytes) -> str:
+    name = key.decode("utf-8", "replace")
+    if _NAME.fullmatch(name):
+        return "." + name
+    return "[" + msgspec.json.encode(name[:64]).decode() + "]"

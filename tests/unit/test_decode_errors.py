@@ -261,14 +261,14 @@ def test_every_field_of_every_fixture_with_invalid_utf8_is_refused_by_its_path()
     for name in ("legacy_push", "lads_single", "lads_batch", "audit_wrapper",
                  "audit_old_wrapper", "notification", "challenge_post"):  # fmt: skip
         body = fixture_bytes(name)
-        for path, start in _string_values(body):
+        for path, start in string_values(body):
             bad = body[: start + 1] + b"\xff" + body[start + 1 :]
             error = _reject(bad)
             assert type(error) is PayloadError
             assert str(error).startswith(path + ": invalid UTF-8"), (name, path, str(error))
 
 
-def _string_values(body: bytes) -> list[tuple[str, int]]:
+def string_values(body: bytes) -> list[tuple[str, int]]:
     """(JSON path, offset of the opening quote) of every string value in ``body``.
 
     The fixtures have no escaped quotes: every pair of quotes is one string, and a string

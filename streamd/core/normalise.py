@@ -230,8 +230,6 @@ def decode_failure(exc: msgspec.DecodeError, data: bytes | msgspec.Raw, path: st
     found = _BYTE.search(message)
     if found:
         offset, problem = int(found[1]), message[: found.start()]
-    elif "truncated" in message:
-        problem = "the JSON ends before it is complete"
     if "escape" in message or "surrogate" in message or "truncated" in message:
         # msgspec names a lone high surrogate escape in several ways ("truncated",
         # "unexpected end of hex escape", ...), depending on what follows it.
@@ -251,7 +249,8 @@ _LONE_SURROGATE = re.compile(
 
 
 def _utf8_failure(text: bytes, offset: int, path: str) -> PayloadError:
-    return PayloadError(f"{_field(text, offset, path)}: invalid UTF-8 ({_where(offset, path)})")
+    field = _field(text, offset, path)
+    return PayloadError(f"{field}: invalid UTF-8 ({_where(offset, path)}): not valid JSON")
 
 
 def _field(text: bytes, offset: int, path: str) -> str:
@@ -260,7 +259,8 @@ def _field(text: bytes, offset: int, path: str) -> str:
 
 
 def _where(offset: int, path: str) -> str:
-    return f"byte {offset} of the body" if path == "$" else f"byte {offset} of {path}"
+    # msgspec's own wording, "(byte N)", for the body; a nested value's bytes are its own.
+    return f"byte {offset}" if path == "$" else f"byte {offset} of {path}"
 
 
 def _too_many(max_events: int) -> TooManyEvents:

@@ -194,7 +194,7 @@ TABLE: list[tuple[str, Raises, bytes, int, str]] = [
      _legacy(b'"Visit Webpage"', b'"Visit\x00Webpage"'), 400,
      "$.activities[0].activityType: not valid JSON"),
     ("truncated-legacy", (_RAW, LEGACY[:-3], msgspec.DecodeError), LEGACY[:-3], 400,
-     "not valid JSON: the JSON ends before it is complete"),
+     "not valid JSON: Input data was truncated"),
     ("truncated-in-an-activity", (_RAW, LEGACY[:400], msgspec.DecodeError), LEGACY[:400], 400,
      "$.activities[0]"),
     ("trailing-garbage", (_RAW, SINGLE + b"x", msgspec.DecodeError), SINGLE + b"x", 400,

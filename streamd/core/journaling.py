@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import msgspec
 
-from streamd.core.normalise import decode_failure, key_hash, normalise_item, raw_text
-from streamd.core.wire import MAX_DEPTH, EventRecord, check_depth
+from streamd.core.normalise import key_hash, normalise_item, raw_text
+from streamd.core.wire import MAX_DEPTH, EventRecord, check_depth, decode_failure
 from streamd.errors import PayloadError
 
 MAX_POSITION_LENGTH = 1024

@@ -14,7 +14,6 @@ escapes on hostile bytes.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +36,8 @@ from streamd.core.wire import (
     EventRecord,
     Item,
     check_depth,
-    json_path_at,
+    decode_failure,
+    utf8_failure,
 )
 from streamd.errors import PayloadError, TooManyEvents
 
@@ -45,7 +45,6 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_KEY_LENGTH",
     "decode_delivery",
-    "decode_failure",
     "key_hash",
     "legacy_type",
     "normalise_item",
@@ -207,60 +206,6 @@ def normalise_item(raw: msgspec.Raw, path: str, *, checked: bool = False) -> lis
 def raw_text(raw: msgspec.Raw, path: str) -> str:
     """The JSON of ``raw`` as text; :class:`PayloadError` naming the field when not UTF-8."""
     return _utf8(raw, path)
-
-
-def decode_failure(exc: msgspec.DecodeError, data: bytes | msgspec.Raw, path: str) -> PayloadError:
-    """The :class:`PayloadError` for a decoder's error on ``data`` (the JSON at ``path``).
-
-    Names the field: msgspec's own path for a value of the wrong type or out of range;
-    for invalid UTF-8 and malformed JSON, the path of the value holding the bad byte.
-    """
-    message = str(exc)
-    if isinstance(exc, msgspec.ValidationError):  # a subclass of DecodeError
-        problem, _, where = message.partition(" - at `")
-        field = path + where.removesuffix("`")[1:]  # msgspec's "$.a.b", relative to data
-        return PayloadError(f"{field}: {problem[:1].lower()}{problem[1:]}")
-    text = bytes(data)
-    if message.startswith("Invalid UTF-8"):
-        try:
-            text.decode("utf-8")
-        except UnicodeDecodeError as error:
-            return _utf8_failure(text, error.start, path)
-    offset, problem = len(text), message
-    found = _BYTE.search(message)
-    if found:
-        offset, problem = int(found[1]), message[: found.start()]
-    if "escape" in message or "surrogate" in message or "truncated" in message:
-        # msgspec names a lone high surrogate escape in several ways ("truncated",
-        # "unexpected end of hex escape", ...), depending on what follows it.
-        lone = _LONE_SURROGATE.search(text, 0, offset + 7)
-        if lone:
-            offset, problem = lone.start(1), "a lone UTF-16 surrogate escape"
-    return PayloadError(
-        f"{_field(text, offset, path)}: not valid JSON: {problem} ({_where(offset, path)})"
-    )
-
-
-_BYTE = re.compile(r" \(byte (\d+)\)$")
-# A \uD800-\uDBFF escape (after an even run of backslashes) with no low half after it.
-_LONE_SURROGATE = re.compile(
-    rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-)
-
-
-def _utf8_failure(text: bytes, offset: int, path: str) -> PayloadError:
-    field = _field(text, offset, path)
-    return PayloadError(f"{field}: invalid UTF-8 ({_where(offset, path)}): not valid JSON")
-
-
-def _field(text: bytes, offset: int, path: str) -> str:
-    inner = json_path_at(text, offset)
-    return path if inner is None else path + inner
-
-
-def _where(offset: int, path: str) -> str:
-    # msgspec's own wording, "(byte N)", for the body; a nested value's bytes are its own.
-    return f"byte {offset}" if path == "$" else f"byte {offset} of {path}"
 
 
 def _too_many(max_events: int) -> TooManyEvents:
@@ -461,7 +406,7 @@ def _record(
     try:
         text = str(raw, "utf-8")
     except UnicodeDecodeError as exc:
-        raise _utf8_failure(bytes(raw), exc.start, path) from None
+        raise utf8_failure(bytes(raw), exc.start, path) from None
     return EventRecord(
         key,
         _from_bytes(_blake2b(key.encode(), digest_size=8).digest(), "big", signed=True),
@@ -498,7 +443,7 @@ def _collect_legacy(
         # ASCII path), and each activity's text below is then known to be valid.
         str(raw, "utf-8")
     except UnicodeDecodeError as exc:
-        raise _utf8_failure(bytes(raw), exc.start, path) from None
+        raise utf8_failure(bytes(raw), exc.start, path) from None
     munchkin_id = _text(item.munchkinId)
     decode = LEGACY_DECODER.decode
     types = _LEGACY_TYPES
@@ -585,4 +530,4 @@ def _utf8(raw: msgspec.Raw, path: str) -> str:
     try:
         return str(raw, "utf-8")
     except UnicodeDecodeError as exc:
-        raise _utf8_failure(bytes(raw), exc.start, path) from None
+        raise utf8_failure(bytes(raw), exc.start, path) from None

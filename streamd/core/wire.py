@@ -11,8 +11,9 @@ as ``msgspec.Raw`` and decoded one level at a time, so a wrong type at one
 level never rejects the event.
 
 Also here, what the bytes themselves must be before any decoder sees them: nested no
-deeper than :data:`MAX_DEPTH` (:func:`check_depth`, which never recurses), and where
-in the JSON a bad byte sits (:func:`json_path_at`, for error messages).
+deeper than :data:`MAX_DEPTH` (:func:`check_depth`, which never recurses); where in the
+JSON a bad byte sits (:func:`json_path_at`); and a decoder's error translated into the
+:class:`PayloadError` the sender is told, naming the field (:func:`decode_failure`).
 """
 
 from __future__ import annotations
@@ -265,3 +266,61 @@ def _member(key: bytes) -> str:
     if _NAME.fullmatch(name):
         return "." + name
     return "[" + msgspec.json.encode(name[:64]).decode() + "]"
+
+
+# -- a decoder's error, as the sender is told it -------------------------------------------
+
+
+def decode_failure(exc: msgspec.DecodeError, data: bytes | msgspec.Raw, path: str) -> PayloadError:
+    """The :class:`PayloadError` for a decoder's error on ``data`` (the JSON at ``path``).
+
+    Names the field: msgspec's own path for a value of the wrong type or out of range;
+    for invalid UTF-8 and malformed JSON, the path of the value holding the bad byte.
+    """
+    message = str(exc)
+    if isinstance(exc, msgspec.ValidationError):  # a subclass of DecodeError
+        problem, _, where = message.partition(" - at `")
+        field = path + where.removesuffix("`")[1:]  # msgspec's "$.a.b", relative to data
+        return PayloadError(f"{field}: {problem[:1].lower()}{problem[1:]}")
+    text = bytes(data)
+    if message.startswith("Invalid UTF-8"):
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return utf8_failure(text, error.start, path)
+    offset, problem = len(text), message
+    found = _BYTE.search(message)
+    if found:
+        offset, problem = int(found[1]), message[: found.start()]
+    if "escape" in message or "surrogate" in message or "truncated" in message:
+        # msgspec names a lone high surrogate escape in several ways ("truncated",
+        # "unexpected end of hex escape", ...), depending on what follows it.
+        lone = _LONE_SURROGATE.search(text, 0, offset + 7)
+        if lone:
+            offset, problem = lone.start(1), "a lone UTF-16 surrogate escape"
+    return PayloadError(
+        f"{_field(text, offset, path)}: not valid JSON: {problem} ({_where(offset, path)})"
+    )
+
+
+_BYTE = re.compile(r" \(byte (\d+)\)$")
+# A \uD800-\uDBFF escape (after an even run of backslashes) with no low half after it.
+_LONE_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+
+
+def utf8_failure(text: bytes, offset: int, path: str) -> PayloadError:
+    """The :class:`PayloadError` for invalid UTF-8 at byte ``offset`` of ``text`` (at ``path``)."""
+    field = _field(text, offset, path)
+    return PayloadError(f"{field}: invalid UTF-8 ({_where(offset, path)}): not valid JSON")
+
+
+def _field(text: bytes, offset: int, path: str) -> str:
+    inner = json_path_at(text, offset)
+    return path if inner is None else path + inner
+
+
+def _where(offset: int, path: str) -> str:
+    # msgspec's own wording, "(byte N)", for the body; a nested value's bytes are its own.
+    return f"byte {offset}" if path == "$" else f"byte {offset} of {path}"

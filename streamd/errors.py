@@ -28,6 +28,12 @@ class PayloadError(StreamdError):
     status_hint = 400
 
 
+class TooManyEvents(PayloadError):
+    """Raised when a body carries more events than ``server.max_events_per_request`` (413)."""
+
+    status_hint = 413
+
+
 class JournalError(StreamdError):
     """Raised when the journal cannot be opened, read or written."""
 

@@ -9,8 +9,8 @@ An entry whose event cannot be normalised (no id, not an object, an id of the wr
 type) is still journaled, never dropped and never allowed to stop the pull: its key is
 ``journal-position:<position>``, unique in Adobe's journal, its stream ``other``, and
 the caller is told (``Page.unkeyed``) so it can warn. A page that is not the documented
-JSON at all raises :class:`PayloadError`: nothing of it is journaled and the position
-does not move.
+JSON at all, or nests deeper than an event may (:data:`PAGE_DEPTH`), raises
+:class:`PayloadError`: nothing of it is journaled and the position does not move.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from __future__ import annotations
 import msgspec
 
 from streamd.core.normalise import key_hash, normalise_item, raw_text
-from streamd.core.wire import EventRecord
+from streamd.core.wire import MAX_DEPTH, EventRecord, check_depth, decode_failure
 from streamd.errors import PayloadError
 
 MAX_POSITION_LENGTH = 1024
 POSITION_KEY_PREFIX = "journal-position:"
+# The page, its "events" array and an entry hold each event: 3 levels more than a pushed
+# body may have, so whatever push accepts, a page of it is accepted too.
+PAGE_DEPTH = MAX_DEPTH + 3
 
 
 class _Entry(msgspec.Struct, frozen=True):
@@ -58,14 +61,18 @@ def check_position(position: object, where: str) -> str:
 
 
 def decode_page(body: bytes) -> Page:
-    """Decode a 200 answer of the Journaling API; :class:`PayloadError` names the problem."""
+    """Decode a 200 answer of the Journaling API.
+
+    Raises :class:`PayloadError` naming the problem and, where there is one, the field
+    (never another exception on hostile bytes).
+    """
+    check_depth(body, PAGE_DEPTH, "journal page")  # before the decoder can recurse
     try:
         page = _PAGE_DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise PayloadError(f"journal page: {message[:1].lower()}{message[1:]}") from None
     except msgspec.DecodeError as exc:
-        raise PayloadError(f"journal page: not valid JSON: {exc}") from None
+        raise PayloadError(f"journal page: {decode_failure(exc, body, '$')}") from None
+    except RecursionError:
+        raise PayloadError("journal page: JSON nested too deeply to decode here") from None
     records: list[EventRecord] = []
     unkeyed: list[str] = []
     for index, entry in enumerate(page.events):
@@ -73,7 +80,7 @@ def decode_page(body: bytes) -> Page:
         position = check_position(entry.position, path + ".position")
         raw = entry.event
         try:
-            found = normalise_item(raw, path + ".event")
+            found = normalise_item(raw, path + ".event", checked=True)
         except PayloadError:
             found = []
         if found:

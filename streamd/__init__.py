@@ -8,6 +8,7 @@ from streamd.errors import (
     JournalError,
     PayloadError,
     StreamdError,
+    TooManyEvents,
 )
 
 __version__ = "0.1.0"
@@ -20,5 +21,6 @@ __all__ = [
     "JournalError",
     "PayloadError",
     "StreamdError",
+    "TooManyEvents",
     "__version__",
 ]

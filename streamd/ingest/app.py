@@ -321,8 +321,8 @@ class IngestApp:
         if source.adobe is not None and signed is not None:
             await source.adobe.verify(signed, body)  # 401, or 503 when the key host fails
         try:
-            delivery = decode_delivery(body)
-        except PayloadError as exc:
+            delivery = decode_delivery(body, max_events=self.limits.max_events)
+        except PayloadError as exc:  # 400, or TooManyEvents: 413
             log.info("rejected a body from source %s: %r", source.name, str(exc))
             await self._error(send, exc.status_hint, str(exc))
             return

@@ -269,7 +269,7 @@ async def test_503_when_free_disk_is_below_the_floor(start_server: StartServer) 
 async def test_503_for_an_unexpected_error_never_a_traceback(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def explode(body: bytes) -> None:
+    def explode(body: bytes, **options: object) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(app_module, "decode_delivery", explode)

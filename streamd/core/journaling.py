@@ -6,14 +6,18 @@ A 200 answer is ``{"events": [{"position": "...", "event": {...}}], "_page": {"l
 pulled is journaled once.
 
 An entry whose event cannot be normalised (no id, not an object, an id of the wrong
-type) is still journaled, never dropped and never allowed to stop the pull: its key is
-``journal-position:<position>``, unique in Adobe's journal, its stream ``other``, and
-the caller is told (``Page.unkeyed``) so it can warn. A page that is not the documented
+type, not UTF-8) is still journaled, never dropped and never allowed to stop the pull:
+its key is ``journal-position:<position>``, unique in Adobe's journal, its stream
+``other``, and the caller is told (``Page.unkeyed``) so it can warn. An event that is
+not UTF-8 cannot be stored as JSON text: its exact bytes are kept base64-encoded in
+``{"streamd_undecodable_base64": "..."}``. A page that is not the documented
 JSON at all, or nests deeper than an event may (:data:`PAGE_DEPTH`), raises
 :class:`PayloadError`: nothing of it is journaled and the position does not move.
 """
 
 from __future__ import annotations
+
+import base64
 
 import msgspec
 
@@ -39,6 +43,9 @@ class _Page(msgspec.Struct, frozen=True):
 
 
 _PAGE_DECODER = msgspec.json.Decoder(_Page)
+_UNDECODABLE = msgspec.json.Encoder()
+# An event that is not UTF-8 is stored as {UNDECODABLE_FIELD: "<its bytes, base64>"}.
+UNDECODABLE_FIELD = "streamd_undecodable_base64"
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -89,6 +96,13 @@ def decode_page(body: bytes) -> Page:
         # No keyed event in it (no id, an id of an odd type, not an object): keep it whole
         # under its position rather than stall the pull or lose it.
         key = POSITION_KEY_PREFIX + position
+        try:
+            text = raw_text(raw, path + ".event")
+        except PayloadError:
+            # Not UTF-8, so not storable as JSON text: its exact bytes, base64 in a JSON
+            # object, so a sink still gets valid JSON and nothing is lost.
+            kept = {UNDECODABLE_FIELD: base64.b64encode(raw).decode()}
+            text = _UNDECODABLE.encode(kept).decode()
         records.append(
             EventRecord(
                 key=key,
@@ -99,7 +113,7 @@ def decode_page(body: bytes) -> Page:
                 activity_type_id=None,
                 lead_id=None,
                 occurred_at=None,
-                raw=raw_text(raw, path + ".event"),
+                raw=text,
             )
         )
         unkeyed.append(position)

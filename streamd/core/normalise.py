@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from streamd.core.timeparse import normalise_timestamp
+from streamd.core.timeparse import MAX_TIMESTAMP_TEXT, normalise_timestamp
 from streamd.core.wire import (
     CLOUDEVENT_DECODER,
     DATA_DECODER,
@@ -96,7 +96,7 @@ _MAX_TYPE_NAME = 64  # real activityType names are short; a long one is not reme
 _CUSTOM_TYPE = _ACTIVITY_PREFIX + "custom"
 # parse_timestamp reads no longer text; longer is not passed, so it is never cached:
 # the parser's cache lives as long as the process, a sender's megabyte "time" must not.
-_MAX_TIMESTAMP = 64
+_MAX_TIMESTAMP = MAX_TIMESTAMP_TEXT
 
 
 def legacy_type(activity_type: object, activity_type_id: int | None) -> str | None:

@@ -91,9 +91,13 @@ def format_utc(dt: datetime) -> str:
 
 def normalise_timestamp(value: object) -> str | None:
     """Return the normalised UTC text of a sender timestamp, or ``None`` if it is not one."""
-    if not isinstance(value, str):
+    # Longer text is no timestamp, and must not sit in the cache below (a sender's).
+    if not isinstance(value, str) or len(value) > MAX_TIMESTAMP_TEXT:
         return None
     return _normalise_text(value)
+
+
+MAX_TIMESTAMP_TEXT = 64
 
 
 @functools.lru_cache(maxsize=4096)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -10,7 +11,7 @@ import orjson
 import pytest
 
 from streamd.core.headers import link, retry_after
-from streamd.core.journaling import POSITION_KEY_PREFIX, decode_page
+from streamd.core.journaling import POSITION_KEY_PREFIX, UNDECODABLE_FIELD, decode_page
 from streamd.core.normalise import decode_delivery
 from streamd.errors import PayloadError
 from tests.conftest import FIXTURES
@@ -67,6 +68,19 @@ def test_events_without_a_usable_id_are_kept_under_their_position() -> None:
     ]
     assert [r.raw for r in pulled.records[:3]] == ['{"type":"x"}', '"text"', '{"id":true}']
     assert pulled.unkeyed == ["p0", "p1", "p2"] and pulled.last == "p3"
+
+
+def test_an_event_that_is_not_utf8_is_kept_whole_and_does_not_stall_the_pull() -> None:
+    # Its bytes cannot be stored as JSON text; refusing the page would retry it forever.
+    bad = b'{"id":"a\xff","type":"x"}'
+    body = (
+        b'{"events":[{"position":"p0","event":' + bad + b'},{"position":"p1","event":{"id":"ok"}}]}'
+    )
+    pulled = decode_page(body)
+    assert [r.key for r in pulled.records] == [POSITION_KEY_PREFIX + "p0", "ok"]
+    kept = orjson.loads(pulled.records[0].raw)
+    assert base64.b64decode(kept[UNDECODABLE_FIELD]) == bad
+    assert pulled.unkeyed == ["p0"] and pulled.last == "p1"
 
 
 def test_an_empty_page() -> None:

@@ -365,6 +365,7 @@ class FramingGuard:
             if problem is not None:
                 status, message = problem
                 log.info("refused a request: %s", message)
+                await _drain(receive)
                 body = orjson.dumps({"error": message})
                 headers = [
                     (b"content-type", b"application/json"),
@@ -427,6 +428,28 @@ def close_sockets(sockets: Sockets) -> None:
 
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+# A refused request's body is read (and dropped) up to this much, for at most this long.
+_DRAIN_BYTES = 64 * 1024
+_DRAIN_SECONDS = 1.0
+
+
+async def _drain(receive: Receive) -> None:
+    """Read a small body before answering: the answer then goes out while h11 waits for
+    it (the connection paused), not while it parses whatever the client sent after the
+    body, which with ``Connection: close`` ends the connection before the answer's body
+    is written; and the peer does not get a reset for bytes left unread. A large or
+    slow body is not waited for: the connection closes either way."""
+    received = 0
+    with trio.move_on_after(_DRAIN_SECONDS):
+        while received <= _DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
 
 async def serve_http(

@@ -165,6 +165,13 @@ class ConnectionTable:
         oldest.evict()
         return True
 
+    def close_idle(self) -> None:
+        """Close every idle connection (stopping: only requests in progress remain)."""
+        for pool in (self._idle, self._proven_idle):
+            for conn in list(pool):
+                self.remove(conn)
+                conn.evict()
+
     def out_of_descriptors(self) -> bool:
         """Accept failed for lack of descriptors: close up to 16 idle connections to give
         descriptors back; False when none was idle (then accepting must pause)."""
@@ -500,8 +507,10 @@ async def serve_http(
             task_status.started(binds)
             await shutdown()
             accepting.cancel_scope.cancel()
-        # Idle connections close now, busy ones after their answer (hypercorn's own rule).
+        # Idle connections close now (those still waiting for their first byte too, which
+        # hypercorn does not know yet), busy ones after their answer (hypercorn's rule).
         await context.terminated.set()
+        table.close_idle()
         connections.cancel_scope.deadline = trio.current_time() + hconfig.graceful_timeout
 
 

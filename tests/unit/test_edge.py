@@ -197,3 +197,15 @@ def test_the_count_is_reported_when_the_next_interval_starts(
             ]
     finally:
         log.removeFilter(limit)
+
+
+def test_stopping_closes_every_idle_connection_and_no_busy_one() -> None:
+    table = ConnectionTable(10)
+    idle, proven, busy = opened(table, "idle", "proven", "busy")
+    table.set_idle(proven, False)
+    proven.proven = True
+    table.set_idle(proven, True)
+    table.set_idle(busy, False)
+    table.close_idle()
+    assert (idle.evicted, proven.evicted, busy.evicted) == (True, True, False)
+    assert len(table) == 1 and table.statistics().evicted == 0  # not to make room

@@ -506,24 +506,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--ref",
-        help="benchmark streamd as of this git commit (e.g. HEAD), not the working tree",
+        action="append",
+        default=[],
+        help="benchmark streamd as of this git commit (e.g. HEAD), not the working tree; "
+        "repeat it to compare versions side by side: each streamd case then runs once per "
+        "ref, one after the other, named CASE@COMMIT",
     )
     ap.add_argument("--out", type=Path, help="results file (default bench/out/ingest[-quick].json)")
     ap.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     a = ap.parse_args(argv)
     out = a.out or BENCH / "out" / ("ingest-quick.json" if a.quick else "ingest.json")
-    ref_sha, src = export_ref(a.ref, CACHE) if a.ref else (None, None)
+    versions = [(ref, *export_ref(ref, CACHE)) for ref in a.ref]
+    src = versions[0][2] if versions else None
     s = _settings(a, out, src)
     cases = plan(s, a.big)
     if a.only:
         pats = [p.strip() for p in a.only.split(",") if p.strip()]
         cases = [c for c in cases if any(fnmatch.fnmatch(c.name, p) for p in pats)]
+    # Several refs: each streamd case once per version, back to back (peers once).
+    runs: list[tuple[Case, Settings]] = []
+    for case in cases:
+        if len(versions) < 2 or case.kind not in ("streamd", "emit"):
+            runs.append((case, s))
+            continue
+        for _, sha, snapshot in versions:
+            named = replace(case, name=f"{case.name}@{sha[:7]}")
+            runs.append((named, replace(s, src=snapshot)))
     shutil.rmtree(s.logdir, ignore_errors=True)  # the logs belong to the latest run
     s.logdir.mkdir(parents=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     facts = machine_facts(REPO, CACHE)
-    source_at_start = source_hash(s.src)
-    facts["streamd_ref"] = {"ref": a.ref, "commit": ref_sha} if a.ref else None
+    source_at_start = [source_hash(v[2]) for v in versions] or [source_hash(None)]
+    facts["streamd_ref"] = [{"ref": ref, "commit": sha} for ref, sha, _ in versions] or None
     entries: list[dict[str, Any]] = []
     interrupted = False
     quiet_timeout = a.quiet_timeout if a.quiet_timeout is not None else (0 if a.quick else 300)
@@ -533,10 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
     try:
-        for i, case in enumerate(cases, 1):
+        for i, (case, settings_of_run) in enumerate(runs, 1):
             tries: list[dict[str, Any]] = []
             for attempt in range(1, reruns + 2):
-                entry = _run_case(case, f"[{i}/{len(cases)}]", s, quiet_timeout)
+                entry = _run_case(case, f"[{i}/{len(runs)}]", settings_of_run, quiet_timeout)
                 tries.append(entry)
                 if "error" in entry or entry.get("other_cores", 0) < CONTAMINATED:
                     break
@@ -553,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(RUN_DIR, ignore_errors=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
     # streamd may be edited while a long run goes on: then the rows mix two versions.
-    source = {"at_start": source_at_start, "at_end": source_hash(s.src)}
+    at_end = [source_hash(v[2]) for v in versions] or [source_hash(None)]
+    source = {"at_start": source_at_start, "at_end": at_end}
     doc = {
         "machine": facts,
         "settings": settings,

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 
 import trio
 
+# Signature headers that pass every check made before the body (their form): what a
+# client without Adobe's key can send to a signed source.
+SIGNATURE = {
+    "x-adobe-digital-signature-1": "QUJDRA==",
+    "x-adobe-public-key1-path": "/prod/keys/pub-key-slowloris.pem",
+}
+
 
 @dataclass
 class Answer:

@@ -7,14 +7,10 @@ Every test here sizes its load with :func:`scale`: the bounded figure in ``make 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TypeVar
 
-import pytest
-
 from tests.integration.conftest import server, start_server
-from tests.system._harness import Processes
+from tests.system.conftest import processes
 
 __all__ = ["processes", "scale", "server", "soak", "start_server"]
 T = TypeVar("T")
@@ -28,13 +24,3 @@ def soak() -> bool:
 def scale(bounded: T, long: T) -> T:
     """``bounded`` in ``make test``, ``long`` under ``make soak``."""
     return long if soak() else bounded
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    """Starts child processes; kills and reaps every one still running when the test ends."""
-    procs = Processes(tmp_path / "run")
-    try:
-        yield procs
-    finally:
-        procs.close()

@@ -23,13 +23,8 @@ import trio
 from tests.conftest import fixture_bytes
 from tests.system._harness import Processes, Server, read_token, streamd_argv
 
-from ._wire import Answer, post_head, read_answer
+from ._wire import SIGNATURE, Answer, post_head, read_answer
 from .conftest import scale
-
-SIGNATURE = {
-    "x-adobe-digital-signature-1": "QUJDRA==",
-    "x-adobe-public-key1-path": "/prod/keys/pub-key-slowloris.pem",
-}
 
 
 @pytest.fixture(autouse=True)

@@ -14,13 +14,8 @@ import trio
 from tests.conftest import fixture_bytes
 from tests.integration.conftest import TOKEN, Server, StartServer
 
-from ._wire import Answer, closes, post_head, read_answer, split_url
+from ._wire import SIGNATURE, Answer, closes, post_head, read_answer, split_url
 from .conftest import scale
-
-SIGNATURE = {
-    "x-adobe-digital-signature-1": "QUJDRA==",
-    "x-adobe-public-key1-path": "/prod/keys/pub-key-slowloris.pem",
-}
 
 
 def config(extra: str = "") -> str:

@@ -1,5 +1,6 @@
 """The HTTP side: the ASGI app that turns deliveries into journaled batches."""
 
-from streamd.ingest.app import IngestApp, Limits, Source
+from streamd.ingest.admission import Limits
+from streamd.ingest.app import IngestApp, Source
 
 __all__ = ["IngestApp", "Limits", "Source"]

@@ -26,6 +26,16 @@ from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.issuer import Issuer, check_secret
 from streamd.core import decode_delivery
 from streamd.errors import JournalBusy, JournalClosed, PayloadError, StreamdError
+from streamd.ingest.admission import (
+    TOKEN_PARTY,
+    BufferFull,
+    Disconnected,
+    Limits,
+    Slots,
+    SlotsFull,
+    SlowBody,
+    read_body,
+)
 from streamd.ingest.validation import Validator
 from streamd.journal import AppendResult, Batch, utc_now
 
@@ -75,36 +85,6 @@ class Source:
     max_in_flight: int = 0  # its share of the slots (0: an equal part of what is left)
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The bounds of one app (``[server]``; a worker process gets its part of the
-    shared ones)."""
-
-    max_body_bytes: int = 8 << 20
-    max_in_flight: int = 256
-    max_events: int = 10_000  # per request
-    max_buffered_bytes: int = 256 << 20  # bodies being read or decoded, together
-    body_timeout: float = 30.0  # the whole body must arrive within this...
-    min_body_rate: int = 4096  # ...and, after body_grace, at least this many bytes/s
-    body_grace: float = 5.0
-
-
-TOKEN_PARTY = "/oauth/token"  # noqa: S105 - the embedded issuer's share of the slots
-
-
-def share_out(total: int, wanted: Mapping[str, int]) -> dict[str, int]:
-    """Each party's share of ``total`` slots: what it asked for (non-zero), the rest
-    split equally among the others (at least 1 each; config validation makes it add up)."""
-    fixed = {name: n for name, n in wanted.items() if n}
-    others = [name for name, n in wanted.items() if not n]
-    left = max(total - sum(fixed.values()), 0)
-    shares = dict(fixed)
-    for index, name in enumerate(others):
-        part, extra = divmod(left, len(others))
-        shares[name] = max(1, part + (1 if index < extra else 0))
-    return shares
-
-
 class IngestApp:
     """The ASGI application that receives deliveries and journals them."""
 
@@ -113,10 +93,7 @@ class IngestApp:
         self._journal = journal
         self.limits = limits
         self._max_body = limits.max_body_bytes
-        self._busy: dict[str, int] = {}  # party (source name, TOKEN_PARTY) -> slots held
-        self._shares: dict[str, int] = {}
-        self._in_flight = 0
-        self._buffered = 0  # bytes of bodies held by requests in progress
+        self._slots = Slots(limits, self._released)
         self._stopping = False
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
@@ -143,11 +120,19 @@ class IngestApp:
         wanted = {s.name: s.max_in_flight for s in self._routes.values()}
         if self._issuer is not None:
             wanted[TOKEN_PARTY] = 0
-        self._shares = share_out(self.limits.max_in_flight, wanted)
+        self._slots.share_out(wanted)
 
     def shares(self) -> dict[str, int]:
         """Each party's share of ``max_in_flight`` now."""
-        return dict(self._shares)
+        return self._slots.shares()
+
+    def held(self, party: str) -> int:
+        """The in-flight slots ``party`` (a source's name) holds now."""
+        return self._slots.held(party)
+
+    def _released(self) -> None:
+        if self._stopping and self._slots.in_flight == 0:
+            self._idle.set()
 
     def sources(self) -> list[Source]:
         """The sources served now."""
@@ -177,7 +162,7 @@ class IngestApp:
     def begin_shutdown(self) -> None:
         """From now on, POSTs get 503 + Retry-After (the sender keeps the events)."""
         self._stopping = True
-        if self._in_flight == 0:
+        if self._slots.in_flight == 0:
             self._idle.set()
 
     async def wait_idle(self) -> None:
@@ -192,7 +177,7 @@ class IngestApp:
     @property
     def in_flight(self) -> int:
         """POST requests being handled right now."""
-        return self._in_flight
+        return self._slots.in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -230,7 +215,7 @@ class IngestApp:
         reason: str | None = None
         try:
             await self._post(scope, receive, send, source, started)
-        except _Disconnected:
+        except Disconnected:
             log.info("client went away before sending its whole body to %s", source.name)
         except StreamdError as exc:
             reason = exc.reason if exc.status_hint >= 500 else None
@@ -298,12 +283,12 @@ class IngestApp:
             # A full queue or a low disk would refuse the batch after it was read and
             # decoded: refuse before, and hold no memory for it.
             raise refused
-        with self._slot(source.name, int(declared or 0)) as slot:
+        with self._slots.take(source.name, int(declared or 0)) as slot:
             # ProviderUnavailable: 503, the sender retries (never a 401 for the IdP's fault)
             if source.external is not None and not await source.external.check(presented):
                 await self._unauthorized(send, presented)
                 return
-            body = await self._read_limited(receive, self._max_body, started, slot)
+            body = await read_body(receive, self._max_body, started, self.limits, slot)
             if body is None:
                 await self._error(send, 413, self._too_large())
                 return
@@ -371,40 +356,13 @@ class IngestApp:
             send, 401, f"{what} credentials", [(b"www-authenticate", b'Bearer realm="streamd"')]
         )
 
-    def _slot(self, party: str, declared: int) -> _Slot:
-        """One of ``party``'s in-flight slots and ``declared`` bytes of the body budget,
-        held for the request (``with``); its :meth:`_Slot.reserve` takes more of the
-        budget as a body of undeclared length grows.
-
-        Raises :class:`SlotsFull` when the party's share is taken, and :class:`BufferFull`
-        when the bodies being read already hold ``max_buffered_bytes``.
-        """
-        held = self._busy.get(party, 0)
-        if held >= self._shares.get(party, 1):
-            raise SlotsFull(
-                f"too many requests in flight for {party} "
-                f"({self._shares.get(party, 1)} of server.max_in_flight)"
-            )
-        slot = _Slot(self, party)
-        slot.reserve(declared)
-        self._busy[party] = held + 1
-        self._in_flight += 1
-        return slot
-
-    def _release(self, slot: _Slot) -> None:
-        self._buffered -= slot.reserved
-        self._busy[slot.party] -= 1
-        self._in_flight -= 1
-        if self._stopping and self._in_flight == 0:
-            self._idle.set()
-
     async def _token(
         self, scope: Scope, receive: Receive, send: Send, issuer: Issuer, started: float
     ) -> None:
         """``POST /oauth/token``, client credentials grant (RFC 6749 section 4.4)."""
         try:
             await self._token_request(scope, receive, send, issuer, started)
-        except _Disconnected:
+        except Disconnected:
             log.info("client went away before sending its whole token request")
         except (SlotsFull, BufferFull, SlowBody) as exc:
             extra = [(b"connection", b"close")] if isinstance(exc, SlowBody) else []
@@ -431,8 +389,8 @@ class IngestApp:
         if media != b"application/x-www-form-urlencoded":
             await self._oauth_error(send, 400, "invalid_request", "send a form")
             return
-        with self._slot(TOKEN_PARTY, 0) as slot:
-            body = await self._read_limited(receive, 8192, started, slot)
+        with self._slots.take(TOKEN_PARTY, 0) as slot:
+            body = await read_body(receive, 8192, started, self.limits, slot)
         if body is None:
             await self._oauth_error(send, 413, "invalid_request", "body larger than 8192 bytes")
             return
@@ -477,56 +435,6 @@ class IngestApp:
         if retry_after is not None:
             headers.append((b"retry-after", str(retry_after).encode()))
         await self._json(send, status, {"error": error, "error_description": description}, headers)
-
-    async def _read_limited(
-        self, receive: Receive, limit: int, started: float, slot: _Slot
-    ) -> bytes | None:
-        """The whole body, or None as soon as it passes ``limit`` (nothing buffered past it).
-
-        The body must arrive within ``body_timeout`` of the request's start and, after
-        ``body_grace``, at ``min_body_rate`` on average: a slow or stalled client holds
-        its slot no longer (:class:`SlowBody`, 503: a sender's stalled network retries).
-        Each part is reserved from the body budget (:class:`BufferFull`).
-        """
-        limits = self.limits
-        deadline = started + limits.body_timeout
-        rate, grace = limits.min_body_rate, limits.body_grace
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            # What has arrived already is taken without a deadline: a trio cancel scope
-            # with one costs 10-16 µs, most of a small body's own handling.
-            message = _receive_now(receive)
-            if message is None:
-                # By when, at the minimum rate, more than ``size`` bytes are due.
-                due = min(deadline, started + grace + size / rate) if rate else deadline
-                with trio.move_on_at(due):
-                    message = await receive()
-                if message is None:
-                    raise self._slow(size, trio.current_time() >= deadline)
-            elif trio.current_time() >= deadline:
-                raise self._slow(size, True)
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            slot.reserve(size)
-            if not message.get("more_body", False):
-                return b"".join(chunks) + chunk if chunks else chunk
-            chunks.append(chunk)
-
-    def _slow(self, size: int, past_deadline: bool) -> SlowBody:
-        limits = self.limits
-        if past_deadline:
-            return SlowBody(
-                f"the body did not arrive within {limits.body_timeout:g} s ({size} bytes in); retry"
-            )
-        return SlowBody(
-            f"the body arrived slower than {limits.min_body_rate} bytes/s after "
-            f"{limits.body_grace:g} s ({size} bytes in); retry"
-        )
 
     def _too_large(self) -> str:
         return f"body larger than the limit of {self._max_body} bytes"
@@ -593,79 +501,6 @@ class IngestApp:
         ]
         await send({"type": "http.response.start", "status": status, "headers": all_headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _Slot:
-    """One request's in-flight slot and its part of the body budget (``with``: released
-    on exit, whatever happened)."""
-
-    __slots__ = ("_app", "party", "reserved")
-
-    def __init__(self, app: IngestApp, party: str) -> None:
-        self._app = app
-        self.party = party
-        self.reserved = 0
-
-    def reserve(self, total: int) -> None:
-        """Hold ``total`` bytes of the budget in all; :class:`BufferFull` past it."""
-        more = total - self.reserved
-        if more <= 0:
-            return
-        app = self._app
-        if app._buffered + more > app.limits.max_buffered_bytes:
-            raise BufferFull(
-                "the bodies being received already hold server.max_buffered_mib; retry"
-            )
-        app._buffered += more
-        self.reserved = total
-
-    def __enter__(self) -> _Slot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._app._release(self)
-
-
-def _receive_now(receive: Receive) -> Message | None:
-    """The next ASGI message if it has arrived already, else None (then ``await``).
-
-    hypercorn's ``receive`` is a trio memory channel's ``receive``: its channel's
-    ``receive_nowait`` takes a queued message without a checkpoint. Any other
-    ``receive`` (or an empty, closed channel) gives None.
-    """
-    nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
-    if nowait is None:
-        return None
-    try:
-        message: Message = nowait()
-    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-        return None
-    return message
-
-
-class _Disconnected(StreamdError):
-    """Raised when the client went away before its body arrived; nothing to answer."""
-
-
-class SlowBody(StreamdError):
-    """Raised when a body arrives too slowly (503 + Retry-After, and the connection closes)."""
-
-    status_hint = 503
-    reason = "slow_body"
-
-
-class SlotsFull(JournalBusy):
-    """Raised when a party's share of the in-flight slots is taken (503, Retry-After: 1)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retry_after=1, reason="in_flight")
-
-
-class BufferFull(JournalBusy):
-    """Raised when the bodies in progress hold ``max_buffered_bytes`` (503, Retry-After: 1)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retry_after=1, reason="buffer_full")
 
 
 def _retry_after(exc: StreamdError) -> int | None:

@@ -80,7 +80,7 @@ async def test_slow_signed_bodies_leave_the_other_source_its_share(
                 lambda: trickle(server.url, head, every=0.5, answers=answers, started=None)
             )
         # The signed source's share fills up; the rest of its clients get 503 at once.
-        await server.wait_for(lambda: app._busy.get("io", 0) == 16, "the io share full")
+        await server.wait_for(lambda: app.held("io") == 16, "the io share full")
         statuses = []
         for _ in range(20):
             reply = await server.post(fixture_bytes("lads_single"))

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from streamd.ingest.app import share_out
+from streamd.ingest.admission import share_out
 from streamd.service.http import (
     AUTO_MAX_CONNECTIONS,
     FD_HEADROOM,

@@ -4,11 +4,11 @@ One bounded pool per sink (:mod:`streamd.drain.runner`), the engine that runs
 them and saves their state through the journal writer
 (:mod:`streamd.drain.engine`), sans-IO routing and retry policy
 (:mod:`streamd.drain.routing`, :mod:`streamd.drain.policy`), the sinks
-(:mod:`streamd.drain.sinks`), and operator commands for a stopped daemon
-(:mod:`streamd.drain.offline`).
+(:mod:`streamd.drain.sinks`). Operator actions are :mod:`streamd.ops`' operations:
+:meth:`Drain.run` applies one to a running sink.
 """
 
-from streamd.drain.engine import Drain, DrainError, SinkStatus, open_drain
+from streamd.drain.engine import Drain, DrainError, SinkOperation, SinkStatus, open_drain
 from streamd.drain.policy import Kind, RetrySettings
 from streamd.drain.pressure import YieldSettings
 from streamd.drain.routing import Filter, Route
@@ -25,6 +25,7 @@ __all__ = [
     "RetrySettings",
     "Route",
     "Sink",
+    "SinkOperation",
     "SinkSpec",
     "SinkStatus",
     "YieldSettings",

@@ -14,10 +14,11 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import ClassVar, Protocol, TypeVar
 
 import trio
 
@@ -29,6 +30,8 @@ from streamd.errors import JournalError, StreamdError
 from streamd.journal import Journal, utc_now
 
 log = logging.getLogger("streamd.drain")
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 # Between two progress saves: bounds the fsyncs an idle-ingest drain causes.
 _SAVE_INTERVAL = 0.02
@@ -37,9 +40,23 @@ _RESTART_DELAY = 5.0
 
 
 class DrainError(StreamdError):
-    """Raised when an operator's request names an unknown sink or cannot be done."""
+    """Raised when an operator's request names a sink not configured here, or the
+    journal refused the change."""
 
-    status_hint = 400
+    status_hint = 409
+
+
+class SinkOperation(Protocol[T_co]):
+    """An operator's action on one sink (``streamd.ops``: the rules live there)."""
+
+    @property
+    def name(self) -> str: ...
+
+    retires: ClassVar[bool]  # stop the runner (and save it) before applying
+    resumes: ClassVar[bool]  # an operator's resume: a probe's wait ends
+    wakes_letters: ClassVar[bool]  # dead letters were marked for retry
+
+    def apply(self, conn: sqlite3.Connection, now: str) -> T_co: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,103 +157,34 @@ class Drain:
 
         return await trio.to_thread.run_sync(read, limiter=self._limiter)
 
-    async def pause(self, name: str) -> SinkRow:
-        """Stop delivering to ``name`` (in-flight attempts finish) until :meth:`resume`."""
-        slot = self._get(name)
+    async def run(self, op: SinkOperation[T]) -> T:
+        """Apply an operator's operation (``streamd.ops``) to a running sink: stop what it
+        touches, run its rules in the journal writer, then let the runner follow the
+        sink's new row (state, cursor) and wake it. Raises :class:`DrainError` for a
+        sink not configured here, and what the operation raises (its refusals)."""
+        slot = self._get(op.name)
         async with slot.lock:
-            row = await self._set_state(slot, "paused", "paused by the operator")
-            if slot.runner is not None:
-                slot.runner.state = "paused"
-                slot.runner.changed.fire()
-            return row
+            if op.retires:
+                await self._retire(slot)
+            now = utc_now()
+            name = slot.spec.name
 
-    async def resume(self, name: str) -> SinkRow:
-        """Resume a paused sink (also one paused for failures: it retries at once)."""
-        slot = self._get(name)
-        async with slot.lock:
-            if slot.row.state == "disabled":
-                raise DrainError(f"sink {name!r} is disabled; enable it instead")
-            row = await self._set_state(slot, "active", None)
-            if slot.runner is not None:
-                slot.runner.state = "active"
-                slot.runner.resumes += 1
-                slot.runner.changed.fire()
-            return row
+            def apply(conn: sqlite3.Connection) -> tuple[T, SinkRow]:
+                return op.apply(conn, now), store.load_sinks(conn)[name]
 
-    async def disable(self, name: str, reason: str = "disabled by the operator") -> SinkRow:
-        """Stop the sink until :meth:`enable`; batches in flight are not confirmed."""
-        slot = self._get(name)
-        async with slot.lock:
-            await self._retire(slot)
-            return await self._set_state(slot, "disabled", reason)
-
-    async def enable(self, name: str) -> SinkRow:
-        """Start a disabled sink again from its cursor."""
-        slot = self._get(name)
-        async with slot.lock:
-            row = await self._set_state(slot, "active", None)
-            if slot.runner is None:
-                slot.wanted.set()
-            return row
-
-    async def replay(
-        self, name: str, *, seq: int | None = None, received_at: str | None = None
-    ) -> SinkRow:
-        """Rewind ``name`` so that it delivers again from event ``seq`` (or from the first
-        event received at or after ``received_at``); returns the new row."""
-        slot = self._get(name)
-        async with slot.lock:
-            was_running = slot.runner is not None
-            await self._retire(slot)
-
-            def rewind(conn: sqlite3.Connection) -> SinkRow:
-                cursor = replay_cursor(conn, seq=seq, received_at=received_at)
-                return store.set_cursor(conn, name, cursor, utc_now())
-
-            row = await self._control(rewind)
-            assert isinstance(row, SinkRow)
-            slot.row = row
-            if was_running:
-                slot.wanted.set()
-            return row
-
-    async def replay_range(
-        self,
-        name: str,
-        from_seq: int,
-        to_seq: int,
-        *,
-        streams: Sequence[str] = (),
-        types: Sequence[str] = (),
-    ) -> int:
-        """Re-deliver the events ``from_seq..to_seq`` (optionally only some streams and
-        type globs) to ``name`` without moving its cursor; returns how many."""
-        slot = self._get(name)
-        count = await self._control(
-            lambda conn: store.queue_replay(
-                conn, name, from_seq, to_seq, streams=streams, types=types
-            )
-        )
-        assert isinstance(count, int)
-        if slot.runner is not None:
-            slot.runner.dlq_wake.fire()
-        return count
-
-    async def retry_dead_letters(self, name: str, ids: Sequence[int] | None) -> int:
-        """Mark dead letters of ``name`` (None: all) for re-delivery; return how many."""
-        slot = self._get(name)
-        count = await self._control(lambda conn: store.mark_retry(conn, name, ids))
-        assert isinstance(count, int)
-        if slot.runner is not None:
-            slot.runner.dlq_wake.fire()
-        return count
-
-    async def drop_dead_letters(self, name: str, ids: Sequence[int] | None) -> int:
-        """Delete dead letters of ``name`` (None: all); return how many."""
-        self._get(name)
-        count = await self._control(lambda conn: store.drop_dead_letters(conn, name, ids))
-        assert isinstance(count, int)
-        return count
+            result, slot.row = await self._control(apply)
+            runner = slot.runner
+            if runner is None:
+                if slot.row.state != "disabled":
+                    slot.wanted.set()  # rewound, or enabled: start from the saved row
+                return result
+            runner.state = slot.row.state
+            if op.resumes:
+                runner.resumes += 1  # cuts a probe's wait short
+            runner.changed.fire()
+            if op.wakes_letters:
+                runner.wake_letters()
+            return result
 
     # -- internals ----------------------------------------------------------------------
     def _get(self, name: str) -> _Slot:
@@ -247,9 +195,9 @@ class Drain:
                 f"no sink named {name!r} (configured: {', '.join(self._slot) or 'none'})"
             ) from None
 
-    async def _control(self, op: object) -> object:
+    async def _control(self, op: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return await self.journal.control(op)  # type: ignore[arg-type]
+            return await self.journal.control(op)
         except JournalError as exc:
             raise DrainError(str(exc)) from exc
 
@@ -277,7 +225,6 @@ class Drain:
         if added:
             starts = {spec.name: spec.start for spec in added}
             rows = await self._control(lambda conn: store.ensure_sinks(conn, starts, utc_now()))
-            assert isinstance(rows, dict)
             for spec in added:
                 slot = _Slot(spec, rows[spec.name])
                 self._slot[spec.name] = slot
@@ -305,7 +252,6 @@ class Drain:
         row = await self._control(
             lambda conn: store.set_state(conn, name, state, reason, utc_now())
         )
-        assert isinstance(row, SinkRow)
         slot.row = row
         return row
 
@@ -479,30 +425,13 @@ class Drain:
 
 def _row_after(row: SinkRow, runner: SinkRunner) -> SinkRow:
     """The row as the runner left it (its cursor was just saved)."""
-    return SinkRow(
-        row.name,
-        runner.persisted,
-        row.state,
-        row.reason,
-        runner.health.last_error or row.last_error,
-        runner.confirmed_total,
-        row.updated_at,
-        runner.health.paused,
+    return dataclasses.replace(
+        row,
+        cursor=runner.persisted,
+        last_error=runner.health.last_error or row.last_error,
+        confirmed=runner.confirmed_total,
+        paused_for_failures=runner.health.paused,
     )
-
-
-def replay_cursor(
-    conn: sqlite3.Connection, *, seq: int | None = None, received_at: str | None = None
-) -> int:
-    """The cursor that makes a sink deliver again from ``seq`` or from ``received_at``."""
-    if (seq is None) == (received_at is None):
-        raise DrainError("replay needs exactly one of a sequence or a time")
-    if seq is not None:
-        if seq < 1:
-            raise DrainError(f"replay: sequence {seq} is not a positive number")
-        return seq - 1
-    assert received_at is not None
-    return store.seq_before_time(conn, received_at)
 
 
 def age_seconds(received_at: str | None, now: datetime) -> float | None:
@@ -534,7 +463,6 @@ async def open_drain(
     drain = Drain(journal, specs, read_threads=read_threads, yield_settings=yield_settings)
     starts = {spec.name: spec.start for spec in specs}
     rows = await journal.control(lambda conn: store.ensure_sinks(conn, starts, utc_now()))
-    assert isinstance(rows, dict)
     drain._reader = await trio.to_thread.run_sync(store.open_reader, journal.path)
     try:
         async with trio.open_nursery() as nursery:

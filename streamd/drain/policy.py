@@ -4,9 +4,17 @@ The engine reports each attempt's outcome with the current time and is told
 what to do next: retry at a time, dead-letter the batch, or hold it until the
 sink resumes. A sink whose destination keeps failing (``pause_after``
 consecutive transient failures) pauses: one batch, the probe, is retried every
-``probe_interval``; its success resumes the sink. While paused, failures never
-count towards dead-lettering: an outage of hours leaves the events waiting in
-the journal, not in the dead-letter table.
+``probe_interval``; its success resumes the sink.
+
+No batch holds a sink forever (the "eternal probe"): a probe that has failed
+``max_attempts`` times is dead-lettered as a *suspect* and the next batch
+probes. If that batch succeeds, the destination is up and the suspect was the
+problem: it stays a dead letter. If that batch also fails ``max_attempts``
+times, the destination is down, not the batch: the suspect's dead letters are
+marked for retry (they are delivered again once the sink is up) and the new
+probe keeps probing without a limit, so an outage of hours leaves the events
+waiting in the journal, not in the dead-letter table. ``max_attempts = 0``
+(the ``marketo`` preset) never dead-letters: the probe waits for the destination.
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ class Action(Enum):
 class Verdict:
     action: Action
     at: float = 0.0
+    # PROBE only: a second probe in a row reached max_attempts, so the destination is
+    # down: the suspect dead-lettered before it must be marked for retry.
+    retry_suspects: bool = False
 
 
 def backoff(settings: RetrySettings, attempts: int, rng: random.Random) -> float:
@@ -75,6 +86,9 @@ class Health:
         self.consecutive_failures = 0
         self.paused = False
         self.probe: object | None = None  # the batch that probes while paused
+        self.next_probe = 0.0  # a batch taking over as the probe waits until then
+        self.suspected = False  # a probe was dead-lettered after max_attempts in this pause
+        self.outage = False  # ... and the next probe failed as often: the destination is down
         self.last_error: str | None = None
 
     def succeeded(self) -> bool:
@@ -83,7 +97,18 @@ class Health:
         resumed = self.paused
         self.paused = False
         self.probe = None
+        self.suspected = self.outage = False
         return resumed
+
+    def may_attempt(self, batch: object) -> bool:
+        """While paused, only the probe is attempted; with no probe (the last one was
+        dead-lettered), ``batch`` becomes the probe."""
+        if not self.paused or self.probe is batch:
+            return True
+        if self.probe is None:
+            self.probe = batch
+            return True
+        return False
 
     def failed(
         self,
@@ -102,14 +127,24 @@ class Health:
         if retry_after is not None:
             # The destination said when: never sooner, and never absurdly later.
             wait = max(wait, min(max(retry_after, 0.0), s.max_retry_after))
+        next_probe = now + max(s.probe_interval, _bounded(retry_after, s))
         if self.paused:
-            if batch is self.probe:
-                return Verdict(Action.PROBE, now + max(s.probe_interval, _bounded(retry_after, s)))
-            return Verdict(Action.HOLD)
+            if batch is not self.probe:
+                return Verdict(Action.HOLD)
+            if s.max_attempts and attempts >= s.max_attempts and not self.outage:
+                if not self.suspected:
+                    # Maybe this batch, maybe the destination: let the next batch tell.
+                    self.suspected = True
+                    self.probe = None
+                    self.next_probe = next_probe
+                    return Verdict(Action.DEAD_LETTER)
+                self.outage = True  # two batches in a row: the destination is down
+                return Verdict(Action.PROBE, next_probe, retry_suspects=True)
+            return Verdict(Action.PROBE, next_probe)
         if self.consecutive_failures >= s.pause_after:
             self.paused = True
             self.probe = batch
-            return Verdict(Action.PROBE, now + max(s.probe_interval, _bounded(retry_after, s)))
+            return Verdict(Action.PROBE, next_probe)
         if s.max_attempts and attempts >= s.max_attempts:
             return Verdict(Action.DEAD_LETTER)
         return Verdict(Action.RETRY, now + wait)

@@ -9,7 +9,10 @@ dead-letter under this preset: the legacy stream waited, it did not drop.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from streamd.drain.policy import RetrySettings
 
@@ -51,3 +54,15 @@ PRESETS: dict[str, tuple[PoolSettings, RetrySettings]] = {
         ),
     ),
 }
+
+
+def resolve(
+    kind: str, preset: str, pool: Mapping[str, Any], retry: Mapping[str, Any]
+) -> tuple[PoolSettings, RetrySettings]:
+    """The preset's (else the kind's default) pool and retry settings, with the keys a
+    sink sets (``None``: unset) on top."""
+    base_pool, base_retry = PRESETS.get(preset, (KIND_POOLS.get(kind, DEFAULT_POOL), DEFAULT_RETRY))
+    return (
+        dataclasses.replace(base_pool, **{k: v for k, v in pool.items() if v is not None}),
+        dataclasses.replace(base_retry, **{k: v for k, v in retry.items() if v is not None}),
+    )

@@ -8,12 +8,18 @@ Invariants:
   the reader never lets it exceed ``max_in_flight``, so memory is bounded by
   that window and, after a crash, redelivery is confined to it.
 - The reader wakes on journal commits (``Journal.wait_beyond``), never polls.
+- Every delivery goes through the same workers: journal batches, and dead letters
+  an operator asked to retry or a range replay queued (``letters``). So the
+  sink's state (paused, disabled, auto-paused), ``workers``, ``interval`` and
+  ``batch_size`` bind all of them alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import secrets
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,6 +36,7 @@ from streamd.drain.store import (
     NewDeadLetter,
     SinkRow,
     letters_to_retry,
+    mark_retry_seqs,
     read_events,
     retried,
 )
@@ -84,6 +91,10 @@ class Batch:
     events: list[DrainEvent]
     attempts: int = 0
     done: bool = False
+    delivery_id: str = ""
+    # Dead letters asked to be delivered again (their ids): not journal progress.
+    letters: list[int] | None = None
+    finished: trio.Event = field(default_factory=trio.Event)  # letters: attempt over
 
 
 class SinkRunner:
@@ -131,6 +142,9 @@ class SinkRunner:
         self.saved_paused = row.paused_for_failures  # what the journal says, to save changes
         self.saved_error = row.last_error
         self.save_again = False  # the last save failed: include this runner in the next
+        self.replay_to, self.replay_tag = row.replay_to, row.replay_tag
+        self._suspects: list[int] = []  # seqs of a probe dead-lettered in this pause
+        self._letter_wakes = 0  # bumped by wake_letters: no retry request is missed
 
     # -- what the engine sees --------------------------------------------------------
     @property
@@ -144,6 +158,11 @@ class SinkRunner:
         """Begin a graceful stop: read nothing more; batches in flight finish their attempt."""
         self._stopping = True
         self.changed.fire()
+
+    def wake_letters(self) -> None:
+        """Dead letters were marked for retry (or a replay queued): look for them."""
+        self._letter_wakes += 1
+        self.dlq_wake.fire()
 
     def persisted_up_to(self, cursor: int, confirmed: int) -> None:
         """The journal now holds ``cursor``: free the window behind it."""
@@ -159,15 +178,15 @@ class SinkRunner:
         cancelled (the engine does that to disable, replay, or end the grace period)."""
         self._conn, self._sink = conn, sink
         send, receive = trio.open_memory_channel[Batch](0)
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self._retry_dead_letters)
-            async with trio.open_nursery() as workers:
-                for _ in range(self.spec.workers):
-                    workers.start_soon(self._worker, receive.clone())
-                receive.close()
+        async with trio.open_nursery() as workers:
+            for _ in range(self.spec.workers):
+                workers.start_soon(self._worker, receive.clone())
+            receive.close()
+            async with trio.open_nursery() as producers:
+                producers.start_soon(self._retry_dead_letters, send.clone())
                 async with send:
                     await self._read(send)
-            outer.cancel_scope.cancel()  # the dead-letter retrier
+                producers.cancel_scope.cancel()  # the retrier: its channel closes
 
     async def _read(self, send: trio.MemorySendChannel[Batch]) -> None:
         spec = self.spec
@@ -256,9 +275,18 @@ class SinkRunner:
     async def _dispatch(
         self, send: trio.MemorySendChannel[Batch], events: list[DrainEvent], end: int
     ) -> None:
-        batch = Batch(self._range_start(), end, events)
+        batch = Batch(self._range_start(), end, events, delivery_id=self._delivery_id(events))
         self._in_order.append(batch)
         await send.send(batch)
+
+    def _delivery_id(self, events: Sequence[DrainEvent], tag: str | None = None) -> str:
+        """``<sink>-<first seq>-<last seq>``; a replay (the sink was rewound over these
+        events, or dead letters are retried) adds its tag, so it is not a repeat."""
+        first, last = events[0].seq, events[-1].seq
+        if tag is None and first <= self.replay_to:
+            tag = self.replay_tag
+        base = f"{self.spec.name}-{first}-{last}"
+        return f"{base}-r{tag}" if tag else base
 
     def _advance(self) -> None:
         moved = False
@@ -275,30 +303,39 @@ class SinkRunner:
     async def _worker(self, receive: trio.MemoryReceiveChannel[Batch]) -> None:
         async with receive:
             async for batch in receive:
-                await self._deliver(batch)
+                if batch.letters is None:
+                    await self._deliver(batch)
+                else:
+                    try:
+                        await self._deliver_letters(batch)
+                    finally:
+                        batch.finished.set()
 
-    async def _attempt(self, events: Sequence[DrainEvent]) -> Result:
+    async def _paced(self) -> None:
+        """At least ``interval`` from any attempt to the first attempt of the next batch
+        (retries follow the retry policy instead)."""
+        if self.spec.interval:
+            async with self._pace:  # one worker at a time takes the next start slot
+                await trio.sleep_until(self._last_start + self.spec.interval)
+                self._last_start = trio.current_time()
+
+    async def _attempt(self, batch: Batch) -> Result:
         assert self._sink is not None
         with trio.move_on_after(self.spec.timeout):
             try:
-                return await self._sink.deliver(events)
+                return await self._sink.deliver(batch.events, delivery_id=batch.delivery_id)
             except Exception as exc:  # a bug or an untranslated error in a sink: retry
                 log.exception("sink %s: unexpected error while delivering", self.spec.name)
                 return transient(f"unexpected {type(exc).__name__}: {exc}")
         return transient(f"no answer within {self.spec.timeout:g} s")
 
     async def _deliver(self, batch: Batch) -> None:
-        if self.spec.interval:
-            # At least ``interval`` from any attempt to the first attempt of the next
-            # batch (retries follow the retry policy instead).
-            async with self._pace:  # one worker at a time takes the next start slot
-                await trio.sleep_until(self._last_start + self.spec.interval)
-                self._last_start = trio.current_time()
+        await self._paced()
         while True:
             if not await self._gate(batch):
                 return  # stopping: the batch stays unconfirmed
             self._last_start = trio.current_time()
-            result = await self._attempt(batch.events)
+            result = await self._attempt(batch)
             batch.attempts += 1
             if result.kind is Kind.CONFIRMED:
                 if self.health.succeeded():
@@ -334,15 +371,23 @@ class SinkRunner:
             )
             self._dirty()  # persist last_error
             if verdict.action is Action.DEAD_LETTER:
+                suspect = self.health.paused
                 log.warning(
-                    "sink %s: %d events dead-lettered after %d attempts: %s",
+                    "sink %s: %d events dead-lettered after %d attempts%s: %s",
                     self.spec.name,
                     len(batch.events),
                     batch.attempts,
+                    "; the next batch probes (if it fails as often, the destination is "
+                    "down and these are delivered again once it is up)"
+                    if suspect
+                    else "",
                     result.reason,
                 )
                 self._dead_letter(batch, result)
+                self._suspects = [e.seq for e in batch.events] if suspect else []
                 return
+            if verdict.retry_suspects:
+                await self._retry_suspects()
             if verdict.action is Action.PROBE and self.health.probe is batch:
                 failures = self.health.consecutive_failures
                 if failures == self.spec.retry.pause_after:
@@ -366,11 +411,42 @@ class SinkRunner:
         while True:
             if self._stopping and batch.attempts:
                 return False
-            if self.state == "active" and (not self.health.paused or self.health.probe is batch):
-                return True
+            if self.state == "active":
+                if batch.letters is not None:
+                    if not self.health.paused:  # retries wait while the sink probes
+                        return True
+                elif self.health.probe is batch or self.health.may_attempt(batch):
+                    if self.health.paused and trio.current_time() < self.health.next_probe:
+                        # It takes over from a probe that was dead-lettered: probes
+                        # stay ``probe_interval`` apart.
+                        await self._sleep_until(self.health.next_probe)
+                        continue
+                    return True
             if self._stopping:
                 return False
             await self.changed.wait()
+
+    async def _retry_suspects(self) -> None:
+        """The destination is down (two probes in a row failed ``max_attempts`` times):
+        the probe dead-lettered before was not at fault; deliver it again once up."""
+        seqs, self._suspects = set(self._suspects), []
+        if not seqs:
+            return
+        log.warning(
+            "sink %s: a second batch failed as often: the destination is down; the %d "
+            "events dead-lettered before are delivered again once it is up",
+            self.spec.name,
+            len(seqs),
+        )
+        staged = self.staged_dead
+        self.staged_dead = [
+            dataclasses.replace(d, retry=True) if d.event.seq in seqs else d for d in staged
+        ]
+        # Those already saved (a save hands its letters to the writer before any
+        # later control: this one runs after it).
+        name = self.spec.name
+        await self.journal.control(partial(mark_retry_seqs, sink=name, seqs=sorted(seqs)))
+        self.wake_letters()
 
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep until ``deadline``; an operator's resume or a stop ends it early."""
@@ -391,25 +467,45 @@ class SinkRunner:
         batch.done = True
         self._advance()
 
-    # -- dead letters asked to be retried --------------------------------------------
-    async def _retry_dead_letters(self) -> None:
+    # -- dead letters asked to be retried, and range replays -------------------------
+    async def _retry_dead_letters(self, send: trio.MemorySendChannel[Batch]) -> None:
+        """Hand the dead letters marked for retry to the workers, ``batch_size`` at a
+        time, one batch at a time (each is attempted once, when the sink lets it)."""
         conn = self._conn
         assert conn is not None
-        while not self._stopping:
-            found = await trio.to_thread.run_sync(
-                lambda: letters_to_retry(conn, self.spec.name, self.spec.batch_size),
-                limiter=self._limiter,
-            )
-            if not found:
-                await self.dlq_wake.wait()
-                continue
-            letters = [d for d, _ in found]
-            events = [event for _, event in found]
-            result = await self._attempt(events)
-            ids = [d.id for d in letters]
-            if result.kind is Kind.CONFIRMED:
-                log.info("sink %s: %d dead letters delivered", self.spec.name, len(ids))
-                await self.journal.control(partial(retried, delivered=ids, failed=[]))
-            else:
-                failed = [(i, result.reason, result.response) for i in ids]
-                await self.journal.control(partial(retried, delivered=[], failed=failed))
+        async with send:
+            while not self._stopping:
+                wakes = self._letter_wakes
+                found = await trio.to_thread.run_sync(
+                    lambda: letters_to_retry(conn, self.spec.name, self.spec.batch_size),
+                    limiter=self._limiter,
+                )
+                if not found:
+                    while self._letter_wakes == wakes:
+                        await self.dlq_wake.wait()
+                    continue
+                events = [event for _, event in found]
+                batch = Batch(
+                    events[0].seq,
+                    events[-1].seq,
+                    events,
+                    letters=[d.id for d, _ in found],
+                    delivery_id=self._delivery_id(events, secrets.token_hex(4)),
+                )
+                await send.send(batch)
+                await batch.finished.wait()
+
+    async def _deliver_letters(self, batch: Batch) -> None:
+        if not await self._gate(batch):
+            return  # stopping: they stay marked for retry, for the next run
+        await self._paced()
+        self._last_start = trio.current_time()
+        result = await self._attempt(batch)
+        ids = batch.letters or []
+        if result.kind is Kind.CONFIRMED:
+            log.info("sink %s: %d dead letters delivered", self.spec.name, len(ids))
+            await self.journal.control(partial(retried, delivered=ids, failed=[]))
+        else:
+            self.attempts_failed += 1
+            failed = [(i, result.reason, result.response) for i in ids]
+            await self.journal.control(partial(retried, delivered=[], failed=failed))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class SinkRow:
     confirmed: int
     updated_at: str
     paused_for_failures: bool = False
+    replay_to: int = 0  # batches up to here are an operator's replay ...
+    replay_tag: str | None = None  # ... and carry this in their delivery id
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class NewDeadLetter:
     reason: str
     attempts: int
     last_response: str | None
+    retry: bool = False  # deliver it again when the sink is up (a suspect of an outage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +108,18 @@ def save_progress(
     # deleted it, and the reader need not have kept the event's JSON in memory.
     conn.executemany(
         "INSERT INTO dead_letters (sink, seq, event_key, stream, type, reason, attempts, "
-        "last_response, failed_at, raw) SELECT ?, seq, event_key, stream, type, ?, ?, ?, ?, raw "
+        "last_response, failed_at, retry, raw) "
+        "SELECT ?, seq, event_key, stream, type, ?, ?, ?, ?, ?, raw "
         "FROM events WHERE seq = ? "
         "ON CONFLICT (sink, seq) DO UPDATE SET reason = excluded.reason, "
         "attempts = dead_letters.attempts + excluded.attempts, "
-        "last_response = excluded.last_response, failed_at = excluded.failed_at, retry = 0",
-        [(sink, d.reason, d.attempts, d.last_response, now, d.event.seq) for sink, d in dead],
+        "last_response = excluded.last_response, failed_at = excluded.failed_at, "
+        # An operator's retry asked meanwhile (a range replay over it) still stands.
+        "retry = max(dead_letters.retry, excluded.retry)",
+        [
+            (sink, d.reason, d.attempts, d.last_response, now, int(d.retry), d.event.seq)
+            for sink, d in dead
+        ],
     )
     for name, p in progress.items():
         # Plain assignment: the writer runs controls in submission order, and a replay
@@ -137,13 +147,31 @@ def set_state(
 
 def set_cursor(conn: sqlite3.Connection, name: str, cursor: int, now: str) -> SinkRow:
     """Move a sink's cursor (replay: backwards); raises :class:`JournalError` for an
-    unknown sink."""
+    unknown sink.
+
+    Moving it back marks what lies between as a replay: those batches get a new
+    delivery id (``replay_tag``), so a receiver that drops repeated ids keeps them.
+    """
+    tag = secrets.token_hex(4)
     changed = conn.execute(
-        "UPDATE sinks SET cursor = ?, updated_at = ? WHERE name = ?", (cursor, now, name)
+        "UPDATE sinks SET replay_to = max(replay_to, cursor), "
+        "replay_tag = CASE WHEN ? < cursor THEN ? ELSE replay_tag END, "
+        "cursor = ?, updated_at = ? WHERE name = ?",
+        (cursor, tag, cursor, now, name),
     ).rowcount
     if not changed:
         raise JournalError(f"no sink named {name!r} in the journal")
     return _sink(conn, name)
+
+
+def mark_retry_seqs(conn: sqlite3.Connection, sink: str, seqs: Sequence[int]) -> int:
+    """Ask for ``sink``'s dead letters of the events ``seqs`` to be delivered again."""
+    return sum(
+        conn.execute(
+            "UPDATE dead_letters SET retry = 1 WHERE sink = ? AND seq = ?", (sink, seq)
+        ).rowcount
+        for seq in seqs
+    )
 
 
 def mark_retry(conn: sqlite3.Connection, sink: str, ids: Sequence[int] | None) -> int:
@@ -293,10 +321,10 @@ def read_events(
 def load_sinks(conn: sqlite3.Connection) -> dict[str, SinkRow]:
     """Every sink row, by name."""
     return {
-        name: SinkRow(name, cursor, state, reason, error, confirmed, updated, bool(paused))
-        for name, cursor, state, reason, error, confirmed, updated, paused in conn.execute(
+        name: SinkRow(name, cursor, state, reason, error, confirmed, updated, bool(paused), to, tag)
+        for name, cursor, state, reason, error, confirmed, updated, paused, to, tag in conn.execute(
             "SELECT name, cursor, state, reason, last_error, confirmed, updated_at, "
-            "paused_for_failures FROM sinks ORDER BY name"
+            "paused_for_failures, replay_to, replay_tag FROM sinks ORDER BY name"
         )
     }
 

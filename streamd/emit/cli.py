@@ -253,8 +253,6 @@ def run(args: argparse.Namespace) -> int:
         if args.emit_command == "verify":
             return _verify(args)
         if args.journal_server:
-            from streamd.emit.journal_api import run_journal_server
-
             return run_journal_server(args)
         return _emit(args)
     except UsageError as exc:
@@ -377,3 +375,33 @@ def _emit(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     complete = summary["events_given_up"] == 0 and summary["events_unresolved"] == 0
     return 0 if complete else 1
+
+
+def run_journal_server(args: argparse.Namespace) -> int:
+    """``streamd emit --journal-server``: serve until SIGINT/SIGTERM; exit status."""
+    token = None
+    if args.journal_token_file:
+        token = _first_token(args.journal_token_file, "--journal-token-file")
+    secret = None
+    if args.client_secret_file:
+        if not args.client_id:
+            raise UsageError("--client-secret-file needs --client-id (the journal's x-api-key)")
+        secret = _first_token(args.client_secret_file, "--client-secret-file")
+    from streamd.emit.journal_api import JournalApi, serve_journal_api
+
+    try:
+        api = JournalApi(
+            seed=args.seed,
+            initial=args.journal_events,
+            rate=args.journal_rate,
+            expired=args.journal_expired,
+            token=token,
+            api_key=args.client_id,
+            org_id=args.journal_org_id,
+            client_secret=secret,
+        )
+    except ValueError as exc:
+        raise UsageError(f"journal server: {exc}") from None
+    if api.expired > api.initial:
+        raise UsageError("--journal-expired cannot exceed --journal-events")
+    return serve_journal_api(api, args.listen)

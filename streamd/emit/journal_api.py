@@ -30,7 +30,6 @@ In a test (trio)::
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import math
 import re
@@ -47,7 +46,6 @@ import orjson
 import trio
 
 from streamd.emit.asgi import Reply, Request, serve_handler
-from streamd.emit.errors import UsageError
 from streamd.emit.generate import MAX_SEED, MAX_WORKERS, EventStream
 
 PATH: Final = "/journal"
@@ -269,38 +267,11 @@ async def _serve(api: JournalApi, listen: str) -> None:
         nursery.cancel_scope.cancel()
 
 
-def run_journal_server(args: argparse.Namespace) -> int:
-    """``streamd emit --journal-server``: serve until SIGINT/SIGTERM; exit status."""
-    token = None
-    if args.journal_token_file:
-        from streamd.emit.cli import _first_token
-
-        token = _first_token(args.journal_token_file, "--journal-token-file")
-    secret = None
-    if args.client_secret_file:
-        from streamd.emit.cli import _first_token
-
-        if not args.client_id:
-            raise UsageError("--client-secret-file needs --client-id (the journal's x-api-key)")
-        secret = _first_token(args.client_secret_file, "--client-secret-file")
+def serve_journal_api(api: JournalApi, listen: str) -> int:
+    """Serve ``api`` on ``listen`` until SIGINT/SIGTERM; the exit status."""
     try:
-        api = JournalApi(
-            seed=args.seed,
-            initial=args.journal_events,
-            rate=args.journal_rate,
-            expired=args.journal_expired,
-            token=token,
-            api_key=args.client_id,
-            org_id=args.journal_org_id,
-            client_secret=secret,
-        )
-    except ValueError as exc:
-        raise UsageError(f"journal server: {exc}") from None
-    if api.expired > api.initial:
-        raise UsageError("--journal-expired cannot exceed --journal-events")
-    try:
-        trio.run(partial(_serve, api, args.listen))
+        trio.run(partial(_serve, api, listen))
     except OSError as exc:
-        print(f"streamd emit: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        print(f"streamd emit: cannot listen on {listen}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0

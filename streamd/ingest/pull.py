@@ -37,7 +37,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, TypeVar
 
 import httpx
 import trio
@@ -47,6 +47,8 @@ from streamd.core.headers import link, retry_after
 from streamd.core.journaling import Page, check_position, decode_page
 from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
 from streamd.journal import Batch, Journal, utc_now
+
+T = TypeVar("T")
 
 log = logging.getLogger("streamd.ingest.pull")
 
@@ -441,7 +443,7 @@ class PullSource:
             stored = await self.journal.control(read)
         except JournalError as exc:
             raise _Retry(f"cannot read the stored position: {exc}") from None
-        position, restart = cast(tuple[str | None, str | None], stored)
+        position, restart = stored
         if position is not None:
             try:
                 check_position(position, "the stored position")
@@ -550,19 +552,17 @@ class Pulls:
         self.running[source.settings.name] = running
         self._nursery.start_soon(_run_in, running)
 
-    async def reset(self, name: str, restart: str) -> str | None:
-        """Start pull ``name`` over from the ``restart`` event (oldest or latest) while
-        streamd runs, as ``streamd journal pull-reset`` does on a stopped one.
+    async def reset(self, name: str, clear: Callable[[sqlite3.Connection], T]) -> T:
+        """Start pull ``name`` over while streamd runs: ``clear`` (the operation that
+        clears its position, ``streamd.ops.ResetPull``) runs once the pull stopped.
 
-        Its session is stopped first; the position is then cleared in the writer's next
+        Its session is stopped first; ``clear`` then runs in the writer's next
         transaction, which comes after any page that session had handed to the writer,
         so no late page can put an old position back; then the pull starts again (also
-        when the write failed: it then resumes from its position). Returns the position
-        it had. Raises :class:`UsageError` (no such pull, bad ``restart``) and
+        when the write failed: it then resumes from its position). Returns what
+        ``clear`` returned. Raises :class:`UsageError` (no such pull) and
         :class:`JournalError` (the journal refused the write).
         """
-        if restart not in ("oldest", "latest"):
-            raise UsageError(f"from must be oldest or latest, got {restart[:40]!r}")
         current = self.running.get(name)
         if current is None:
             names = ", ".join(sorted(self.running)) or "none configured"
@@ -570,33 +570,15 @@ class Pulls:
         current.scope.cancel()
         with trio.CancelScope(shield=True):  # never leave it stopped halfway
             await current.finished.wait()
-            now = utc_now()
-
-            def clear(conn: sqlite3.Connection) -> str | None:
-                row = conn.execute(
-                    "SELECT position FROM pull_positions WHERE source = ?", (name,)
-                ).fetchone()
-                conn.execute(
-                    "INSERT INTO pull_positions (source, position, restart, updated_at) "
-                    "VALUES (?, NULL, ?, ?) ON CONFLICT (source) DO UPDATE SET "
-                    "position = NULL, restart = excluded.restart, "
-                    "updated_at = excluded.updated_at",
-                    (name, restart, now),
-                )
-                return None if row is None else cast(str | None, row[0])
-
             try:
-                was = cast(str | None, await current.source.journal.control(clear))
+                result = await current.source.journal.control(clear)
             finally:
                 if self.running.get(name) is current:  # not replaced by a reload meanwhile
                     with contextlib.suppress(RuntimeError):  # the nursery closed: stopping
                         self._start(current.identity, current.source)
         current.source.stats.position = None
-        log.warning(
-            "pull %s: position %s cleared by the operator; starting again from the %s event",
-            name, was or "(none)", restart,
-        )  # fmt: skip
-        return was
+        log.warning("pull %s: position cleared by the operator; starting again", name)
+        return result
 
 
 async def _run_in(running: _Running) -> None:

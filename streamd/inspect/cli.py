@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
-from streamd.admin.client import admin_call, admin_flags, daemon_running, named_journal
 from streamd.inspect import commands
 from streamd.inspect.output import FORMATS
 
@@ -177,23 +176,6 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(run=_backup)
 
-    p = jsub.add_parser(
-        "pull-reset",
-        help="start a pull source over from the oldest or latest event (through the admin "
-        "listener while streamd runs)",
-    )
-    _journal_flags(p)
-    admin_flags(p)
-    p.add_argument("name", metavar="NAME", help="the pull's name ([[pulls]] name)")
-    p.add_argument(
-        "--from",
-        dest="restart",
-        choices=("oldest", "latest"),
-        default="oldest",
-        help="where its next start begins (default oldest; pulled again is deduplicated)",
-    )
-    p.set_defaults(run=_pull_reset)
-
     p = jsub.add_parser("query", help="run one read-only SQL statement against the journal")
     _journal_flags(p)
     _format_flag(p)
@@ -229,25 +211,6 @@ def _backup(args: argparse.Namespace, out: IO[str]) -> int:
     from streamd.inspect.backup import cmd_backup
 
     return cmd_backup(args, out)
-
-
-def _pull_reset(args: argparse.Namespace, out: IO[str]) -> int:
-    from streamd.service.pull_reset import reset_pull
-
-    path = named_journal(args)
-    if daemon_running(path):
-        got = admin_call(args, "/pulls/reset", {"name": args.name, "from": args.restart}, path)
-        out.write(
-            f"pull {args.name}: position {got.get('was') or '(none)'} cleared; it runs again "
-            f"from the {args.restart} event\n"
-        )
-        return 0
-    done = reset_pull(path, args.name, args.restart)
-    out.write(
-        f"pull {done.name}: position {done.was or '(none)'} cleared; the next start of "
-        f"streamd pulls from the {done.restart} event\n"
-    )
-    return 0
 
 
 def _limit(text: str) -> int:

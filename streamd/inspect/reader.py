@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from streamd.core.timeparse import format_utc, parse_timestamp
 from streamd.errors import JournalError
 from streamd.inspect.filters import Filters
+from streamd.journal.paths import journal_in
 from streamd.journal.schema import SCHEMA_VERSION
 
 COLUMNS = (
@@ -145,11 +146,7 @@ def _uri_path(path: str) -> str:
 
 def journal_path(data_dir: str | None, journal: str | None) -> str:
     """``--journal FILE`` or ``<--data-dir>/journal.db`` (default data dir as for serve)."""
-    if journal:
-        return journal
-    from streamd.service.config import default_data_dir
-
-    return os.path.join(data_dir or default_data_dir(), "journal.db")
+    return journal or journal_in(data_dir)
 
 
 def max_seq(conn: sqlite3.Connection) -> int:

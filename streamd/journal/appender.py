@@ -7,11 +7,12 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TypeVar, cast
 
 import trio
 
 from streamd.core.timeparse import format_utc
-from streamd.errors import CommitTimeout, JournalBusy, JournalError
+from streamd.errors import CommitTimeout, JournalBusy, JournalError, StreamdError
 from streamd.journal.writer import (
     AppendResult,
     Batch,
@@ -21,6 +22,8 @@ from streamd.journal.writer import (
     WriterOptions,
     WriterStatistics,
 )
+
+T = TypeVar("T")
 
 
 def utc_now() -> str:
@@ -56,7 +59,7 @@ class Journal:
         event, self._committed = self._committed, trio.Event()
         event.set()
 
-    async def control(self, op: Callable[[sqlite3.Connection], object]) -> object:
+    async def control(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` in the writer thread inside its next group transaction; return its
         result once that transaction committed.
 
@@ -70,10 +73,10 @@ class Journal:
         with trio.CancelScope(shield=True):
             await done.wait()
         if control.error is not None:
-            if isinstance(control.error, JournalError):
+            if isinstance(control.error, StreamdError):  # the op's own refusal, or ours
                 raise control.error
             raise JournalError(f"{control.error}") from control.error
-        return control.result
+        return cast(T, control.result)
 
     async def append(self, batch: Batch) -> AppendResult:
         """Journal a batch atomically and return once it is durably committed.

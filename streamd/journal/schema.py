@@ -157,6 +157,16 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
         "0005_lead_index_derived",
         ("DROP INDEX IF EXISTS events_lead",),
     ),
+    (
+        # An operator's rewind delivers again what a receiver already took: batches up
+        # to ``replay_to`` (the highest cursor before the rewind) carry ``replay_tag`` in
+        # their delivery id, so a receiver that drops repeated ids keeps the replay.
+        "0006_sink_replays",
+        (
+            "ALTER TABLE sinks ADD COLUMN replay_to INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE sinks ADD COLUMN replay_tag TEXT",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

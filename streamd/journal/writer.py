@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamd.core.wire import EventRecord
-from streamd.errors import JournalBusy, JournalClosed, JournalError
+from streamd.errors import JournalBusy, JournalClosed, JournalError, StreamdError
 from streamd.journal.dedup import DEDUP_PAGE_SIZE, DedupIndex, Generation, Indexer, Pending
 from streamd.journal.failing import FailingState, describe, journal_wide, probe, rollback
 from streamd.journal.schema import Synchronous, connect, journal_id, migrate
@@ -961,8 +961,9 @@ def _run_controls(conn: sqlite3.Connection, controls: list[Control]) -> None:
         try:
             control.result = control.op(conn)
             conn.execute("RELEASE control")
-        except Exception as exc:  # sqlite3.Error, or a bug in the op: it fails alone
+        except Exception as exc:  # sqlite3.Error, the op's refusal, a bug: it fails alone
             conn.execute("ROLLBACK TO control")
             conn.execute("RELEASE control")
             control.result = None
-            control.error = exc if isinstance(exc, JournalError) else JournalError(f"{exc}")
+            # The op's own errors (an operator's refusal) keep their kind and status.
+            control.error = exc if isinstance(exc, StreamdError) else JournalError(f"{exc}")

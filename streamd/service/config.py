@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from streamd.errors import ConfigError
+from streamd.journal.paths import default_data_dir
 
 _MiB = 1024 * 1024
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -343,12 +344,6 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
-def default_data_dir() -> str:
-    """``$STATE_DIRECTORY`` (set by systemd's StateDirectory=) or ``./streamd-data``."""
-    state = os.environ.get("STATE_DIRECTORY", "")
-    return state.split(":")[0] if state else "./streamd-data"
-
-
 def load_config(
     path: str | None,
     *,
@@ -651,8 +646,6 @@ _OWN_HEADERS = {
 
 def validate_sinks(config: Config, where: str) -> None:
     """Names, the kind's own table, and bounds that depend on each other."""
-    from streamd.service.sinks import resolve  # the preset's values fill unset keys
-
     names: set[str] = set()
     for index, sink in enumerate(config.sinks):
         key = f"sinks[{index}]"
@@ -671,7 +664,16 @@ def validate_sinks(config: Config, where: str) -> None:
                     f"{where}: key {key}.{table}: only for kind = {table!r} "
                     f"(this sink is {sink.kind!r})"
                 )
-        pool, retry = resolve(sink)
+        # The preset's values fill unset keys (the drain is imported here only: the
+        # journal commands read the configuration and start faster without it).
+        from streamd.drain import presets
+
+        pool, retry = presets.resolve(
+            sink.kind,
+            sink.preset,
+            {f: getattr(sink.pool, f) for f in sink.pool.__struct_fields__},
+            {f: getattr(sink.retry, f) for f in sink.retry.__struct_fields__},
+        )
         if pool.batch_size > pool.max_in_flight:
             raise ConfigError(
                 f"{where}: key {key}.pool.batch_size: {pool.batch_size} is larger than "

@@ -28,19 +28,20 @@ from hypercorn.config import Sockets
 from hypercorn.utils import repr_socket_addr
 
 from streamd.admin import AdminApp, journal_routes
+from streamd.admin.operations import operation_routes
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
 from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.ims import ClientCredentials
 from streamd.auth.issuer import Issuer, load_or_create_key
 from streamd.drain import Drain, SinkSpec, YieldSettings, open_drain
-from streamd.drain.admin import sink_routes
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Limits, Source
 from streamd.ingest.pull import Pulls, PullSettings, PullSource
 from streamd.ingest.validation import Validator
-from streamd.journal import Journal, WriterOptions, open_journal
+from streamd.journal import Journal, WriterOptions, open_journal, utc_now
+from streamd.ops.discovery import DaemonInfo, remove_daemon_file, write_daemon_file
 from streamd.service.config import Config, SourceConfig, parse_listen
 from streamd.service.health import StreamHealth
 from streamd.service.http import (
@@ -53,7 +54,6 @@ from streamd.service.http import (
 )
 from streamd.service.logs import PER_REQUEST
 from streamd.service.metrics import Metrics, Parts
-from streamd.service.pull_reset import pull_routes
 from streamd.service.sdnotify import Notifier
 from streamd.service.sinks import build_specs
 from streamd.service.workers import WorkerPool
@@ -601,7 +601,7 @@ async def serve(
                 app.observer = metrics.observe
                 if admin is not None:
                     admin.journal_id = journal.journal_id
-                    for route in (*metrics.routes(), *sink_routes(drain), *pull_routes(pulls)):
+                    for route in (*metrics.routes(), *operation_routes(drain, pulls)):
                         admin.add_route(route)
                 nursery.start_soon(_warn_about_streams, health, config.health.check_interval)
                 nursery.start_soon(PER_REQUEST.serve_flush)
@@ -633,6 +633,7 @@ async def serve(
                     announce(f"streamd ready: {bind}")
                 for bind in admin_binds:
                     announce(f"streamd admin ready: {bind}")
+                _describe_daemon(config, journal, admin_binds if admin is not None else None)
                 log.info(
                     "journal %s (synchronous=%s); sources: %s; sinks: %s",
                     config.journal_path,
@@ -656,6 +657,7 @@ async def serve(
                     )
                 )
             metrics.close()
+            remove_daemon_file(config.journal_path, os.getpid())
             log.info("stopped accepting; letting the sinks finish their batches in flight")
             notify.stopping("letting the sinks finish their batches in flight")
         log.info("drain stopped; committing what is queued")
@@ -694,6 +696,29 @@ async def _serve_workers(
         task_status.started(_binds(sockets))
     # pool.serve returned: every worker exited after begin_shutdown.
     scope.cancel()  # the signal watcher has nothing left to guard
+
+
+def _describe_daemon(config: Config, journal: Journal, admin_binds: list[str] | None) -> None:
+    """Write ``daemon.json`` beside the journal: how the operator's commands reach this
+    daemon (streamd.ops.discovery). A failure is logged: only those commands need it."""
+    local = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}  # noqa: S104 - what to connect to
+    urls = []
+    for bind in admin_binds or []:
+        scheme, _, rest = bind.partition("://")
+        host, _, port = rest.rpartition(":")
+        urls.append(f"{scheme}://{local.get(host, host)}:{port}")
+    info = DaemonInfo(
+        pid=os.getpid(),
+        journal=os.path.abspath(config.journal_path),
+        journal_id=journal.journal_id,
+        admin_urls=urls,
+        admin_token_file=None if admin_binds is None else os.path.abspath(config.admin_token_file),
+        started_at=utc_now(),
+    )
+    try:
+        write_daemon_file(info)
+    except OSError as exc:
+        log.warning("cannot write the daemon file beside the journal: %s", exc)
 
 
 def _binds(sockets: Sockets) -> list[str]:

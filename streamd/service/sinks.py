@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from typing import Any
@@ -10,9 +9,9 @@ from typing import Any
 import msgspec
 
 from streamd.auth import loose_permissions
-from streamd.drain import Filter, Route, SinkSpec
+from streamd.drain import Filter, Route, SinkSpec, presets
 from streamd.drain.policy import RetrySettings
-from streamd.drain.presets import DEFAULT_POOL, DEFAULT_RETRY, KIND_POOLS, PRESETS, PoolSettings
+from streamd.drain.presets import PoolSettings
 from streamd.drain.sinks.base import Sink
 from streamd.drain.sinks.exec import ExecSettings, ExecSink
 from streamd.drain.sinks.file import FileSettings, FileSink
@@ -27,14 +26,7 @@ _MAX_SECRET_FILE = 64 * 1024
 
 def resolve(sink: SinkConfig) -> tuple[PoolSettings, RetrySettings]:
     """The preset's pool and retry settings with the keys the sink sets on top."""
-    pool, retry = PRESETS.get(sink.preset, (KIND_POOLS.get(sink.kind, DEFAULT_POOL), DEFAULT_RETRY))
-    pool = dataclasses.replace(
-        pool, **{k: v for k, v in _fields(sink.pool).items() if v is not None}
-    )
-    retry = dataclasses.replace(
-        retry, **{k: v for k, v in _fields(sink.retry).items() if v is not None}
-    )
-    return pool, retry
+    return presets.resolve(sink.kind, sink.preset, _fields(sink.pool), _fields(sink.retry))
 
 
 def _fields(struct: msgspec.Struct) -> dict[str, Any]:

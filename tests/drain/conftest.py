@@ -57,7 +57,7 @@ class Recorder:
         self.changed = trio.Event()
         self.hold: trio.Event | None = None
 
-    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+    async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         n = len(self.attempts)
         self.attempts.append((trio.current_time(), [e.key for e in events]))
         if self.hold is not None:

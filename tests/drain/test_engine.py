@@ -13,6 +13,15 @@ import trio
 from streamd.drain import Filter, Kind, Result, RetrySettings, Route, open_drain
 from streamd.drain.sinks.base import CONFIRMED, permanent, transient
 from streamd.journal import Journal, WriterOptions, open_journal
+from streamd.ops import (
+    DisableSink,
+    EnableSink,
+    PauseSink,
+    ReplayRange,
+    ResumeSink,
+    RetryDeadLetters,
+    RewindSink,
+)
 
 from .conftest import Recorder, append, spec, wait_until
 
@@ -132,13 +141,14 @@ async def test_pause_probe_and_automatic_resume(journal: Journal) -> None:
     outage = {"down": True}
     sink = Recorder(lambda n: transient("connection refused") if outage["down"] else CONFIRMED)
     retry = RetrySettings(
-        max_attempts=2, backoff_base=0.01, backoff_cap=0.01, pause_after=3, probe_interval=0.1
+        max_attempts=50, backoff_base=0.01, backoff_cap=0.01, pause_after=3, probe_interval=0.1
     )
     async with open_drain(journal, [spec("z", sink, workers=3, retry=retry)]) as drain:
         await wait_until(lambda: drain.statistics()[0].state == "auto-paused", "auto-pause")
         paused_at = len(sink.attempts)
         await wait_until(lambda: len(sink.attempts) >= paused_at + 3, "three probes")
-        # Paused: one batch probes, every probe_interval at the soonest, never dead-lettered.
+        # Paused: one batch probes, every probe_interval at the soonest; below max_attempts
+        # nothing is dead-lettered.
         probes = sink.attempts[paused_at - 1 :]
         assert len({tuple(keys) for _, keys in probes}) == 1
         gaps = [b - a for (a, _), (b, _) in itertools.pairwise(probes)]
@@ -153,14 +163,14 @@ async def test_pause_probe_and_automatic_resume(journal: Journal) -> None:
 async def test_operator_pause_resume_disable_enable(journal: Journal) -> None:
     sink = Recorder()
     async with open_drain(journal, [spec("op", sink)]) as drain:
-        await drain.pause("op")
+        await drain.run(PauseSink(sink="op"))
         await append(journal, ["e1"])
         await trio.sleep(0.1)
         assert sink.attempts == []
         assert drain.statistics()[0].state == "paused"
-        await drain.resume("op")
+        await drain.run(ResumeSink(sink="op"))
         await wait_until(lambda: sink.keys == ["e1"], "delivered after resume")
-        await drain.disable("op")
+        await drain.run(DisableSink(sink="op"))
         assert drain.statistics()[0].state == "disabled"
         await append(journal, ["e2"])
         await trio.sleep(0.1)
@@ -170,7 +180,7 @@ async def test_operator_pause_resume_disable_enable(journal: Journal) -> None:
         await trio.sleep(0.1)
         assert sink.keys == ["e1"]
         assert drain.statistics()[0].state == "disabled"
-        await drain.enable("op")
+        await drain.run(EnableSink(sink="op"))
         await wait_until(lambda: sink.keys == ["e1", "e2"], "delivered after enable")
 
 
@@ -196,7 +206,7 @@ async def test_replay_rewinds_and_dead_letters_retry(journal: Journal) -> None:
     async with open_drain(journal, [spec("rp", sink, batch_size=3)]) as drain:
         await wait_until(lambda: cursor_of(journal, "rp") == 3, "dead-lettered")
         failing["on"] = False
-        assert await drain.retry_dead_letters("rp", None) == 3
+        assert (await drain.run(RetryDeadLetters(sink="rp", all=True))).count == 3
         await wait_until(lambda: sorted(sink.keys) == ["r1", "r2", "r3"], "retried")
         # Re-delivered with the journal's columns, not only what the dead letter kept.
         assert {e.munchkin_id for b in sink.batches for e in b} == {"123-ABC-456"}
@@ -205,14 +215,18 @@ async def test_replay_rewinds_and_dead_letters_retry(journal: Journal) -> None:
             lambda: db_rows(journal, "SELECT count(*) FROM dead_letters") == [(0,)], "removed"
         )
         before = len(sink.keys)
-        row = await drain.replay("rp", seq=2)
+        row = await drain.run(RewindSink(sink="rp", from_seq=2))
         assert row.cursor == 1
         await wait_until(lambda: sink.keys[before:] == ["r2", "r3"], "replayed from seq 2")
         await wait_until(lambda: drain.statistics()[0].cursor == 3, "cursor back at the end")
         # A filtered range, the cursor staying where it is.
         before = len(sink.keys)
-        assert await drain.replay_range("rp", 1, 3, types=("*visitwebpage",)) == 3
-        assert await drain.replay_range("rp", 1, 3, streams=("audit",)) == 0
+        assert (
+            await drain.run(ReplayRange(sink="rp", from_seq=1, to_seq=3, types=["*visitwebpage"]))
+        ).count == 3
+        assert (
+            await drain.run(ReplayRange(sink="rp", from_seq=1, to_seq=3, streams=["audit"]))
+        ).count == 0
         await wait_until(lambda: len(sink.keys) == before + 3, "range re-delivered")
         assert sorted(sink.keys[before:]) == ["r1", "r2", "r3"]
         await wait_until(
@@ -221,7 +235,7 @@ async def test_replay_rewinds_and_dead_letters_retry(journal: Journal) -> None:
         (status,) = await drain.sinks()
         assert (status.cursor, status.lag_events, status.dead_letters) == (3, 0, 0)
         with pytest.raises(Exception, match="no sink named 'nope'"):
-            await drain.pause("nope")
+            await drain.run(PauseSink(sink="nope"))
 
 
 async def test_graceful_stop_leaves_unconfirmed_events_for_the_next_run(

@@ -16,6 +16,7 @@ from streamd.drain.sinks.base import permanent
 from streamd.drain.sinks.exec import ExecSettings, ExecSink
 from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
 from streamd.journal import Journal
+from streamd.ops import RetryDeadLetters, RewindSink
 
 from .conftest import append, spec, wait_until
 
@@ -105,7 +106,9 @@ async def test_sqlite_tables_per_stream_upserted_by_id(tmp_path: Path, journal: 
         [spec("tables", SqliteSink(SqliteSettings(str(target), "mkto_", ("lead_id", "type"))))],
     ) as d:
         await wait_until(lambda: d.statistics()[0].cursor == 3, "written")
-        await d.replay("tables", seq=1)  # everything again: upserts, no duplicates
+        await d.run(
+            RewindSink(sink="tables", from_seq=1)
+        )  # everything again: upserts, no duplicates
         await wait_until(lambda: d.statistics()[0].cursor == 3, "rewritten")
     db = sqlite_utils.Database(target)
     assert sorted(db.table_names()) == ["mkto_activity", "mkto_audit"]
@@ -185,7 +188,7 @@ async def test_sqlite_rows_copied_from_the_attached_journal(
     # References only, no envelope: what the service reads for a sqlite sink.
     async with open_drain(journal, [spec("copy", sink, full_events=False, envelopes=False)]) as d:
         await wait_until(lambda: d.statistics()[0].cursor == 3, "written")
-        await d.replay("copy", seq=1)  # again: upserts, no duplicates
+        await d.run(RewindSink(sink="copy", from_seq=1))  # again: upserts, no duplicates
         await wait_until(lambda: d.statistics()[0].cursor == 3, "rewritten")
         # Ingest goes on meanwhile: the attached journal is never write-locked.
         await append(journal, ["c3"])
@@ -207,7 +210,7 @@ async def test_sqlite_dead_letters_retried_after_their_events_left_the_journal(
     failing = {"on": True}
 
     class Picky(SqliteSink):
-        async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+        async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
             if failing["on"]:
                 return permanent("refused once")
             return await super().deliver(events)
@@ -223,7 +226,7 @@ async def test_sqlite_dead_letters_retried_after_their_events_left_the_journal(
         conn.close()
     failing["on"] = False
     async with open_drain(journal, [spec("t", sink, full_events=False)]) as d:
-        assert await d.retry_dead_letters("t", None) == 3
+        assert (await d.run(RetryDeadLetters(sink="t", all=True))).count == 3
         await wait_until(lambda: not dead(journal), "delivered and removed")
     ids = sorted(r["id"] for r in sqlite_utils.Database(target)["activity"].rows)
     assert ids == ["gone1", "gone2", "keep"]

@@ -13,6 +13,7 @@ from streamd.drain.retention import Retention, RetentionSettings
 from streamd.drain.store import open_reader
 from streamd.errors import JournalBusy
 from streamd.journal import Batch, Journal
+from streamd.ops import DisableSink, PauseSink, ResumeSink, RewindSink
 
 from .conftest import Recorder, record, spec, wait_until
 
@@ -56,14 +57,14 @@ async def test_old_events_go_only_once_every_live_sink_passed_them(journal: Jour
     fast, slow, off = Recorder(), Recorder(), Recorder()
     async with open_drain(journal, [spec("fast", fast), spec("slow", slow), spec("off", off)]) as d:
         await wait_until(lambda: set(saved_cursors(journal).values()) == {12}, "caught up")
-        await d.pause("slow")
-        await d.replay("slow", seq=5)  # slow has passed only 1..4 now
-        await d.disable("off")
-        await d.replay("off", seq=1)  # a disabled sink holds nothing back
+        await d.run(PauseSink(sink="slow"))
+        await d.run(RewindSink(sink="slow", from_seq=5))  # slow has passed only 1..4 now
+        await d.run(DisableSink(sink="off"))
+        await d.run(RewindSink(sink="off", from_seq=1))  # a disabled sink holds nothing back
         r = await run(journal, ["fast", "slow", "off"])
         assert seqs(journal) == list(range(5, 13))
         assert r.stats.deleted == 4
-        await d.resume("slow")
+        await d.run(ResumeSink(sink="slow"))
         await wait_until(lambda: saved_cursors(journal)["slow"] == 12, "slow caught up")
         await run(journal, ["fast", "slow", "off"])
     assert seqs(journal) == [11, 12]  # the recent ones stay
@@ -123,8 +124,10 @@ async def test_cap_with_drop_confirmed_deletes_confirmed_first_never_unconfirmed
     sink = Recorder()
     async with open_drain(journal, [spec("s", sink, batch_size=500, max_in_flight=500)]) as d:
         await wait_until(lambda: saved_cursors(journal)["s"] == 3000, "confirmed")
-        await d.pause("s")
-        await d.replay("s", seq=2001)  # 2001..3000 unconfirmed again (and stay so: paused)
+        await d.run(PauseSink(sink="s"))
+        await d.run(
+            RewindSink(sink="s", from_seq=2001)
+        )  # 2001..3000 unconfirmed again (and stay so: paused)
         reader = open_reader(journal.path)
         try:
             from streamd.drain.retention import used_bytes

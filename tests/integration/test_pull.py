@@ -626,7 +626,7 @@ async def test_a_running_pull_is_started_over_through_the_admin_listener(
     elsewhere = server.data_dir.parent / "elsewhere" / "journal.db"
     async with open_journal(str(elsewhere), WriterOptions()):
         wrong = ["journal", "pull-reset", "--journal", str(elsewhere), "--admin-url", base]
-        wrong += ["--data-dir", str(server.data_dir), "adobe-journal"]
+        wrong += ["--token-file", str(server.data_dir / "admin-token"), "adobe-journal"]
         assert await trio.to_thread.run_sync(main, wrong) == 1
     assert "this streamd writes journal" in capsys.readouterr().err
     assert rows(server.journal, saved) == [(position(1249), None)]  # untouched

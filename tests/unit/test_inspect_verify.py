@@ -141,9 +141,9 @@ def _duplicate_key(path: Path) -> None:
             {
                 "schema": [
                     "migrations recorded ['0001_other', '0002_sinks', '0003_inspect_indexes', "
-                    "'0004_pull', '0005_lead_index_derived'], expected ['0001_initial', "
-                    "'0002_sinks', '0003_inspect_indexes', '0004_pull', "
-                    "'0005_lead_index_derived'] for version 5"
+                    "'0004_pull', '0005_lead_index_derived', '0006_sink_replays'], expected "
+                    "['0001_initial', '0002_sinks', '0003_inspect_indexes', '0004_pull', "
+                    "'0005_lead_index_derived', '0006_sink_replays'] for version 6"
                 ]
             },
         ),
@@ -238,8 +238,10 @@ def test_sink_cursors_outside_the_journal_are_reported(
     path = copy_of(pristine, tmp_path)
     sql(
         path,
-        "INSERT INTO sinks VALUES ('ok', 14, 'active', NULL, NULL, 0, 0, 'now')",
-        "INSERT INTO sinks VALUES ('ahead', 99, 'active', NULL, NULL, 0, 0, 'now')",
+        "INSERT INTO sinks (name, cursor, state, reason, last_error, paused_for_failures, "
+        "confirmed, updated_at) VALUES ('ok', 14, 'active', NULL, NULL, 0, 0, 'now')",
+        "INSERT INTO sinks (name, cursor, state, reason, last_error, paused_for_failures, "
+        "confirmed, updated_at) VALUES ('ahead', 99, 'active', NULL, NULL, 0, 0, 'now')",
         "INSERT INTO dead_letters (sink, seq, event_key, stream, reason, attempts, failed_at, "
         "raw) VALUES ('ok', 500, 'k', 'other', 'x', 1, 'now', '{}')",
     )

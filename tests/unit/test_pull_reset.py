@@ -44,7 +44,7 @@ def test_unknown_pull_bad_flag_and_a_running_daemon_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _journal(tmp_path)
-    assert main(["journal", "pull-reset", "--journal", str(path), "nope"]) == 2
+    assert main(["journal", "pull-reset", "--journal", str(path), "nope"]) == 1
     err = capsys.readouterr().err
     assert "no pull named 'nope'" in err and "adobe-journal" in err
     with pytest.raises(SystemExit) as info:
@@ -54,15 +54,13 @@ def test_unknown_pull_bad_flag_and_a_running_daemon_are_refused(
     fd = hold_writer_lock(str(path))  # as a running streamd does
     try:
         # A daemon holds the journal: the command would ask it through its admin listener,
-        # but finds no admin token in this data directory (a running pull is reset over
-        # HTTP: tests/integration/test_pull.py).
-        argv = ["journal", "pull-reset", "--journal", str(path), "--data-dir", str(tmp_path)]
+        # but that daemon left no daemon.json beside the journal (a running pull is reset
+        # over HTTP: tests/integration/test_pull.py).
+        argv = ["journal", "pull-reset", "--journal", str(path)]
         assert main([*argv, "adobe-journal"]) != 0
         err = capsys.readouterr().err
-        assert (
-            "streamd is running on this journal; stop it first, or give the daemon's "
-            "--config so its admin listener can be used"
-        ) in err
+        assert f"streamd is running on {path}, but there is no " in err
+        assert "give --admin-url, or stop it to make this change offline" in err
     finally:
         os.close(fd)
     assert saved(path) == [("adobe-journal", "p0042", None)]  # nothing changed

@@ -63,8 +63,12 @@ class Sink(Protocol):
     raises only for bugs; the engine bounds each call with the sink's timeout (so
     ``deliver`` must be cancellable) and retries, pauses or dead-letters."""
 
-    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
-        """Deliver a batch (in journal order) and say how it went."""
+    async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
+        """Deliver a batch (in journal order) and say how it went.
+
+        ``delivery_id`` names this batch's delivery: the same for every attempt of
+        it (a receiver may drop a repeat), new for an operator's replay or retry.
+        """
         ...
 
     async def aclose(self) -> None:
@@ -139,7 +143,7 @@ class GroupWriter:
         self._waiting: list[_Waiting] = []
         self._writing = False
 
-    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+    async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         mine = _Waiting(events)
         self._waiting.append(mine)
         if self._writing:

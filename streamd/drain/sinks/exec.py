@@ -45,7 +45,7 @@ class ExecSink:
     def __init__(self, settings: ExecSettings) -> None:
         self.settings = settings
 
-    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+    async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         data = json_lines(events)
         env = {**os.environ, **self.settings.env} if self.settings.env else None
         try:

@@ -53,7 +53,7 @@ class FileSink:
         self._limiter = trio.CapacityLimiter(1)  # one writer of the file at a time
         self._group = GroupWriter(self._write_group)
 
-    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+    async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         # Batches arriving while one is written and fsynced share the next write.
         return await self._group.deliver(events)
 

@@ -1,8 +1,10 @@
 """The ``http`` sink: POST each batch as JSON, signed the Standard Webhooks way.
 
 Body: ``{"events": [envelope, ...]}`` (each envelope carries the event id and
-the event's JSON as received). Headers: ``webhook-id`` (the same for every
-attempt of a batch, so a receiver can drop a repeat), ``webhook-timestamp``
+the event's JSON as received). Headers: ``webhook-id`` (the engine's delivery
+id: the same for every attempt of a batch, so a receiver can drop a repeat; new
+for an operator's replay or dead-letter retry, so such a receiver does not drop
+what was deliberately sent again), ``webhook-timestamp``
 (Unix seconds) and, with secrets configured, ``webhook-signature``:
 ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, one per secret separated by
 spaces (rotation: the receiver accepts any). Answers: 2xx confirms;
@@ -105,9 +107,9 @@ class HttpSink:
             follow_redirects=False,
         )
 
-    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+    async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         body = b'{"events":' + json_array(events) + b"}"
-        msg_id = f"{self.settings.sink}-{events[0].seq}-{events[-1].seq}"
+        msg_id = delivery_id or f"{self.settings.sink}-{events[0].seq}-{events[-1].seq}"
         timestamp = int(time.time())
         headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
         if self.settings.secrets:

@@ -70,7 +70,7 @@ class SqliteSink:
         self._limiter = trio.CapacityLimiter(1)  # one connection, one writer
         self._group = GroupWriter(self._commit_group)
 
-    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+    async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         return await self._group.deliver(events)
 
     async def _commit_group(self, events: Sequence[DrainEvent]) -> Result:

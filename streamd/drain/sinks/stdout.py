@@ -17,7 +17,7 @@ class StdoutSink:
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
 
-    async def deliver(self, events: Sequence[DrainEvent]) -> Result:
+    async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         data = json_lines(events)
         try:
             await trio.to_thread.run_sync(self._write, data)

@@ -1,0 +1,129 @@
+"""The packages keep to the layers ARCHITECTURE.md names: no upward import, no import
+between two packages of one layer, no import circle between modules."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "streamd"
+
+
+def _layers() -> dict[str, int]:
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    match = re.search(r"```layers\n(.*?)```", text, re.S)
+    assert match, "ARCHITECTURE.md has no ```layers block"
+    lines = [line.split() for line in match.group(1).strip().splitlines()]
+    return {name: len(lines) - i for i, names in enumerate(lines) for name in names}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the streamd modules it imports (anywhere in it; a package's own
+    ``__init__`` is not counted as a dependency of its submodules)."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                found = [s for s in subs if s in modules]
+                targets = found if len(found) == len(subs) else [node.module, *found]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for target in targets:
+                if target in modules and target != name and not name.startswith(target + "."):
+                    graph[name].add(target)
+    return graph
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "streamd"
+
+
+def test_every_package_has_a_layer() -> None:
+    layers = _layers()
+    packages = {_package(m) for m in _modules()}
+    assert packages <= set(layers), f"not in ARCHITECTURE.md's layers: {packages - set(layers)}"
+
+
+def _upward(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    wrong = []
+    for module, targets in graph.items():
+        source = _package(module)
+        for target in targets:
+            dest = _package(target)
+            if dest != source and layers[dest] >= layers[source]:
+                wrong.append(f"{module} imports {target} ({source} -> {dest})")
+    return sorted(wrong)
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components with more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_no_upward_or_sideways_import() -> None:
+    wrong = _upward(_imports(_modules()), _layers())
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_circle() -> None:
+    circles = _circles(_imports(_modules()))
+    assert not circles, f"import circles: {circles}"
+
+
+def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
+    # Two made-up modules: drain.a imports service.b (upward), which imports drain.a
+    # (a circle), one of them inside a function. The checks must report both.
+    (tmp_path / "a.py").write_text("from streamd.service.b import x\n")
+    (tmp_path / "b.py").write_text("def f():\n    import streamd.drain.a\n")
+    made_up = {"streamd.drain.a": tmp_path / "a.py", "streamd.service.b": tmp_path / "b.py"}
+    graph = _imports(made_up)
+    assert _circles(graph) == [["streamd.drain.a", "streamd.service.b"]]
+    assert _upward(graph, _layers()) == [
+        "streamd.drain.a imports streamd.service.b (drain -> service)"
+    ]

@@ -26,3 +26,12 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True)
+def _empty_working_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test runs in an empty current directory: none may depend on what is in the
+    clone's (``make run`` leaves ``./streamd-data`` there, with a running daemon's files)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

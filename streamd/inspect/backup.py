@@ -24,8 +24,9 @@ from typing import IO
 
 from streamd.errors import JournalError, UsageError
 from streamd.fsutil import atomic_path
-from streamd.inspect.reader import _uri_path, journal_path, max_seq, open_readonly
+from streamd.inspect.reader import journal_path, max_seq, open_readonly
 from streamd.inspect.verify import Report, print_report, verify_journal
+from streamd.journal.schema import sqlite_uri
 
 
 def backup_journal(source: str, dest: str, *, quick: bool = False) -> tuple[int, Report]:
@@ -79,7 +80,7 @@ def _copy(source: str, tmp: str) -> int:
     """
     with closing(open_readonly(source, cache_mib=8)) as src:
         try:
-            target = sqlite3.connect(f"file:{_uri_path(tmp)}?mode=rwc", uri=True)
+            target = sqlite3.connect(sqlite_uri(tmp, mode="rwc"), uri=True)
         except sqlite3.Error as exc:
             raise UsageError(f"DEST: cannot create {tmp}: {exc}") from None
         with closing(target):

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from streamd.journal.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
+from streamd.journal.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate, sqlite_uri
 from streamd.journal.stats import journal_stats
 from streamd.journal.writer import (
     AppendResult,
@@ -45,5 +45,6 @@ __all__ = [
     "journal_stats",
     "migrate",
     "open_journal",
+    "sqlite_uri",
     "utc_now",
 ]

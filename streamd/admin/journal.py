@@ -32,10 +32,11 @@ import orjson
 import trio
 
 from streamd.admin.app import Request, Response, Route
+from streamd.clock import utc_now_datetime
 from streamd.core.timeparse import format_utc
 from streamd.errors import JournalError, StreamdError, UsageError
 from streamd.inspect.filters import Filters, parse_filters, parse_int
-from streamd.inspect.reader import _pages, max_seq, now_utc, open_readonly, seq_window
+from streamd.inspect.reader import _pages, max_seq, open_readonly, seq_window
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -205,7 +206,7 @@ def _seek(text: str) -> str:
         )
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     back = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    return format_utc(now_utc() - back)
+    return format_utc(utc_now_datetime() - back)
 
 
 _FLAG_NAMES = (
@@ -224,7 +225,7 @@ _FLAG_NAMES = (
 
 def _filters(single: dict[str, str], many: dict[str, list[str]]) -> Filters:
     return parse_filters(
-        now=now_utc(),
+        now=utc_now_datetime(),
         stream=many.get("stream"),
         type=many.get("type"),
         activity_type=many.get("activity_type"),

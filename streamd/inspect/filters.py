@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from streamd.clock import utc_now_datetime
 from streamd.core.timeparse import format_utc, parse_timestamp
 from streamd.errors import UsageError
 
@@ -336,7 +337,7 @@ def parse_filters(
     where: list[str] | None = None,
 ) -> Filters:
     """Build :class:`Filters` from the flags' text; :class:`UsageError` names the flag."""
-    now = now or datetime.now(UTC)
+    now = now or utc_now_datetime()
     streams = _many(stream, "--stream")
     for s in streams:
         if s not in STREAMS:

@@ -17,7 +17,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from streamd.core.timeparse import format_utc, parse_timestamp
 from streamd.errors import JournalError
@@ -357,10 +357,3 @@ def _dedup_candidates(key: str, dedup_path: str | None) -> list[int]:
             dedup.close()
     except sqlite3.Error:
         return []  # derived data; the scan below still answers
-
-
-def now_utc() -> datetime:
-    """The current time (a seam for tests of relative windows)."""
-    from datetime import UTC
-
-    return datetime.now(UTC)

@@ -6,11 +6,10 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 import trio
 
-from streamd.core.timeparse import format_utc
+from streamd.clock import utc_now
 from streamd.errors import CommitTimeout, JournalBusy, JournalError
 from streamd.journal.writer import (
     AppendResult,
@@ -21,11 +20,6 @@ from streamd.journal.writer import (
     WriterOptions,
     WriterStatistics,
 )
-
-
-def utc_now() -> str:
-    """The current time in the journal's text form."""
-    return format_utc(datetime.now(UTC))
 
 
 class Journal:

@@ -1,5 +1,6 @@
 """Sans-IO core: wire types, shape detection, normalisation. No trio, sqlite3, sockets or clock."""
 
+from streamd.core.backoff import backoff_delay
 from streamd.core.normalise import decode_delivery, key_hash, legacy_type, stream_of
 from streamd.core.timeparse import format_utc, normalise_timestamp, parse_timestamp
 from streamd.core.wire import Delivery, EventRecord
@@ -7,6 +8,7 @@ from streamd.core.wire import Delivery, EventRecord
 __all__ = [
     "Delivery",
     "EventRecord",
+    "backoff_delay",
     "decode_delivery",
     "format_utc",
     "key_hash",

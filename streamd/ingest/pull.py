@@ -43,6 +43,7 @@ import httpx
 import trio
 
 from streamd.auth.ims import ClientCredentials, TokenUnavailable
+from streamd.core.backoff import backoff_delay
 from streamd.core.headers import link, retry_after
 from streamd.core.journaling import Page, check_position, decode_page
 from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
@@ -160,8 +161,9 @@ class PullSource:
         if retry.failure:
             stats.failures += 1
             stats.last_error = retry.reason
-            backoff = min(s.backoff_cap, s.backoff_base * 2 ** min(stats.failures - 1, 30))
-            backoff *= 1.0 - 0.5 * self._rng.random()  # jitter: never in lockstep
+            backoff = backoff_delay(
+                stats.failures, base=s.backoff_base, cap=s.backoff_cap, jitter=0.5, rng=self._rng
+            )
             delay = backoff if retry.delay is None else max(retry.delay, backoff)
             delay = min(delay, max(s.backoff_cap, s.max_wait))
             stats.state = "backing-off"

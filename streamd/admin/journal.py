@@ -21,10 +21,8 @@ their own read-only connection: the event loop never waits for SQLite.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from contextlib import closing
-from datetime import timedelta
 from functools import partial
 from urllib.parse import urlencode
 
@@ -33,7 +31,7 @@ import trio
 
 from streamd.admin.app import Request, Response, Route
 from streamd.clock import utc_now_datetime
-from streamd.core.timeparse import format_utc
+from streamd.core.timeparse import TimeError, format_utc, parse_seek
 from streamd.errors import JournalError, StreamdError, UsageError
 from streamd.inspect.filters import Filters, parse_filters, parse_int
 from streamd.inspect.reader import _pages, max_seq, open_readonly, seq_window
@@ -51,8 +49,6 @@ _FILTER_PARAMS = {
     "where": "where",
 }
 _SINGLE = {"since", "latest", "limit", "from", "until", "clock", "seek"}
-# seek=-PT2H: back from now by an ISO 8601 duration (days, hours, minutes, seconds)
-_SEEK = re.compile(r"-P(?:(\d{1,4})D)?(?:T(?:(\d{1,5})H)?(?:(\d{1,6})M)?(?:(\d{1,7})S)?)?")
 
 
 def journal_routes(
@@ -199,14 +195,14 @@ def _parse(
 
 def _seek(text: str) -> str:
     """The receive time ``text`` (``-PT2H``, ``-P1DT30M``, ...) points back to, from now."""
-    match = _SEEK.fullmatch(text)
-    if match is None or not any(match.groups()) or text.endswith("T"):
-        raise UsageError(
-            f"seek: {text[:40]!r} is not a negative ISO 8601 duration such as -PT2H or -P1D"
-        )
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    back = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    return format_utc(utc_now_datetime() - back)
+    try:
+        back = parse_seek(text)
+    except TimeError as exc:
+        raise UsageError(f"seek: {exc}") from None
+    try:
+        return format_utc(utc_now_datetime() - back)
+    except OverflowError:
+        raise UsageError(f"seek: {text[:40]!r} reaches before year 1") from None
 
 
 _FLAG_NAMES = (

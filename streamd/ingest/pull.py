@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import re
 import sqlite3
 import ssl
 import time
@@ -46,13 +45,13 @@ from streamd.auth.ims import ClientCredentials, TokenUnavailable
 from streamd.core.backoff import backoff_delay
 from streamd.core.headers import link, retry_after
 from streamd.core.journaling import Page, check_position, decode_page
+from streamd.core.timeparse import TimeError, format_seek, parse_seek
 from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
 from streamd.journal import Batch, Journal, utc_now
 
 log = logging.getLogger("streamd.ingest.pull")
 
 MAX_PAGE_BYTES: Final = 64 * 1024 * 1024
-SEEK: Final = re.compile(r"-PT(?=\d)(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?")
 _SNIPPET: Final = 300
 
 
@@ -402,7 +401,8 @@ class PullSource:
             if mode == "latest":
                 params["latest"] = "true"
             elif mode != "oldest":
-                params["seek"] = mode
+                # Always the form Adobe documents (-PT26H, not -P1DT2H), whatever was configured.
+                params["seek"] = format_seek(parse_seek(mode))
         if s.limit is not None:
             params["limit"] = str(s.limit)
         return self._base.copy_merge_params(params)
@@ -499,8 +499,14 @@ def _snippet(body: bytes) -> str:
 
 
 def valid_start(text: str) -> bool:
-    """Is ``text`` a usable ``start``: oldest, latest, or a seek like -PT2H?"""
-    return text in ("oldest", "latest") or SEEK.fullmatch(text) is not None
+    """Is ``text`` a usable ``start``: oldest, latest, or a seek like -PT2H or -P1D?"""
+    if text in ("oldest", "latest"):
+        return True
+    try:
+        parse_seek(text)
+    except TimeError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

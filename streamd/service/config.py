@@ -542,7 +542,7 @@ def validate_pulls(config: Config, where: str) -> None:
         if not valid_start(pull.start):
             raise ConfigError(
                 f'{key}.start: {pull.start!r}: expected "oldest", "latest" or a '
-                'duration back such as "-PT2H" or "-PT30M"'
+                'duration back such as "-PT2H", "-PT30M" or "-P1D"'
             )
         if pull.min_wait > pull.max_wait:
             raise ConfigError(

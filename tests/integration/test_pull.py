@@ -279,6 +279,35 @@ async def test_start_latest_and_seek_skip_the_past(
     assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200, 1220)]
 
 
+@pytest.mark.parametrize(
+    ("start", "seek", "most"),
+    [("-PT30S", "-PT30S", 31), ("-PT90S", "-PT1M30S", 91), ("-P1DT2H", "-PT26H", 1200)],
+)
+async def test_a_seek_start_is_sent_in_the_form_adobe_documents(
+    start_server: StartServer,
+    emulator: Emulator,
+    secret_file: Path,
+    start: str,
+    seek: str,
+    most: int,
+) -> None:
+    """Any ISO 8601 duration back is accepted; the Journaling API only ever sees -PT…H…M…S."""
+    seeks: list[str] = []
+
+    def record(request: Request) -> Reply | None:
+        if request.path == PATH and "seek" in request.query:
+            seeks.append(request.query["seek"])
+        return None
+
+    emulator.handler.append(record)
+    server = await start_server(pull_toml(emulator, secret_file, start=start))
+    await caught_up(server, emulator)
+    assert seeks[:1] == [seek]
+    # The initial events are one second apart: seconds back skip most of them, a day none.
+    pulled = len(pulled_keys(server.journal))
+    assert 0 < pulled <= most and (most < 1200 or pulled == 1200)
+
+
 async def test_push_and_pull_of_the_same_events_are_journaled_once(
     start_server: StartServer, emulator: Emulator, secret_file: Path
 ) -> None:

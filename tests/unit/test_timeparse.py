@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamd.core import format_utc, normalise_timestamp, parse_timestamp
+from streamd.core.timeparse import TimeError, format_seek, parse_iso_duration, parse_seek
 
 
 @pytest.mark.parametrize(
@@ -70,3 +71,65 @@ def test_isoformat_roundtrips_to_the_same_instant(moment: datetime, offset_minut
     assert parsed == moment
     assert format_utc(parsed) == format_utc(moment)
     assert format_utc(parsed).endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("text", "back"),
+    [
+        ("-PT2H", timedelta(hours=2)),
+        ("-PT30M", timedelta(minutes=30)),
+        ("-PT90S", timedelta(seconds=90)),
+        ("-PT1.5S", timedelta(seconds=1.5)),
+        ("-PT0S", timedelta(0)),
+        ("-P1D", timedelta(days=1)),
+        ("-P1DT30M", timedelta(days=1, minutes=30)),
+        ("-P2W", timedelta(weeks=2)),
+        ("-P1DT2H3M4,25S", timedelta(days=1, hours=2, minutes=3, seconds=4.25)),
+    ],
+)
+def test_seek_is_a_negative_iso_8601_duration(text: str, back: timedelta) -> None:
+    assert parse_seek(text) == back
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["PT2H", "+PT2H", "-PT", "-P", "-P2X", "-P1Y", "-P1M", "-P1DT", "-pt2h", "-PT2H ", "2h", ""],
+)
+def test_anything_else_is_no_seek(text: str) -> None:
+    with pytest.raises(TimeError, match="is not a negative ISO 8601 duration"):
+        parse_seek(text)
+    assert isinstance(TimeError("x"), ValueError)
+
+
+@pytest.mark.parametrize(
+    ("back", "text"),
+    [
+        (timedelta(hours=2), "-PT2H"),
+        (timedelta(seconds=90), "-PT1M30S"),
+        (timedelta(days=1, hours=2), "-PT26H"),
+        (timedelta(0), "-PT0S"),
+        (timedelta(seconds=1.5), "-PT1.5S"),
+        (timedelta(hours=1, seconds=5), "-PT1H5S"),
+        (timedelta(seconds=-5), "-PT0S"),  # the future: from now
+    ],
+)
+def test_format_seek_writes_what_adobe_documents(back: timedelta, text: str) -> None:
+    assert format_seek(back) == text
+
+
+@given(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=10_000)))
+def test_format_seek_reads_back(back: timedelta) -> None:
+    assert parse_seek(format_seek(back)) == back
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("PT2H", timedelta(hours=2)), ("-PT2H", -timedelta(hours=2)), ("P1W", timedelta(weeks=1))],
+)
+def test_iso_durations_keep_their_sign(text: str, value: timedelta) -> None:
+    assert parse_iso_duration(text) == value
+
+
+def test_an_iso_duration_with_more_digits_than_allowed_is_none() -> None:
+    assert parse_iso_duration("P12345678D") is None
+    assert parse_iso_duration("P1234567D") == timedelta(days=1234567)

@@ -10,7 +10,10 @@
 at the newest event (so the first answer is 204 and ``next`` waits for new
 ones), ``limit`` is 1..1000 (default 100). The filters of ``streamd journal
 grep`` are accepted as ``stream``, ``type``, ``activity_type``, ``lead``,
-``munchkin``, ``source``, ``from``/``until`` (time), ``clock`` and ``where``.
+``munchkin``, ``source``, ``from``/``until`` (time), ``clock`` and ``where``;
+``seek`` starts at the first event received at a time. Times are of the one grammar
+(:func:`streamd.core.parse_when`: ``-PT2H``, ``2h``, ``2026-11-01T08:00Z``) and
+``from``/``until`` apply to the receive time unless ``clock=occurred``.
 With filters, one request scans at most ``SCAN_WINDOW`` positions: when none
 of them matched, the answer is 200 with no events and a ``next`` past them,
 so a rare filter never makes one request read the whole journal.
@@ -31,9 +34,9 @@ import trio
 
 from streamd.admin.app import Request, Response, Route
 from streamd.clock import utc_now_datetime
-from streamd.core.timeparse import TimeError, format_utc, parse_seek
+from streamd.core.timeparse import TimeError, format_utc, parse_when
 from streamd.errors import JournalError, StreamdError, UsageError
-from streamd.inspect.filters import Filters, parse_filters, parse_int
+from streamd.inspect.filters import DEFAULT_CLOCK, Filters, parse_filters, parse_int
 from streamd.inspect.reader import _pages, max_seq, open_readonly, seq_window
 
 DEFAULT_LIMIT = 100
@@ -194,15 +197,12 @@ def _parse(
 
 
 def _seek(text: str) -> str:
-    """The receive time ``text`` (``-PT2H``, ``-P1DT30M``, ...) points back to, from now."""
+    """The receive time ``text`` points back to: any time of the one grammar (``-PT2H``,
+    ``-P1D``, ``2h``, ``2026-11-01T08:00Z``); raises :class:`UsageError` naming ``seek``."""
     try:
-        back = parse_seek(text)
+        return format_utc(parse_when(text, utc_now_datetime()))
     except TimeError as exc:
-        raise UsageError(f"seek: {exc}") from None
-    try:
-        return format_utc(utc_now_datetime() - back)
-    except OverflowError:
-        raise UsageError(f"seek: {text[:40]!r} reaches before year 1") from None
+        raise TimeError(f"seek: {exc}") from None
 
 
 _FLAG_NAMES = (
@@ -230,7 +230,7 @@ def _filters(single: dict[str, str], many: dict[str, list[str]]) -> Filters:
         source=many.get("source"),
         since=single.get("from"),
         until=single.get("until"),
-        clock=single.get("clock", "occurred"),
+        clock=single.get("clock", DEFAULT_CLOCK),
         where=many.get("where"),
     )
 

@@ -2,12 +2,21 @@
 
 from streamd.core.backoff import backoff_delay
 from streamd.core.normalise import decode_delivery, key_hash, legacy_type, stream_of
-from streamd.core.timeparse import format_utc, normalise_timestamp, parse_timestamp
+from streamd.core.timeparse import (
+    WHEN_FORMS,
+    TimeError,
+    format_utc,
+    normalise_timestamp,
+    parse_timestamp,
+    parse_when,
+)
 from streamd.core.wire import Delivery, EventRecord
 
 __all__ = [
+    "WHEN_FORMS",
     "Delivery",
     "EventRecord",
+    "TimeError",
     "backoff_delay",
     "decode_delivery",
     "format_utc",
@@ -15,5 +24,6 @@ __all__ = [
     "legacy_type",
     "normalise_timestamp",
     "parse_timestamp",
+    "parse_when",
     "stream_of",
 ]

@@ -5,8 +5,16 @@ Marketo and Adobe I/O Events do not always send RFC 3339: a space instead of
 (``-5:00``), 1 to 9 fractional digits. The journal stores a normalised UTC
 form for querying; the original text always stays in the raw JSON.
 
-ISO 8601 durations (``-PT2H``, ``-P1DT30M``) are the Journaling API's ``seek``:
-:func:`parse_seek` reads one, :func:`format_seek` writes the form Adobe documents.
+The one grammar for every time an operator gives (``journal grep/export/stats
+--since/--until``, the admin ``GET /journal`` ``from``/``until``/``seek``,
+``pulls[].start``) is :func:`parse_when`: a duration back from ``now`` (``90s``,
+``15m``, ``2h``, ``30d``, ``1w``, ``1h30m``; or ISO 8601: ``PT2H``, ``-P1D``, both
+meaning that long ago) or an ISO 8601 time (a date alone is midnight UTC, no zone
+is UTC). The caller passes ``now``: this module never reads a clock.
+
+ISO 8601 durations (``-PT2H``, ``-P1DT30M``) are also the Journaling API's own
+``seek``: :func:`parse_seek` reads one, :func:`format_seek` writes the form Adobe
+documents.
 """
 
 from __future__ import annotations
@@ -169,3 +177,56 @@ def format_seek(back: timedelta) -> str:
         fraction = f".{total.microseconds:06d}".rstrip("0") if total.microseconds else ""
         parts.append(f"{whole}{fraction}S")
     return "-PT" + "".join(parts)
+
+
+WHEN_FORMS = (
+    "a duration back from now (90s, 15m, 2h, 30d, 1w, 1h30m; ISO 8601: PT2H, -P1D) "
+    "or an ISO 8601 time (2026-11-01, 2026-11-01T08:00Z; no zone means UTC)"
+)
+_SHORT_DURATION = re.compile(
+    r"(?:(\d{1,7})w)?(?:(\d{1,7})d)?(?:(\d{1,7})h)?(?:(\d{1,7})m)?(?:(\d{1,9})s)?"
+)
+MAX_WHEN_TEXT = 64
+
+
+def parse_duration(text: str) -> timedelta:
+    """A short duration: ``90s``, ``15m``, ``2h``, ``30d``, ``1w``, or several (``1h30m``).
+
+    Raises :class:`TimeError` for anything else (an ISO 8601 duration included: see
+    :func:`parse_when`).
+    """
+    match = _SHORT_DURATION.fullmatch(text.strip())
+    if match is None or not any(match.groups()):
+        raise TimeError(f"{text[:40]!r} is not a duration or a time: expected {WHEN_FORMS}")
+    w, d, h, m, s = (int(g or 0) for g in match.groups())
+    return timedelta(weeks=w, days=d, hours=h, minutes=m, seconds=s)
+
+
+def parse_when(text: str, now: datetime) -> datetime:
+    """The point in time ``text`` names, as an aware UTC datetime; ``now`` is aware.
+
+    A duration (``2h``, ``30d``, ``15m``, ``90s``, ``1h30m``, ``PT2H``, ``-P1D``) counts
+    back from ``now``: an ISO 8601 duration means that long ago whatever its sign.
+    An ISO 8601 time is taken as it is (``2026-11-01`` is midnight UTC; no zone means
+    UTC; ``Z`` and offsets as written). Raises :class:`TimeError` (a ``ValueError``
+    and a ``UsageError``) with a one-line message naming the accepted forms.
+    """
+    value = text.strip()
+    if not value or len(value) > MAX_WHEN_TEXT:
+        raise TimeError(f"expected {WHEN_FORMS}")
+    if value[0].isdigit() and len(value) >= 8 and value[4:5] == "-":
+        parsed = parse_timestamp(value)
+        if parsed is None:
+            raise TimeError(f"{value!r} is not a valid time: expected {WHEN_FORMS}")
+        return parsed
+    if value.lstrip("+-")[:1] == "P":
+        back = parse_iso_duration(value)
+        if back is None:
+            raise TimeError(f"{value!r} is not a duration or a time: expected {WHEN_FORMS}")
+        back = abs(back)
+    else:
+        back = parse_duration(value)
+    try:
+        return (now - back).astimezone(UTC)
+    except OverflowError:
+        raise TimeError(f"{value!r} reaches before year 1") from None

@@ -36,6 +36,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final, cast
 
 import httpx
@@ -45,7 +46,7 @@ from streamd.auth.ims import ClientCredentials, TokenUnavailable
 from streamd.core.backoff import backoff_delay
 from streamd.core.headers import link, retry_after
 from streamd.core.journaling import Page, check_position, decode_page
-from streamd.core.timeparse import TimeError, format_seek, parse_seek
+from streamd.core.timeparse import TimeError, format_seek, parse_when
 from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
 from streamd.journal import Batch, Journal, utc_now
 
@@ -401,8 +402,9 @@ class PullSource:
             if mode == "latest":
                 params["latest"] = "true"
             elif mode != "oldest":
-                # Always the form Adobe documents (-PT26H, not -P1DT2H), whatever was configured.
-                params["seek"] = format_seek(parse_seek(mode))
+                # Any time of the one grammar, sent in the form Adobe documents (-PT26H30M).
+                now = datetime.fromtimestamp(self._now(), UTC)
+                params["seek"] = format_seek(now - parse_when(mode, now))
         if s.limit is not None:
             params["limit"] = str(s.limit)
         return self._base.copy_merge_params(params)
@@ -499,11 +501,12 @@ def _snippet(body: bytes) -> str:
 
 
 def valid_start(text: str) -> bool:
-    """Is ``text`` a usable ``start``: oldest, latest, or a seek like -PT2H or -P1D?"""
+    """Is ``text`` a usable ``start``: oldest, latest, or a time (``-PT2H``, ``30d``,
+    ``2026-11-01``: :func:`streamd.core.parse_when`)?"""
     if text in ("oldest", "latest"):
         return True
     try:
-        parse_seek(text)
+        parse_when(text, datetime.now(UTC))
     except TimeError:
         return False
     return True

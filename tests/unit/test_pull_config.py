@@ -119,7 +119,11 @@ def test_check_config_reads_the_pull_secret(
     assert "cannot read the pull client secret" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("start", ["-PT2H", "-PT30M", "-PT1.5S", "-P1D", "-P1DT30M", "-P2W"])
-def test_every_negative_iso_duration_is_a_start(tmp_path: Path, start: str) -> None:
+@pytest.mark.parametrize(
+    "start",
+    ["-PT2H", "-PT30M", "-PT1.5S", "-P1D", "-P1DT30M", "-P2W", "PT2H", "2h", "30d",
+     "2026-11-01", "2026-11-01T08:00:00Z"],
+)  # fmt: skip
+def test_every_time_of_the_one_grammar_is_a_start(tmp_path: Path, start: str) -> None:
     (pull,) = load_config(write(tmp_path, BASE + f'start = "{start}"\n')).pulls
     assert pull.start == start

@@ -65,6 +65,9 @@ class CommitTimeout(JournalBusy):
 
 
 class UsageError(StreamdError):
-    """Raised when a command-line argument or a query parameter is malformed (exit 2, HTTP 400)."""
+    """Raised when a command-line argument, an input file or a query parameter is unusable.
+
+    The one class for every command (``streamd emit`` included): exit status 2, HTTP 400.
+    """
 
     status_hint = 400

@@ -10,7 +10,10 @@
 at the newest event (so the first answer is 204 and ``next`` waits for new
 ones), ``limit`` is 1..1000 (default 100). The filters of ``streamd journal
 grep`` are accepted as ``stream``, ``type``, ``activity_type``, ``lead``,
-``munchkin``, ``source``, ``from``/``until`` (time), ``clock`` and ``where``.
+``munchkin``, ``source``, ``from``/``until`` (time), ``clock`` and ``where``;
+``seek`` starts at the first event received at a time. Times are of the one grammar
+(:func:`streamd.core.parse_when`: ``-PT2H``, ``2h``, ``2026-11-01T08:00Z``) and
+``from``/``until`` apply to the receive time unless ``clock=occurred``.
 With filters, one request scans at most ``SCAN_WINDOW`` positions: when none
 of them matched, the answer is 200 with no events and a ``next`` past them,
 so a rare filter never makes one request read the whole journal.
@@ -21,10 +24,8 @@ their own read-only connection: the event loop never waits for SQLite.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from contextlib import closing
-from datetime import timedelta
 from functools import partial
 from urllib.parse import urlencode
 
@@ -32,10 +33,11 @@ import orjson
 import trio
 
 from streamd.admin.app import Request, Response, Route
-from streamd.core.timeparse import format_utc
+from streamd.clock import utc_now_datetime
+from streamd.core.timeparse import TimeError, format_utc, parse_when
 from streamd.errors import JournalError, StreamdError, UsageError
-from streamd.inspect.filters import Filters, parse_filters, parse_int
-from streamd.inspect.reader import _pages, max_seq, now_utc, open_readonly, seq_window
+from streamd.inspect.filters import DEFAULT_CLOCK, Filters, parse_filters, parse_int
+from streamd.inspect.reader import _pages, max_seq, open_readonly, seq_window
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -50,8 +52,6 @@ _FILTER_PARAMS = {
     "where": "where",
 }
 _SINGLE = {"since", "latest", "limit", "from", "until", "clock", "seek"}
-# seek=-PT2H: back from now by an ISO 8601 duration (days, hours, minutes, seconds)
-_SEEK = re.compile(r"-P(?:(\d{1,4})D)?(?:T(?:(\d{1,5})H)?(?:(\d{1,6})M)?(?:(\d{1,7})S)?)?")
 
 
 def journal_routes(
@@ -197,15 +197,12 @@ def _parse(
 
 
 def _seek(text: str) -> str:
-    """The receive time ``text`` (``-PT2H``, ``-P1DT30M``, ...) points back to, from now."""
-    match = _SEEK.fullmatch(text)
-    if match is None or not any(match.groups()) or text.endswith("T"):
-        raise UsageError(
-            f"seek: {text[:40]!r} is not a negative ISO 8601 duration such as -PT2H or -P1D"
-        )
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    back = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    return format_utc(now_utc() - back)
+    """The receive time ``text`` points back to: any time of the one grammar (``-PT2H``,
+    ``-P1D``, ``2h``, ``2026-11-01T08:00Z``); raises :class:`UsageError` naming ``seek``."""
+    try:
+        return format_utc(parse_when(text, utc_now_datetime()))
+    except TimeError as exc:
+        raise TimeError(f"seek: {exc}") from None
 
 
 _FLAG_NAMES = (
@@ -224,7 +221,7 @@ _FLAG_NAMES = (
 
 def _filters(single: dict[str, str], many: dict[str, list[str]]) -> Filters:
     return parse_filters(
-        now=now_utc(),
+        now=utc_now_datetime(),
         stream=many.get("stream"),
         type=many.get("type"),
         activity_type=many.get("activity_type"),
@@ -233,7 +230,7 @@ def _filters(single: dict[str, str], many: dict[str, list[str]]) -> Filters:
         source=many.get("source"),
         since=single.get("from"),
         until=single.get("until"),
-        clock=single.get("clock", "occurred"),
+        clock=single.get("clock", DEFAULT_CLOCK),
         where=many.get("where"),
     )
 

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from streamd.errors import StreamdError
+from streamd.fsutil import atomic_write
 
 log = logging.getLogger("streamd.auth.adobe")
 
@@ -246,10 +247,8 @@ class KeyStore:
             return
         try:
             os.makedirs(os.path.dirname(file), mode=0o700, exist_ok=True)
-            tmp = f"{file}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(pem)
-            os.replace(tmp, file)
+            # Public keys: readable as a plain open() would have made them (0666 - umask).
+            atomic_write(file, pem, mode=0o666)
         except OSError as exc:  # the memory cache still works
             log.warning("cannot cache Adobe key %s on disk: %s", path, exc)
 

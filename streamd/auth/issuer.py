@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from streamd.errors import ConfigError
+from streamd.fsutil import atomic_write
 
 PBKDF2_ITERATIONS = 200_000
 _PREFIX = "sdo."
@@ -72,14 +73,7 @@ def load_or_create_key(path: str) -> bytes:
             key = f.read(1024)
     except FileNotFoundError:
         key = secrets.token_bytes(32)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomic_write(path, key, mode=0o600)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the OAuth signing key: {exc.strerror}") from None
     if len(key) < 32:

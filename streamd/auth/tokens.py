@@ -8,7 +8,6 @@ does not tell which one (or how much of one) matched.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import os
 import secrets
@@ -17,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl
 
 from streamd.errors import ConfigError
+from streamd.fsutil import atomic_write
 
 MAX_TOKEN_FILE_BYTES = 64 * 1024
 MIN_TOKEN_LENGTH = 16
@@ -69,25 +69,10 @@ def ensure_token_file(path: str) -> str | None:
         return None
     # A fixed prefix: recognisable in logs and secret scanners, and never starts with "-".
     token = "sd_" + secrets.token_urlsafe(32)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, (token + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        atomic_write(path, (token + "\n").encode(), mode=0o600)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ConfigError(f"{path}: cannot create the token file: {exc.strerror}") from None
     return token
 

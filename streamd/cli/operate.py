@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from streamd.errors import UsageError
+from streamd.clock import utc_now_datetime
+from streamd.core.timeparse import TimeError, format_utc, parse_when
 from streamd.journal.paths import journal_in
 from streamd.ops import (
     DisableSink,
@@ -50,12 +50,10 @@ def bounded_int(low: int, high: int) -> Any:
 
 def _time_arg(text: str) -> str:
     # The grammar of every command that takes a time (journal grep --since, ...).
-    from streamd.inspect.filters import parse_time
-
     try:
-        return parse_time(text, datetime.now(UTC), "--since")
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--since: ")) from None
+        return format_utc(parse_when(text, utc_now_datetime()))
+    except TimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def journal_flags(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:

@@ -22,12 +22,13 @@ from typing import ClassVar, Protocol, TypeVar
 
 import trio
 
+from streamd.clock import utc_now
 from streamd.drain import store
 from streamd.drain.pressure import IngestPressure, YieldSettings
 from streamd.drain.runner import SinkRunner, SinkSpec
 from streamd.drain.store import NewDeadLetter, Progress, SinkRow
 from streamd.errors import JournalError, StreamdError
-from streamd.journal import Journal, utc_now
+from streamd.journal import Journal
 
 log = logging.getLogger("streamd.drain")
 T = TypeVar("T")

@@ -23,6 +23,8 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
+from streamd.core.backoff import backoff_delay
+
 
 class Kind(Enum):
     """How an attempt ended."""
@@ -65,16 +67,15 @@ class Verdict:
 
 
 def backoff(settings: RetrySettings, attempts: int, rng: random.Random) -> float:
-    """Delay after the ``attempts``-th failed attempt: exponential, capped, with jitter.
-
-    The jitter takes off up to ``jitter`` of the delay, so many sinks failing at
-    once do not retry in lockstep; it never makes the delay exceed the cap.
-    """
-    exponent = min(max(attempts - 1, 0), 62)
-    delay = min(settings.backoff_cap, settings.backoff_base * (2.0**exponent))
-    if settings.jitter:
-        delay *= 1.0 - settings.jitter * rng.random()
-    return delay
+    """Delay after the ``attempts``-th failed attempt: :func:`streamd.core.backoff_delay`
+    with the sink's base, cap and jitter."""
+    return backoff_delay(
+        attempts,
+        base=settings.backoff_base,
+        cap=settings.backoff_cap,
+        jitter=settings.jitter,
+        rng=rng,
+    )
 
 
 class Health:

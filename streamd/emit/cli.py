@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ from streamd.emit.http import Target
 from streamd.emit.sender import EmitOptions, OAuthSettings, run_emit, tls_context
 from streamd.emit.verify import verify
 from streamd.errors import ConfigError, StreamdError
+from streamd.fsutil import atomic_write
 
 
 def _positive(kind: type[float] | type[int], name: str) -> Any:
@@ -362,10 +362,13 @@ def _emit(args: argparse.Namespace) -> int:
     opts = options_from(args)
     summary = trio.run(partial(run_emit, opts))
     if args.summary is not None:
-        tmp = args.summary.with_name(args.summary.name + ".tmp")
         try:
-            tmp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
-            os.replace(tmp, args.summary)
+            # 0666 less the umask: the mode Path.write_bytes gave the summary before.
+            atomic_write(
+                str(args.summary),
+                orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
+                mode=0o666,
+            )
         except OSError as exc:
             raise UsageError(f"--summary {args.summary}: cannot write: {exc.strerror}") from exc
     if args.json:

@@ -2,8 +2,10 @@
 
 It does what the emulator and the load generator need: send one request, read one
 response (Content-Length, chunked, or until close), reconnect when the server closed the
-connection. It costs a fraction of httpx's CPU per request, which matters on a
-two-core machine where the sender shares the CPU with the receiver under test.
+connection. The protocol is h11's (sans-IO: bytes in, events out; the same parser
+hypercorn serves streamd with); this module is the thin trio shell around it. It costs
+a fraction of httpx's CPU per request, which matters on a two-core machine where the
+sender shares the CPU with the receiver under test.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+import h11
 import trio
 
 from streamd.emit.errors import EmitError
@@ -85,26 +88,23 @@ class Connection:
     ) -> None:
         self.target = target
         self._host_header = f"{target.host}:{target.port}"
-        extra = default_headers or {}
-        head = [f"Host: {self._host_header}", *(f"{k}: {v}" for k, v in extra.items())]
-        self._post_head = (f"POST {target.path} HTTP/1.1\r\n" + "\r\n".join(head) + "\r\n").encode()
+        self._post_headers = [("Host", self._host_header), *(default_headers or {}).items()]
         self._ssl = ssl_context
         self._stream: trio.abc.Stream | None = None
-        self._buf = bytearray()
+        self._h11: h11.Connection | None = None
         self.connects = 0
 
     async def aclose(self) -> None:
         """Close the socket, if open."""
+        self._h11 = None
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await trio.aclose_forcefully(stream)
-        self._buf.clear()
 
     async def post(self, body: bytes) -> Response:
         """POST ``body`` to the target's path with the default headers."""
-        return await self._exchange(
-            self._post_head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-        )
+        headers = [*self._post_headers, ("Content-Length", str(len(body)))]
+        return await self._exchange("POST", self.target.path, headers, body)
 
     async def request(
         self,
@@ -117,11 +117,10 @@ class Connection:
 
         After an error the connection is closed; the next call opens a new one.
         """
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self._host_header}"]
-        lines += [f"{k}: {v}" for k, v in headers]
+        sent = [("Host", self._host_header), *headers]
         if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        return await self._exchange(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+            sent.append(("Content-Length", str(len(body))))
+        return await self._exchange(method, path, sent, body)
 
     async def _open(self) -> trio.abc.Stream:
         tcp = await trio.open_tcp_stream(self.target.host, self.target.port)
@@ -137,12 +136,17 @@ class Connection:
             raise
         return stream
 
-    async def _exchange(self, data: bytes) -> Response:
+    async def _exchange(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> Response:
         try:
-            if self._stream is None:
+            if self._stream is None or self._h11 is None:
                 self._stream = await self._open()
-            await self._stream.send_all(data)
-            response, close = await self._read_response(self._stream)
+                self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+            protocol, stream = self._h11, self._stream
+            data = _request_bytes(protocol, method, path, headers, body)
+            await stream.send_all(data)
+            response = await _read_response(protocol, stream, self.target.origin)
         except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await self.aclose()
             raise HttpError(f"connection to {self.target.origin} failed: {exc!r}") from exc
@@ -151,84 +155,79 @@ class Connection:
             # stream is mid-message, so it cannot be reused.
             await self.aclose()
             raise
-        if close:
+        if protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
+            protocol.start_next_cycle()  # kept alive: the next request reuses the socket
+        else:  # Connection: close, HTTP/1.0, a body that ended with the connection
             await self.aclose()
         return response
 
-    async def _fill(self, stream: trio.abc.Stream) -> bool:
-        data = await stream.receive_some(_RECV)
-        if not data:
-            return False
-        self._buf += data
-        return True
 
-    async def _need(self, stream: trio.abc.Stream) -> None:
-        if not await self._fill(stream):
-            raise HttpError("server closed the connection mid-response")
+def _request_bytes(
+    protocol: h11.Connection,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    body: bytes | None,
+) -> bytes:
+    """The request's bytes, from h11 (which then expects its response)."""
+    try:
+        data = protocol.send(h11.Request(method=method, target=path, headers=headers))
+        if body:
+            data += protocol.send(h11.Data(data=body))
+        data += protocol.send(h11.EndOfMessage())
+    except h11.LocalProtocolError as exc:  # a header value with a newline, say
+        raise HttpError(f"cannot send this request: {exc}") from None
+    return data
 
-    async def _read_response(self, stream: trio.abc.Stream) -> tuple[Response, bool]:
-        buf = self._buf
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            if len(buf) > _MAX_HEAD:
-                raise HttpError("response head too large")
-            await self._need(stream)
-        lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-        del buf[: end + 4]
+
+async def _read_response(
+    protocol: h11.Connection, stream: trio.abc.Stream, origin: str
+) -> Response:
+    """Feed the stream to h11 until the response ended; raise :class:`HttpError`."""
+    status = 0
+    headers: dict[str, str] = {}
+    body = bytearray()
+    closed = False
+    while True:
         try:
-            version, code = lines[0].split(" ", 2)[:2]
-            status = int(code)
-        except ValueError as exc:
-            raise HttpError(f"bad status line {lines[0]!r}") from exc
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
-        if status in (204, 304) or 100 <= status < 200:
-            body = b""
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            body = await self._read_chunked(stream)
-        elif "content-length" in headers:
-            try:
-                length = int(headers["content-length"])
-            except ValueError as exc:
-                raise HttpError(f"bad Content-Length {headers['content-length']!r}") from exc
-            if not 0 <= length <= _MAX_BODY:
-                raise HttpError(f"response body of {length} bytes refused")
-            while len(buf) < length:
-                await self._need(stream)
-            body = bytes(buf[:length])
-            del buf[:length]
-        else:  # no length: the body ends when the server closes
-            while len(buf) <= _MAX_BODY and await self._fill(stream):
-                pass
-            body, close = bytes(buf), True
-            buf.clear()
-        return Response(status, headers, body), close
-
-    async def _read_chunked(self, stream: trio.abc.Stream) -> bytes:
-        buf = self._buf
-        out = bytearray()
-        while True:
-            while (eol := buf.find(b"\r\n")) < 0:
-                await self._need(stream)
-            try:
-                size = int(bytes(buf[:eol]).split(b";")[0], 16)
-            except ValueError as exc:
-                raise HttpError("bad chunk size") from exc
-            del buf[: eol + 2]
-            if size == 0:
-                # Skip trailers up to the blank line.
-                while (eol := buf.find(b"\r\n")) != 0:
-                    if eol > 0:
-                        del buf[: eol + 2]
-                    else:
-                        await self._need(stream)
-                del buf[:2]
-                return bytes(out)
-            if len(out) + size > _MAX_BODY:
+            event = protocol.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise _malformed(exc, origin, closed=closed) from None
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(_RECV)
+            closed = not data
+            # b"": the server closed its side. (A bytearray from TLS is fine: h11 appends it.)
+            protocol.receive_data(data)  # type: ignore[arg-type]
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+            length = headers.get("content-length")
+            if length is not None and int(length) > _MAX_BODY:  # h11 checked it is digits
+                raise HttpError(f"response body of {int(length)} bytes refused")
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > _MAX_BODY:
                 raise HttpError("response body too large")
-            while len(buf) < size + 2:
-                await self._need(stream)
-            out += buf[:size]
-            del buf[: size + 2]
+        elif isinstance(event, h11.EndOfMessage):
+            return Response(status, headers, bytes(body))
+        elif isinstance(event, h11.ConnectionClosed):
+            raise HttpError("server closed the connection mid-response")
+        # InformationalResponse (1xx): the final response follows.
+
+
+# h11's words for what went wrong, in the terms this module always used.
+_WHAT: Final = (
+    ("illegal status line", "bad status line"),
+    ("illegal chunk header", "bad chunk size"),
+    ("Receive buffer too long", "response head too large"),
+    ("bad Content-Length", "bad Content-Length"),
+)
+
+
+def _malformed(exc: h11.RemoteProtocolError, origin: str, *, closed: bool) -> HttpError:
+    """The :class:`HttpError` for a response h11 could not parse."""
+    if closed:
+        return HttpError(f"server closed the connection mid-response ({exc})")
+    text = str(exc)
+    what = next((ours for theirs, ours in _WHAT if text.startswith(theirs)), "malformed response")
+    return HttpError(f"{what} from {origin} ({text[:200]})")

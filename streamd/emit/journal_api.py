@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl
 import orjson
 import trio
 
+from streamd.core.timeparse import parse_seek
 from streamd.emit.asgi import Reply, Request, serve_handler
 from streamd.emit.generate import MAX_SEED, MAX_WORKERS, EventStream
 
@@ -53,7 +54,6 @@ IMS_PATH: Final = "/ims/token/v3"
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _POSITION: Final = re.compile(r"p([0-9]{12})")
-_SEEK: Final = re.compile(r"-PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?")
 _JSON: Final = [("content-type", "application/json")]
 
 
@@ -153,11 +153,10 @@ class JournalApi:
         return {"id": stream.next_id(), **event}
 
     def _seek(self, text: str) -> int:
-        match = _SEEK.fullmatch(text)
-        if not match or not any(match.groups()):
-            raise ValueError(f"seek must look like -PT2H, -PT30M or -PT90S, got {text!r}")
-        h, m, s = (float(g) if g else 0.0 for g in match.groups())
-        back = h * 3600 + m * 60 + s
+        try:
+            back = parse_seek(text).total_seconds()
+        except ValueError:
+            raise ValueError(f"seek must look like -PT2H, -PT30M or -PT90S, got {text!r}") from None
         now = self.clock()
         # Event i happened at started - (initial - i), or started + (i - initial) / rate.
         target = now - back

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from streamd.emit.errors import UsageError
+from streamd.journal.schema import sqlite_uri
 
 _ID: Final = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces: any sane key
 _SHOW: Final = 10
@@ -105,10 +106,9 @@ def verify(journal: Path, acked: Path) -> Verdict:
         raise UsageError(f"--journal {journal}: is a directory (the file is journal.db in it)")
     if not os.access(journal, os.R_OK):
         raise UsageError(f"--journal {journal}: not readable")
-    uri = journal.resolve().as_uri() + "?mode=ro"
     counts: dict[str, int] = {}
     try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(sqlite_uri(str(journal)), uri=True)
     except sqlite3.Error as exc:
         raise UsageError(f"--journal {journal}: cannot open: {exc}") from exc
     try:

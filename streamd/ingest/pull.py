@@ -31,20 +31,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import re
 import sqlite3
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 import httpx
 import trio
 
 from streamd.auth.ims import ClientCredentials, TokenUnavailable
+from streamd.core.backoff import backoff_delay
 from streamd.core.headers import link, retry_after
 from streamd.core.journaling import Page, check_position, decode_page
+from streamd.core.timeparse import TimeError, format_seek, parse_when
 from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
 from streamd.journal import Batch, Journal, utc_now
 
@@ -53,7 +55,6 @@ T = TypeVar("T")
 log = logging.getLogger("streamd.ingest.pull")
 
 MAX_PAGE_BYTES: Final = 64 * 1024 * 1024
-SEEK: Final = re.compile(r"-PT(?=\d)(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?")
 _SNIPPET: Final = 300
 
 
@@ -162,8 +163,9 @@ class PullSource:
         if retry.failure:
             stats.failures += 1
             stats.last_error = retry.reason
-            backoff = min(s.backoff_cap, s.backoff_base * 2 ** min(stats.failures - 1, 30))
-            backoff *= 1.0 - 0.5 * self._rng.random()  # jitter: never in lockstep
+            backoff = backoff_delay(
+                stats.failures, base=s.backoff_base, cap=s.backoff_cap, jitter=0.5, rng=self._rng
+            )
             delay = backoff if retry.delay is None else max(retry.delay, backoff)
             delay = min(delay, max(s.backoff_cap, s.max_wait))
             stats.state = "backing-off"
@@ -402,7 +404,9 @@ class PullSource:
             if mode == "latest":
                 params["latest"] = "true"
             elif mode != "oldest":
-                params["seek"] = mode
+                # Any time of the one grammar, sent in the form Adobe documents (-PT26H30M).
+                now = datetime.fromtimestamp(self._now(), UTC)
+                params["seek"] = format_seek(now - parse_when(mode, now))
         if s.limit is not None:
             params["limit"] = str(s.limit)
         return self._base.copy_merge_params(params)
@@ -499,8 +503,15 @@ def _snippet(body: bytes) -> str:
 
 
 def valid_start(text: str) -> bool:
-    """Is ``text`` a usable ``start``: oldest, latest, or a seek like -PT2H?"""
-    return text in ("oldest", "latest") or SEEK.fullmatch(text) is not None
+    """Is ``text`` a usable ``start``: oldest, latest, or a time (``-PT2H``, ``30d``,
+    ``2026-11-01``: :func:`streamd.core.parse_when`)?"""
+    if text in ("oldest", "latest"):
+        return True
+    try:
+        parse_when(text, datetime.now(UTC))
+    except TimeError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

@@ -23,8 +23,10 @@ from contextlib import closing
 from typing import IO
 
 from streamd.errors import JournalError, UsageError
-from streamd.inspect.reader import _uri_path, journal_path, max_seq, open_readonly
+from streamd.fsutil import atomic_path
+from streamd.inspect.reader import journal_path, max_seq, open_readonly
 from streamd.inspect.verify import Report, print_report, verify_journal
+from streamd.journal.schema import sqlite_uri
 
 
 def backup_journal(source: str, dest: str, *, quick: bool = False) -> tuple[int, Report]:
@@ -41,38 +43,23 @@ def backup_journal(source: str, dest: str, *, quick: bool = False) -> tuple[int,
     directory = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(directory):
         raise UsageError(f"DEST: directory {directory} does not exist")
-    tmp = os.path.join(directory, f".{os.path.basename(dest)}.tmp-{os.getpid()}")
-    src = open_readonly(source, cache_mib=8)
-    try:
+    with contextlib.ExitStack() as replacing:
         try:
             # The journal holds people's data: the copy is private to its owner, like data_dir.
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            tmp = replacing.enter_context(atomic_path(dest, mode=0o600))
         except OSError as exc:
-            src.close()
-            raise UsageError(f"DEST: cannot create {tmp}: {exc.strerror}") from None
-        with closing(src):
-            try:
-                target = sqlite3.connect(f"file:{_uri_path(tmp)}?mode=rwc", uri=True)
-            except sqlite3.Error as exc:
-                raise UsageError(f"DEST: cannot create {tmp}: {exc}") from None
-            with closing(target):
-                try:
-                    src.backup(target)  # one step: one snapshot (see the module docstring)
-                    newest = max_seq(target)
-                    target.execute("PRAGMA journal_mode = DELETE")
-                except sqlite3.DatabaseError as exc:
-                    raise JournalError(f"{source}: backup failed: {exc}") from exc
-        _fsync(tmp)
-        report = verify_journal(tmp, quick=quick)
-        if not report.healthy:
-            raise _Unhealthy(report)
-        os.replace(tmp, dest)
-        _fsync_dir(directory)
-    except BaseException:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                os.unlink(tmp + suffix)
-        raise
+            raise UsageError(f"DEST: cannot create a file in {directory}: {exc.strerror}") from None
+        try:
+            newest = _copy(source, tmp)
+            report = verify_journal(tmp, quick=quick)
+            if not report.healthy:
+                raise _Unhealthy(report)
+        except BaseException:
+            for suffix in ("-journal", "-wal", "-shm"):  # the copy itself: atomic_path's
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp + suffix)
+            raise
+    # Leaving the block fsynced the copy, renamed it to DEST and fsynced the directory.
     report.path = dest
     return newest, report
 
@@ -85,17 +72,25 @@ class _Unhealthy(JournalError):
         self.report = report
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _copy(source: str, tmp: str) -> int:
+    """Back ``source`` up into the empty file ``tmp`` in one step; return the newest seq.
 
-
-def _fsync_dir(directory: str) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
-        _fsync(directory)
+    Raises :class:`JournalError` when the source cannot be read, :class:`UsageError`
+    when ``tmp`` cannot be opened.
+    """
+    with closing(open_readonly(source, cache_mib=8)) as src:
+        try:
+            target = sqlite3.connect(sqlite_uri(tmp, mode="rwc"), uri=True)
+        except sqlite3.Error as exc:
+            raise UsageError(f"DEST: cannot create {tmp}: {exc}") from None
+        with closing(target):
+            try:
+                src.backup(target)  # one step: one snapshot (see the module docstring)
+                newest = max_seq(target)
+                target.execute("PRAGMA journal_mode = DELETE")
+            except sqlite3.DatabaseError as exc:
+                raise JournalError(f"{source}: backup failed: {exc}") from exc
+    return newest
 
 
 def cmd_backup(args: argparse.Namespace, out: IO[str]) -> int:

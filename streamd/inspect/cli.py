@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import IO
 
 from streamd.inspect import commands
+from streamd.inspect.filters import CLOCKS, DEFAULT_CLOCK
 from streamd.inspect.output import FORMATS
 
 Command = Callable[[argparse.Namespace, IO[str]], int]
@@ -27,7 +28,7 @@ def _format_flag(parser: argparse.ArgumentParser, choices: tuple[str, ...] = FOR
     )
 
 
-def add_filter_flags(parser: argparse.ArgumentParser, clock: str = "occurred") -> None:
+def add_filter_flags(parser: argparse.ArgumentParser) -> None:
     """The event filters shared by grep, find, tail, export and stats."""
     g = parser.add_argument_group("filters (repeat a flag or use a,b for alternatives)")
     g.add_argument(
@@ -54,16 +55,19 @@ def add_filter_flags(parser: argparse.ArgumentParser, clock: str = "occurred") -
     g.add_argument(
         "--since",
         metavar="WHEN",
-        help="from this time on: a duration back from now (2h, 7d, 1h30m) or a time "
-        "(2026-11-01T00:00Z; no zone means UTC)",
+        help="at or after (received_at unless --clock occurred): a duration back from now "
+        "(2h, 30d, 1h30m, PT2H, -P1D) or an ISO 8601 time (2026-11-01, 2026-11-01T08:00Z; "
+        "no zone means UTC)",
     )
-    g.add_argument("--until", metavar="WHEN", help="before this time (same forms as --since)")
+    g.add_argument(
+        "--until", metavar="WHEN", help="before this time (same clock and forms as --since)"
+    )
     g.add_argument(
         "--clock",
-        choices=("occurred", "received"),
-        default=clock,
-        help="which time --since/--until apply to: when it happened (occurred_at) "
-        f"or when streamd received it (received_at); default {clock}",
+        choices=CLOCKS,
+        default=DEFAULT_CLOCK,
+        help="which time --since/--until apply to: when streamd received the event "
+        f"(received_at, the default) or when it happened (occurred_at); default {DEFAULT_CLOCK}",
     )
     g.add_argument(
         "--where",
@@ -81,8 +85,7 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="counts by stream, type, Munchkin id and source in a window; rate, duplicates, sizes",
     )
     _journal_flags(p)
-    # A window of stats is about ingest: --since/--until mean received_at unless told.
-    add_filter_flags(p, clock="received")
+    add_filter_flags(p)
     _format_flag(p)
     p.add_argument("--json", action="store_true", help="one indented JSON document")
     p.set_defaults(run=_stats)

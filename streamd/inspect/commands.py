@@ -17,6 +17,7 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
+from streamd.clock import utc_now_datetime
 from streamd.errors import JournalError, UsageError
 from streamd.inspect.filters import Filters, parse_filters
 from streamd.inspect.output import (
@@ -36,7 +37,6 @@ from streamd.inspect.reader import (
     journal_path,
     last_events,
     max_seq,
-    now_utc,
     open_readonly,
 )
 
@@ -46,7 +46,7 @@ T = TypeVar("T")
 def filters_from(args: argparse.Namespace) -> Filters:
     """The filter flags of a command as :class:`Filters` (raises :class:`UsageError`)."""
     return parse_filters(
-        now=now_utc(),
+        now=utc_now_datetime(),
         stream=args.stream,
         type=args.type,
         activity_type=args.activity_type,

@@ -3,8 +3,8 @@
 Rows are read a page at a time (keyset pagination by ``seq``) and written as
 they come; memory holds one page, whatever the journal's size. A file named
 with ``--output`` is written beside itself under a temporary name, fsynced and
-renamed only when the export is complete, so a failed or interrupted export
-never leaves a partial file behind. Parquet is not offered: the one
+renamed only when the export is complete (then the directory is fsynced), so a
+failed or interrupted export never leaves a partial file behind. Parquet is not offered: the one
 well-kept writer (pyarrow) is a ~40 MB wheel; `duckdb` or `pandas` turn the
 JSON Lines into Parquet in one line.
 """
@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import csv
 import io
-import os
 import sqlite3
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import IO, BinaryIO
 import orjson
 
 from streamd.errors import JournalError, UsageError
+from streamd.fsutil import atomic_file
 from streamd.inspect.commands import filters_from, open_from
 from streamd.inspect.output import Progress, event_record
 from streamd.inspect.reader import COLUMNS, Row, iter_pages, seq_window
@@ -63,23 +63,13 @@ def _destination(name: str | None, stdout: IO[str]) -> Iterator[BinaryIO]:
         stdout.flush()
         yield stdout.buffer if hasattr(stdout, "buffer") else _TextAsBinary(stdout)  # type: ignore[misc]
         return
-    directory = os.path.dirname(os.path.abspath(name))
-    tmp = os.path.join(directory, f".{os.path.basename(name)}.tmp-{os.getpid()}")
-    try:
-        f = open(tmp, "xb")  # noqa: SIM115 - closed below, renamed only on success
-    except OSError as exc:
-        raise UsageError(f"--output: cannot create {name}: {exc.strerror}") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            # 0666 less the umask: what a plain open() gives, as exports always had.
+            f = stack.enter_context(atomic_file(name, mode=0o666))
+        except OSError as exc:
+            raise UsageError(f"--output: cannot create {name}: {exc.strerror}") from None
         yield f
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.replace(tmp, name)
-    except BaseException:
-        f.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class _TextAsBinary:

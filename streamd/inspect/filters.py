@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
-from streamd.core.timeparse import format_utc, parse_timestamp
+from streamd.clock import utc_now_datetime
+from streamd.core.timeparse import TimeError, format_utc, parse_when
 from streamd.errors import UsageError
 
 STREAMS = ("activity", "audit", "notification", "other")
+# What --since/--until (and the admin endpoint's from/until) apply to unless --clock says
+# otherwise: when streamd received the event. That is what "the last 2 hours" means to an
+# operator, and it is what the journal can window cheaply (received_at grows with seq,
+# so a window is a bisection of the primary key; occurred_at has no index). Events that
+# arrive late (a pull of last week, Marketo's retries) are found by when they came.
+DEFAULT_CLOCK = "received"
+CLOCKS = ("received", "occurred")
 ACTIVITY_PREFIX = "com.adobe.platform.marketo.activity."
 _STREAM_OF_PREFIX = (
     (ACTIVITY_PREFIX, "activity"),
@@ -95,9 +103,6 @@ def _squash(name: str) -> str:
 
 _TYPE_BY_NAME = {_squash(name): type_id for type_id, name in ACTIVITY_TYPES.items()}
 
-_DURATION = re.compile(
-    r"(?:(\d{1,7})w)?(?:(\d{1,7})d)?(?:(\d{1,7})h)?(?:(\d{1,7})m)?(?:(\d{1,9})s)?"
-)
 _PATH_KEY = r"(?:[A-Za-z_$][A-Za-z0-9_$-]*|\"[^\"\\\x00-\x1f]{1,100}\")"
 _JSON_PATH = re.compile(rf"\$(?:\.{_PATH_KEY}|\[\d{{1,6}}\])*")
 _DOTTED = re.compile(rf"{_PATH_KEY}(?:\.{_PATH_KEY}|\[\d{{1,6}}\])*")
@@ -129,7 +134,7 @@ class Filters:
     sources: tuple[str, ...] = ()
     since: str | None = None  # journal time text, inclusive
     until: str | None = None  # journal time text, exclusive
-    clock: str = "occurred"  # which column --since/--until apply to: occurred_at or received_at
+    clock: str = "received"  # which column since/until apply to: received_at or occurred_at
     where: tuple[FieldMatch, ...] = field(default_factory=tuple)
 
     def is_empty(self) -> bool:
@@ -244,45 +249,15 @@ def parse_activity_type(value: str) -> int:
     return type_id
 
 
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``15m``, ``2h``, ``7d``, ``1w``, or combinations (``1h30m``)."""
-    match = _DURATION.fullmatch(text.strip())
-    if not text.strip() or match is None or not any(match.groups()):
-        raise UsageError(
-            f"{text[:40]!r} is not a duration or a time (e.g. 2h, 30m, 7d, 1h30m, "
-            "2026-11-01T00:00Z)"
-        )
-    w, d, h, m, s = (int(g or 0) for g in match.groups())
-    try:
-        return timedelta(weeks=w, days=d, hours=h, minutes=m, seconds=s)
-    except OverflowError:
-        raise UsageError(f"{text[:40]!r}: duration too long") from None
-
-
 def parse_time(text: str, now: datetime, what: str) -> str:
-    """A point in time in the journal's text form: a duration back from ``now`` or a date/time.
+    """A point in time in the journal's text form, by the one grammar (:func:`parse_when`).
 
-    ISO forms: ``2026-11-01``, ``2026-11-01T00:00Z``, ``2026-11-01 08:00:00+02:00``;
-    without a zone, UTC.
+    Raises :class:`TimeError` (a :class:`UsageError`) whose message starts with ``what``.
     """
-    value = text.strip()
-    if not value or len(value) > 64:
-        raise UsageError(f"{what}: expected a duration (2h) or a time (2026-11-01T00:00Z)")
-    if value[0].isdigit() and len(value) >= 8 and value[4:5] == "-":
-        parsed = parse_timestamp(value)
-        if parsed is None:
-            raise UsageError(
-                f"{what}: {value!r} is not a valid time (e.g. 2026-11-01T00:00Z, 2026-11-01)"
-            )
-        return format_utc(parsed)
     try:
-        delta = parse_duration(value)
-    except UsageError as exc:
-        raise UsageError(f"{what}: {exc}") from None
-    try:
-        return format_utc(now - delta)
-    except OverflowError:
-        raise UsageError(f"{what}: {value!r} reaches before year 1") from None
+        return format_utc(parse_when(text, now))
+    except TimeError as exc:
+        raise TimeError(f"{what}: {exc}") from None
 
 
 def parse_where(text: str) -> FieldMatch:
@@ -332,17 +307,17 @@ def parse_filters(
     source: list[str] | None = None,
     since: str | None = None,
     until: str | None = None,
-    clock: str = "occurred",
+    clock: str = DEFAULT_CLOCK,
     where: list[str] | None = None,
 ) -> Filters:
     """Build :class:`Filters` from the flags' text; :class:`UsageError` names the flag."""
-    now = now or datetime.now(UTC)
+    now = now or utc_now_datetime()
     streams = _many(stream, "--stream")
     for s in streams:
         if s not in STREAMS:
             raise UsageError(f"--stream: {s[:40]!r} is not one of {', '.join(STREAMS)}")
-    if clock not in ("occurred", "received"):
-        raise UsageError(f"--clock: {clock[:40]!r} is not occurred or received")
+    if clock not in CLOCKS:
+        raise UsageError(f"--clock: {clock[:40]!r} is not received or occurred")
     start = parse_time(since, now, "--since") if since is not None else None
     end = parse_time(until, now, "--until") if until is not None else None
     if start is not None and end is not None and start >= end:

@@ -17,13 +17,13 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from streamd.core.timeparse import format_utc, parse_timestamp
 from streamd.errors import JournalError
 from streamd.inspect.filters import Filters
 from streamd.journal.paths import journal_in
-from streamd.journal.schema import SCHEMA_VERSION
+from streamd.journal.schema import SCHEMA_VERSION, sqlite_uri
 
 COLUMNS = (
     "seq",
@@ -58,7 +58,7 @@ def open_readonly(path: str, *, cache_mib: int = 16) -> sqlite3.Connection:
         raise JournalError(f"{path}: no journal here (is --data-dir right?)")
     try:
         conn = sqlite3.connect(
-            f"file:{_uri_path(path)}?mode=ro",
+            sqlite_uri(path),
             uri=True,
             isolation_level=None,
             check_same_thread=False,
@@ -97,7 +97,7 @@ def _attach_lead_index(conn: sqlite3.Connection, path: str) -> None:
     if not os.path.exists(index):
         return
     try:
-        conn.execute("ATTACH DATABASE ? AS dedup", (f"file:{_uri_path(index)}?mode=ro",))
+        conn.execute("ATTACH DATABASE ? AS dedup", (sqlite_uri(index),))
         mine = conn.execute(
             "SELECT 1 FROM dedup.dedup_state, dedup.lead_state, main.meta "
             "WHERE main.meta.key = 'journal_id' AND main.meta.value = dedup.dedup_state.journal_id"
@@ -137,11 +137,6 @@ def lead_index_sql(conn: sqlite3.Connection, lead_ids: tuple[int, ...]) -> tuple
         f"UNION ALL SELECT seq FROM main.events WHERE seq > ? AND lead_id IN ({marks}))",
         [*lead_ids, int(row[0]), *lead_ids],
     )
-
-
-def _uri_path(path: str) -> str:
-    # A URI filename: '?' and '#' would end the path, '%' starts an escape.
-    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
 
 
 def journal_path(data_dir: str | None, journal: str | None) -> str:
@@ -343,7 +338,7 @@ def _dedup_candidates(key: str, dedup_path: str | None) -> list[int]:
     from streamd.core.normalise import key_hash
 
     try:
-        dedup = sqlite3.connect(f"file:{_uri_path(dedup_path)}?mode=ro", uri=True)
+        dedup = sqlite3.connect(sqlite_uri(dedup_path), uri=True)
         try:
             dedup.execute("PRAGMA query_only = ON")
             seqs = [
@@ -359,10 +354,3 @@ def _dedup_candidates(key: str, dedup_path: str | None) -> list[int]:
             dedup.close()
     except sqlite3.Error:
         return []  # derived data; the scan below still answers
-
-
-def now_utc() -> datetime:
-    """The current time (a seam for tests of relative windows)."""
-    from datetime import UTC
-
-    return datetime.now(UTC)

@@ -20,12 +20,13 @@ from typing import IO, Any
 
 import orjson
 
+from streamd.clock import utc_now_datetime
 from streamd.core.timeparse import parse_timestamp
 from streamd.errors import JournalError
 from streamd.inspect.commands import filters_from, open_from, write_bytes
 from streamd.inspect.filters import Filters
 from streamd.inspect.output import colour_enabled, resolve_format, write_table
-from streamd.inspect.reader import now_utc, seq_window
+from streamd.inspect.reader import seq_window
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
@@ -316,7 +317,7 @@ def cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
     path, conn = open_from(args)
     with closing(conn):
         try:
-            stats = window_stats(conn, path, filters, now_utc())
+            stats = window_stats(conn, path, filters, utc_now_datetime())
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
     fmt = "json" if args.json else resolve_format(args.format, out)

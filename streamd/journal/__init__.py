@@ -2,7 +2,8 @@
 
 from typing import TYPE_CHECKING, Any
 
-from streamd.journal.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
+from streamd.clock import utc_now
+from streamd.journal.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate, sqlite_uri
 from streamd.journal.stats import journal_stats
 from streamd.journal.writer import (
     AppendResult,
@@ -14,10 +15,10 @@ from streamd.journal.writer import (
 )
 
 if TYPE_CHECKING:
-    from streamd.journal.appender import Journal, open_journal, utc_now
+    from streamd.journal.appender import Journal, open_journal
 
 JOURNAL_FILE = "journal.db"
-_LAZY = {"Journal", "open_journal", "utc_now"}
+_LAZY = {"Journal", "open_journal"}
 
 
 def __getattr__(name: str) -> Any:
@@ -45,5 +46,6 @@ __all__ = [
     "journal_stats",
     "migrate",
     "open_journal",
+    "sqlite_uri",
     "utc_now",
 ]

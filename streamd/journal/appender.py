@@ -6,12 +6,11 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import TypeVar, cast
 
 import trio
 
-from streamd.core.timeparse import format_utc
+from streamd.clock import utc_now
 from streamd.errors import CommitTimeout, JournalBusy, JournalError, StreamdError
 from streamd.journal.writer import (
     AppendResult,
@@ -24,11 +23,6 @@ from streamd.journal.writer import (
 )
 
 T = TypeVar("T")
-
-
-def utc_now() -> str:
-    """The current time in the journal's text form."""
-    return format_utc(datetime.now(UTC))
 
 
 class Journal:

@@ -10,9 +10,11 @@ the same transaction as its bookkeeping, so a crash never leaves half of one.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from typing import Literal
+from urllib.parse import quote
 
 from streamd.errors import JournalError
 
@@ -172,6 +174,17 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def sqlite_uri(path: str, *, mode: Literal["ro", "rw", "rwc"] = "ro") -> str:
+    """The SQLite URI filename ``file:<absolute path>?mode=<mode>`` for ``path``.
+
+    The path is percent-encoded: in a URI ``?`` and ``#`` would end it and ``%``
+    starts an escape, so a data directory named ``a #1?%`` would otherwise open
+    another file or none. Never raises.
+    """
+    # fsencode: a file name that is not UTF-8 (surrogate escapes) keeps its bytes.
+    return f"file:{quote(os.fsencode(os.path.abspath(path)))}?mode={mode}"
+
+
 def connect(
     path: str, *, synchronous: Synchronous, cache_mib: int, readonly: bool = False
 ) -> sqlite3.Connection:
@@ -183,7 +196,7 @@ def connect(
     try:
         if readonly:
             conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                sqlite_uri(path), uri=True, isolation_level=None, check_same_thread=False
             )
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

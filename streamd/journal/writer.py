@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamd.core.wire import EventRecord
 from streamd.errors import JournalBusy, JournalClosed, JournalError, StreamdError
@@ -27,8 +27,28 @@ from streamd.journal.dedup import DEDUP_PAGE_SIZE, DedupIndex, Generation, Index
 from streamd.journal.failing import FailingState, describe, journal_wide, probe, rollback
 from streamd.journal.schema import Synchronous, connect, journal_id, migrate
 
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
+
 # Upper bounds (seconds) of the commit-latency histogram; the last bucket is +Inf.
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def commit_histogram() -> Histogram:
+    """The ``streamd_commit_seconds`` histogram, in no registry: the writer observes each
+    group commit; the daemon's metrics collector reads it at scrape time."""
+    # Imported here: the inspection commands read the journal without ever starting a
+    # writer, and need not load prometheus_client.
+    from prometheus_client import Histogram
+
+    return Histogram(
+        "streamd_commit_seconds",
+        "Duration of each journal group commit (fsync included).",
+        buckets=COMMIT_BUCKETS,
+        registry=None,
+    )
+
+
 MAX_MUNCHKINS_TRACKED = 1000
 
 
@@ -134,8 +154,8 @@ class WriterStatistics:
     failing_reason: str | None = None
     commit_failures: int = 0  # group commits and probes that failed, since start
     # For metrics (written by the writer thread only; read without a lock).
-    commit_buckets: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS) + 1))
-    commit_seconds_sum: float = 0.0
+    commit_seconds: Histogram = field(default_factory=commit_histogram)  # thread-safe
+    commit_seconds_sum: float = 0.0  # the drain's busy ratio reads it four times a second
     events_by_stream: dict[tuple[str, str], int] = field(default_factory=dict)  # source, stream
     # (source, munchkin id) -> time.time() of its newest committed event; bounded
     munchkin_seen: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -542,10 +562,7 @@ class JournalWriter:
         self, elapsed: float, counts: dict[tuple[str, str, str, str, str], list[Any]]
     ) -> None:
         stats = self.stats
-        index = 0
-        while index < len(COMMIT_BUCKETS) and elapsed > COMMIT_BUCKETS[index]:
-            index += 1
-        stats.commit_buckets[index] += 1
+        stats.commit_seconds.observe(elapsed)
         stats.commit_seconds_sum += elapsed
         if not counts:
             return

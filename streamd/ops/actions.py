@@ -16,11 +16,10 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 
-from streamd.core.timeparse import parse_timestamp
+from streamd.core.timeparse import format_utc, parse_timestamp, parse_when
 from streamd.drain import store
 from streamd.drain.store import SinkRow
 from streamd.errors import JournalError, StreamdError, UsageError
-from streamd.inspect.filters import parse_time
 
 T = TypeVar("T")
 
@@ -164,7 +163,7 @@ class RewindSink(_SinkOp[SinkRow], frozen=True, forbid_unknown_fields=True):
             cursor = self.from_seq - 1
         else:
             assert self.since is not None
-            when = parse_time(self.since, parse_journal_time(now), "since")
+            when = format_utc(parse_when(self.since, parse_journal_time(now)))
             cursor = store.seq_before_time(conn, when)
         return store.set_cursor(conn, self.sink, cursor, now)
 

@@ -113,10 +113,11 @@ def find_daemon(journal: str) -> DaemonInfo:
 def journal_id_of(path: str) -> str | None:
     """The id of the journal at ``path`` (read-only), or None when it cannot be read."""
     import sqlite3
-    from pathlib import Path
+
+    from streamd.journal.schema import sqlite_uri
 
     try:
-        conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+        conn = sqlite3.connect(sqlite_uri(path), uri=True)
     except (sqlite3.Error, OSError, ValueError):
         return None
     try:

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import msgspec
 import orjson
 
+from streamd.clock import utc_now
 from streamd.drain import store
 from streamd.errors import ConfigError, JournalError, StreamdError
-from streamd.journal import utc_now
 from streamd.ops.actions import Operation, OperationRefused
 from streamd.ops.discovery import DaemonUnreachable, endpoint, running_daemon
 

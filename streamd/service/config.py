@@ -506,6 +506,7 @@ def _check_name(name: str, where: str) -> None:
 
 def validate_pulls(config: Config, where: str) -> None:
     """Names unique among sources and pulls, URLs, a usable start, sane waits."""
+    from streamd.core.timeparse import WHEN_FORMS
     from streamd.ingest.pull import valid_start  # here: keeps config's imports small
 
     taken = {s.name for s in config.sources}
@@ -536,8 +537,7 @@ def validate_pulls(config: Config, where: str) -> None:
                 )
         if not valid_start(pull.start):
             raise ConfigError(
-                f'{key}.start: {pull.start!r}: expected "oldest", "latest" or a '
-                'duration back such as "-PT2H" or "-PT30M"'
+                f'{key}.start: {pull.start!r}: expected "oldest", "latest" or {WHEN_FORMS}'
             )
         if pull.min_wait > pull.max_wait:
             raise ConfigError(

@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streamd.admin.app import Request, Response, Route
@@ -32,7 +32,6 @@ from streamd.drain.retention import Retention
 from streamd.errors import JournalError
 from streamd.ingest.pull import Pulls
 from streamd.journal import Journal
-from streamd.journal.writer import COMMIT_BUCKETS
 from streamd.service.health import StreamHealth
 from streamd.service.http import ConnectionStatistics
 
@@ -201,6 +200,14 @@ def _connections(c: ConnectionStatistics) -> Iterator[CounterMetricFamily | Gaug
     )
 
 
+def _without_created(families: Iterable[Metric]) -> Iterator[Metric]:
+    """The families without their ``_created`` sample: a histogram kept outside the
+    registry exposes exactly the series it had before it was a prometheus_client one."""
+    for family in families:
+        family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+        yield family
+
+
 class _StateCollector(Collector):
     """Metrics read from the parts at scrape time."""
 
@@ -223,7 +230,7 @@ class _StateCollector(Collector):
             return 0.0
         return age_seconds(oldest, now) or 0.0
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         p = self.parts
         stats = p.journal.statistics()
         events = CounterMetricFamily(
@@ -242,15 +249,7 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(
             "streamd_journal_commits", "Journal transactions committed.", value=stats.commits
         )
-        buckets, cumulative = [], 0
-        for bound, count in zip((*COMMIT_BUCKETS, float("inf")), stats.commit_buckets, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        commit = HistogramMetricFamily(
-            "streamd_commit_seconds", "Duration of each journal group commit (fsync included)."
-        )
-        commit.add_metric([], buckets, stats.commit_seconds_sum)
-        yield commit
+        yield from _without_created(stats.commit_seconds.collect())
         yield GaugeMetricFamily(
             "streamd_journal_queued_events", "Events waiting for a commit.", stats.queued_events
         )

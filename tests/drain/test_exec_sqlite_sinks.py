@@ -15,7 +15,7 @@ from streamd.drain import DrainEvent, Kind, Result, RetrySettings, open_drain
 from streamd.drain.sinks.base import permanent
 from streamd.drain.sinks.exec import ExecSettings, ExecSink
 from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
-from streamd.journal import Journal
+from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.ops import RetryDeadLetters, RewindSink
 
 from .conftest import append, spec, wait_until
@@ -230,3 +230,19 @@ async def test_sqlite_dead_letters_retried_after_their_events_left_the_journal(
         await wait_until(lambda: not dead(journal), "delivered and removed")
     ids = sorted(r["id"] for r in sqlite_utils.Database(target)["activity"].rows)
     assert ids == ["gone1", "gone2", "keep"]
+
+
+async def test_a_data_dir_whose_name_holds_uri_characters(tmp_path: Path) -> None:
+    """The drain's read-only connection and the sqlite sink's attached journal both open
+    a journal under ``a #1 ?x %41`` ('?' and '#' end a URI path, '%41' decodes to 'A')."""
+    directory = tmp_path / "a #1 ?x %41"
+    directory.mkdir()
+    async with open_journal(str(directory / "journal.db"), WriterOptions()) as journal:
+        await append(journal, ["o1", "o2"])
+        target = directory / "copied #2.db"
+        sink = SqliteSink(SqliteSettings(str(target), journal=journal.path))
+        async with open_drain(
+            journal, [spec("copy", sink, full_events=False, envelopes=False)]
+        ) as d:
+            await wait_until(lambda: d.statistics()[0].cursor == 2, "written")
+    assert [r["id"] for r in sqlite_utils.Database(target)["activity"].rows] == ["o1", "o2"]

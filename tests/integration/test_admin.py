@@ -177,7 +177,11 @@ async def test_filters(admin: Server) -> None:
     assert await positions("activity_type=Open+Email") == ["5", "6"]
     assert await positions("where=data.primaryAttributeValue%3DSpring*&limit=2") == ["5", "6"]
     assert await positions("stream=audit") == ["12"]
-    assert await positions("type=*.openemail&from=2026-05-02&until=2026-05-03") == ["5", "6"]
+    # from/until apply to the receive time unless clock=occurred says otherwise.
+    assert await positions("type=*.openemail&from=1h") == ["5", "6"]
+    assert await positions("type=*.openemail&from=2026-05-02&until=2026-05-03") == []
+    occurred = "type=*.openemail&from=2026-05-02&until=2026-05-03&clock=occurred"
+    assert await positions(occurred) == ["5", "6"]
 
 
 async def test_a_rare_filter_scans_a_bounded_window(
@@ -212,9 +216,10 @@ async def test_a_rare_filter_scans_a_bounded_window(
         ("since=1&since=2", "since given more than once"),
         ("since=1&latest=true", "since and latest=true cannot be combined"),
         ("latest=maybe", "latest: expected true or false"),
-        ("seek=PT2H", "seek: 'PT2H' is not a negative ISO 8601 duration"),
-        ("seek=-PT", "seek: '-PT' is not a negative ISO 8601 duration"),
-        ("seek=-P2X", "seek: '-P2X' is not a negative ISO 8601 duration"),
+        ("seek=-PT", "seek: '-PT' is not a duration or a time: expected a duration back"),
+        ("seek=-P2X", "seek: '-P2X' is not a duration or a time"),
+        ("seek=yesterday", "seek: 'yesterday' is not a duration or a time"),
+        ("seek=2026-13-01", "seek: '2026-13-01' is not a valid time"),
         ("seek=-PT2H&since=3", "seek cannot be combined with since or latest=true"),
         ("color=red", "unknown parameter 'color'"),
         ("lead=1%20OR%201%3D1", "lead: '1 OR 1=1' is not a whole number"),
@@ -295,3 +300,9 @@ async def test_seek_goes_back_in_time_like_adobes_journal(admin: Server) -> None
     assert "since=10" in now.headers["link"]
     day = await admin.client.get(base + "/journal?seek=-P1DT30M&limit=3", headers=auth)
     assert [e["position"] for e in day.json()["events"]] == ["1", "2", "3"]
+    # The one time grammar: unsigned ISO durations, short durations, times.
+    for seek in ("PT2H", "2h", "30d", "2026-01-01", "2026-01-01T00:00:00Z"):
+        back = await admin.client.get(base + f"/journal?seek={seek}&limit=1", headers=auth)
+        assert [e["position"] for e in back.json()["events"]] == ["1"], seek
+    future = await admin.client.get(base + "/journal?seek=2999-01-01", headers=auth)
+    assert future.status_code == 204

@@ -58,7 +58,7 @@ async def test_backup_during_concurrent_ingest_restores_every_acknowledged_event
         stop.set()
     assert status == 0
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
-    assert not list(tmp_path.glob(".backup.db.tmp-*"))
+    assert not list(tmp_path.glob(".backup.db.*"))
 
     # Restore: the backup becomes the journal of a fresh data directory; the writer
     # opens it as serve would (migrations, a dedup index rebuilt from it).

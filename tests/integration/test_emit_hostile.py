@@ -6,13 +6,17 @@ count the attempt (and retry or give up per the protocol), never crash or hang.
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import orjson
 import pytest
 import trio
 
+from streamd.cli import main
 from streamd.emit.accounting import Ledger
 from streamd.emit.asgi import Reply, Request, serve_handler
 from streamd.emit.http import Connection, HttpError, Target
@@ -188,3 +192,80 @@ async def test_a_401_from_the_receiver_makes_the_sender_fetch_a_new_token() -> N
         nursery.cancel_scope.cancel()
     assert seen == ["Bearer token-0", "Bearer token-1"]
     assert summary["token_fetches"] == 2 and summary["events_acked"] == 100
+
+
+async def test_a_chunked_answer_in_pieces_then_the_connection_is_reused() -> None:
+    """Chunks with extensions and trailers, a few bytes per packet; the connection stays
+    open for the next request (one connect for both)."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Reply: yes\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    served: list[bytes] = []
+
+    async def answer(stream: trio.SocketStream) -> None:
+        try:
+            for _ in range(2):
+                served.append(await _read_request(stream))
+                for i in range(0, len(chunked), 7):
+                    await stream.send_all(chunked[i : i + 7])
+                    await trio.sleep(0)
+        finally:
+            await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        port = await _raw_server(nursery, answer)
+        conn = Connection(Target.parse(f"http://127.0.0.1:{port}/e"), {"X-Sender": "emit"})
+        first = await conn.post(b"{}")
+        second = await conn.request("GET", "/status", [("Accept", "*/*")])
+        await conn.aclose()
+        nursery.cancel_scope.cancel()
+    for response in (first, second):
+        assert (response.status, response.body) == (200, b"hello world!")
+        assert response.headers["x-reply"] == "yes"
+    assert conn.connects == 1
+    assert served[0].startswith(b"POST /e HTTP/1.1\r\n") and b"X-Sender: emit" in served[0]
+    assert served[1].startswith(b"GET /status HTTP/1.1\r\n")
+
+
+def test_a_malformed_answer_is_one_line_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``streamd emit`` whose identity provider answers garbage: the attempt is logged as
+    one clear line naming the problem, the run ends (exit 1), and no traceback."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def garbage() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 two hundred OK\r\n\r\n")
+
+    thread = threading.Thread(target=garbage, daemon=True)
+    thread.start()
+    secret = tmp_path / "secret"
+    secret.write_text("a-client-secret-of-some-length\n")
+    try:
+        status = main(
+            [
+                "emit", "--to", "http://127.0.0.1:9/events", "--mode", "legacy", "--count", "1",
+                "--oauth-url", f"http://127.0.0.1:{port}/token", "--client-id", "id",
+                "--client-secret-file", str(secret), "--drain", "1",
+            ]
+        )  # fmt: skip
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "Traceback" not in err, err
+    expected = f"identity provider: bad status line from http://127.0.0.1:{port} (illegal"
+    assert any(expected in line for line in err.splitlines()), err

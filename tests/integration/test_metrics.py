@@ -241,3 +241,25 @@ async def test_every_metric_is_in_the_readme(start_server: StartServer) -> None:
     }
     missing = sorted(f for f in families if f"`{f}`" not in readme)
     assert missing == [], f"metrics not in README's table: {missing}"
+
+
+async def test_the_commit_histogram_keeps_its_series(start_server: StartServer) -> None:
+    """streamd_commit_seconds: the same buckets, no labels, no extra series (_created)."""
+    server: Server = await start_server()
+    for name in ("lads_batch", "legacy_push", "lads_single"):
+        assert (await server.post(fixture_bytes(name))).status_code == 200
+    reply = await server.client.get(admin_url(server) + "/metrics", headers=admin_auth(server))
+    lines = [line for line in reply.text.splitlines() if line.startswith("streamd_commit_seconds")]
+    bounds = ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
+              "1.0", "2.5", "5.0", "+Inf"]  # fmt: skip
+    names = [line.split(" ")[0] for line in lines]
+    assert names == [
+        *(f'streamd_commit_seconds_bucket{{le="{b}"}}' for b in bounds),
+        "streamd_commit_seconds_count",
+        "streamd_commit_seconds_sum",
+    ]
+    m = samples(reply.text)
+    counts = [value(m, "streamd_commit_seconds_bucket", le=b) for b in bounds]
+    assert counts == sorted(counts) and counts[-1] == value(m, "streamd_commit_seconds_count")
+    assert counts[-1] >= 3 and value(m, "streamd_commit_seconds_sum") > 0
+    assert "# TYPE streamd_commit_seconds histogram" in reply.text

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import trio
 
 from streamd.auth.ims import ClientCredentials
 from streamd.cli import main
+from streamd.core.timeparse import parse_seek
 from streamd.emit.asgi import Reply, Request, serve_handler
 from streamd.emit.journal_api import IMS_PATH, PATH, JournalApi, position
 from streamd.ingest.pull import PullSettings, PullSource
@@ -277,6 +280,61 @@ async def test_start_latest_and_seek_skip_the_past(
     emulator.api.initial += 20
     await caught_up(server, emulator)
     assert pulled_keys(server.journal) == [emulator.api.event(i)["id"] for i in range(1200, 1220)]
+
+
+@pytest.mark.parametrize(
+    ("start", "seek", "most"),
+    [
+        ("-PT30S", "-PT30S", 31),
+        ("-PT90S", "-PT1M30S", 91),
+        ("-P1DT2H", "-PT26H", 1200),
+        ("PT2H", "-PT2H", 1200),  # the one time grammar: that long ago
+        ("30s", "-PT30S", 31),
+        ("2h", "-PT2H", 1200),
+    ],
+)
+async def test_a_seek_start_is_sent_in_the_form_adobe_documents(
+    start_server: StartServer,
+    emulator: Emulator,
+    secret_file: Path,
+    start: str,
+    seek: str,
+    most: int,
+) -> None:
+    """Any duration back is accepted; the Journaling API only ever sees -PT…H…M…S."""
+    seeks: list[str] = []
+
+    def record(request: Request) -> Reply | None:
+        if request.path == PATH and "seek" in request.query:
+            seeks.append(request.query["seek"])
+        return None
+
+    emulator.handler.append(record)
+    server = await start_server(pull_toml(emulator, secret_file, start=start))
+    await caught_up(server, emulator)
+    assert seeks[:1] == [seek]
+    # The initial events are one second apart: seconds back skip most of them, a day none.
+    pulled = len(pulled_keys(server.journal))
+    assert 0 < pulled <= most and (most < 1200 or pulled == 1200)
+
+
+async def test_a_time_start_is_sent_as_how_long_ago_it_was(
+    start_server: StartServer, emulator: Emulator, secret_file: Path
+) -> None:
+    seeks: list[str] = []
+
+    def record(request: Request) -> Reply | None:
+        if request.path == PATH and "seek" in request.query:
+            seeks.append(request.query["seek"])
+        return None
+
+    emulator.handler.append(record)
+    before = datetime.now(UTC)
+    server = await start_server(pull_toml(emulator, secret_file, start="2026-01-01"))
+    await caught_up(server, emulator)
+    assert re.fullmatch(r"-PT\d+H(\d+M)?(\d+(\.\d+)?S)?", seeks[0]), seeks[0]
+    assert parse_seek(seeks[0]) >= before - datetime(2026, 1, 1, tzinfo=UTC)
+    assert len(pulled_keys(server.journal)) == 1200
 
 
 async def test_push_and_pull_of_the_same_events_are_journaled_once(

@@ -192,3 +192,27 @@ def test_hmac_secret_is_an_io_flag(tmp_path: Path, capsys: pytest.CaptureFixture
     secret.write_text("a-long-enough-secret\n")
     status = main(["emit", "--to", "http://h/e", "--hmac-secret-file", str(secret)])
     assert status == 2 and "--mode io" in capsys.readouterr().err
+
+
+def test_one_usage_error_for_streamd_and_its_emulator() -> None:
+    """The emulator's UsageError is streamd's: both CLIs report it alike (exit 2)."""
+    from streamd import errors
+    from streamd.emit import UsageError
+    from streamd.emit import errors as emit_errors
+
+    assert UsageError is emit_errors.UsageError is errors.UsageError
+    assert UsageError.status_hint == 400
+
+
+def test_a_usage_error_from_below_the_emulator_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token file streamd's own reader refuses: exit 2, one line, no traceback."""
+    token = tmp_path / "token"
+    token.write_text("short\n")
+    status = main(
+        ["emit", "--to", "http://127.0.0.1:9/events", "--token-file", str(token), "--count", "1"]
+    )
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("streamd emit: --token-file: ") and "Traceback" not in err

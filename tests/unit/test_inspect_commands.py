@@ -102,7 +102,11 @@ def test_grep_table(run: Run) -> None:
         (["--stream", "audit,notification"], [12, 13, 14]),
         (["--source", "marketo-push"], [1, 2, 3, 4]),
         (["--munchkin", "284-XYZ-901"], []),
-        (["--since", "2026-05-02", "--until", "2026-05-03"], [5, 6, 7, 8, 9, 10, 11]),
+        (["--since", "2026-05-02", "--until", "2026-05-03"], [5, 6, 7, 8, 9, 10, 11, 12, 13]),
+        (
+            ["--since", "2026-05-02", "--until", "2026-05-03", "--clock", "occurred"],
+            [5, 6, 7, 8, 9, 10, 11],
+        ),
         (["--since", "2026-05-02T12:00Z", "--clock", "received"], [12, 13, 14]),
         (["--until", "2026-05-02T00:00Z", "--clock", "received"], [1, 2, 3, 4]),
         (["--where", "data.primaryAttributeValue=Spring*"], [5, 6, 7, 8, 9, 10, 11]),

@@ -117,3 +117,13 @@ def test_check_config_reads_the_pull_secret(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "cannot read the pull client secret" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "start",
+    ["-PT2H", "-PT30M", "-PT1.5S", "-P1D", "-P1DT30M", "-P2W", "PT2H", "2h", "30d",
+     "2026-11-01", "2026-11-01T08:00:00Z"],
+)  # fmt: skip
+def test_every_time_of_the_one_grammar_is_a_start(tmp_path: Path, start: str) -> None:
+    (pull,) = load_config(write(tmp_path, BASE + f'start = "{start}"\n')).pulls
+    assert pull.start == start

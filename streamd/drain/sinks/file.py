@@ -29,6 +29,7 @@ from streamd.drain.sinks.base import (
     json_lines,
     transient,
 )
+from streamd.fsutil import atomic_file, fsync_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ class FileSink:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             self._path, self._size, self._opened = path, 0, time.monotonic()
             if s.fsync:
-                _fsync_dir(s.directory)  # the new name survives a crash too
+                fsync_dir(s.directory)  # the new name survives a crash too
         view = memoryview(data)
         try:
             while view:
@@ -108,23 +109,14 @@ class FileSink:
 
 
 def _gzip(path: str, *, fsync: bool) -> None:
-    """``path`` → ``path.gz`` (write-temp, fsync, rename, then remove the original)."""
-    tmp = path + ".gz.tmp"
-    with open(path, "rb") as src, open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-        if fsync:
-            raw.flush()
-            os.fsync(raw.fileno())
-    os.replace(tmp, path + ".gz")
+    """``path`` → ``path.gz`` (atomically, fsynced when ``fsync``), then remove the original."""
+    # 0666 less the umask: the mode a plain open() gave the .gz files before.
+    with (
+        open(path, "rb") as src,
+        atomic_file(path + ".gz", mode=0o666, fsync=fsync) as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst,
+    ):
+        shutil.copyfileobj(src, dst, 1024 * 1024)
     os.unlink(path)
     if fsync:
-        _fsync_dir(os.path.dirname(path))
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(os.path.dirname(path))  # the removal too

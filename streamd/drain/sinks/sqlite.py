@@ -16,7 +16,6 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import orjson
 import trio
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 from streamd.drain.sinks.base import CONFIRMED, DrainEvent, GroupWriter, Result, transient
+from streamd.journal.schema import sqlite_uri
 
 _COLUMNS = {
     "id": str,
@@ -91,7 +91,7 @@ class SqliteSink:
             os.makedirs(directory, exist_ok=True)
             # Used from whichever worker thread trio hands us (one at a time: the limiter).
             conn = sqlite3.connect(
-                f"file:{quote(os.path.abspath(self.settings.path))}",
+                sqlite_uri(self.settings.path, mode="rwc"),
                 uri=True,
                 isolation_level=None,
                 check_same_thread=False,
@@ -108,7 +108,7 @@ class SqliteSink:
             if self.settings.journal is not None:
                 conn.execute(
                     "ATTACH DATABASE ? AS journal",
-                    (f"file:{quote(os.path.abspath(self.settings.journal))}?mode=ro",),
+                    (sqlite_uri(self.settings.journal),),
                 )
             self._db = sqlite_utils.Database(conn)
             self._tables = set()

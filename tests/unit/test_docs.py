@@ -28,7 +28,7 @@ def _struct_of(annotation: object) -> type[msgspec.Struct] | None:
     return None
 
 
-def _keys(struct: type[msgspec.Struct] = Config, prefix: str = "") -> list[str]:
+def config_keys(struct: type[msgspec.Struct] = Config, prefix: str = "") -> list[str]:
     """Every key of the configuration file, as the README's reference names it."""
     keys = []
     for f in msgspec.structs.fields(struct):
@@ -40,13 +40,13 @@ def _keys(struct: type[msgspec.Struct] = Config, prefix: str = "") -> list[str]:
             continue
         if isinstance(info, msgspec.inspect.ListType):
             keys.append(name)  # a list of tables: itself, then each key as name[].key
-            keys += _keys(inner, f"{name}[].")
+            keys += config_keys(inner, f"{name}[].")
         else:
-            keys += _keys(inner, f"{name}.")
+            keys += config_keys(inner, f"{name}.")
     return keys
 
 
-@pytest.mark.parametrize("key", _keys())
+@pytest.mark.parametrize("key", config_keys())
 def test_every_config_key_is_in_the_reference(key: str) -> None:
     assert f"| `{key}` |" in README, f"config key {key} is not in README's configuration reference"
 

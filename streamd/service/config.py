@@ -7,6 +7,7 @@ test fails when one is not. Errors name the file, the key and the problem.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -14,7 +15,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from streamd.core.event_types import unmatched_type_glob
 from streamd.errors import ConfigError
+
+log = logging.getLogger("streamd.config")
 
 _MiB = 1024 * 1024
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -750,6 +754,30 @@ def validate_sinks(config: Config, where: str) -> None:
                     f"{where}: key {key}.filters[{findex}]: an empty filter matches everything; "
                     "leave out filters to take every event"
                 )
+
+
+def type_filter_warnings(config: Config) -> list[str]:
+    """What is suspicious about the sinks' ``types`` filters: each glob in Marketo's
+    namespace that matches none of the documented event types (a misspelt type routes
+    nothing, silently). Never an error: Marketo has more types than it documents.
+    ``streamd.core.event_types`` has the rule."""
+    warnings = []
+    for index, sink in enumerate(config.sinks):
+        for findex, f in enumerate(sink.filters):
+            for tindex, glob in enumerate(f.types):
+                problem = unmatched_type_glob(glob)
+                if problem is not None:
+                    warnings.append(
+                        f"key sinks[{index}].filters[{findex}].types[{tindex}] (sink "
+                        f"{sink.name!r}): {problem}, so it routes none of them to this sink"
+                    )
+    return warnings
+
+
+def warn_about_type_filters(config: Config) -> None:
+    """Log :func:`type_filter_warnings` as warnings (``check-config`` and ``serve``)."""
+    for warning in type_filter_warnings(config):
+        log.warning("%s", warning)
 
 
 def _validate_admin(config: Config, where: str, overrides: bool) -> None:

@@ -41,7 +41,7 @@ from streamd.ingest import IngestApp, Limits, Source
 from streamd.ingest.pull import Pulls, PullSettings, PullSource
 from streamd.ingest.validation import Validator
 from streamd.journal import Journal, WriterOptions, open_journal
-from streamd.service.config import Config, SourceConfig, parse_listen
+from streamd.service.config import Config, SourceConfig, parse_listen, warn_about_type_filters
 from streamd.service.health import StreamHealth
 from streamd.service.http import (
     ADMIN_MAX_CONNECTIONS,
@@ -114,6 +114,7 @@ def check_startup(config: Config) -> Checked:
     for address in addresses:
         _check_local(address)
     _check_writable(config.data_dir)
+    warn_about_type_filters(config)
     return Checked(specs, pull_plans)
 
 

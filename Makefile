@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The tour in README.md runs `streamd` in a second terminal: this line puts it on PATH there.
 run: $(STAMP)
+	@echo 'streamd: in another terminal, put streamd on your PATH with: export PATH="$(CURDIR)/$(BIN):$$PATH"'
 	$(BIN)/streamd serve
 
 test: $(STAMP) system-tools lint typecheck pytest

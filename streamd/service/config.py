@@ -1,6 +1,6 @@
 """Configuration: one TOML file decoded into frozen msgspec Structs.
 
-Every field here is documented in README.md ("Configuration reference"); a
+Every field here is documented in docs/configuration.md (a row of its table); a
 test fails when one is not. Errors name the file, the key and the problem.
 """
 

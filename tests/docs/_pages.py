@@ -20,15 +20,21 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 from types import TracebackType
 
+import pytest
+
 from tests.docs._markdown import REPO, Block, output_matches
 from tests.system._harness import Spawned, clean_env, free_port, streamd_argv, wait_for
 
 DOC_PORTS = (8080, 8081, 8090)  # ingest, admin, emit --journal-server
+# Programs the examples use besides streamd and the shell: without one, the page skips
+# (and says which), as the systemd tests do without systemd; make test installs them.
+TOOLS = ("curl", "jq", "sqlite3")
 _SERVE = re.compile(r"^((?:[A-Z_][A-Z0-9_]*=\S+\s+)*)make run$")
 _ADMIN_READY = re.compile(r"^streamd admin ready: ", re.MULTILINE)
 BLOCK_TIMEOUT = 180.0
@@ -151,6 +157,11 @@ class PageRun:
         handler(block)
 
     def _run(self, block: Block) -> None:
+        for tool in TOOLS:
+            if re.search(rf"(^|[\s|;(]){tool}\s", block.text, re.MULTILINE) and not shutil.which(
+                tool, path=self.env["PATH"]
+            ):
+                pytest.skip(f"{block.where} uses {tool}, which is not installed here")
         if self.daemon is None:
             self.start()
         self._count += 1

@@ -12,14 +12,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The tour in README.md runs `streamd` in a second terminal: this line puts it on PATH there.
 run: $(STAMP)
+	@echo 'streamd: in another terminal, put streamd on your PATH with: export PATH="$(CURDIR)/$(BIN):$$PATH"'
 	$(BIN)/streamd serve
 
 test: $(STAMP) system-tools lint typecheck pytest
 
 # systemd-analyze and systemd-socket-activate for the unit and activation tests, strace
-# for the check that every 200 follows the fdatasync of its WAL frames: installed when
-# missing and we may (root with apt); otherwise those tests skip.
+# for the check that every 200 follows the fdatasync of its WAL frames, and curl, jq and
+# sqlite3 for the examples of README.md and docs/ (tests/docs): installed when missing
+# and we may (root with apt); otherwise those tests skip.
 system-tools:
 	@if ! command -v systemd-analyze >/dev/null || ! command -v systemd-socket-activate >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -30,6 +33,11 @@ system-tools:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; \
 	  else echo "strace missing and cannot install it: its test will be skipped"; fi; \
+	fi
+	@if ! command -v curl >/dev/null || ! command -v jq >/dev/null || ! command -v sqlite3 >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq sqlite3 >/dev/null; \
+	  else echo "curl, jq or sqlite3 missing and cannot install them: the doc examples that use them will be skipped"; fi; \
 	fi
 
 lint: $(STAMP)

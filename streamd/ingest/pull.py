@@ -386,7 +386,7 @@ class PullSource:
         if status == 429 or status >= 500:
             return _Retry(f"the journal answered {status}" + _snippet(body), wait)
         hint = {
-            400: " (a position the journal does not know? see README, 'Pull sources')",
+            400: " (a position the journal does not know? see docs/pulls.md)",
             403: " (check org_id and client_id, and the credential's access to this journal)",
             404: " (check the journal URL)",
         }.get(status, "")

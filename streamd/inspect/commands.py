@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from contextlib import closing
+from contextlib import closing, suppress
 from typing import IO, Any, TypeVar
 
 import orjson
@@ -228,6 +229,20 @@ def read_only_authorizer(denied: list[str]) -> Callable[..., int]:
     return authorize
 
 
+def _register_pragma_tables(conn: sqlite3.Connection) -> None:
+    """Register the read-only PRAGMAs' table-valued forms (``pragma_table_info('events')``)
+    before the authorizer is set.
+
+    SQLite creates such a virtual table on its first use in a connection and authorizes
+    that as an UPDATE of ``sqlite_master`` (nothing is written: the table lives in memory),
+    which the read-only authorizer would refuse. Created here, a query's use of one is
+    judged like the PRAGMA statement: by the PRAGMA's name. ``LIMIT 0`` runs nothing.
+    """
+    for name in sorted(_READ_PRAGMAS):
+        with suppress(sqlite3.Error):  # a PRAGMA this SQLite has no table for
+            conn.execute(f"SELECT 1 FROM pragma_{name} LIMIT 0").fetchall()
+
+
 def _cell(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else value
 
@@ -240,6 +255,7 @@ def cmd_query(args: argparse.Namespace, out: IO[str]) -> int:
     if len(sql) > MAX_SQL:
         raise UsageError(f"query: the SQL statement is longer than {MAX_SQL} characters")
     path, conn = open_from(args)
+    _register_pragma_tables(conn)
     denied: list[str] = []
     conn.set_authorizer(read_only_authorizer(denied))
     with closing(conn):
@@ -283,6 +299,10 @@ def _refused(sql: str, denied: list[str]) -> str:
     for what in denied:
         if not what.endswith(("sqlite_master", "sqlite_temp_master")):
             return what
+    # A PRAGMA's table form that is not a read-only one: its registration was refused.
+    for name in re.findall(r"\bpragma_(\w+)", sql, flags=re.IGNORECASE):
+        if name.lower() not in _READ_PRAGMAS:
+            return f"PRAGMA {name}"
     keyword = sql.split(maxsplit=1)[0].upper()[:20] if sql.split() else "?"
     return f"{keyword}: writes the schema"
 

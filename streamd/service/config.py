@@ -1,12 +1,13 @@
 """Configuration: one TOML file decoded into frozen msgspec Structs.
 
-Every field here is documented in README.md ("Configuration reference"); a
+Every field here is documented in docs/configuration.md (a row of its table); a
 test fails when one is not. Errors name the file, the key and the problem.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -14,8 +15,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from streamd.core.event_types import unmatched_type_glob
 from streamd.errors import ConfigError
 from streamd.journal.paths import default_data_dir
+
+log = logging.getLogger("streamd.config")
 
 _MiB = 1024 * 1024
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -279,16 +283,14 @@ class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[admin]: the authenticated admin listener (the journal pull endpoint, and more later)."""
 
     enabled: bool = True
-    listen: str | list[str] = "127.0.0.1:8081"
+    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8081"])
     token_file: str = ""
     pull_retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
 
     @property
     def addresses(self) -> list[str]:
         """Where to listen; empty when the listener is off."""
-        if not self.enabled:
-            return []
-        return [self.listen] if isinstance(self.listen, str) else list(self.listen)
+        return list(self.listen) if self.enabled else []
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -389,16 +391,59 @@ def _read(path: str) -> bytes:
     return data
 
 
+# The keys that take addresses (HOST:PORT, or a host), by table: each takes one address
+# as a string or several as a list, alike; decoded, they are always lists.
+_ADDRESS_KEYS = {
+    "server": ("listen", "mtls_listen"),
+    "admin": ("listen",),
+    "sources[]": ("validation_hosts",),
+}
+ADDRESS_KEYS = tuple(f"{table}.{key}" for table, keys in _ADDRESS_KEYS.items() for key in keys)
+
+
 def decode_config(data: bytes, path: str) -> Config:
     """Decode TOML bytes into a :class:`Config`; raises :class:`ConfigError`."""
     try:
-        return msgspec.toml.decode(data, type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {_explain(str(exc))}") from None
+        raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
+    _addresses_as_lists(raw, path)
+    try:
+        return msgspec.convert(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_explain(str(exc))}") from None
+
+
+def _addresses_as_lists(raw: object, path: str) -> None:
+    """Turn each address key written as one string into a list of it, in place.
+
+    A listen address given as a string is checked here, where the error can name the key
+    as written (``key admin.listen``, not ``admin.listen[0]``).
+    """
+    if not isinstance(raw, dict):
+        return  # not a table at all: the typed conversion says so
+    tables: list[tuple[str, str, object]] = [
+        ("server", "server", raw.get("server")),
+        ("admin", "admin", raw.get("admin")),
+    ]
+    sources = raw.get("sources")
+    if isinstance(sources, list):
+        tables += [("sources[]", f"sources[{i}]", table) for i, table in enumerate(sources)]
+    for kind, where, table in tables:
+        if not isinstance(table, dict):
+            continue  # the typed conversion names what is wrong
+        for name in _ADDRESS_KEYS[kind]:
+            value = table.get(name)
+            if not isinstance(value, str):
+                continue
+            if name.endswith("listen"):
+                try:
+                    parse_listen(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{path}: key {where}.{name}: {exc}") from None
+            table[name] = [value]
 
 
 def _explain(message: str) -> str:
@@ -713,21 +758,41 @@ def validate_sinks(config: Config, where: str) -> None:
                 )
 
 
+def type_filter_warnings(config: Config) -> list[str]:
+    """What is suspicious about the sinks' ``types`` filters: each glob in Marketo's
+    namespace that matches none of the documented event types (a misspelt type routes
+    nothing, silently). Never an error: Marketo has more types than it documents.
+    ``streamd.core.event_types`` has the rule."""
+    warnings = []
+    for index, sink in enumerate(config.sinks):
+        for findex, f in enumerate(sink.filters):
+            for tindex, glob in enumerate(f.types):
+                problem = unmatched_type_glob(glob)
+                if problem is not None:
+                    warnings.append(
+                        f"key sinks[{index}].filters[{findex}].types[{tindex}] (sink "
+                        f"{sink.name!r}): {problem}, so it routes none of them to this sink"
+                    )
+    return warnings
+
+
+def warn_about_type_filters(config: Config) -> None:
+    """Log :func:`type_filter_warnings` as warnings (``check-config`` and ``serve``)."""
+    for warning in type_filter_warnings(config):
+        log.warning("%s", warning)
+
+
 def _validate_admin(config: Config, where: str, overrides: bool) -> None:
     for index, address in enumerate(config.admin.addresses):
         try:
             parse_listen(address)
         except ValueError as exc:
-            origin = _admin_origin(config, index, overrides)
+            origin = _admin_origin(index, overrides)
             raise ConfigError(f"{where}: {origin}: {exc}") from None
 
 
-def _admin_origin(config: Config, index: int, overrides: bool) -> str:
-    if overrides:
-        return "--admin-listen"
-    if isinstance(config.admin.listen, str):
-        return "key admin.listen"
-    return f"key admin.listen[{index}]"
+def _admin_origin(index: int, overrides: bool) -> str:
+    return "--admin-listen" if overrides else f"key admin.listen[{index}]"
 
 
 _Endpoint = tuple[str, str, int, "ipaddress.IPv4Address | ipaddress.IPv6Address"]
@@ -744,9 +809,7 @@ def _validate_listeners(config: Config, where: str, overrides: bool, admin_overr
         for i, address in enumerate(config.server.listen)
     ]
     named += [(a, f"key server.mtls_listen[{i}]") for i, a in enumerate(config.server.mtls_listen)]
-    named += [
-        (a, _admin_origin(config, i, admin_overrides)) for i, a in enumerate(config.admin.addresses)
-    ]
+    named += [(a, _admin_origin(i, admin_overrides)) for i, a in enumerate(config.admin.addresses)]
     for address, origin in named:
         host, port = parse_listen(address)
         ip = _resolve(host, port, f"{where}: {origin}")

@@ -5,7 +5,7 @@ objects updated by the ingest app's observer; everything else is read at
 scrape time from the parts' own statistics (the journal writer, the drain,
 retention, stream health), so nothing is counted twice and an idle daemon
 does no metrics work. Names follow Prometheus conventions: ``_total`` for
-counters, ``_seconds`` and ``_bytes`` for units. README.md ("Metrics") lists
+counters, ``_seconds`` and ``_bytes`` for units. docs/admin-api.md ("GET /metrics") lists
 every metric.
 """
 

@@ -34,15 +34,16 @@ from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
 from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.ims import ClientCredentials
 from streamd.auth.issuer import Issuer, load_or_create_key
+from streamd.clock import utc_now
 from streamd.drain import Drain, SinkSpec, YieldSettings, open_drain
 from streamd.drain.retention import Retention, RetentionSettings, serve_retention
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, Limits, Source
 from streamd.ingest.pull import Pulls, PullSettings, PullSource
 from streamd.ingest.validation import Validator
-from streamd.journal import Journal, WriterOptions, open_journal, utc_now
+from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.ops.discovery import DaemonInfo, remove_daemon_file, write_daemon_file
-from streamd.service.config import Config, SourceConfig, parse_listen
+from streamd.service.config import Config, SourceConfig, parse_listen, warn_about_type_filters
 from streamd.service.health import StreamHealth
 from streamd.service.http import (
     ADMIN_MAX_CONNECTIONS,
@@ -114,6 +115,7 @@ def check_startup(config: Config) -> Checked:
     for address in addresses:
         _check_local(address)
     _check_writable(config.data_dir)
+    warn_about_type_filters(config)
     return Checked(specs, pull_plans)
 
 

@@ -62,7 +62,7 @@ def make_config(data_dir: Path, toml: str = "") -> Config:
         admin=msgspec.structs.replace(
             config.admin,
             listen=["127.0.0.1:0"]
-            if config.admin.listen == "127.0.0.1:8081"
+            if config.admin.listen == ["127.0.0.1:8081"]
             else config.admin.listen,
         ),
         tokens=msgspec.structs.replace(

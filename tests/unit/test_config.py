@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -325,3 +326,67 @@ def test_bad_secret_files_are_named(
     with pytest.raises(ConfigError, match=message) as info:
         build_specs(load_config(path))
     assert str(secret) in str(info.value)
+
+
+# Every key that takes addresses, with a TOML table that makes it valid, and two addresses
+# that do not overlap (listeners must not).
+_ADDRESS_CASES = {
+    "server.listen": ("[server]\nlisten = {v}\n", ("127.0.0.1:18080", "127.0.0.1:18082")),
+    "server.mtls_listen": (
+        '[server]\ntls_certfile = "c.pem"\ntls_keyfile = "k.pem"\nmtls_client_ca = "ca.pem"\n'
+        "mtls_listen = {v}\n",
+        ("127.0.0.1:18443", "127.0.0.1:18444"),
+    ),
+    "admin.listen": ("[admin]\nlisten = {v}\n", ("127.0.0.1:18081", "127.0.0.1:18083")),
+    "sources[].validation_hosts": (
+        '[[sources]]\nname = "a"\npath = "/a"\nvalidation_hosts = {v}\n',
+        ("csm.adobe.io", "csm.example.com:8443"),
+    ),
+}
+
+
+def _address_value(config: Config, key: str) -> list[str]:
+    table, _, name = key.partition(".")
+    if table == "sources[]":
+        return list(getattr(config.sources[0], name))
+    return list(getattr(getattr(config, table), name))
+
+
+def test_every_address_key_is_covered() -> None:
+    from streamd.service.config import ADDRESS_KEYS
+    from tests.unit.test_docs import config_keys
+
+    looks_like_addresses = [k for k in config_keys() if k.endswith(("listen", "_hosts"))]
+    assert sorted(looks_like_addresses) == sorted(ADDRESS_KEYS) == sorted(_ADDRESS_CASES)
+
+
+@pytest.mark.parametrize("key", sorted(_ADDRESS_CASES))
+def test_address_keys_take_a_string_or_a_list_alike(tmp_path: Path, key: str) -> None:
+    template, (first, second) = _ADDRESS_CASES[key]
+    one = load_config(write(tmp_path, template.format(v=f'"{first}"')))
+    assert _address_value(one, key) == [first]
+    listed = load_config(write(tmp_path, template.format(v=f'["{first}"]')))
+    assert _address_value(listed, key) == [first]
+    assert one == listed
+    both = load_config(write(tmp_path, template.format(v=f'["{first}", "{second}"]')))
+    assert _address_value(both, key) == [first, second]
+
+
+@pytest.mark.parametrize(
+    ("key", "written", "message"),
+    [
+        ("server.listen", '"nohost"', "key server.listen: 'nohost' is not HOST:PORT"),
+        ("server.listen", '["nohost"]', "key server.listen[0]: 'nohost' is not HOST:PORT"),
+        ("server.mtls_listen", '"a:b"', "key server.mtls_listen: 'a:b': port must be"),
+        ("server.mtls_listen", '["127.0.0.1:1", "a:b"]', "key server.mtls_listen[1]: 'a:b'"),
+        ("admin.listen", '"x"', "key admin.listen: 'x' is not HOST:PORT"),
+        ("server.listen", "8080", "key server.listen: expected `array`, got `int`"),
+        ("sources[].validation_hosts", "1", "key sources[0].validation_hosts: expected `array`"),
+    ],
+)
+def test_a_bad_address_is_named_as_written(
+    tmp_path: Path, key: str, written: str, message: str
+) -> None:
+    template, _ = _ADDRESS_CASES[key]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, template.format(v=written)))

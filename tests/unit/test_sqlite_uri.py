@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from streamd.ops.discovery import journal_id_of
 
 from streamd.drain import store
 from streamd.emit.verify import verify
@@ -16,6 +15,7 @@ from streamd.inspect.filters import Filters
 from streamd.inspect.reader import count_events, get_event, open_readonly
 from streamd.journal import journal_stats, sqlite_uri
 from streamd.journal.dedup import dedup_path
+from streamd.ops.discovery import journal_id_of
 from tests.journals import FIXTURE_EVENTS, fixture_journal
 
 # '%41' would decode to 'A' if '%' were not escaped; '?' and '#' would end the path.

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from functools import partial
 
 from streamd import __version__
+from streamd.cli import emit as emit_cli
+from streamd.cli import journal as inspect_cli
 from streamd.cli import operate
-from streamd.emit import cli as emit_cli
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
-from streamd.inspect import cli as inspect_cli
 from streamd.service.config import Config
 from streamd.service.logs import LOG_FORMATS, configure_logging
 

@@ -127,3 +127,16 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     assert _upward(graph, _layers()) == [
         "streamd.drain.a imports streamd.service.b (drain -> service)"
     ]
+
+
+def test_command_line_parsers_live_in_the_front_door() -> None:
+    # argparse parsers are built in streamd/cli only. The worker process's own entry
+    # point (service/worker.py) parses the two arguments its parent passes it.
+    allowed = {"streamd.service.worker"}
+    builders = []
+    for name, path in _modules().items():
+        if name.startswith("streamd.cli") or name in allowed:
+            continue
+        if "ArgumentParser(" in path.read_text() or "add_parser(" in path.read_text():
+            builders.append(name)
+    assert not builders, f"argparse parsers outside streamd/cli: {builders}"

@@ -1,8 +1,6 @@
-"""``streamd emit``: the sender emulator, its journal server, and ``emit verify``.
-
-Kept apart from ``streamd/cli.py``: that module only calls :func:`register` and
-:func:`run`.
-"""
+"""``streamd emit``: the flags of the sender emulator, its journal server, and ``emit
+verify``; the work is in :mod:`streamd.emit`. ``streamd.cli`` calls :func:`register`
+and :func:`run`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """The journal writer: one thread, group commit, dedup decided in the same transaction.
 
+Longer than the house's few hundred lines, for a reason: :class:`JournalWriter` is
+one thread's loop, and its invariants (a job is taken or abandoned, never both; a
+batch is reported only after the COMMIT holding it; a failed commit is no progress)
+hold across every method of it. Its records are in ``records.py``, the writer lock
+in ``lock.py``, commit failures in ``failing.py``, dedup in ``dedup.py``.
+
 Requests hand their batch to :meth:`JournalWriter.submit`; the writer thread
 takes every batch waiting (up to ``max_events_per_commit``), writes each in
 its own savepoint, commits once, and only then reports each batch done. So
@@ -11,155 +17,30 @@ the group so far; the index itself is updated right after (see dedup.py).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from streamd.core.wire import EventRecord
 from streamd.errors import JournalBusy, JournalClosed, JournalError, StreamdError
 from streamd.journal.dedup import DEDUP_PAGE_SIZE, DedupIndex, Generation, Indexer, Pending
 from streamd.journal.failing import FailingState, describe, journal_wide, probe, rollback
-from streamd.journal.schema import Synchronous, connect, journal_id, migrate
-
-if TYPE_CHECKING:
-    from prometheus_client import Histogram
-
-# Upper bounds (seconds) of the commit-latency histogram; the last bucket is +Inf.
-COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-def commit_histogram() -> Histogram:
-    """The ``streamd_commit_seconds`` histogram, in no registry: the writer observes each
-    group commit; the daemon's metrics collector reads it at scrape time."""
-    # Imported here: the inspection commands read the journal without ever starting a
-    # writer, and need not load prometheus_client.
-    from prometheus_client import Histogram
-
-    return Histogram(
-        "streamd_commit_seconds",
-        "Duration of each journal group commit (fsync included).",
-        buckets=COMMIT_BUCKETS,
-        registry=None,
-    )
-
-
-MAX_MUNCHKINS_TRACKED = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class WriterOptions:
-    """Tuning of the writer; every bound is explicit."""
-
-    synchronous: Synchronous = "full"
-    cache_mib: int = 24
-    max_events_per_commit: int = 20_000
-    max_queued_events: int = 200_000
-    min_free_disk_bytes: int = 256 * 1024 * 1024
-    checkpoint_interval: float = 1.0
-    wal_max_bytes: int = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """One request's events and where they came from."""
-
-    source: str
-    received_at: str
-    shape: str
-    events: Sequence[EventRecord]
-    message_id: str | None = None
-    adobe_event_id: str | None = None
-    retry_count: int | None = None
-    # A pull source's page: the position of its last event, saved for ``source`` in
-    # the same transaction as the events, so a restart resumes exactly after them.
-    position: str | None = None
-    # (events, new events) of the same page's earlier batches, when a page larger than
-    # the writer takes at once was split: added to the counts saved with the position.
-    page_tally: tuple[int, int] = (0, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """What a committed batch did: new events, duplicates, the delivery row id."""
-
-    accepted: int
-    duplicates: int
-    delivery: int
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    """A batch waiting for the writer, and its outcome once committed.
-
-    ``taken`` and ``abandoned`` change only under the writer's lock and exclude each
-    other (:meth:`JournalWriter.abandon`): a job the writer took is written and its
-    outcome reported; an abandoned one is never written.
-    """
-
-    batch: Batch
-    on_done: Callable[[Job], None] | None = None  # called in the writer thread, unless
-    waiter: object = None  # ... the writer's ``notify`` reports whole groups (then: its token)
-    result: AppendResult | None = None
-    error: BaseException | None = None
-    abandoned: bool = False
-    taken: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class Control:
-    """A small write of another part (drain cursors, dead letters, retention) for the writer.
-
-    ``op`` runs in the writer thread inside the next group transaction, in its own
-    savepoint, so the drain never opens a second writing connection (which would make
-    ingest commits wait for SQLite's single write lock). Its return value becomes
-    ``result``; an exception rolls back that op alone and becomes ``error``.
-    """
-
-    op: Callable[[sqlite3.Connection], object]
-    waiter: object = None
-    result: object = None
-    error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class WriterStatistics:
-    """Counters of the writer thread (read without a lock: each is one word)."""
-
-    commits: int = 0
-    batches: int = 0
-    events: int = 0
-    duplicates: int = 0
-    last_commit_seconds: float = 0.0
-    max_commit_seconds: float = 0.0
-    queued_events: int = 0
-    low_disk: bool = False
-    checkpoints: int = 0
-    reindexed: int = 0
-    last_seq: int = 0  # the highest committed events.seq
-    controls: int = 0
-    errors: list[str] = field(default_factory=list)
-    # time.monotonic() when the writer thread last finished a *successful* commit or
-    # found nothing to do: a stale value with batches waiting means a wedged writer,
-    # or one whose commits fail (a failed commit is no progress).
-    progress_at: float = field(default_factory=time.monotonic)
-    # Commits failing: time.time() of the first failure in a row and the last one's
-    # reason; both None again after the next successful commit (or probe).
-    failing_since: float | None = None
-    failing_reason: str | None = None
-    commit_failures: int = 0  # group commits and probes that failed, since start
-    # For metrics (written by the writer thread only; read without a lock).
-    commit_seconds: Histogram = field(default_factory=commit_histogram)  # thread-safe
-    commit_seconds_sum: float = 0.0  # the drain's busy ratio reads it four times a second
-    events_by_stream: dict[tuple[str, str], int] = field(default_factory=dict)  # source, stream
-    # (source, munchkin id) -> time.time() of its newest committed event; bounded
-    munchkin_seen: dict[tuple[str, str], float] = field(default_factory=dict)
-
+from streamd.journal.lock import hold_writer_lock, lock_path, writer_lock_held
+from streamd.journal.records import (
+    COMMIT_BUCKETS,
+    MAX_MUNCHKINS_TRACKED,
+    AppendResult,
+    Batch,
+    Control,
+    Job,
+    WriterOptions,
+    WriterStatistics,
+    commit_histogram,
+)
+from streamd.journal.schema import connect, journal_id, migrate
 
 _STOP = object()
 _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
@@ -889,51 +770,6 @@ def _merge_counts(
             g[4] = c[4]
 
 
-def lock_path(journal_path: str) -> str:
-    """The lock file held by the process that writes a journal."""
-    return journal_path + ".lock"
-
-
-def writer_lock_held(journal_path: str) -> bool:
-    """True when a process (a running streamd) holds the journal's writer lock.
-
-    Opens the lock file read-only, never creating it (the callers only read), and
-    asks for a shared lock without waiting.
-    """
-    try:
-        fd = os.open(lock_path(journal_path), os.O_RDONLY)
-    except OSError:
-        return False  # no lock file: no streamd ever wrote this journal here
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # also drops a shared lock we got
-    return False
-
-
-def hold_writer_lock(journal_path: str) -> int:
-    """Take the journal's writer lock (an ``flock`` the kernel drops when the process dies).
-
-    Returns the descriptor to close on release. Raises :class:`JournalError`
-    when another process (a running streamd) holds it.
-    """
-    path = lock_path(journal_path)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise JournalError(f"{path}: cannot open the lock file: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise JournalError(
-            f"{journal_path}: another process (a running streamd) is writing this journal"
-        ) from None
-    return fd
-
-
 def _position_row(batch: Batch, result: AppendResult) -> tuple[Any, ...]:
     events, accepted = batch.page_tally
     return (
@@ -984,3 +820,20 @@ def _run_controls(conn: sqlite3.Connection, controls: list[Control]) -> None:
             control.result = None
             # The op's own errors (an operator's refusal) keep their kind and status.
             control.error = exc if isinstance(exc, StreamdError) else JournalError(f"{exc}")
+
+
+__all__ = [
+    "COMMIT_BUCKETS",
+    "MAX_MUNCHKINS_TRACKED",
+    "AppendResult",
+    "Batch",
+    "Control",
+    "Job",
+    "JournalWriter",
+    "WriterOptions",
+    "WriterStatistics",
+    "commit_histogram",
+    "hold_writer_lock",
+    "lock_path",
+    "writer_lock_held",
+]

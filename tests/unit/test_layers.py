@@ -30,12 +30,27 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node, except those under ``if TYPE_CHECKING:`` (annotations only: they
+    never run, so they are no dependency)."""
+    out: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """Module -> the streamd modules it imports (anywhere in it; a package's own
-    ``__init__`` is not counted as a dependency of its submodules)."""
+    """Module -> the streamd modules it imports (anywhere in it, functions included; a
+    package's own ``__init__`` is not counted as a dependency of its submodules)."""
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 subs = [f"{node.module}.{a.name}" for a in node.names]

@@ -1,5 +1,10 @@
 """Shape detection and normalisation: a request body in, journal records out.
 
+Why one module of about 530 lines: each documented payload shape (legacy push,
+CloudEvent single and batch, I/O Events envelopes) is a short function, and they
+share the key rule and the error translation below; apart, each would import the
+others' helpers. The wire types are in ``wire.py``.
+
 Sans-IO: bytes in, :class:`Delivery` out, :class:`PayloadError` (status 400)
 for anything that cannot be journaled whole. The dedup key rule is
 CONTRACT.md's: the CloudEvent ``id`` when there is one, else the delivery's

@@ -1,5 +1,9 @@
 """The ingest ASGI app: routes, auth, body limits, status-code policy, challenge.
 
+Why one module of about 550 lines: the order of checks below is the module; it is
+kept in one place so that no check can be reordered without seeing the others
+(admission, the timed body read and the slots are already in ``admission.py``).
+
 Order of checks on a POST (each answers before the next costs anything):
 capacity → route → method → shutdown → credentials (before reading the body)
 → media type → declared length → body read with a running limit → decode →

@@ -1,5 +1,11 @@
 """The Journaling API pull source: events fetched from Adobe's journal, into the same writer.
 
+Why one module of about 600 lines: the session loop (token, page, position, gap,
+backoff) is one state machine whose cases (401, 410, 429, a page larger than the
+writer takes, a reset by the operator) share its variables; split, each piece
+would need all of them. The wire format is in ``core/journaling.py``, the token
+in ``auth/ims.py``.
+
 For a VM that cannot take inbound traffic, or to fetch what a push endpoint missed
 while it was down. One task per configured ``[[pulls]]`` entry:
 

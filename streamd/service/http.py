@@ -1,5 +1,10 @@
 """The HTTP edge: hypercorn's protocol code under streamd's own accept loop.
 
+Why one module of about 550 lines: the connection table, the accept loop and the
+per-connection wrapper share one invariant (every accepted socket is in the table
+until it is closed, and only the table closes idle ones); the framing guard that
+shares their wrapper is here for the same reason.
+
 hypercorn's ``worker_serve`` takes every connection trio's ``serve_listeners`` hands
 it: no cap, so idle connections can use up the descriptors and the memory, and at
 ``EMFILE`` it logs a traceback ten times a second. :func:`serve_http` replaces it:

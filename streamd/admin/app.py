@@ -22,9 +22,9 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from streamd.asgi import ClientGone, lifespan, read_body
 from streamd.auth import TokenSet
 from streamd.errors import StreamdError
-from streamd.ingest.app import lifespan
 
 log = logging.getLogger("streamd.admin")
 
@@ -163,7 +163,10 @@ class AdminApp:
             return
         body = b""
         if scope["method"] in ("POST", "PUT", "PATCH"):
-            read = await _read_body(receive)
+            try:
+                read = await read_body(receive, MAX_BODY)
+            except ClientGone:
+                return  # nobody to answer
             if read is None:
                 await _send(send, Response(413, {"error": f"body larger than {MAX_BODY} bytes"}))
                 return
@@ -195,22 +198,6 @@ def _base_url(scope: Scope, headers: dict[bytes, bytes]) -> str:
         host = f"[{server[0]}]:{server[1]}" if ":" in str(server[0]) else f"{server[0]}:{server[1]}"
     scheme = scope.get("scheme", "http")
     return f"{scheme if scheme in ('http', 'https') else 'http'}://{host}"
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b""
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _send(send: Send, response: Response) -> None:

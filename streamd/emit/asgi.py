@@ -16,6 +16,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from streamd.asgi import ClientGone, lifespan, read_body
+
 _MAX_BODY = 1024 * 1024
 
 
@@ -56,29 +58,16 @@ class HandlerApp:
         send: Callable[[Mapping[str, Any]], Awaitable[None]],
     ) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > _MAX_BODY:
-                reply = Reply(413, b"body too large")
-                break
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            body = await read_body(receive, _MAX_BODY)
+        except ClientGone:
+            return
+        if body is None:
+            reply = Reply(413, b"body too large")
         else:
             raw_query = scope.get("query_string", b"").decode("latin-1")
             request = Request(
@@ -88,7 +77,7 @@ class HandlerApp:
                 headers={
                     k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
                 },
-                body=b"".join(chunks),
+                body=body,
                 raw_query=raw_query,
             )
             reply = await self.handler(request)

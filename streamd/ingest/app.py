@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, unquote_plus
 import orjson
 import trio
 
+from streamd.asgi import lifespan
 from streamd.auth import TokenSet, token_from_request
 from streamd.auth.adobe import Presented, SignatureCheck
 from streamd.auth.external import Introspector, JwtVerifier
@@ -540,14 +541,3 @@ def _text_header(value: bytes | None) -> str | None:
 
 def _int_header(value: bytes | None) -> int | None:
     return int(value) if value and value.isdigit() and len(value) < 10 else None
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    """ASGI lifespan: nothing to start or stop; answer both."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -35,15 +35,13 @@ from streamd.ingest import IngestApp, ipc
 from streamd.ingest.remote import RemoteJournal
 from streamd.service.config import Config
 from streamd.service.http import ConnectionTable, max_connections_for, serve_http
-from streamd.service.logs import LOG_FORMATS, PER_REQUEST, configure_logging
-from streamd.service.run import (
-    build_issuer,
+from streamd.service.listeners import (
     hypercorn_config,
-    ingest_limits,
-    load_sources,
     mtls_hypercorn_config,
     reload_certificates,
 )
+from streamd.service.logs import LOG_FORMATS, PER_REQUEST, configure_logging
+from streamd.service.startup import build_issuer, ingest_limits, load_sources
 
 log = logging.getLogger("streamd.worker")
 # Answered POSTs go to the main process (metrics, stream health) this often, or as
@@ -195,7 +193,7 @@ async def serve_worker(ipc_fd: int, listen_fds: list[int], mtls_fds: list[int]) 
                 await worker.stop.wait()
                 await worker.app.wait_idle()
                 # Every POST is answered: hypercorn would otherwise wait out the grace
-                # for keep-alive connections (as run._cancel_when_drained explains).
+                # for keep-alive connections (as listeners._cancel_when_drained explains).
                 inner.cancel_scope.cancel()
             worker.flush_report()
             await remote.flushed()

@@ -45,21 +45,31 @@ class Reloader:
         self,
         config: Config,
         load: Callable[[], Config] | None,
+        *,
         app: IngestApp,
         notify: Notifier,
         listeners: list[HypercornConfig],
+        journal: Journal,
+        drain: Drain,
+        retention: Retention,
+        pulls: Pulls,
+        pool: WorkerPool | None,
+        log_level_from_config: bool,
     ) -> None:
+        """``load`` reads the configuration again (None: SIGHUP is logged and ignored);
+        ``listeners`` are those whose certificate a reload replaces; with
+        ``log_level_from_config`` (no ``--log-level``) the new ``log_level`` applies."""
         self.config = config
         self._load = load
         self._app = app
         self._notify = notify
         self._listeners = listeners
-        self.log_level_from_config = False
-        self.drain: Drain | None = None
-        self.retention: Retention | None = None
-        self.pulls: Pulls | None = None
-        self.journal: Journal | None = None
-        self.pool: WorkerPool | None = None
+        self._journal = journal
+        self._drain = drain
+        self._retention = retention
+        self._pulls = pulls
+        self._pool = pool
+        self._log_level_from_config = log_level_from_config
 
     async def __call__(self) -> None:
         """Reload once; a configuration that does not load is logged, never raised."""
@@ -80,22 +90,19 @@ class Reloader:
             log.error("SIGHUP: configuration not reloaded, keeping the old one: %s", exc)
         else:
             self._warn_about_restart_only(new)
-            self._app.replace_sources(sources)
-            self._app.issuer = issuer
-            if self.drain is not None and new.sinks != self.config.sinks:
+            self._app.reconfigure(sources, issuer)
+            if new.sinks != self.config.sinks:
                 old = {s.name: s for s in self.config.sinks}
                 changed = {s.name for s in new.sinks if s.name in old and old[s.name] != s}
-                for line in await self.drain.reconfigure(specs, changed):
+                for line in await self._drain.reconfigure(specs, changed):
                     log.info("SIGHUP: %s", line)
-                if self.retention is not None:
-                    self.retention.sinks = tuple(spec.name for spec in specs)
-            if self.pulls is not None and self.journal is not None:
-                for line in start_pulls(self.pulls, pull_plans, self.journal):
-                    log.info("SIGHUP: %s", line)
-            if self.log_level_from_config:
+                self._retention.sinks = tuple(spec.name for spec in specs)
+            for line in start_pulls(self._pulls, pull_plans, self._journal):
+                log.info("SIGHUP: %s", line)
+            if self._log_level_from_config:
                 logging.getLogger().setLevel((new.log_level or "info").upper())
-            if self.pool is not None:
-                self.pool.reload(new)  # the workers serve the sources, with our log level
+            if self._pool is not None:
+                self._pool.reload(new)  # the workers serve the sources, with our log level
             self.config = new
             log.info(
                 "SIGHUP: configuration reloaded; sources: %s",

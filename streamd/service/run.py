@@ -3,9 +3,11 @@ nursery.
 
 Start-up order: everything read and checked (:mod:`~streamd.service.startup`) →
 listeners bound: ingest, admin, mTLS (:mod:`~streamd.service.listeners`) → journal
-open (migrated) → sources' and admin tokens loaded → drain open → the root nursery:
-signals (:mod:`~streamd.service.reload`), retention, pulls, the ingest listeners, the
-admin listener → "ready" (:mod:`~streamd.service.systemd`).
+open (migrated) → sources' and admin tokens loaded, the ingest app (or the worker
+processes) built → drain open → retention, pulls, metrics, the admin app and the
+reloader built, each with what it needs → the root nursery: pulls, signals
+(:mod:`~streamd.service.reload`), retention, stream-health warnings, the ingest
+listeners, the admin listener → "ready" → systemd told (:mod:`~streamd.service.systemd`).
 
 Stop (SIGTERM/SIGINT): refuse new POSTs with 503, stop accepting, let in-flight
 requests finish within ``graceful_timeout``, commit what is queued, exit 0. A second
@@ -24,6 +26,7 @@ import trio
 
 from streamd.admin import AdminApp, journal_routes
 from streamd.admin.operations import operation_routes
+from streamd.auth import TokenSet
 from streamd.drain import Drain, open_drain
 from streamd.drain.retention import Retention, serve_retention
 from streamd.ingest import IngestApp
@@ -34,16 +37,19 @@ from streamd.service.config import Config
 from streamd.service.health import StreamHealth
 from streamd.service.http import ADMIN_MAX_CONNECTIONS, ConnectionTable, max_connections_for
 from streamd.service.listeners import (
+    Listeners,
     open_listeners,
     serve_ingest,
     serve_listener,
     serve_workers,
 )
 from streamd.service.logs import PER_REQUEST
-from streamd.service.metrics import Metrics, Parts
+from streamd.service.metrics import Metrics, Parts, RequestStats
 from streamd.service.reload import Reloader, serve_signals
 from streamd.service.sdnotify import Notifier
 from streamd.service.startup import (
+    Checked,
+    PullPlan,
     build_issuer,
     check_startup,
     create_data_dir,
@@ -104,11 +110,7 @@ async def serve(
     notify = notifier or Notifier({})
     # Every secret and certificate read, every checker built: a problem stops us here,
     # with the same verdict check-config gives.
-    notify = notifier or Notifier({})
-    # Every secret and certificate read, every checker built: a problem stops us here,
-    # with the same verdict check-config gives.
     checked = check_startup(config)
-    specs, pull_plans = checked.specs, checked.pull_plans
     create_data_dir(config)
     notify.status("opening the journal")
     # Bound (and listening) before any nursery opens, so "address in use" is one clear
@@ -120,137 +122,19 @@ async def serve(
         ) as journal,
     ):
         # After the journal opened: a first start with a broken journal creates no token.
-        sources = load_sources(config, announce=announce)
-        admin = None
-        if listeners.admin is not None:
-            admin = AdminApp(
-                load_admin_tokens(config, announce=announce),
-                journal_routes(config.journal_path, retry_after=config.admin.pull_retry_after),
-            )
-        app = IngestApp(sources, journal, ingest_limits(config))
-        app.issuer = build_issuer(config)
-        # server.workers: worker processes serve the ingest listeners; this process
-        # keeps the journal writer, the drain and the admin listener.
-        pool = None
-        if config.server.workers:
-            pool = WorkerPool(
-                config,
-                journal,
-                listeners.ingest.sockets,
-                None if listeners.mtls is None else listeners.mtls.sockets,
-                backlog=listeners.ingest.hconfig.backlog,
-            )
-        front: IngestApp | WorkerPool = app if pool is None else pool
-        # One cap for the ingest listeners (with mTLS), a small one for the admin's.
-        edge = ConnectionTable(max_connections_for(config.server.max_connections))
-        admin_edge = ConnectionTable(ADMIN_MAX_CONNECTIONS)
-        stop = trio.Event()
+        ingest = _build_ingest(config, journal, listeners, announce)
+        admin_tokens = load_admin_tokens(config, announce=announce) if listeners.admin else None
         # Stops after the listeners (its exit waits up to graceful_timeout for the
         # batches in flight; cursors only pass what was confirmed).
         async with open_drain(
             journal,
-            specs,
+            checked.specs,
             grace=config.server.graceful_timeout,
             yield_settings=drain_yields(config),
         ) as drain:
-            async with trio.open_nursery() as nursery:
-                reloader = Reloader(config, reload, app, notify, listeners.with_certificates)
-                reloader.log_level_from_config = log_level_from_config
-                reloader.drain = drain
-                reloader.pool = pool
-                nursery.start_soon(serve_signals, front, stop, notify, reloader)
-                retention = Retention(
-                    journal, [spec.name for spec in specs], retention_settings(config)
-                )
-                await nursery.start(serve_retention, retention)
-                reloader.retention = retention
-                pulls = Pulls()
-                await nursery.start(pulls.run)
-                for line in start_pulls(pulls, pull_plans, journal):
-                    log.info("%s", line)
-                reloader.pulls, reloader.journal = pulls, journal
-                health = StreamHealth(
-                    [s.name for s in config.sources],
-                    silence_warning=config.health.silence_warning,
-                    failure_warning_ratio=config.health.failure_warning_ratio,
-                    clock=time.time,
-                )
-                connections = edge.statistics if pool is None else pool.connection_statistics
-                metrics = Metrics(
-                    Parts(
-                        front,
-                        journal,
-                        drain,
-                        retention,
-                        health,
-                        config.journal_path,
-                        pulls,
-                        pool,
-                        connections,
-                    )
-                )
-                app.observer = metrics.observe
-                if admin is not None:
-                    admin.journal_id = journal.journal_id
-                    for route in (*metrics.routes(), *operation_routes(drain, pulls)):
-                        admin.add_route(route)
-                nursery.start_soon(_warn_about_streams, health, config.health.check_interval)
-                nursery.start_soon(PER_REQUEST.serve_flush)
-                app.background = nursery
-                mtls_binds: list[str] = []
-                if pool is not None:
-                    pool.observer = metrics.observe
-                    binds = await nursery.start(
-                        serve_workers, pool, listeners.ingest, nursery.cancel_scope
-                    )
-                    if listeners.mtls is not None:
-                        mtls_binds = listeners.mtls.binds
-                else:
-                    binds = await nursery.start(
-                        serve_ingest, app, listeners.ingest, stop, edge, nursery.cancel_scope
-                    )
-                    if listeners.mtls is not None:
-                        mtls_binds = await nursery.start(
-                            serve_listener, app, listeners.mtls, stop, edge
-                        )
-                app.mtls_ports = {int(b.rsplit(":", 1)[1]) for b in mtls_binds}
-                for bind in mtls_binds:
-                    announce(f"streamd ready (client certificates required): {bind}")
-                admin_binds: list[str] = []
-                if admin is not None and listeners.admin is not None:
-                    admin_binds = await nursery.start(
-                        serve_listener, admin, listeners.admin, stop, admin_edge
-                    )
-                nursery.start_soon(serve_systemd, notify, front, journal, drain, binds, stop)
-                for bind in binds:
-                    announce(f"streamd ready: {bind}")
-                for bind in admin_binds:
-                    announce(f"streamd admin ready: {bind}")
-                _describe_daemon(config, journal, admin_binds if admin is not None else None)
-                log.info(
-                    "journal %s (synchronous=%s); sources: %s; sinks: %s",
-                    config.journal_path,
-                    config.journal.synchronous,
-                    ", ".join(f"{s.name} at {s.path}" for s in sources),
-                    ", ".join(f"{s.name} ({s.kind})" for s in specs) or "none",
-                )
-                task_status.started(
-                    Running(
-                        binds=binds,
-                        app=app,
-                        journal=journal,
-                        drain=drain,
-                        retention=retention,
-                        admin_binds=admin_binds,
-                        admin=admin,
-                        metrics=metrics,
-                        pulls=pulls,
-                        workers=pool,
-                        connections=edge,
-                    )
-                )
-            metrics.close()
-            remove_daemon_file(config.journal_path, os.getpid())
+            daemon = _assemble(config, checked, listeners, journal, ingest, drain, admin_tokens)
+            reloader = _reloader(daemon, reload, notify, log_level_from_config)
+            await _serve_daemon(daemon, notify, reloader, announce, task_status=task_status)
             log.info("stopped accepting; letting the sinks finish their batches in flight")
             notify.stopping("letting the sinks finish their batches in flight")
         log.info("drain stopped; committing what is queued")
@@ -259,8 +143,251 @@ async def serve(
     log.info("journal closed; exiting")
 
 
-async def _warn_about_streams(health: StreamHealth, interval: float) -> None:
+@dataclass(frozen=True, slots=True)
+class _Ingest:
+    """The ingest side: the app with its sources, and the worker processes that serve
+    the ingest listeners instead when ``server.workers`` ≥ 1."""
+
+    app: IngestApp
+    pool: WorkerPool | None
+    edge: ConnectionTable  # one cap for the ingest listeners (mTLS included)
+    health: StreamHealth
+    requests: RequestStats
+
+    @property
+    def front(self) -> IngestApp | WorkerPool:
+        """What serves the ingest listeners."""
+        return self.app if self.pool is None else self.pool
+
+
+def _build_ingest(
+    config: Config, journal: Journal, listeners: Listeners, announce: Callable[[str], None]
+) -> _Ingest:
+    sources = load_sources(config, announce=announce)
+    health = StreamHealth(
+        [s.name for s in config.sources],
+        silence_warning=config.health.silence_warning,
+        failure_warning_ratio=config.health.failure_warning_ratio,
+        clock=time.time,
+    )
+    requests = RequestStats(health)
+    app = IngestApp(
+        sources,
+        journal,
+        ingest_limits(config),
+        issuer=build_issuer(config),
+        observer=requests.observe,
+        mtls_ports=listeners.mtls_ports,
+    )
+    # server.workers: worker processes serve the ingest listeners; this process
+    # keeps the journal writer, the drain and the admin listener.
+    pool = None
+    if config.server.workers:
+        pool = WorkerPool(
+            config,
+            journal,
+            listeners.ingest.sockets,
+            None if listeners.mtls is None else listeners.mtls.sockets,
+            backlog=listeners.ingest.hconfig.backlog,
+            observer=requests.observe,
+        )
+    edge = ConnectionTable(max_connections_for(config.server.max_connections))
+    return _Ingest(app, pool, edge, health, requests)
+
+
+@dataclass(frozen=True, slots=True)
+class _Daemon:
+    """The parts the root nursery runs, each built with what it needs."""
+
+    config: Config
+    checked: Checked  # the sinks' specs and the pulls' plans
+    listeners: Listeners
+    journal: Journal
+    ingest: _Ingest
+    drain: Drain
+    retention: Retention
+    pulls: Pulls
+    metrics: Metrics
+    admin: AdminApp | None
+    stop: trio.Event  # set by the first SIGTERM/SIGINT: every listener stops accepting
+
+
+def _assemble(
+    config: Config,
+    checked: Checked,
+    listeners: Listeners,
+    journal: Journal,
+    ingest: _Ingest,
+    drain: Drain,
+    admin_tokens: TokenSet | None,
+) -> _Daemon:
+    names = [spec.name for spec in checked.specs]
+    retention = Retention(journal, names, retention_settings(config))
+    pulls = Pulls()
+    pool = ingest.pool
+    parts = Parts(
+        ingest.front,
+        journal,
+        drain,
+        retention,
+        ingest.health,
+        config.journal_path,
+        pulls,
+        pool,
+        ingest.edge.statistics if pool is None else pool.connection_statistics,
+    )
+    metrics = Metrics(parts, ingest.requests)
+    admin = None
+    if admin_tokens is not None:
+        routes = [
+            *journal_routes(config.journal_path, retry_after=config.admin.pull_retry_after),
+            *metrics.routes(),
+            *operation_routes(drain, pulls),
+        ]
+        admin = AdminApp(admin_tokens, routes, journal_id=journal.journal_id)
+    return _Daemon(
+        config=config,
+        checked=checked,
+        listeners=listeners,
+        journal=journal,
+        ingest=ingest,
+        drain=drain,
+        retention=retention,
+        pulls=pulls,
+        metrics=metrics,
+        admin=admin,
+        stop=trio.Event(),
+    )
+
+
+def _reloader(
+    d: _Daemon, load: Callable[[], Config] | None, notify: Notifier, log_level_from_config: bool
+) -> Reloader:
+    return Reloader(
+        d.config,
+        load,
+        app=d.ingest.app,
+        notify=notify,
+        listeners=d.listeners.with_certificates,
+        journal=d.journal,
+        drain=d.drain,
+        retention=d.retention,
+        pulls=d.pulls,
+        pool=d.ingest.pool,
+        log_level_from_config=log_level_from_config,
+    )
+
+
+async def _serve_daemon(
+    d: _Daemon,
+    notify: Notifier,
+    reloader: Reloader,
+    announce: Callable[[str], None],
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The root nursery: every part that runs, in order; returns once ingest drained."""
+    ingest, stop = d.ingest, d.stop
+    async with trio.open_nursery() as nursery:
+        # The pulls run before the signal watcher can reload them; from then on a
+        # signal stops gracefully (or reloads).
+        await nursery.start(_serve_pulls, d.pulls, d.checked.pull_plans, d.journal)
+        await nursery.start(serve_signals, ingest.front, stop, notify, reloader)
+        await nursery.start(serve_retention, d.retention)
+        interval = d.config.health.check_interval
+        await nursery.start(_serve_stream_warnings, ingest.health, interval)
+        await nursery.start(PER_REQUEST.serve_flush)
+        await nursery.start(ingest.app.serve_background)
+        binds, mtls_binds = await _start_ingest(nursery, d)
+        admin_binds: list[str] = []
+        if d.admin is not None and d.listeners.admin is not None:
+            admin_edge = ConnectionTable(ADMIN_MAX_CONNECTIONS)
+            admin_binds = await nursery.start(
+                serve_listener, d.admin, d.listeners.admin, stop, admin_edge
+            )
+        _announce_ready(d, announce, binds, mtls_binds, admin_binds)
+        await nursery.start(serve_systemd, notify, ingest.front, d.journal, d.drain, binds, stop)
+        task_status.started(
+            Running(
+                binds=binds,
+                app=ingest.app,
+                journal=d.journal,
+                drain=d.drain,
+                retention=d.retention,
+                admin_binds=admin_binds,
+                admin=d.admin,
+                metrics=d.metrics,
+                pulls=d.pulls,
+                workers=ingest.pool,
+                connections=ingest.edge,
+            )
+        )
+    d.metrics.close()
+    remove_daemon_file(d.config.journal_path, os.getpid())
+
+
+async def _start_ingest(nursery: trio.Nursery, d: _Daemon) -> tuple[list[str], list[str]]:
+    """Serve the ingest listeners (in this process or in the workers) until ingest
+    drained, which ends the root nursery; the URLs of the ingest and mTLS listeners."""
+    ingest, mtls, done = d.ingest, d.listeners.mtls, nursery.cancel_scope
+    if ingest.pool is not None:
+        binds = await nursery.start(serve_workers, ingest.pool, d.listeners.ingest, done)
+        return binds, [] if mtls is None else mtls.binds
+    binds = await nursery.start(
+        serve_ingest, ingest.app, d.listeners.ingest, d.stop, ingest.edge, done
+    )
+    mtls_binds: list[str] = []
+    if mtls is not None:
+        mtls_binds = await nursery.start(serve_listener, ingest.app, mtls, d.stop, ingest.edge)
+    return binds, mtls_binds
+
+
+def _announce_ready(
+    d: _Daemon,
+    announce: Callable[[str], None],
+    binds: list[str],
+    mtls_binds: list[str],
+    admin_binds: list[str],
+) -> None:
+    for bind in mtls_binds:
+        announce(f"streamd ready (client certificates required): {bind}")
+    for bind in binds:
+        announce(f"streamd ready: {bind}")
+    for bind in admin_binds:
+        announce(f"streamd admin ready: {bind}")
+    _describe_daemon(d.config, d.journal, admin_binds if d.admin is not None else None)
+    log.info(
+        "journal %s (synchronous=%s); sources: %s; sinks: %s",
+        d.config.journal_path,
+        d.config.journal.synchronous,
+        ", ".join(f"{s.name} at {s.path}" for s in d.ingest.app.sources()),
+        ", ".join(f"{s.name} ({s.kind})" for s in d.checked.specs) or "none",
+    )
+
+
+async def _serve_pulls(
+    pulls: Pulls,
+    plans: list[PullPlan],
+    journal: Journal,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the configured pull sources until cancelled."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pulls.run)
+        for line in start_pulls(pulls, plans, journal):
+            log.info("%s", line)
+        task_status.started()
+
+
+async def _serve_stream_warnings(
+    health: StreamHealth,
+    interval: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Log when a stream goes silent or its failure share nears Adobe's limit."""
+    task_status.started()
     while True:
         await trio.sleep(interval)
         for warning in health.check():

@@ -53,18 +53,37 @@ _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class _Worker:
-    """One worker's state: its app, its listeners' settings, what it has to report."""
+    """One worker's state: its app, its listeners, what it has to report."""
 
-    def __init__(self, config: Config, hello: ipc.Hello, remote: RemoteJournal) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hello: ipc.Hello,
+        remote: RemoteJournal,
+        listen_fds: list[int],
+        mtls_fds: list[int],
+    ) -> None:
         self.config = config
         self.index = hello.index
         self.remote = remote
-        # The bounds of the whole daemon, shared: each worker takes its part, rounded up.
-        self.app = IngestApp(load_sources(config), remote, ingest_limits(config, hello.workers))
-        self.app.issuer = build_issuer(config)
-        self.app.observer = self.observe
+        sources, issuer = load_sources(config), build_issuer(config)
         self.hc = hypercorn_config(config)
+        self.sockets = _sockets(self.hc, listen_fds)
         self.mtls_hc = mtls_hypercorn_config(config) if config.server.mtls_listen else None
+        self.mtls_sockets = None if self.mtls_hc is None else _sockets(self.mtls_hc, mtls_fds)
+        mtls_ports = frozenset(
+            s.getsockname()[1]
+            for s in ([] if self.mtls_sockets is None else self.mtls_sockets.secure_sockets)
+        )
+        # The bounds of the whole daemon, shared: each worker takes its part, rounded up.
+        self.app = IngestApp(
+            sources,
+            remote,
+            ingest_limits(config, hello.workers),
+            issuer=issuer,
+            observer=self.observe,
+            mtls_ports=mtls_ports,
+        )
         # Each worker has descriptors of its own; a configured cap is the daemon's, shared.
         configured = config.server.max_connections
         limit = math.ceil(configured / max(hello.workers, 1)) if configured else 0
@@ -123,8 +142,7 @@ class _Worker:
                 "worker %d: configuration not reloaded, keeping the old one: %s", self.index, exc
             )
             return
-        self.app.replace_sources(sources)
-        self.app.issuer = issuer
+        self.app.reconfigure(sources, issuer)
         self.config = new
         if message.log_level in _LEVELS:
             logging.getLogger().setLevel(message.log_level.upper())
@@ -161,16 +179,12 @@ async def serve_worker(ipc_fd: int, listen_fds: list[int], mtls_fds: list[int]) 
     hello, early = first
     config = msgspec.msgpack.decode(hello.config, type=Config)
     remote = RemoteJournal(stream)
-    worker = _Worker(config, hello, remote)
-    sockets = _sockets(worker.hc, listen_fds)
-    mtls_sockets = None
-    if worker.mtls_hc is not None:
-        mtls_sockets = _sockets(worker.mtls_hc, mtls_fds)
-        worker.app.mtls_ports = {s.getsockname()[1] for s in mtls_sockets.secure_sockets}
+    worker = _Worker(config, hello, remote, listen_fds, mtls_fds)
+    sockets, mtls_sockets = worker.sockets, worker.mtls_sockets
     main_gone = False
     async with trio.open_nursery() as nursery:
         worker.nursery = nursery
-        worker.app.background = nursery
+        await nursery.start(worker.app.serve_background)
         nursery.start_soon(remote.serve_sender)
         nursery.start_soon(_watch_signals, worker)
         for message in early:

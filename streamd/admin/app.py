@@ -1,10 +1,10 @@
 """The admin ASGI app: a small route table behind a bearer token.
 
 Routes are ``(method, path) -> handler``; a handler takes a :class:`Request`
-and returns a :class:`Response`. Other parts add their routes with
-:meth:`AdminApp.add_route` (or pass them in) before serving, e.g.::
+and returns a :class:`Response`. The app gets every route when it is built: the
+composition root gathers each part's, e.g.::
 
-    app.add_route(Route("GET", "/sinks", list_sinks))
+    AdminApp(tokens, [*journal_routes(path), Route("GET", "/sinks", list_sinks)])
 
 Order of checks: route → method → token (``Authorization: Bearer``; never in
 the URL, so it stays out of logs) → body (methods that have one, bounded) →
@@ -78,19 +78,23 @@ class Route:
 class AdminApp:
     """The admin listener's ASGI application."""
 
-    def __init__(self, tokens: TokenSet, routes: Iterable[Route] = ()) -> None:
+    def __init__(
+        self, tokens: TokenSet, routes: Iterable[Route] = (), *, journal_id: str | None = None
+    ) -> None:
+        """``journal_id``: the journal this daemon writes. A command that names a journal
+        sends its id (JOURNAL_HEADER); another daemon's id is a 409, so an operator who
+        pointed --admin-url at the wrong daemon changes nothing there.
+
+        Raises ``ValueError`` when two routes have the same method and path.
+        """
         self._tokens = tokens
         self._routes: dict[str, dict[str, Handler]] = {}
-        # The journal this daemon writes. A command that names a journal sends its id
-        # (JOURNAL_HEADER); another daemon's id is a 409, so an operator who pointed
-        # --admin-url at the wrong daemon changes nothing there.
-        self.journal_id: str | None = None
+        self.journal_id = journal_id
         self._public: set[tuple[str, str]] = set()
         for route in routes:
-            self.add_route(route)
+            self._add_route(route)
 
-    def add_route(self, route: Route) -> None:
-        """Register a route. Raises ``ValueError`` when (method, path) is taken."""
+    def _add_route(self, route: Route) -> None:
         methods = self._routes.setdefault(route.path.rstrip("/") or "/", {})
         if route.method in methods:
             raise ValueError(f"admin route {route.method} {route.path} is already registered")

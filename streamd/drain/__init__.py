@@ -8,7 +8,14 @@ them and saves their state through the journal writer
 :meth:`Drain.run` applies one to a running sink.
 """
 
-from streamd.drain.engine import Drain, DrainError, SinkOperation, SinkStatus, open_drain
+from streamd.drain.engine import (
+    Drain,
+    DrainError,
+    RunnerStatistics,
+    SinkOperation,
+    SinkStatus,
+    open_drain,
+)
 from streamd.drain.policy import Kind, RetrySettings
 from streamd.drain.pressure import YieldSettings
 from streamd.drain.routing import Filter, Route
@@ -24,6 +31,7 @@ __all__ = [
     "Result",
     "RetrySettings",
     "Route",
+    "RunnerStatistics",
     "Sink",
     "SinkOperation",
     "SinkSpec",

@@ -76,6 +76,14 @@ class SinkStatus:
     failed_attempts: int = 0  # since start
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerStatistics:
+    """A running sink's delivery pool (see :mod:`streamd.drain.runner`)."""
+
+    outstanding: int  # matching events read, not yet saved as passed (<= max_in_flight)
+    yields: int  # pages it waited for because ingest was saturated
+
+
 class _Slot:
     """A sink's place in the engine: its spec, its current runner, and its scope."""
 
@@ -100,10 +108,12 @@ class Drain:
         *,
         read_threads: int,
         yield_settings: YieldSettings | None = None,
+        commit_seconds: Callable[[], float] | None = None,
     ) -> None:
         self.journal = journal
         self.pressure = IngestPressure(
-            lambda: journal.statistics().commit_seconds_sum, yield_settings or YieldSettings()
+            commit_seconds or (lambda: journal.statistics().commit_seconds_sum),
+            yield_settings or YieldSettings(),
         )
         self._specs = {spec.name: spec for spec in specs}
         self._slot: dict[str, _Slot] = {}
@@ -137,6 +147,14 @@ class Drain:
                 )
             )
         return out
+
+    def runner_statistics(self, name: str) -> RunnerStatistics | None:
+        """Sink ``name``'s delivery pool now, or None while it is not running (disabled,
+        stopped). Raises :class:`DrainError` for a sink not configured here."""
+        runner = self._get(name).runner
+        if runner is None:
+            return None
+        return RunnerStatistics(outstanding=runner.outstanding, yields=runner.yields)
 
     async def sinks(self) -> list[SinkStatus]:
         """Every sink's state, with lag in seconds and dead-letter counts from the journal."""
@@ -453,15 +471,24 @@ async def open_drain(
     grace: float = 10.0,
     read_threads: int = 2,
     yield_settings: YieldSettings | None = None,
+    commit_seconds: Callable[[], float] | None = None,
 ) -> AsyncIterator[Drain]:
     """Start a runner for every enabled sink; on exit, stop gracefully.
 
     The stop reads nothing more, lets batches in flight finish their current attempt
     for up to ``grace`` seconds, cancels what is left (unconfirmed: delivered again
-    after the restart), and saves every cursor. Raises :class:`JournalError` when
-    the sinks' rows cannot be created.
+    after the restart), and saves every cursor. ``commit_seconds`` is the journal
+    writer's commit time so far, which tells how busy ingest is (``yield_settings``;
+    by default the journal's statistics). Raises :class:`JournalError` when the
+    sinks' rows cannot be created.
     """
-    drain = Drain(journal, specs, read_threads=read_threads, yield_settings=yield_settings)
+    drain = Drain(
+        journal,
+        specs,
+        read_threads=read_threads,
+        yield_settings=yield_settings,
+        commit_seconds=commit_seconds,
+    )
     starts = {spec.name: spec.start for spec in specs}
     rows = await journal.control(lambda conn: store.ensure_sinks(conn, starts, utc_now()))
     drain._reader = await trio.to_thread.run_sync(store.open_reader, journal.path)

@@ -17,6 +17,7 @@ import binascii
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote_plus
@@ -62,6 +63,9 @@ TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
 _CHALLENGE = re.compile(r"[A-Za-z0-9._~-]{1,256}")
 _COMMON_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
+# Called once per answered POST: (source, status, seconds, reason of a 503 or None).
+Observer = Callable[[str, int, float, str | None], None]
+
 
 class Appender(Protocol):
     """What the app needs of a journal: the in-process :class:`~streamd.journal.Journal`,
@@ -93,7 +97,19 @@ class Source:
 class IngestApp:
     """The ASGI application that receives deliveries and journals them."""
 
-    def __init__(self, sources: list[Source], journal: Appender, limits: Limits) -> None:
+    def __init__(
+        self,
+        sources: list[Source],
+        journal: Appender,
+        limits: Limits,
+        *,
+        issuer: Issuer | None = None,
+        observer: Observer | None = None,
+        mtls_ports: AbstractSet[int] = frozenset(),
+    ) -> None:
+        """``issuer``: the embedded OAuth issuer (``POST /oauth/token``), when configured;
+        ``observer`` is called once per answered POST; ``mtls_ports``: the ports of the
+        listener that required a verified client certificate (mTLS)."""
         self._routes = {s.path.rstrip("/") or "/": s for s in sources}
         self._journal = journal
         self.limits = limits
@@ -103,23 +119,15 @@ class IngestApp:
         self._idle = trio.Event()
         self.responses: dict[int, int] = {}
         self._background: trio.Nursery | None = None
-        # The embedded OAuth issuer (POST /oauth/token), when configured.
-        self._issuer: Issuer | None = None
-        # Ports of the listener that required a verified client certificate (mTLS).
-        self.mtls_ports: set[int] = set()
-        # Called once per answered POST: (source, status, seconds, reason of a 503 or None).
-        self.observer: Callable[[str, int, float, str | None], None] | None = None
+        self._issuer = issuer
+        self.mtls_ports = frozenset(mtls_ports)
+        self._observer = observer
         self._share_out()
 
     @property
     def issuer(self) -> Issuer | None:
         """The embedded OAuth issuer, when configured (its endpoint has a share of slots)."""
         return self._issuer
-
-    @issuer.setter
-    def issuer(self, issuer: Issuer | None) -> None:
-        self._issuer = issuer
-        self._share_out()
 
     def _share_out(self) -> None:
         wanted = {s.name: s.max_in_flight for s in self._routes.values()}
@@ -143,21 +151,28 @@ class IngestApp:
         """The sources served now."""
         return list(self._routes.values())
 
-    def replace_sources(self, sources: list[Source]) -> None:
-        """Swap in new sources (a reload): requests already routed keep their old one."""
+    def reconfigure(self, sources: list[Source], issuer: Issuer | None) -> None:
+        """Swap in a reload's sources and issuer: requests already routed keep their old
+        source; the slots are shared out again."""
         self._routes = {s.path.rstrip("/") or "/": s for s in sources}
+        self._issuer = issuer
         self._share_out()
         self._give_nursery()
 
-    @property
-    def background(self) -> trio.Nursery | None:
-        """Where background work (validationUrl GETs) runs."""
-        return self._background
-
-    @background.setter
-    def background(self, nursery: trio.Nursery | None) -> None:
-        self._background = nursery
-        self._give_nursery()
+    async def serve_background(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Host the background work (the validationUrl GETs of sources that open them)
+        until cancelled; before it started, such a URL is logged for the operator."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._background = nursery
+                self._give_nursery()
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._background = None
+            self._give_nursery()
 
     def _give_nursery(self) -> None:
         for source in self._routes.values():
@@ -207,7 +222,7 @@ class IngestApp:
         if method != "POST":
             await self._error(send, 405, f"{method} not allowed", [(b"allow", b"GET, POST")])
             return
-        observer = self.observer
+        observer = self._observer
         answered = [0]
         if observer is not None:
             inner_send = send

@@ -1,7 +1,7 @@
 """Prometheus metrics, health and readiness on the admin listener.
 
 Counters that move per request (answers, ack latency) are prometheus_client
-objects updated by the ingest app's observer; everything else is read at
+objects updated by the ingest app's observer (:class:`RequestStats`); everything else is read at
 scrape time from the parts' own statistics (the journal writer, the drain,
 retention, stream health), so nothing is counted twice and an idle daemon
 does no metrics work. Names follow Prometheus conventions: ``_total`` for
@@ -74,34 +74,35 @@ class Parts:
     connections: Callable[[], ConnectionStatistics] | None = None
 
 
-class Metrics:
-    """The registry, the per-request observer, and the admin routes."""
+class RequestStats:
+    """The per-request counters (answers, 503 reasons, ack latency) and the streams'
+    health, fed by the ingest app's (or the workers') observer.
 
-    def __init__(self, parts: Parts) -> None:
-        self.parts = parts
-        self.registry = CollectorRegistry(auto_describe=True)
+    Made before the app and before :class:`Metrics`: the app needs its
+    :meth:`observe`, and the metrics need the app (for the gauges they read from it).
+    """
+
+    def __init__(self, health: StreamHealth) -> None:
+        self.health = health
         self._requests = Counter(
             "streamd_requests",
             "POST deliveries answered, by source and HTTP status.",
             ["source", "status"],
-            registry=self.registry,
+            registry=None,
         )
         self._unavailable = Counter(
             "streamd_unavailable_responses",
             "503 answers (the sender retries), by reason.",
             ["reason"],
-            registry=self.registry,
+            registry=None,
         )
         self._ack = Histogram(
             "streamd_ack_latency_seconds",
             "From the request's arrival to its answer, for POST deliveries answered 200.",
             ["source"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=None,
         )
-        self._collector = _StateCollector(parts)
-        self.registry.register(self._collector)
-        self._render_lock = trio.Lock()
 
     def observe(self, source: str, status: int, seconds: float, reason: str | None) -> None:
         """The ingest app's observer: one answered POST."""
@@ -110,13 +111,32 @@ class Metrics:
             self._ack.labels(source).observe(seconds)
         elif status == 503:
             self._unavailable.labels(reason or "other").inc()
-        self.parts.health.observe(source, status)
+        self.health.observe(source, status)
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Expose the counters in ``registry``."""
+        for collector in (self._requests, self._unavailable, self._ack):
+            registry.register(collector)
+
+
+class Metrics:
+    """The registry and the admin routes: ``requests``' counters, and gauges read from
+    the parts at scrape time."""
+
+    def __init__(self, parts: Parts, requests: RequestStats) -> None:
+        self.parts = parts
+        self.registry = CollectorRegistry(auto_describe=True)
+        requests.register(self.registry)
+        self._collector = _StateCollector(parts)
+        self.registry.register(self._collector)
+        self._render_lock = trio.Lock()
 
     def render(self) -> bytes:
         """The text exposition (reads the journal for sink lag: call it off the event loop)."""
         return generate_latest(self.registry)
 
     def close(self) -> None:
+        """Close the journal reader the scrapes use (for sink lag)."""
         self._collector.close()
 
     # -- admin routes --------------------------------------------------------------------

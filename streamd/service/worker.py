@@ -35,15 +35,13 @@ from streamd.ingest import IngestApp, ipc
 from streamd.ingest.remote import RemoteJournal
 from streamd.service.config import Config
 from streamd.service.http import ConnectionTable, max_connections_for, serve_http
-from streamd.service.logs import LOG_FORMATS, PER_REQUEST, configure_logging
-from streamd.service.run import (
-    build_issuer,
+from streamd.service.listeners import (
     hypercorn_config,
-    ingest_limits,
-    load_sources,
     mtls_hypercorn_config,
     reload_certificates,
 )
+from streamd.service.logs import LOG_FORMATS, PER_REQUEST, configure_logging
+from streamd.service.startup import build_issuer, ingest_limits, load_sources
 
 log = logging.getLogger("streamd.worker")
 # Answered POSTs go to the main process (metrics, stream health) this often, or as
@@ -55,18 +53,37 @@ _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class _Worker:
-    """One worker's state: its app, its listeners' settings, what it has to report."""
+    """One worker's state: its app, its listeners, what it has to report."""
 
-    def __init__(self, config: Config, hello: ipc.Hello, remote: RemoteJournal) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hello: ipc.Hello,
+        remote: RemoteJournal,
+        listen_fds: list[int],
+        mtls_fds: list[int],
+    ) -> None:
         self.config = config
         self.index = hello.index
         self.remote = remote
-        # The bounds of the whole daemon, shared: each worker takes its part, rounded up.
-        self.app = IngestApp(load_sources(config), remote, ingest_limits(config, hello.workers))
-        self.app.issuer = build_issuer(config)
-        self.app.observer = self.observe
+        sources, issuer = load_sources(config), build_issuer(config)
         self.hc = hypercorn_config(config)
+        self.sockets = _sockets(self.hc, listen_fds)
         self.mtls_hc = mtls_hypercorn_config(config) if config.server.mtls_listen else None
+        self.mtls_sockets = None if self.mtls_hc is None else _sockets(self.mtls_hc, mtls_fds)
+        mtls_ports = frozenset(
+            s.getsockname()[1]
+            for s in ([] if self.mtls_sockets is None else self.mtls_sockets.secure_sockets)
+        )
+        # The bounds of the whole daemon, shared: each worker takes its part, rounded up.
+        self.app = IngestApp(
+            sources,
+            remote,
+            ingest_limits(config, hello.workers),
+            issuer=issuer,
+            observer=self.observe,
+            mtls_ports=mtls_ports,
+        )
         # Each worker has descriptors of its own; a configured cap is the daemon's, shared.
         configured = config.server.max_connections
         limit = math.ceil(configured / max(hello.workers, 1)) if configured else 0
@@ -125,8 +142,7 @@ class _Worker:
                 "worker %d: configuration not reloaded, keeping the old one: %s", self.index, exc
             )
             return
-        self.app.replace_sources(sources)
-        self.app.issuer = issuer
+        self.app.reconfigure(sources, issuer)
         self.config = new
         if message.log_level in _LEVELS:
             logging.getLogger().setLevel(message.log_level.upper())
@@ -163,16 +179,12 @@ async def serve_worker(ipc_fd: int, listen_fds: list[int], mtls_fds: list[int]) 
     hello, early = first
     config = msgspec.msgpack.decode(hello.config, type=Config)
     remote = RemoteJournal(stream)
-    worker = _Worker(config, hello, remote)
-    sockets = _sockets(worker.hc, listen_fds)
-    mtls_sockets = None
-    if worker.mtls_hc is not None:
-        mtls_sockets = _sockets(worker.mtls_hc, mtls_fds)
-        worker.app.mtls_ports = {s.getsockname()[1] for s in mtls_sockets.secure_sockets}
+    worker = _Worker(config, hello, remote, listen_fds, mtls_fds)
+    sockets, mtls_sockets = worker.sockets, worker.mtls_sockets
     main_gone = False
     async with trio.open_nursery() as nursery:
         worker.nursery = nursery
-        worker.app.background = nursery
+        await nursery.start(worker.app.serve_background)
         nursery.start_soon(remote.serve_sender)
         nursery.start_soon(_watch_signals, worker)
         for message in early:
@@ -195,7 +207,7 @@ async def serve_worker(ipc_fd: int, listen_fds: list[int], mtls_fds: list[int]) 
                 await worker.stop.wait()
                 await worker.app.wait_idle()
                 # Every POST is answered: hypercorn would otherwise wait out the grace
-                # for keep-alive connections (as run._cancel_when_drained explains).
+                # for keep-alive connections (as listeners._cancel_when_drained explains).
                 inner.cancel_scope.cancel()
             worker.flush_report()
             await remote.flushed()

@@ -90,7 +90,9 @@ class WorkerPool:
         mtls_sockets: Sockets | None = None,
         *,
         backlog: int = 1024,
+        observer: ObserverFn | None = None,
     ) -> None:
+        """``observer`` is called once per POST a worker answered (as reported)."""
         self.config = config
         self._backlog = backlog
         self._journal = journal
@@ -101,7 +103,7 @@ class WorkerPool:
         self._slots = [_Slot(i) for i in range(config.server.workers)]
         self._stopping = False
         self._stop_event = trio.Event()
-        self.observer: ObserverFn | None = None
+        self._observer = observer
         self.restarts = 0
         self._dead_responses: dict[int, int] = {}
         self._dead_connections = NO_CONNECTIONS
@@ -354,7 +356,7 @@ class WorkerPool:
         slot.in_flight = message.in_flight
         if message.connections:
             slot.connections = ConnectionStatistics(*message.connections)
-        observer = self.observer
+        observer = self._observer
         if observer is not None:
             for answer in message.answers:
                 observer(*answer)

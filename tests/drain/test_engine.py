@@ -90,7 +90,7 @@ async def test_window_bounds_what_is_read_but_not_saved(journal: Journal) -> Non
     ) as drain:
         await wait_until(lambda: len(sink.attempts) == 3, "three batches in flight")
         await trio.sleep(0.2)  # give a runaway reader the chance to read more
-        runner = drain._slot["win"].runner
+        runner = drain.runner_statistics("win")
         assert runner is not None
         assert runner.outstanding <= 30
         assert len(sink.attempts) == 3  # the fourth worker has nothing: the window is full

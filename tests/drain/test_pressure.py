@@ -41,16 +41,16 @@ async def test_a_saturated_writer_slows_the_sinks_but_never_stops_them(journal: 
     sink = Recorder()
     settings = YieldSettings(pause=0.05, busy_ratio=0.5, window=0.01)
     specs = [spec("rec", sink, batch_size=500)]
-    async with open_drain(journal, specs, yield_settings=settings) as d:
-        # A saturated writer: its commit time grows as fast as the clock.
-        d.pressure._commit_seconds = trio.current_time
-        d.pressure._spent = trio.current_time()
+    # A saturated writer: its commit time grows as fast as the clock.
+    async with open_drain(
+        journal, specs, yield_settings=settings, commit_seconds=trio.current_time
+    ) as d:
         await trio.sleep(0.02)  # one whole window of it, so that every page sees it
         assert d.pressure.sample() >= 0.5
         for i in range(0, 3000, 500):
             await append(journal, keys[i : i + 500])
         await wait_until(lambda: len(sink.keys) == 3000, "every event, slowly")
-        runner = d._slot["rec"].runner
+        runner = d.runner_statistics("rec")
         assert runner is not None and runner.yields >= 3  # a pause before every page
         assert d.pressure.yields >= 3 and d.pressure.busy >= 0.5
     assert sink.keys == keys
@@ -61,17 +61,18 @@ async def test_an_idle_writer_costs_the_sinks_nothing(journal: Journal) -> None:
     sink = Recorder()
     # A pause long enough that one taken would outlast wait_until's deadline.
     settings = YieldSettings(pause=60.0, busy_ratio=0.5, window=0.01)
+    # An idle writer: its commit time stands still. (The real one's would move with the
+    # drain's own cursor saves, and on a loaded machine one slow fsync inside a 10 ms
+    # window reads as "busy"; that is the saturated case, tested above.)
     async with open_drain(
-        journal, [spec("rec", sink, batch_size=500)], yield_settings=settings
+        journal,
+        [spec("rec", sink, batch_size=500)],
+        yield_settings=settings,
+        commit_seconds=lambda: 0.0,
     ) as d:
-        # An idle writer: its commit time stands still. (The real one's would move with the
-        # drain's own cursor saves, and on a loaded machine one slow fsync inside a 10 ms
-        # window reads as "busy"; that is the saturated case, tested above.)
-        d.pressure._commit_seconds = lambda: 0.0
-        d.pressure._spent = 0.0
         await wait_until(lambda: len(sink.keys) == 2000, "every event")
         assert d.pressure.yields == 0
         assert d.pressure.sample() == 0.0
-        runner = d._slot["rec"].runner
+        runner = d.runner_statistics("rec")
         assert runner is not None and runner.yields == 0
     assert sink.keys == [f"i{i}" for i in range(2000)]

@@ -21,7 +21,7 @@ from streamd.errors import ConfigError
 from streamd.journal import WriterOptions, open_journal
 from streamd.service import Running, serve
 from streamd.service.config import Config
-from streamd.service.run import hypercorn_config
+from streamd.service.listeners import hypercorn_config
 from streamd.service.workers import WorkerPool
 from tests.conftest import fixture_bytes
 from tests.integration.conftest import TOKEN, Server, StartServer, make_config

@@ -8,7 +8,7 @@ import pytest
 
 from streamd.errors import ConfigError
 from streamd.service.config import load_config
-from streamd.service.run import build_pulls
+from streamd.service.startup import build_pulls
 
 BASE = """
 [[pulls]]

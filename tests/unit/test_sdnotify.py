@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamd.errors import ConfigError
-from streamd.service.run import activated_binds
+from streamd.service.listeners import activated_binds
 from streamd.service.sdnotify import Notifier, take_environment
 
 

@@ -66,6 +66,21 @@ def register(sub: Any) -> None:
         description="Emulate Marketo's legacy push and Adobe I/O Events senders against an "
         "endpoint, or serve a Journaling API (--journal-server).",
     )
+    _traffic_flags(p)
+    _io_and_tls_flags(p)
+    _credential_flags(p)
+    _output_flags(p)
+    _journal_server_flags(p)
+    esub = p.add_subparsers(dest="emit_command", metavar="SUBCOMMAND")
+    v = esub.add_parser("verify", help="check that every acknowledged id is journaled once")
+    v.add_argument("--journal", metavar="PATH", type=Path, required=True, help="journal.db")
+    v.add_argument(
+        "--acked", metavar="FILE", type=Path, required=True, help="the emulator's acked file"
+    )
+
+
+def _traffic_flags(p: argparse.ArgumentParser) -> None:
+    """Where to send, what, how fast and for how long."""
     p.add_argument("--to", metavar="URL", type=_url, help="the endpoint to deliver to")
     p.add_argument(
         "--mode",
@@ -96,6 +111,11 @@ def register(sub: Any) -> None:
         default=1,
         help="subscriptions (legacy) or registrations (I/O) sending side by side (default 1)",
     )
+    _pace_flags(p)
+
+
+def _pace_flags(p: argparse.ArgumentParser) -> None:
+    """How fast, for how long, and how the senders retry and repeat."""
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
         "--rate",
@@ -143,6 +163,10 @@ def register(sub: Any) -> None:
         type=_positive(float, "--timeout"),
         help="request timeout in seconds (default: legacy 20, I/O 10; never time-scaled)",
     )
+
+
+def _io_and_tls_flags(p: argparse.ArgumentParser) -> None:
+    """TLS trust, and what only Adobe I/O Events sends (challenge, signatures, keys)."""
     p.add_argument(
         "--ca-file",
         metavar="FILE",
@@ -171,6 +195,10 @@ def register(sub: Any) -> None:
         help="I/O mode: the recipientclientid in every event (your client id)",
     )
     p.add_argument("--provider", default="marketo", help="I/O mode: the x-adobe-provider header")
+
+
+def _credential_flags(p: argparse.ArgumentParser) -> None:
+    """The credentials the legacy push and the journal server use."""
     p.add_argument(
         "--token-file",
         metavar="FILE",
@@ -186,6 +214,10 @@ def register(sub: Any) -> None:
         help="legacy OAuth: file holding the secret (journal server: serve an IMS token "
         "endpoint at /ims/token/v3 for this client)",
     )
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    """What the run writes: acknowledged ids, progress, the summary."""
     p.add_argument(
         "--acked", metavar="FILE", type=Path, help="append every acknowledged event id here"
     )
@@ -198,6 +230,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--summary", metavar="FILE", type=Path, help="write the summary JSON here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _journal_server_flags(p: argparse.ArgumentParser) -> None:
+    """``--journal-server``: a generated Adobe Journaling API instead of sending."""
     p.add_argument(
         "--journal-server",
         action="store_true",
@@ -236,12 +272,6 @@ def register(sub: Any) -> None:
         "--journal-token-file",
         metavar="FILE",
         help="journal server: require 'Authorization: Bearer' with this token",
-    )
-    esub = p.add_subparsers(dest="emit_command", metavar="SUBCOMMAND")
-    v = esub.add_parser("verify", help="check that every acknowledged id is journaled once")
-    v.add_argument("--journal", metavar="PATH", type=Path, required=True, help="journal.db")
-    v.add_argument(
-        "--acked", metavar="FILE", type=Path, required=True, help="the emulator's acked file"
     )
 
 
@@ -286,22 +316,7 @@ def _first_token(path: str, what: str) -> str:
 
 def options_from(args: argparse.Namespace) -> EmitOptions:
     """The run's options from the parsed flags; raises :class:`UsageError`."""
-    if not args.to:
-        raise UsageError("--to URL is required (or --journal-server)")
-    if not 0 <= args.seed < MAX_SEED:
-        raise UsageError(f"--seed must be in 0-{MAX_SEED - 1}, got {args.seed}")
-    if args.progress < 0 or not math.isfinite(args.progress):
-        raise UsageError(f"--progress must be 0 or more, got {args.progress}")
-    if args.drain < 0 or not math.isfinite(args.drain):
-        raise UsageError(f"--drain must be 0 or more, got {args.drain}")
-    if args.parallel > 1024:
-        raise UsageError(f"--parallel must be at most 1024, got {args.parallel}")
-    if args.mode == "io" and args.batch is not None and args.batch > 20:
-        raise UsageError(
-            f"--batch: Adobe I/O Events batches hold at most 20 events, got {args.batch}"
-        )
-    if args.batch is not None and args.batch > 10_000:
-        raise UsageError(f"--batch must be at most 10000, got {args.batch}")
+    _check_bounds(args)
     oauth_flags = (args.oauth_url, args.client_id, args.client_secret_file)
     oauth = None
     if any(oauth_flags):
@@ -354,6 +369,25 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         handle_signals=True,
         progress=args.progress,
     )
+
+
+def _check_bounds(args: argparse.Namespace) -> None:
+    if not args.to:
+        raise UsageError("--to URL is required (or --journal-server)")
+    if not 0 <= args.seed < MAX_SEED:
+        raise UsageError(f"--seed must be in 0-{MAX_SEED - 1}, got {args.seed}")
+    if args.progress < 0 or not math.isfinite(args.progress):
+        raise UsageError(f"--progress must be 0 or more, got {args.progress}")
+    if args.drain < 0 or not math.isfinite(args.drain):
+        raise UsageError(f"--drain must be 0 or more, got {args.drain}")
+    if args.parallel > 1024:
+        raise UsageError(f"--parallel must be at most 1024, got {args.parallel}")
+    if args.mode == "io" and args.batch is not None and args.batch > 20:
+        raise UsageError(
+            f"--batch: Adobe I/O Events batches hold at most 20 events, got {args.batch}"
+        )
+    if args.batch is not None and args.batch > 10_000:
+        raise UsageError(f"--batch must be at most 10000, got {args.batch}")
 
 
 def _emit(args: argparse.Namespace) -> int:

@@ -80,6 +80,13 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
 
 def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add every ``streamd journal`` subcommand to ``jsub``."""
+    _register_reading(jsub)
+    _register_one_and_export(jsub)
+    _register_maintenance(jsub)
+
+
+def _register_reading(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """stats, grep, find, tail."""
     p = jsub.add_parser(
         "stats",
         help="counts by stream, type, Munchkin id and source in a window; rate, duplicates, sizes",
@@ -119,6 +126,9 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(run=commands.cmd_tail)
 
+
+def _register_one_and_export(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """show, export."""
     p = jsub.add_parser(
         "show", help="one event: its columns, its JSON as received, the delivery that brought it"
     )
@@ -153,6 +163,9 @@ def register(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(run=_export)
 
+
+def _register_maintenance(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """verify, backup, query."""
     p = jsub.add_parser(
         "verify",
         help="integrity check plus streamd's invariants; exit 0 when healthy, 1 when not",

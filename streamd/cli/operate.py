@@ -159,7 +159,10 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     journal_flags(p)
     operator_flags(p)
+    _register_dlq(sub)
 
+
+def _register_dlq(sub: Any) -> None:
     p_dlq = sub.add_parser("dlq", help="inspect, retry or drop dead letters")
     dsub = p_dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND")
     dsub.required = True

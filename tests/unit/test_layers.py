@@ -155,3 +155,19 @@ def test_command_line_parsers_live_in_the_front_door() -> None:
         if "ArgumentParser(" in path.read_text() or "add_parser(" in path.read_text():
             builders.append(name)
     assert not builders, f"argparse parsers outside streamd/cli: {builders}"
+
+
+def test_the_front_door_and_the_composition_root_read_in_short_functions() -> None:
+    # Issue 14: no function over ~60 lines in the daemon's composition root and the CLI.
+    roots = [*sorted((PACKAGE / "cli").glob("*.py"))] + [
+        PACKAGE / "service" / f"{name}.py"
+        for name in ("run", "startup", "listeners", "reload", "systemd")
+    ]
+    long = []
+    for path in roots:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length}")
+    assert not long, "\n".join(long)

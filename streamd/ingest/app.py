@@ -240,7 +240,9 @@ class IngestApp:
         except StreamdError as exc:
             reason = exc.reason if exc.status_hint >= 500 else None
             extra = [(b"connection", b"close")] if isinstance(exc, SlowBody) else None
-            await self._error(send, exc.status_hint, str(exc), extra, retry_after=_retry_after(exc))
+            await self._error(
+                send, exc.status_hint, str(exc), extra, retry_after=retry_after_of(exc)
+            )
         except Exception:
             # Never a traceback to the sender, never a 4xx for our own fault.
             log.exception("unexpected error on %s %s", method, scope["path"])
@@ -523,7 +525,8 @@ class IngestApp:
         await send({"type": "http.response.body", "body": body})
 
 
-def _retry_after(exc: StreamdError) -> int | None:
+def retry_after_of(exc: StreamdError) -> int | None:
+    """The ``Retry-After`` seconds the app sends with a refusal (None: no header)."""
     if isinstance(exc, JournalBusy):
         return exc.retry_after
     return 5 if exc.status_hint >= 500 else None

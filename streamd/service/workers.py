@@ -227,7 +227,7 @@ class WorkerPool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await trio.lowlevel.open_process(
-                self._command(theirs.fileno()),
+                self.command(theirs.fileno()),
                 pass_fds=(theirs.fileno(), *self._fds, *self._mtls_fds),
                 stdin=subprocess.DEVNULL,
                 env=_environment(),
@@ -284,7 +284,8 @@ class WorkerPool:
             )
         return code
 
-    def _command(self, ipc_fd: int) -> list[str]:
+    def command(self, ipc_fd: int) -> list[str]:
+        """The argv of one worker process, ``ipc_fd`` its end of the command socket."""
         cmd = [sys.executable, "-m", "streamd.service.worker", "--ipc-fd", str(ipc_fd)]
         cmd += ["--listen-fds", ",".join(map(str, self._fds))]
         if self._mtls_fds:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import httpx
 import pytest
 import trio
+import trio.testing
 
-from streamd.journal.writer import Control
 from tests.conftest import fixture_bytes
 from tests.integration.conftest import Server, StartServer
 from tests.integration.test_ingest import count
@@ -45,7 +45,8 @@ async def test_a_batch_committed_after_the_budget_is_answered_200(
         await server.wait_for(lambda: journal.statistics().queued_events == 6, "the batch")
         posted_at = trio.current_time()
         # Right behind the batch: group 2 will write the batch, then hold its COMMIT.
-        journal._writer.submit_control(Control(op=second.op))
+        nursery.start_soon(journal.control, second.op)
+        await trio.testing.wait_all_tasks_blocked(0.05)  # ... it is queued behind the batch
         first.opened.set()
         await second.wait_entered()
         with trio.move_on_at(posted_at + HOLD):  # the slow commit lasts HOLD seconds...

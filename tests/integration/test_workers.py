@@ -274,7 +274,7 @@ async def test_a_worker_that_cannot_start_stops_the_start_with_a_clear_error(
     def command(self: WorkerPool, ipc_fd: int) -> list[str]:
         return [sys.executable, "-c", script, str(ipc_fd)]
 
-    monkeypatch.setattr(WorkerPool, "_command", command)
+    monkeypatch.setattr(WorkerPool, "command", command)
     # (No admin listener: a start that fails leaves its sockets to the garbage collector,
     # in one process as with workers; the CLI exits right after.)
     config = make_config(data_dir, ONE + "[admin]\nenabled = false\n")
@@ -292,12 +292,12 @@ async def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await start_server(ONE)
-    real = WorkerPool._command
+    real = WorkerPool.command
 
     def broken(self: WorkerPool, ipc_fd: int) -> list[str]:
         return [sys.executable, "-c", "import sys; sys.exit(7)"]
 
-    monkeypatch.setattr(WorkerPool, "_command", broken)
+    monkeypatch.setattr(WorkerPool, "command", broken)
     (victim,) = pool(server).statistics().pids
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
@@ -305,7 +305,7 @@ async def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly(
     assert "exited with signal SIGKILL; starting it again in 0.5 s" in caplog.text
     assert "exited with status 7; starting it again in 1 s" in caplog.text
     assert "exited with status 7; starting it again in 2 s" in caplog.text
-    monkeypatch.setattr(WorkerPool, "_command", real)
+    monkeypatch.setattr(WorkerPool, "command", real)
     # The next start (after at most 4 s) serves again; meanwhile connections wait.
     reply = await server.post(fixture_bytes("lads_single"))
     assert reply.status_code == 200

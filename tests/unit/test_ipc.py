@@ -110,12 +110,16 @@ def test_a_refusal_answers_as_the_in_process_app_would(error: StreamdError) -> N
         error.reason,
     )
     # What the app puts in Retry-After for each.
-    assert app_module._retry_after(again) == app_module._retry_after(error)
+    assert app_module.retry_after_of(again) == app_module.retry_after_of(error)
 
 
 def test_an_unexpected_error_in_the_main_process_is_an_internal_503() -> None:
     again = refusal_error(refusal(4, RuntimeError("boom")))
-    assert (again.status_hint, again.reason, app_module._retry_after(again)) == (503, "internal", 5)
+    assert (again.status_hint, again.reason, app_module.retry_after_of(again)) == (
+        503,
+        "internal",
+        5,
+    )
     assert "boom" not in str(again)  # never our internals to the sender
 
 

@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streamd.admin.app import Request, Response, Route
 from streamd.core.timeparse import format_utc
 from streamd.drain import store
 from streamd.drain.engine import Drain, age_seconds
@@ -37,7 +35,6 @@ from streamd.service.http import ConnectionStatistics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SINK_STATES = ("active", "paused", "auto-paused", "disabled")
-CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class Front(Protocol):
@@ -129,7 +126,6 @@ class Metrics:
         requests.register(self.registry)
         self._collector = _StateCollector(parts)
         self.registry.register(self._collector)
-        self._render_lock = trio.Lock()
 
     def render(self) -> bytes:
         """The text exposition (reads the journal for sink lag: call it off the event loop)."""
@@ -138,30 +134,6 @@ class Metrics:
     def close(self) -> None:
         """Close the journal reader the scrapes use (for sink lag)."""
         self._collector.close()
-
-    # -- admin routes --------------------------------------------------------------------
-    def routes(self) -> list[Route]:
-        return [
-            Route("GET", "/metrics", self._metrics),
-            Route("GET", "/healthz", self._healthz, public=True),
-            Route("GET", "/readyz", self._readyz, public=True),
-        ]
-
-    async def _metrics(self, request: Request) -> Response:
-        async with self._render_lock:  # one scrape at a time: one reader connection
-            body = await trio.to_thread.run_sync(self.render)
-        return Response(200, body=body, content_type=CONTENT_TYPE)
-
-    async def _healthz(self, request: Request) -> Response:
-        return Response(200, {"status": "alive"})
-
-    async def _readyz(self, request: Request) -> Response:
-        problems = self.not_ready()
-        if problems:
-            return Response(
-                503, {"ready": False, "problems": problems}, headers=[(b"retry-after", b"5")]
-            )
-        return Response(200, {"ready": True})
 
     def not_ready(self) -> list[str]:
         """Why ingest would not accept a delivery now (empty: ready)."""

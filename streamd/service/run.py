@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import trio
 
 from streamd.admin import AdminApp, journal_routes
+from streamd.admin.health import health_routes
 from streamd.admin.operations import operation_routes
 from streamd.auth import TokenSet
 from streamd.clock import utc_now
@@ -242,7 +243,7 @@ def _assemble(
     if admin_tokens is not None:
         routes = [
             *journal_routes(config.journal_path, retry_after=config.admin.pull_retry_after),
-            *metrics.routes(),
+            *health_routes(metrics.render, metrics.not_ready),
             *operation_routes(drain, pulls),
         ]
         admin = AdminApp(admin_tokens, routes, journal_id=journal.journal_id)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -106,6 +106,10 @@ class Retention:
         self.settings = settings
         self.stats = RetentionStatistics()
         self.wake = trio.Event()
+
+    def follow(self, sinks: Iterable[str]) -> None:
+        """The configured sinks changed (a reload): hold back for these from now on."""
+        self.sinks = tuple(sinks)
 
     async def run_once(self, reader: sqlite3.Connection, now: datetime) -> int:
         """One pass: age, then the cap. Returns how many events it deleted."""

@@ -177,7 +177,7 @@ class IngestApp:
     def _give_nursery(self) -> None:
         for source in self._routes.values():
             if source.validator is not None:
-                source.validator.nursery = self._background
+                source.validator.run_in(self._background)
 
     def begin_shutdown(self) -> None:
         """From now on, POSTs get 503 + Retry-After (the sender keeps the events)."""

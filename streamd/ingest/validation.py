@@ -30,9 +30,14 @@ class Validator:
 
     hosts: tuple[str, ...]
     ca_file: str = ""
-    nursery: trio.Nursery | None = None
     opened: list[tuple[str, int | str]] = field(default_factory=list)  # (url, status or error)
     _busy: int = 0
+    _nursery: trio.Nursery | None = None
+
+    def run_in(self, nursery: trio.Nursery | None) -> None:
+        """Open URLs as tasks of ``nursery`` from now on (None: the app stopped hosting
+        background work; URLs are then logged for the operator to open)."""
+        self._nursery = nursery
 
     def allowed(self, url: str) -> str | None:
         """Why ``url`` may not be opened, or None when it may."""
@@ -63,7 +68,7 @@ class Validator:
                 problem,
             )
             return False
-        if self.nursery is None or self._busy >= MAX_CONCURRENT:
+        if self._nursery is None or self._busy >= MAX_CONCURRENT:
             log.warning(
                 "source %s: too many validations at once; open %r by hand within 5 minutes",
                 source,
@@ -71,7 +76,7 @@ class Validator:
             )
             return False
         self._busy += 1
-        self.nursery.start_soon(self._open, source, url)
+        self._nursery.start_soon(self._open, source, url)
         return True
 
     async def _open(self, source: str, url: str) -> None:

@@ -96,7 +96,7 @@ class Reloader:
                 changed = {s.name for s in new.sinks if s.name in old and old[s.name] != s}
                 for line in await self._drain.reconfigure(specs, changed):
                     log.info("SIGHUP: %s", line)
-                self._retention.sinks = tuple(spec.name for spec in specs)
+                self._retention.follow(spec.name for spec in specs)
             for line in start_pulls(self._pulls, pull_plans, self._journal):
                 log.info("SIGHUP: %s", line)
             if self._log_level_from_config:

@@ -91,7 +91,7 @@ class _Worker:
         self.stop = trio.Event()
         self.answers: list[tuple[str, int, float, str | None]] = []
         self._reported: tuple[dict[int, int], int, tuple[int, ...]] = ({}, 0, ())
-        self.nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None
 
     def observe(self, source: str, status: int, seconds: float, reason: str | None) -> None:
         self.answers.append((source, status, seconds, reason))
@@ -113,12 +113,16 @@ class _Worker:
             await trio.sleep(REPORT_INTERVAL)
             self.flush_report()
 
+    def run_in(self, nursery: trio.Nursery) -> None:
+        """Run what control messages start (a reload) as tasks of ``nursery``."""
+        self._nursery = nursery
+
     def on_control(self, message: ipc.ToWorker) -> None:
         if isinstance(message, ipc.Stop):
             self.begin_stop()
         elif isinstance(message, ipc.Reload):
-            assert self.nursery is not None
-            self.nursery.start_soon(self.reload, message)
+            assert self._nursery is not None, "control messages come once run_in was called"
+            self._nursery.start_soon(self.reload, message)
         else:
             raise ipc.ProtocolError(f"unexpected {type(message).__name__} message")
 
@@ -183,7 +187,7 @@ async def serve_worker(ipc_fd: int, listen_fds: list[int], mtls_fds: list[int]) 
     sockets, mtls_sockets = worker.sockets, worker.mtls_sockets
     main_gone = False
     async with trio.open_nursery() as nursery:
-        worker.nursery = nursery
+        worker.run_in(nursery)
         await nursery.start(worker.app.serve_background)
         nursery.start_soon(remote.serve_sender)
         nursery.start_soon(_watch_signals, worker)

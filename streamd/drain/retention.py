@@ -161,7 +161,6 @@ class Retention:
             n = await self.journal.control(
                 lambda conn: delete_chunk(conn, self.sinks, before, self.settings.chunk)
             )
-            assert isinstance(n, int)
             total += n
             if n < self.settings.chunk or (done is not None and await done()):
                 return total

@@ -73,7 +73,12 @@ def load_or_create_key(path: str) -> bytes:
             key = f.read(1024)
     except FileNotFoundError:
         key = secrets.token_bytes(32)
-        atomic_write(path, key, mode=0o600)
+        try:
+            atomic_write(path, key, mode=0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot create the OAuth signing key: {exc.strerror or exc}"
+            ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the OAuth signing key: {exc.strerror}") from None
     if len(key) < 32:

@@ -40,6 +40,10 @@ _ADMIN_READY = re.compile(r"^streamd admin ready: ", re.MULTILINE)
 BLOCK_TIMEOUT = 180.0
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _content(kind: str) -> str:
     """What a file a ``creates:`` option names holds."""
     if kind == "token":  # an API or admin token file
@@ -178,6 +182,10 @@ class PageRun:
                 cwd=self.workdir,
                 env=self.env,
                 start_new_session=True,  # its own process group: what it leaves running dies
+                # Ctrl-C must work as at a terminal even when the suite itself was started
+                # where SIGINT is ignored (a background job of a script: the child would
+                # inherit SIG_IGN, and `tail -f` would never stop).
+                preexec_fn=_default_sigint,
             )
         self._groups.append(proc.pid)
         if stdin is not None:

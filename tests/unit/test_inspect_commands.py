@@ -336,6 +336,8 @@ def test_tail_follow_in_a_real_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "streamd", "journal", "tail", "-f", "-n", "1",
          "--journal", str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as at a terminal, even if this suite runs where SIGINT is ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     received: queue.Queue[str] = queue.Queue()
 

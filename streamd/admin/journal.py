@@ -37,7 +37,7 @@ from streamd.clock import utc_now_datetime
 from streamd.core.timeparse import TimeError, format_utc, parse_when
 from streamd.errors import JournalError, StreamdError, UsageError
 from streamd.inspect.filters import DEFAULT_CLOCK, Filters, parse_filters, parse_int
-from streamd.inspect.reader import _pages, max_seq, open_readonly, seq_window
+from streamd.inspect.reader import max_seq, open_readonly, pages_between, seq_window
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -134,7 +134,9 @@ class _JournalEndpoint:
                         )
                 lo = newest if latest else since
                 hi = newest if filters.is_empty() else min(newest, lo + SCAN_WINDOW)
-                rows = [r for page in _pages(conn, filters, lo, hi, limit, limit) for r in page]
+                rows = [
+                    r for page in pages_between(conn, filters, lo, hi, limit, limit) for r in page
+                ]
             except sqlite3.DatabaseError as exc:
                 raise JournalError(f"cannot read the journal: {exc}") from exc
         events = [{"position": str(r[0]), "event": orjson.Fragment(r[-1])} for r in rows]

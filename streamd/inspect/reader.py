@@ -249,12 +249,14 @@ def iter_pages(
     lo = max(lo, after)
     if upto is not None:
         hi = min(hi, upto)
-    yield from _pages(conn, filters, lo, hi, limit, page)
+    yield from pages_between(conn, filters, lo, hi, limit, page)
 
 
-def _pages(
+def pages_between(
     conn: sqlite3.Connection, filters: Filters, lo: int, hi: int, limit: int | None, page: int
 ) -> Iterator[list[Row]]:
+    """The events matching ``filters`` with ``lo < seq <= hi``, in seq order, ``page`` at
+    a time (one short statement each), at most ``limit`` in all (None: no limit)."""
     condition, params = _condition(conn, filters)
     sql = (
         f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "

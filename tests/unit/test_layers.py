@@ -171,3 +171,16 @@ def test_the_front_door_and_the_composition_root_read_in_short_functions() -> No
                 if length > 60:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length}")
     assert not long, "\n".join(long)
+
+
+def test_no_package_imports_another_ones_private_names() -> None:
+    # Issue 14: admin/journal.py imported inspect.reader's private _pages.
+    wrong = []
+    for name, path in _modules().items():
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if not node.module.startswith("streamd") or _package(node.module) == _package(name):
+                    continue
+                wrong += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_")]  # fmt: skip
+    assert not wrong, "\n".join(wrong)

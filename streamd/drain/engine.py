@@ -54,6 +54,7 @@ class SinkOperation(Protocol[T_co]):
     def name(self) -> str: ...
 
     retires: ClassVar[bool]  # stop the runner (and save it) before applying
+    rewinds: ClassVar[bool]  # it moves the cursor back: what was sent is replayed
     resumes: ClassVar[bool]  # an operator's resume: a probe's wait ends
     wakes_letters: ClassVar[bool]  # dead letters were marked for retry
 
@@ -183,13 +184,19 @@ class Drain:
         sink not configured here, and what the operation raises (its refusals)."""
         slot = self._get(op.name)
         async with slot.lock:
+            # What the runner handed to its workers may have reached the destination even
+            # where no confirmation was saved: a rewind replays all of it.
+            sent = slot.runner.sent_to if slot.runner is not None else 0
             if op.retires:
                 await self._retire(slot)
             now = utc_now()
             name = slot.spec.name
 
             def apply(conn: sqlite3.Connection) -> tuple[T, SinkRow]:
-                return op.apply(conn, now), store.load_sinks(conn)[name]
+                result = op.apply(conn, now)
+                if op.rewinds:
+                    store.replayed_up_to(conn, name, sent)
+                return result, store.load_sinks(conn)[name]
 
             result, slot.row = await self._control(apply)
             runner = slot.runner

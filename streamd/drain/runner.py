@@ -143,6 +143,9 @@ class SinkRunner:
         self.saved_error = row.last_error
         self.save_again = False  # the last save failed: include this runner in the next
         self.replay_to, self.replay_tag = row.replay_to, row.replay_tag
+        # Every batch up to here went to a worker: it may have reached the destination,
+        # confirmed or not (a rewind makes all of them a replay).
+        self.sent_to = row.cursor
         self._suspects: list[int] = []  # seqs of a probe dead-lettered in this pause
         self._letter_wakes = 0  # bumped by wake_letters: no retry request is missed
 
@@ -277,6 +280,7 @@ class SinkRunner:
     ) -> None:
         batch = Batch(self._range_start(), end, events, delivery_id=self._delivery_id(events))
         self._in_order.append(batch)
+        self.sent_to = max(self.sent_to, end)
         await send.send(batch)
 
     def _delivery_id(self, events: Sequence[DrainEvent], tag: str | None = None) -> str:

@@ -164,6 +164,16 @@ def set_cursor(conn: sqlite3.Connection, name: str, cursor: int, now: str) -> Si
     return _sink(conn, name)
 
 
+def replayed_up_to(conn: sqlite3.Connection, name: str, sent: int) -> None:
+    """After a rewind of a running sink: batches up to ``sent`` went out (confirmed or
+    not), so they are a replay too, under a tag of this rewind."""
+    conn.execute(
+        "UPDATE sinks SET replay_to = max(replay_to, ?), replay_tag = ? "
+        "WHERE name = ? AND cursor < ?",
+        (sent, secrets.token_hex(4), name, sent),
+    )
+
+
 def mark_retry_seqs(conn: sqlite3.Connection, sink: str, seqs: Sequence[int]) -> int:
     """Ask for ``sink``'s dead letters of the events ``seqs`` to be delivered again."""
     return sum(

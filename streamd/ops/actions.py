@@ -59,6 +59,7 @@ class Operation(msgspec.Struct, Generic[T], frozen=True, forbid_unknown_fields=T
     # cursor save), and whom it wakes after.
     target: ClassVar[Literal["sink", "pull"]] = "sink"
     retires: ClassVar[bool] = False
+    rewinds: ClassVar[bool] = False
     resumes: ClassVar[bool] = False
     wakes_letters: ClassVar[bool] = False
 
@@ -152,6 +153,7 @@ class RewindSink(_SinkOp[SinkRow], frozen=True, forbid_unknown_fields=True):
     route = "/sinks/replay"
     result = SinkRow
     retires = True
+    rewinds = True
     from_seq: Seq | None = None
     since: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 

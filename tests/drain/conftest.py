@@ -52,6 +52,7 @@ class Recorder:
     def __init__(self, script: Callable[[int], Result] | None = None) -> None:
         self.batches: list[list[DrainEvent]] = []
         self.attempts: list[tuple[float, list[str]]] = []  # (trio time, keys)
+        self.delivery_ids: list[str] = []  # of each attempt
         self.script = script or (lambda n: CONFIRMED)
         self.closed = 0
         self.changed = trio.Event()
@@ -60,6 +61,7 @@ class Recorder:
     async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         n = len(self.attempts)
         self.attempts.append((trio.current_time(), [e.key for e in events]))
+        self.delivery_ids.append(delivery_id)
         if self.hold is not None:
             await self.hold.wait()
         result = self.script(n)

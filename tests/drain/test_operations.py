@@ -171,3 +171,30 @@ async def test_replays_carry_new_delivery_ids(journal: Journal) -> None:
     assert ids[4].startswith("hook-3-4-r") and ids[4] != ids[3]
     assert ids[5] == "hook-5-6"  # past the rewound range: a first delivery again
     assert len(set(ids)) == 6
+
+
+async def test_a_rewind_replays_what_was_in_flight_under_new_ids_too(journal: Journal) -> None:
+    """A batch the destination may have taken but whose confirmation never came back
+    (the rewind cancelled it) is part of the replay: it, too, gets a new id."""
+    await append(journal, ["f1", "f2", "f3", "f4"])
+    sink = Recorder()
+    deliver = sink.deliver
+    answer = trio.Event()
+
+    async def second_hangs(events, *, delivery_id=""):  # type: ignore[no-untyped-def]
+        if len(sink.attempts) == 1:  # the second attempt: taken, never answered
+            sink.attempts.append((trio.current_time(), [e.key for e in events]))
+            sink.delivery_ids.append(delivery_id)
+            await answer.wait()
+        return await deliver(events, delivery_id=delivery_id)
+
+    sink.deliver = second_hangs  # type: ignore[method-assign]
+    async with open_drain(journal, [spec("f", sink, batch_size=2, workers=1)]) as drain:
+        await wait_until(lambda: len(sink.attempts) == 2, "the second batch in flight")
+        await drain.run(RewindSink(sink="f", from_seq=1))
+        answer.set()
+        await wait_until(lambda: len(sink.keys) == 6, "the first batch, then both again")
+    first, in_flight, *again = sink.delivery_ids
+    assert (first, in_flight) == ("f-1-2", "f-3-4")
+    assert [i.rsplit("-r", 1)[0] for i in again] == ["f-1-2", "f-3-4"]
+    assert in_flight not in again and first not in again

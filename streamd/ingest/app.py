@@ -117,10 +117,6 @@ class IngestApp:
         self._slots = Slots(limits, self._released)
         self._stopping = False
         self._idle = trio.Event()
-        # Requests being answered, any kind: a 503 "stopping" or a 404 holds no slot, but
-        # cancelling it between its response start and body makes hypercorn try a 500 on
-        # a response already started (a traceback). Idle means none at all.
-        self._answering = 0
         self.responses: dict[int, int] = {}
         self._background: trio.Nursery | None = None
         self._issuer = issuer
@@ -148,7 +144,7 @@ class IngestApp:
         return self._slots.held(party)
 
     def _released(self) -> None:
-        if self._stopping and self._slots.in_flight == 0 and self._answering == 0:
+        if self._stopping and self._slots.in_flight == 0:
             self._idle.set()
 
     def sources(self) -> list[Source]:
@@ -186,20 +182,12 @@ class IngestApp:
     def begin_shutdown(self) -> None:
         """From now on, POSTs get 503 + Retry-After (the sender keeps the events)."""
         self._stopping = True
-        if self._slots.in_flight == 0 and self._answering == 0:
+        if self._slots.in_flight == 0:
             self._idle.set()
 
     async def wait_idle(self) -> None:
-        """Return once shutdown has begun and no request is being answered.
-
-        The condition holds when this returns (a request that began after the last one
-        ended re-arms the wait), so a caller that cancels the listeners right away, with
-        no checkpoint between, never cancels an answer half-sent.
-        """
-        while not (self._stopping and self._answering == 0):
-            if self._idle.is_set():
-                self._idle = trio.Event()
-            await self._idle.wait()
+        """Return once shutdown has begun and no POST is being handled."""
+        await self._idle.wait()
 
     @property
     def stopping(self) -> bool:
@@ -219,20 +207,6 @@ class IngestApp:
             await lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._answering += 1
-        try:
-            # A request that begins in a cancelled scope (the listeners are closing) ends
-            # here, before its response starts: hypercorn 0.18 turns a cancel during the
-            # write of a response start into a traceback (it then tries a 500 on a
-            # response h11 already began).
-            await trio.lowlevel.checkpoint()
-            await self._answer(scope, receive, send)
-        finally:
-            self._answering -= 1
-            if self._stopping and self._answering == 0:
-                self._idle.set()
-
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = trio.current_time()
         if self._issuer is not None and scope["path"] == TOKEN_PATH:
             await self._token(scope, receive, send, self._issuer, started)

@@ -7,6 +7,8 @@ ingest app answers with, so the policy lives next to the cause.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StreamdError(Exception):
     """Base of every error streamd raises on purpose."""
@@ -39,6 +41,19 @@ class JournalError(StreamdError):
 
     status_hint = 503
     reason = "journal_error"
+
+
+class JournalHeld(JournalError):
+    """Raised when a change to a journal file is refused because a running streamd holds
+    its writer lock (the change must go through that daemon)."""
+
+
+def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first exception of a (nested) exception group, as trio's nurseries raise them."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 class JournalBusy(JournalError):

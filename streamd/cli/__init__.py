@@ -11,12 +11,13 @@ import os
 import sys
 from collections.abc import Sequence
 from functools import partial
+from typing import cast
 
 from streamd import __version__
 from streamd.cli import emit as emit_cli
 from streamd.cli import journal as inspect_cli
 from streamd.cli import operate
-from streamd.errors import ConfigError, JournalError, StreamdError, UsageError
+from streamd.errors import ConfigError, JournalError, StreamdError, UsageError, first_leaf
 from streamd.service.config import Config
 from streamd.service.logs import LOG_FORMATS, configure_logging
 
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours, rest = group.split(StreamdError)
         if ours is None or rest is not None:
             raise
-        return _report(_first_leaf(ours))
+        return _report(cast(StreamdError, first_leaf(ours)))
     except StreamdError as exc:
         return _report(exc)
 
@@ -169,11 +170,6 @@ def _hash_secret() -> int:
         raise UsageError("oauth hash-secret: a client secret needs at least 16 characters")
     print(hash_secret(secret))
     return 0
-
-
-def _first_leaf(group: BaseExceptionGroup[StreamdError]) -> StreamdError:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _report(exc: StreamdError) -> int:

@@ -21,7 +21,7 @@ from streamd.emit.generate import MAX_SEED
 from streamd.emit.http import Target
 from streamd.emit.sender import EmitOptions, OAuthSettings, run_emit, tls_context
 from streamd.emit.verify import verify
-from streamd.errors import ConfigError, StreamdError
+from streamd.errors import ConfigError, StreamdError, first_leaf
 from streamd.fsutil import atomic_write
 
 
@@ -290,9 +290,7 @@ def run(args: argparse.Namespace) -> int:
         ours, rest = group.split(StreamdError)
         if ours is None or rest is not None:
             raise
-        first: BaseException = ours
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
+        first = first_leaf(ours)
         print(f"streamd emit: {first}", file=sys.stderr)
         return 2 if isinstance(first, UsageError) else 1
     except EmitError as exc:

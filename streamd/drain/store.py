@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from streamd.drain.sinks.base import DrainEvent
-from streamd.errors import JournalError
+from streamd.errors import JournalError, JournalHeld
 from streamd.journal.schema import SCHEMA_VERSION, connect, migrate
 from streamd.journal.writer import hold_writer_lock
 
@@ -467,7 +467,7 @@ def open_offline(path: str, now: str) -> Iterator[sqlite3.Connection]:
     try:
         fd = hold_writer_lock(path)
     except JournalError:
-        raise JournalError(
+        raise JournalHeld(
             f"{path}: streamd is running on this journal; stop it first, or change it "
             "through the running daemon's admin listener"
         ) from None

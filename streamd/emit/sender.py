@@ -26,6 +26,7 @@ from streamd.emit.runtime import (
     tls_context,
 )
 from streamd.emit.signing import Signer
+from streamd.errors import first_leaf
 
 log = logging.getLogger("streamd.emit")
 
@@ -130,10 +131,7 @@ async def run_emit(
         ours, rest = group.split(EmitError)
         if ours is None or rest is not None:
             raise
-        first: BaseException = ours
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
+        raise first_leaf(ours) from None
     finally:
         ledger.finish()
     if run.oauth is not None:

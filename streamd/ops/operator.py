@@ -9,7 +9,6 @@ file under that lock. The rules are the operation's own in both cases.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from typing import Any, TypeVar
 
@@ -18,7 +17,7 @@ import orjson
 
 from streamd.clock import utc_now
 from streamd.drain import store
-from streamd.errors import ConfigError, JournalError, StreamdError
+from streamd.errors import ConfigError, JournalError, JournalHeld, StreamdError
 from streamd.ops.actions import Operation, OperationRefused
 from streamd.ops.discovery import DaemonUnreachable, endpoint, running_daemon
 
@@ -53,12 +52,10 @@ class Operator:
         self.online = False
         try:
             return self._offline(op)
-        except JournalError as exc:
-            if "streamd is running on this journal" in str(exc):
-                # It started between the look and the lock: go through it.
-                self.online = True
-                return self._post(op)
-            raise
+        except JournalHeld:
+            # It started between the look and the lock: go through it.
+            self.online = True
+            return self._post(op)
 
     def _offline(self, op: Operation[T]) -> T:
         now = utc_now()
@@ -119,8 +116,3 @@ class Operator:
             return result
         except msgspec.MsgspecError as exc:
             raise OperationFailed(f"{url}: an answer this streamd cannot read: {exc}") from None
-
-
-def journal_in(data_dir: str) -> str:
-    """The journal file of a data directory."""
-    return os.path.join(data_dir, "journal.db")

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,24 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _phase(text: str) -> None:
+    """Progress on stderr, so a run that takes too long says where it is."""
+    print(f"bench.edge {time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
+def _settled_fds(pid: int, done: Callable[[int], bool], limit: float = 60.0) -> int:
+    """The server's descriptor count once ``done`` holds for it or it has not changed
+    for 2 s (a lazily opened journal file, the connection cap), at most ``limit`` s."""
+    deadline = time.monotonic() + limit
+    last, since = _fds(pid), time.monotonic()
+    while not done(last) and time.monotonic() - since < 2.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _fds(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def _start(work: Path, name: str, src: Path | None, nofile: int) -> tuple[ServerProcess, int, str]:
     data = work / f"{name}-data"
     config = work / f"{name}.toml"
@@ -338,6 +357,7 @@ def _stop_attacker(proc: subprocess.Popen[str], work: Path) -> dict[str, Any]:
 def run_cases(version: str, src: Path | None, a: argparse.Namespace, work: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     # quiet
+    _phase(f"{version}: quiet")
     server, port, token = _start(work, f"{version}-quiet", src, a.nofile)
     try:
         results["quiet"] = {"sender": _run_sender(port, token, a.duration)}
@@ -345,9 +365,11 @@ def run_cases(version: str, src: Path | None, a: argparse.Namespace, work: Path)
         stopped = server.stop()
     results["quiet"]["server_cpu_s"] = stopped.cpu_s
     # attack
+    _phase(f"{version}: attack")
     server, port, token = _start(work, f"{version}-attack", src, a.nofile)
     base = _rss_kib(server.pid)
     attack = _start_attacker(work, port, a.idle, a.slow)
+    _phase(f"{version}: attacker ready, the sender posts")
     try:
         sent = _run_sender(port, token, a.duration)
         rss = _rss_kib(server.pid)
@@ -368,19 +390,17 @@ def run_cases(version: str, src: Path | None, a: argparse.Namespace, work: Path)
     server, port, token = _start(work, f"{version}-idle-memory", src, nofile)
     rounds = []
     try:
+        base_fds = _settled_fds(server.pid, lambda n: False)
         base = _rss_kib(server.pid)
-        base_fds = _fds(server.pid)
-        for _ in range(3):
+        for number in range(3):
+            _phase(f"idle-memory round {number + 1}: {a.memory_idle} connections")
             socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(a.memory_idle)]
-            deadline = time.monotonic() + 120
-            while _fds(server.pid) < base_fds + a.memory_idle and time.monotonic() < deadline:
-                time.sleep(0.1)
-            held = _fds(server.pid) - base_fds  # less than asked: the server's cap
+            # less than asked when the server's cap is lower
+            held = _settled_fds(server.pid, lambda n: n >= base_fds + a.memory_idle) - base_fds
             peak = _rss_kib(server.pid)
             for s in socks:
                 s.close()
-            while _fds(server.pid) > base_fds and time.monotonic() < deadline + 120:
-                time.sleep(0.1)
+            _settled_fds(server.pid, lambda n: n <= base_fds)
             time.sleep(1.0)
             rounds.append({"held": held, "with_connections": peak, "after": _rss_kib(server.pid)})
     finally:

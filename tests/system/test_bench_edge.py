@@ -14,9 +14,14 @@ def test_edge_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "edge.json"
     argv = [sys.executable, "-m", "bench.edge", "--nofile", "256", "--idle", "200"]
     argv += ["--slow", "10", "--memory-idle", "300", "--duration", "1", "--out", str(out)]
-    done = subprocess.run(
-        argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
-    )
+    try:
+        done = subprocess.run(
+            argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+        )
+    except subprocess.TimeoutExpired as exc:  # say which phase it was in
+        err = exc.stderr or b""
+        stderr = err.decode(errors="replace") if isinstance(err, bytes) else err
+        raise AssertionError(f"bench.edge took over 300 s:\n{stderr[-3000:]}") from None
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())["versions"]["working-tree"]
     for case in ("quiet", "attack"):

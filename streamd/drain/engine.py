@@ -75,6 +75,10 @@ class SinkStatus:
     dead_letters: int
     last_error: str | None
     failed_attempts: int = 0  # since start
+    # Kinds whose destination drops a repeat by event key and says so (postgres, nats):
+    # confirmed events that were new there and that it already held, since start.
+    destination_new: int | None = None
+    destination_present: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +149,12 @@ class Drain:
                     last_error=(runner.health.last_error if runner else None)
                     or slot.row.last_error,
                     failed_attempts=runner.attempts_failed if runner else 0,
+                    destination_new=(runner.destination_new if runner else 0)
+                    if slot.spec.dedups
+                    else None,
+                    destination_present=(runner.destination_present if runner else 0)
+                    if slot.spec.dedups
+                    else None,
                 )
             )
         return out

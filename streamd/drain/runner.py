@@ -66,6 +66,8 @@ class SinkSpec:
     # With full_events False: False reads references only (the sqlite sink copies the
     # rows from the attached journal and needs no envelope).
     envelopes: bool = True
+    # The destination drops a repeat by event key and reports it (Result.present).
+    dedups: bool = False
 
 
 class Broadcast:
@@ -124,6 +126,10 @@ class SinkRunner:
         self.confirmed_total = row.confirmed
         self.dead_lettered = 0
         self.attempts_failed = 0
+        # Confirmed events the destination reported as new / as already held (by event
+        # key); both stay 0 for sinks that cannot tell.
+        self.destination_new = 0
+        self.destination_present = 0
         self.staged_dead: list[NewDeadLetter] = []
         self.outstanding = 0
         self.changed = Broadcast()  # state, health, capacity, stop
@@ -346,8 +352,10 @@ class SinkRunner:
                     log.info("sink %s: delivery succeeded; resuming", self.spec.name)
                     self.changed.fire()
                     self._dirty()  # save that it is no longer paused
-                self.confirmed_unsaved += len(batch.events)
-                self.confirmed_total += len(batch.events)
+                delivered = len(batch.events) - self._reject(batch, result)
+                self._count_destination(delivered, result)
+                self.confirmed_unsaved += delivered
+                self.confirmed_total += delivered
                 self._finish(batch)
                 return
             self.attempts_failed += 1
@@ -459,6 +467,31 @@ class SinkRunner:
             while not self._stopping and self.resumes == resumes:
                 await self.changed.wait()
 
+    def _count_destination(self, delivered: int, result: Result) -> None:
+        if result.present is not None:
+            self.destination_present += result.present
+            self.destination_new += delivered - result.present
+
+    def _reject(self, batch: Batch, result: Result) -> int:
+        """Dead-letter the events of a confirmed batch the destination refused for good
+        (the others are delivered); how many."""
+        if not result.rejected:
+            return 0
+        reasons = dict(result.rejected)
+        refused = [event for event in batch.events if event.seq in reasons]
+        for event in refused:
+            reason = reasons[event.seq]
+            self.staged_dead.append(NewDeadLetter(event, reason, batch.attempts, result.response))
+        log.warning(
+            "sink %s: %d of %d events refused by the destination, dead-lettered: %s",
+            self.spec.name,
+            len(refused),
+            len(batch.events),
+            reasons[refused[0].seq] if refused else "",
+        )
+        self.dead_lettered += len(refused)
+        return len(refused)
+
     def _dead_letter(self, batch: Batch, result: Result) -> None:
         self.staged_dead.extend(
             NewDeadLetter(event, result.reason, batch.attempts, result.response)
@@ -507,8 +540,17 @@ class SinkRunner:
         result = await self._attempt(batch)
         ids = batch.letters or []
         if result.kind is Kind.CONFIRMED:
-            log.info("sink %s: %d dead letters delivered", self.spec.name, len(ids))
-            await self.journal.control(partial(retried, delivered=ids, failed=[]))
+            # Refused again for good: they stay dead letters, with the new reason.
+            reasons = dict(result.rejected)
+            failed = [
+                (i, reasons[e.seq], result.response)
+                for i, e in zip(ids, batch.events, strict=True)
+                if e.seq in reasons
+            ]
+            done = [i for i, e in zip(ids, batch.events, strict=True) if e.seq not in reasons]
+            self._count_destination(len(done), result)
+            log.info("sink %s: %d dead letters delivered", self.spec.name, len(done))
+            await self.journal.control(partial(retried, delivered=done, failed=failed))
         else:
             self.attempts_failed += 1
             failed = [(i, result.reason, result.response) for i in ids]

@@ -304,17 +304,20 @@ def read_events(
 ) -> list[DrainEvent]:
     """Up to ``limit`` events with ``seq > after``, in order.
 
-    ``full`` reads every column (for the sqlite sink, which stores them apart);
+    ``full`` reads every column (for sinks that store them apart: postgres, or that
+    key and label messages with them: kafka, nats), and with ``envelope`` the envelope
+    too, built by SQLite;
     ``full`` False reads only what routing needs and the envelope, built by SQLite
     (no ``raw``, no key): half the bytes to turn into Python strings. ``envelope``
     False (with ``full`` False) reads only what routing needs: references, for a sink
     that copies the rows from the journal itself (sqlite with the journal attached).
     """
     if full:
+        columns = f"{_EVENT_COLUMNS}, CAST({_ENVELOPE} AS BLOB)" if envelope else _EVENT_COLUMNS
         return [
             DrainEvent(*row)
             for row in conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+                f"SELECT {columns} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
                 (after, limit),
             )
         ]

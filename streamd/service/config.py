@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from typing import Annotated, Literal
 
 import msgspec
@@ -190,6 +191,41 @@ class SqliteSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = msgspec.field(default_factory=lambda: ["occurred_at"])  # fmt: skip
 
 
+class PostgresSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.postgres]: the table every receiver's events land in, once per event key."""
+
+    dsn: _Text
+    password_file: _Text = ""
+    table: Annotated[
+        str, msgspec.Meta(pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    ] = "streamd_events"
+    manage_table: bool = True
+    connect_timeout: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0
+
+
+class KafkaSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.kafka]: the topics events are produced to (idempotent, acks=all)."""
+
+    bootstrap_servers: Annotated[list[_Short], msgspec.Meta(min_length=1, max_length=64)]
+    topic: _Short = "streamd.{stream}"
+    key: Literal["event", "lead"] = "event"
+    properties: dict[_Short, _Text] = msgspec.field(default_factory=dict)
+    password_file: _Text = ""
+
+
+class NatsSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sinks.nats]: the JetStream stream events are published to, deduplicated by key."""
+
+    servers: Annotated[list[_Short], msgspec.Meta(min_length=1, max_length=64)]
+    stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "STREAMD"
+    subject: _Short = "streamd.{stream}.{type}"
+    manage_stream: bool = True
+    duplicate_window: Annotated[float, msgspec.Meta(ge=1, le=7 * 86_400)] = 120.0
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    token_file: _Text = ""
+    credentials_file: _Text = ""
+
+
 class ExecSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[sinks.exec]: the command run for each batch."""
 
@@ -202,7 +238,7 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[[sinks]]: one destination the journal drains to."""
 
     name: str
-    kind: Literal["http", "file", "sqlite", "exec", "stdout"]
+    kind: Literal["http", "file", "sqlite", "exec", "stdout", "postgres", "kafka", "nats"]
     preset: Literal["default", "marketo"] = "default"
     start: Literal["oldest", "latest"] = "oldest"
     filters: Annotated[list[FilterConfig], msgspec.Meta(max_length=64)] = msgspec.field(
@@ -214,6 +250,9 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     file: FileSinkConfig | None = None
     sqlite: SqliteSinkConfig | None = None
     exec: ExecSinkConfig | None = None
+    postgres: PostgresSinkConfig | None = None
+    kafka: KafkaSinkConfig | None = None
+    nats: NatsSinkConfig | None = None
 
 
 class PullConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -292,6 +331,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
     data_dir: str = ""
+    # This receiver's name where several share a destination (postgres, kafka, nats).
+    instance: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{0,128}$")] = ""
     log_level: Literal["", "debug", "info", "warning", "error"] = ""
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
@@ -323,6 +364,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def default_token_file(self) -> str:
         """Where the generated API token lives when no token file is configured."""
         return os.path.join(self.data_dir, "api-token")
+
+    @property
+    def instance_name(self) -> str:
+        """``instance``, else the host name: recorded with what this receiver delivers."""
+        return self.instance or socket.gethostname()
 
     @property
     def admin_token_file(self) -> str:

@@ -16,7 +16,7 @@ from streamd.core.event_types import unmatched_type_glob
 from streamd.errors import ConfigError
 
 if TYPE_CHECKING:  # the records only: config.py imports this module
-    from streamd.service.config import Config, ServerConfig, SourceConfig
+    from streamd.service.config import Config, ServerConfig, SinkConfig, SourceConfig
 
 log = logging.getLogger("streamd.config")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -248,7 +248,17 @@ def _validate_adobe(source: SourceConfig, where: str) -> None:
         raise ConfigError(f"{where}.adobe: fetch_keys = false needs pinned_keys")
 
 
-_KIND_TABLES = ("http", "file", "sqlite", "exec")
+_KIND_TABLES = ("http", "file", "sqlite", "exec", "postgres", "kafka", "nats")
+_TEMPLATE_FIELDS = ("stream", "type", "source", "munchkin_id")
+# librdkafka properties streamd sets itself: what makes a delivery confirmed and ordered.
+KAFKA_OWN_PROPERTIES = frozenset({
+    "bootstrap.servers", "acks", "request.required.acks", "enable.idempotence",
+    "max.in.flight.requests.per.connection", "max.in.flight", "transactional.id",
+    "enable.gapless.guarantee", "delivery.report.only.error", "dr_cb", "dr_msg_cb",
+    "error_cb", "sasl.password", "message.timeout.ms", "delivery.timeout.ms",
+})  # fmt: skip
+_NATS_URL = re.compile(r"(nats|tls)://[^\s/]+")
+_DSN_PASSWORD = re.compile(r"(?i)(^|\s)password\s*=|^postgres(ql)?://[^/@]*:[^/@]*@")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 # Set by the http sink itself (framing, signing): a config header must not replace them.
 _OWN_HEADERS = {
@@ -318,12 +328,69 @@ def validate_sinks(config: Config, where: str) -> None:
             raise ConfigError(f"{where}: key {key}.file.directory: must not be empty")
         if sink.sqlite is not None and not sink.sqlite.path:
             raise ConfigError(f"{where}: key {key}.sqlite.path: must not be empty")
+        _check_engines(sink, f"{where}: key {key}")
         for findex, f in enumerate(sink.filters):
             if not (f.streams or f.types or f.munchkin_ids or f.activity_type_ids or f.sources):
                 raise ConfigError(
                     f"{where}: key {key}.filters[{findex}]: an empty filter matches everything; "
                     "leave out filters to take every event"
                 )
+
+
+def _check_template(template: str, where: str) -> None:
+    """A topic or subject template: text and ``{field}`` placeholders, nothing else."""
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {template!r} is not a template: {exc}") from None
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if field not in _TEMPLATE_FIELDS or spec or conversion:
+            raise ConfigError(
+                f"{where}: {{{field}}} is not a placeholder streamd fills; use "
+                + ", ".join(f"{{{f}}}" for f in _TEMPLATE_FIELDS)
+            )
+    if not template.strip():
+        raise ConfigError(f"{where}: must not be empty")
+
+
+def _check_engines(sink: SinkConfig, where: str) -> None:
+    """The postgres, kafka and nats tables: what TOML types cannot say."""
+    if sink.postgres is not None:
+        if not sink.postgres.dsn.strip():
+            raise ConfigError(f"{where}.postgres.dsn: must not be empty")
+        if _DSN_PASSWORD.search(sink.postgres.dsn):
+            raise ConfigError(
+                f"{where}.postgres.dsn: holds a password; put it in postgres.password_file "
+                "(the configuration is not a secret)"
+            )
+    if sink.kafka is not None:
+        _check_template(sink.kafka.topic, f"{where}.kafka.topic")
+        for name in sink.kafka.properties:
+            if name in KAFKA_OWN_PROPERTIES:
+                raise ConfigError(
+                    f"{where}.kafka.properties: {name!r} is set by streamd (acks=all, "
+                    "idempotence, delivery reports"
+                    + ("; use kafka.password_file" if name == "sasl.password" else "")
+                    + ")"
+                )
+        for server in sink.kafka.bootstrap_servers:
+            if not server or any(c.isspace() for c in server) or "/" in server:
+                raise ConfigError(f"{where}.kafka.bootstrap_servers: {server!r} is not HOST:PORT")
+    if sink.nats is not None:
+        _check_template(sink.nats.subject, f"{where}.nats.subject")
+        for server in sink.nats.servers:
+            if not _NATS_URL.fullmatch(server):
+                raise ConfigError(
+                    f"{where}.nats.servers: {server!r} is not a nats:// or tls:// URL"
+                )
+        if sink.nats.token_file and sink.nats.credentials_file:
+            raise ConfigError(
+                f"{where}.nats: token_file and credentials_file: set one of them, not both"
+            )
 
 
 def type_filter_warnings(config: Config) -> list[str]:

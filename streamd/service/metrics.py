@@ -362,14 +362,23 @@ class _StateCollector(Collector):
         state = GaugeMetricFamily(
             "streamd_sink_state", "1 for the sink's current state.", labels=["sink", "state"]
         )
+        at_destination = CounterMetricFamily(
+            "streamd_sink_destination_events",
+            "Confirmed events the destination took as new, or already held by event key "
+            "(a redelivery, or another receiver's copy), since start; postgres and nats sinks.",
+            labels=["sink", "outcome"],
+        )
         for s in statuses:
+            if s.destination_new is not None and s.destination_present is not None:
+                at_destination.add_metric([s.name, "new"], s.destination_new)
+                at_destination.add_metric([s.name, "present"], s.destination_present)
             delivered.add_metric([s.name], s.confirmed)
             dead.add_metric([s.name], s.dead_letters)
             failed.add_metric([s.name], s.failed_attempts)
             lag.add_metric([s.name], s.lag_events)
             for name in SINK_STATES:
                 state.add_metric([s.name, name], int(s.state == name))
-        yield from (delivered, dead, failed, lag, state)
+        yield from (delivered, dead, failed, lag, state, at_destination)
         lag_seconds = GaugeMetricFamily(
             "streamd_sink_lag_seconds",
             "Age of the oldest event the sink has not passed (0 when caught up).",

@@ -105,7 +105,69 @@ def _opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> object:
         return lambda: ExecSink(es)
     if sink.kind == "stdout":
         return lambda: StdoutSink()
+    if sink.kind in ("postgres", "kafka", "nats"):
+        return _engine_opener(config, sink, pool)
     raise ConfigError(f"{prefix}: unknown kind {sink.kind!r}")  # pragma: no cover
+
+
+def _secret(path: str, what: str) -> str:
+    if loose_permissions(path):
+        print(f"streamd: warning: {path} is readable by group or others", file=sys.stderr)
+    return _read_lines(path, what)[0]
+
+
+def _engine_opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> object:
+    """The shared engines' sinks; their client libraries are imported only here."""
+    instance = config.instance_name
+    if sink.kind == "postgres":
+        from streamd.drain.sinks.postgres import PostgresSettings, PostgresSink
+
+        assert sink.postgres is not None
+        p = sink.postgres
+        ps = PostgresSettings(
+            dsn=p.dsn,
+            password=_secret(p.password_file, "password") if p.password_file else None,
+            table=p.table,
+            manage_table=p.manage_table,
+            instance=instance,
+            connect_timeout=p.connect_timeout,
+            sink=sink.name,
+        )
+        return lambda: PostgresSink(ps)
+    if sink.kind == "kafka":
+        from streamd.drain.sinks.kafka import KafkaSettings, KafkaSink
+
+        assert sink.kafka is not None
+        k = sink.kafka
+        ks = KafkaSettings(
+            bootstrap_servers=tuple(k.bootstrap_servers),
+            topic=k.topic,
+            key=k.key,
+            properties=dict(k.properties),
+            password=_secret(k.password_file, "password") if k.password_file else None,
+            instance=instance,
+            timeout=pool.timeout,
+            sink=sink.name,
+        )
+        return lambda: KafkaSink(ks)
+    from streamd.drain.sinks.nats import NatsSettings, NatsSink
+
+    assert sink.nats is not None
+    n = sink.nats
+    ns = NatsSettings(
+        servers=tuple(n.servers),
+        stream=n.stream,
+        subject=n.subject,
+        manage_stream=n.manage_stream,
+        duplicate_window=n.duplicate_window,
+        replicas=n.replicas,
+        token=_secret(n.token_file, "token") if n.token_file else None,
+        credentials_file=n.credentials_file or None,
+        instance=instance,
+        timeout=pool.timeout,
+        sink=sink.name,
+    )
+    return lambda: NatsSink(ns)
 
 
 def build_specs(config: Config) -> list[SinkSpec]:
@@ -141,9 +203,11 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 timeout=pool.timeout,
                 start=sink.start,
                 retry=retry,
-                # Every kind sends envelopes or copies rows from the journal itself.
-                full_events=False,
+                # Most kinds send envelopes or copy rows from the journal themselves; the
+                # shared engines' store the columns apart or key and label messages.
+                full_events=sink.kind in ("postgres", "kafka", "nats"),
                 envelopes=sink.kind != "sqlite",
+                dedups=sink.kind in ("postgres", "nats"),
             )
         )
     return specs

@@ -97,15 +97,17 @@ async def test_the_envelope_sqlite_builds_equals_the_python_one(journal: Journal
     await append(journal, ["plain"])
     reader = open_reader(journal.path)
     try:
-        full = read_events(reader, 0, 10)
+        full = read_events(reader, 0, 10, envelope=False)
         events = read_events(reader, 0, 10, full=False)
+        both = read_events(reader, 0, 10)  # every column and the envelope
     finally:
         reader.close()
-    assert [e.seq for e in events] == [e.seq for e in full]
-    for event, whole in zip(events, full, strict=True):
+    assert [e.seq for e in events] == [e.seq for e in full] == [e.seq for e in both]
+    for event, whole, each in zip(events, full, both, strict=True):
         assert event.line and not whole.line
         python = envelope(whole)
         assert json.loads(event.line) == json.loads(python)
+        assert each.line == event.line and each.key == whole.key and each.raw == whole.raw
         assert b"\n" not in event.line and b"\r" not in event.line
     # The event's JSON is spliced in as stored: number text kept (1.50, -0, 1e3).
     assert b'"n": [1.50, -0, 1e3]' in events[0].line

@@ -37,15 +37,28 @@ class DrainEvent(msgspec.Struct, frozen=True, gc=False):
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """How one delivery attempt ended; ``response`` is kept with dead letters."""
+    """How one delivery attempt ended; ``response`` is kept with dead letters.
+
+    A confirmed batch may name events the destination refused for good and the rest
+    not (``rejected``: (seq, reason) each): those become dead letters, the others are
+    confirmed. ``present``: how many of the confirmed events the destination already
+    held (a redelivery it dropped by event key); None where it cannot tell.
+    """
 
     kind: Kind
     reason: str = ""
     response: str | None = None
     retry_after: float | None = None
+    rejected: tuple[tuple[int, str], ...] = ()
+    present: int | None = None
 
 
 CONFIRMED = Result(Kind.CONFIRMED)
+
+
+def confirmed(*, present: int | None = None, rejected: Sequence[tuple[int, str]] = ()) -> Result:
+    """Delivered; ``present`` of them were there already; ``rejected`` refused for good."""
+    return Result(Kind.CONFIRMED, present=present, rejected=tuple(rejected))
 
 
 def transient(reason: str, response: str | None = None, retry_after: float | None = None) -> Result:

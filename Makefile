@@ -21,8 +21,10 @@ test: $(STAMP) system-tools lint typecheck pytest
 
 # systemd-analyze and systemd-socket-activate for the unit and activation tests, strace
 # for the check that every 200 follows the fdatasync of its WAL frames, and curl, jq and
-# sqlite3 for the examples of README.md and docs/ (tests/docs): installed when missing
-# and we may (root with apt); otherwise those tests skip.
+# sqlite3 for the examples of README.md and docs/ (tests/docs), and the PostgreSQL
+# server and HAProxy for tests/engines (nats-server and the Tansu Kafka broker come from
+# PyPI with the test extras): installed when missing and we may (root with apt);
+# otherwise those tests skip (tests/engines fails instead when CI is set).
 system-tools:
 	@if ! command -v systemd-analyze >/dev/null || ! command -v systemd-socket-activate >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -38,6 +40,12 @@ system-tools:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq sqlite3 >/dev/null; \
 	  else echo "curl, jq or sqlite3 missing and cannot install them: the doc examples that use them will be skipped"; fi; \
+	fi
+
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null || ! command -v haproxy >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql haproxy >/dev/null; \
+	  else echo "PostgreSQL or HAProxy missing and cannot install them: tests/engines will fail in CI"; fi; \
 	fi
 
 lint: $(STAMP)

@@ -25,7 +25,7 @@ import trio
 from streamd.clock import utc_now
 from streamd.drain import store
 from streamd.drain.pressure import IngestPressure, YieldSettings
-from streamd.drain.runner import SinkRunner, SinkSpec
+from streamd.drain.runner import DestinationCounts, SinkRunner, SinkSpec
 from streamd.drain.store import NewDeadLetter, Progress, SinkRow
 from streamd.errors import JournalError, StreamdError
 from streamd.journal import Journal
@@ -96,6 +96,7 @@ class _Slot:
         self.spec = spec
         self.row = row
         self.runner: SinkRunner | None = None
+        self.destination = DestinationCounts()
         self.scope: trio.CancelScope | None = None
         self.wanted = trio.Event()  # set: (re)start the runner
         self.finished = trio.Event()
@@ -149,12 +150,8 @@ class Drain:
                     last_error=(runner.health.last_error if runner else None)
                     or slot.row.last_error,
                     failed_attempts=runner.attempts_failed if runner else 0,
-                    destination_new=(runner.destination_new if runner else 0)
-                    if slot.spec.dedups
-                    else None,
-                    destination_present=(runner.destination_present if runner else 0)
-                    if slot.spec.dedups
-                    else None,
+                    destination_new=slot.destination.new if slot.spec.dedups else None,
+                    destination_present=slot.destination.present if slot.spec.dedups else None,
                 )
             )
         return out
@@ -399,6 +396,7 @@ class Drain:
                 dirty=self._mark_dirty,
                 disable=self._disable_from_sink,
                 pressure=self.pressure,
+                destination=slot.destination,
             )
             slot.finished = trio.Event()
             # Visible (and cancellable) at once: an operator's change must reach it.

@@ -99,6 +99,15 @@ class Batch:
     finished: trio.Event = field(default_factory=trio.Event)  # letters: attempt over
 
 
+@dataclass(slots=True)
+class DestinationCounts:
+    """Confirmed events the destination took as new / already held (by event key),
+    since start: kept by the engine across the sink's runners (a rewind, a restart)."""
+
+    new: int = 0
+    present: int = 0
+
+
 class SinkRunner:
     """Runs one sink from its persisted row until stopped, cancelled or disabled."""
 
@@ -112,8 +121,10 @@ class SinkRunner:
         dirty: Callable[[], None],
         disable: Callable[[SinkRunner, str], None],
         pressure: IngestPressure | None = None,
+        destination: DestinationCounts | None = None,
     ) -> None:
         self.spec = spec
+        self.destination = destination if destination is not None else DestinationCounts()
         self._pressure = pressure
         self.yields = 0  # pages this runner waited for because ingest was saturated
         self.journal = journal
@@ -126,10 +137,6 @@ class SinkRunner:
         self.confirmed_total = row.confirmed
         self.dead_lettered = 0
         self.attempts_failed = 0
-        # Confirmed events the destination reported as new / as already held (by event
-        # key); both stay 0 for sinks that cannot tell.
-        self.destination_new = 0
-        self.destination_present = 0
         self.staged_dead: list[NewDeadLetter] = []
         self.outstanding = 0
         self.changed = Broadcast()  # state, health, capacity, stop
@@ -469,8 +476,8 @@ class SinkRunner:
 
     def _count_destination(self, delivered: int, result: Result) -> None:
         if result.present is not None:
-            self.destination_present += result.present
-            self.destination_new += delivered - result.present
+            self.destination.present += result.present
+            self.destination.new += delivered - result.present
 
     def _reject(self, batch: Batch, result: Result) -> int:
         """Dead-letter the events of a confirmed batch the destination refused for good

@@ -54,6 +54,7 @@ from streamd.core.headers import link, retry_after
 from streamd.core.journaling import Page, check_position, decode_page
 from streamd.core.timeparse import TimeError, format_seek, parse_when
 from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
+from streamd.ingest.lease import LeaseError, PgLease
 from streamd.journal import Batch, Journal, utc_now
 
 T = TypeVar("T")
@@ -88,7 +89,8 @@ class PullSettings:
 class PullStatistics:
     """What a pull source did (read without a lock by metrics and the admin listener)."""
 
-    state: str = "starting"  # fetching, caught-up, backing-off, stopped
+    state: str = "starting"  # fetching, caught-up, backing-off, standby, stopped
+    leading: bool | None = None  # with a lease: whether this receiver holds it
     requests: int = 0
     responses: dict[str, int] = field(default_factory=dict)  # status (or "error") -> count
     pages: int = 0
@@ -134,8 +136,11 @@ class PullSource:
         *,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        lease: PgLease | None = None,
     ) -> None:
         self.settings = settings
+        self.lease = lease
+        self._pulling: trio.CancelScope | None = None  # while leading
         self.journal = journal
         self.tokens = tokens
         self.stats = PullStatistics()
@@ -156,13 +161,100 @@ class PullSource:
                 follow_redirects=False,
                 limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
             ) as client:
-                while True:
-                    try:
-                        await self._session(client)
-                    except _Retry as retry:
-                        await self._wait_after(retry)
+                if self.lease is None:
+                    await self._pull(client)
+                else:
+                    await self._lead(client, self.lease)
         finally:
             self.stats.state = "stopped"
+
+    async def _pull(self, client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                await self._session(client)
+            except _Retry as retry:
+                await self._wait_after(retry)
+
+    # -- several receivers, one pull: the lease (lease.py) ------------------------------
+
+    async def _lead(self, client: httpx.AsyncClient, lease: PgLease) -> None:
+        """Pull while this receiver holds the lease; stand by while another one does."""
+        name, stats = self.settings.name, self.stats
+        stats.leading = False
+        try:
+            while True:
+                try:
+                    shared = await lease.acquire()
+                except LeaseError as exc:
+                    if stats.last_error != str(exc):
+                        log.warning("pull %s: %s; standing by", name, exc)
+                    stats.last_error = str(exc)
+                    shared = None
+                if shared is None:
+                    stats.state = "standby"
+                    await trio.sleep(lease.ttl / 3)
+                    continue
+                await self._adopt(*shared)
+                log.info("pull %s: this receiver holds the lease; pulling", name)
+                stats.leading = True
+                async with trio.open_nursery() as nursery:
+                    self._pulling = nursery.cancel_scope
+                    nursery.start_soon(self._keep, lease, nursery.cancel_scope)
+                    await self._pull(client)
+                self._pulling = None
+                stats.leading = False
+                log.warning("pull %s: the lease is lost; standing by", name)
+        finally:
+            stats.leading = False
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    await lease.release()
+                except LeaseError as exc:
+                    log.warning("pull %s: could not hand the lease over: %s", name, exc)
+                await lease.aclose()
+
+    async def _keep(self, lease: PgLease, pulling: trio.CancelScope) -> None:
+        """Renew every ttl/3; stop pulling when the lease is gone or, unreachable, could
+        be (before it expires: two receivers never pull at once beyond a page)."""
+        renewed = trio.current_time()
+        while True:
+            await trio.sleep(lease.ttl / 3)
+            try:
+                if await lease.renew():
+                    renewed = trio.current_time()
+                    continue
+                reason = "another receiver holds it"
+            except LeaseError as exc:
+                if trio.current_time() - renewed < lease.ttl * 2 / 3:
+                    continue  # one more try before it could expire
+                reason = str(exc)
+            log.warning("pull %s: stopping: the lease cannot be kept (%s)", self.settings.name,
+                        reason)  # fmt: skip
+            self.stats.last_error = f"lease: {reason}"
+            pulling.cancel()
+            return
+
+    async def _adopt(self, position: str | None, restart: str | None) -> None:
+        """Start from the position the last leader saved (none yet: from our own)."""
+        if position is None and restart is None:
+            return
+        if position is not None:
+            try:
+                check_position(position, "the lease's position")
+            except PayloadError as exc:
+                raise LeaseError(f"{exc} (the lease table's row is damaged)") from None
+        name, now = self.settings.name, utc_now()
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO pull_positions (source, position, restart, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET "
+                "position = excluded.position, restart = excluded.restart, "
+                "updated_at = excluded.updated_at",
+                (name, position, restart, now),
+            )
+
+        await self.journal.control(write)
 
     async def _wait_after(self, retry: _Retry) -> None:
         s, stats = self.settings, self.stats
@@ -355,6 +447,8 @@ class PullSource:
             events += len(chunk)
             accepted += result.accepted
             duplicates += result.duplicates
+        if self.lease is not None:
+            await self._share(page.last)
         stats.pages += 1
         stats.events += events
         stats.accepted += accepted
@@ -366,6 +460,19 @@ class PullSource:
             log.info("pull %s: pulling again after %d failure(s)", s.name, stats.failures)
         stats.failures = 0
         stats.last_error = None
+
+    async def _share(self, position: str | None) -> None:
+        """Tell the next leader where this page ended (only while the lease is ours)."""
+        assert self.lease is not None
+        assert position is not None
+        try:
+            kept = await self.lease.save(position)
+        except LeaseError as exc:
+            raise _Retry(f"{exc} (the page is journaled; its position is not shared)") from None
+        if not kept and self._pulling is not None:
+            self.stats.last_error = "lease: another receiver holds it"
+            self._pulling.cancel()  # stop now, before the next page
+            await trio.lowlevel.checkpoint()
 
     def _caught_up(self) -> None:
         stats = self.stats

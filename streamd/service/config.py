@@ -255,6 +255,18 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nats: NatsSinkConfig | None = None
 
 
+class PullLeaseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[pulls.lease]: several receivers, one puller at a time (a PostgreSQL row)."""
+
+    dsn: _Text
+    password_file: _Text = ""
+    table: Annotated[
+        str, msgspec.Meta(pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    ] = "streamd_pull_leases"
+    ttl: Annotated[float, msgspec.Meta(ge=3, le=600)] = 15.0
+    connect_timeout: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0
+
+
 class PullConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[[pulls]]: an Adobe I/O Events registration whose journal streamd pulls."""
 
@@ -274,6 +286,7 @@ class PullConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backoff_base: Annotated[float, msgspec.Meta(ge=0.01, le=3600)] = 1.0
     backoff_cap: Annotated[float, msgspec.Meta(ge=0.1, le=86_400)] = 300.0
     ca_file: _Text = ""
+    lease: PullLeaseConfig | None = None
 
 
 class OAuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -152,6 +152,8 @@ def validate_pulls(config: Config, where: str) -> None:
             raise ConfigError(
                 f'{key}.start: {pull.start!r}: expected "oldest", "latest" or {WHEN_FORMS}'
             )
+        if pull.lease is not None:
+            check_dsn(pull.lease.dsn, f"{key}.lease.dsn")
         if pull.min_wait > pull.max_wait:
             raise ConfigError(
                 f"{key}.min_wait: {pull.min_wait:g} is larger than max_wait ({pull.max_wait:g})"
@@ -357,16 +359,21 @@ def _check_template(template: str, where: str) -> None:
         raise ConfigError(f"{where}: must not be empty")
 
 
+def check_dsn(dsn: str, where: str) -> None:
+    """A PostgreSQL connection string: present, and without the password."""
+    if not dsn.strip():
+        raise ConfigError(f"{where}: must not be empty")
+    if _DSN_PASSWORD.search(dsn):
+        raise ConfigError(
+            f"{where}: holds a password; put it in the password_file beside it "
+            "(the configuration is not a secret)"
+        )
+
+
 def _check_engines(sink: SinkConfig, where: str) -> None:
     """The postgres, kafka and nats tables: what TOML types cannot say."""
     if sink.postgres is not None:
-        if not sink.postgres.dsn.strip():
-            raise ConfigError(f"{where}.postgres.dsn: must not be empty")
-        if _DSN_PASSWORD.search(sink.postgres.dsn):
-            raise ConfigError(
-                f"{where}.postgres.dsn: holds a password; put it in postgres.password_file "
-                "(the configuration is not a secret)"
-            )
+        check_dsn(sink.postgres.dsn, f"{where}.postgres.dsn")
     if sink.kafka is not None:
         _check_template(sink.kafka.topic, f"{where}.kafka.topic")
         for name in sink.kafka.properties:

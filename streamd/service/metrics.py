@@ -314,8 +314,16 @@ class _StateCollector(Collector):
             "When each pull source last reached the end of its journal (Unix time; 0: never).",
             labels=["pull"],
         )
+        leader = GaugeMetricFamily(
+            "streamd_pull_leader",
+            "1 while this receiver holds the pull's lease and pulls, 0 while another one "
+            "does ([pulls.lease] only).",
+            labels=["pull"],
+        )
         for name, running in sorted(pulls.running.items()):
             st = running.source.stats
+            if st.leading is not None:
+                leader.add_metric([name], int(st.leading))
             for status, n in sorted(st.responses.copy().items()):
                 requests.add_metric([name, status], n)
             events.add_metric([name, "new"], st.accepted)
@@ -328,6 +336,7 @@ class _StateCollector(Collector):
         yield gaps
         yield failing
         yield caught_up
+        yield leader
 
     def _sinks(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         drain = self.parts.drain

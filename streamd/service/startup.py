@@ -27,6 +27,7 @@ from streamd.drain import SinkSpec, YieldSettings
 from streamd.drain.retention import RetentionSettings
 from streamd.errors import ConfigError
 from streamd.ingest import Limits, Source
+from streamd.ingest.lease import LeaseSettings, PgLease
 from streamd.ingest.pull import Pulls, PullSettings, PullSource
 from streamd.ingest.validation import Validator
 from streamd.journal import Journal, WriterOptions
@@ -256,7 +257,7 @@ def build_issuer(config: Config) -> Issuer | None:
     return Issuer(dict(o.clients), key, ttl=o.token_ttl, max_failures=o.max_failures_per_minute)
 
 
-PullPlan = tuple[object, PullSettings, ClientCredentials]
+PullPlan = tuple[object, PullSettings, ClientCredentials, LeaseSettings | None]
 
 
 def build_pulls(config: Config) -> list[PullPlan]:
@@ -294,14 +295,36 @@ def build_pulls(config: Config) -> list[PullPlan]:
         tokens = ClientCredentials(
             pull.ims_url, pull.client_id, secret, pull.scope, timeout=pull.timeout, verify=verify
         )
-        built.append(((pull, secret), settings, tokens))
+        lease = None
+        if pull.lease is not None:
+            password = None
+            if pull.lease.password_file:
+                password = read_secret(pull.lease.password_file, "lease password").decode()
+                password = password.strip().splitlines()[0] if password.strip() else None
+            lease = LeaseSettings(
+                dsn=pull.lease.dsn,
+                name=pull.name,
+                holder=config.instance_name,
+                password=password,
+                table=pull.lease.table,
+                ttl=pull.lease.ttl,
+                connect_timeout=pull.lease.connect_timeout,
+            )
+        built.append(((pull, secret, lease), settings, tokens, lease))
     return built
+
+
+def open_lease(settings: LeaseSettings | None) -> PgLease | None:
+    return None if settings is None else PgLease(settings)
 
 
 def start_pulls(pulls: Pulls, plans: list[PullPlan], journal: Journal) -> list[str]:
     """Make the running pull sources match ``plans``; what changed."""
     return pulls.apply(
-        [(identity, PullSource(settings, journal, tokens)) for identity, settings, tokens in plans]
+        [
+            (identity, PullSource(settings, journal, tokens, lease=open_lease(lease)))
+            for identity, settings, tokens, lease in plans
+        ]
     )
 
 

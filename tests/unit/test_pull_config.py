@@ -35,9 +35,9 @@ def test_a_pull_with_defaults(tmp_path: Path) -> None:
     (pull,) = config.pulls
     assert pull.ims_url == "https://ims-na1.adobelogin.com/ims/token/v3"
     assert (pull.limit, pull.start, pull.on_expired) == (500, "-PT2H", "oldest")
-    ((identity, settings, _tokens),) = build_pulls(config)
+    ((identity, settings, _tokens, lease),) = build_pulls(config)
     assert settings.api_key == "abc" and settings.org_id == "ORG@AdobeOrg"
-    assert identity == (pull, "s3cret-value")
+    assert identity == (pull, "s3cret-value", None) and lease is None
     assert "s3cret" not in repr(settings)
 
 
@@ -100,8 +100,8 @@ def test_a_relative_secret_comes_from_the_credentials_directory(
     (creds / "pull-secret").write_text("from-systemd\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     config = load_config(write(tmp_path, BASE.replace('"SECRET"', '"pull-secret"')))
-    ((identity, _, _),) = build_pulls(config)
-    assert identity == (config.pulls[0], "from-systemd")
+    ((identity, _, _, _),) = build_pulls(config)
+    assert identity == (config.pulls[0], "from-systemd", None)
 
 
 def test_check_config_reads_the_pull_secret(

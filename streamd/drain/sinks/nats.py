@@ -25,6 +25,7 @@ transient. A message the server refuses for good (larger than the server's
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import string
@@ -32,12 +33,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from streamd.drain.policy import Kind
 from streamd.drain.sinks._asyncio_thread import AsyncioThread, wait
 from streamd.drain.sinks.base import DrainEvent, Result, confirmed, envelope, transient
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
 log = logging.getLogger("streamd.drain")
@@ -108,10 +112,10 @@ def covers(pattern: str, subject: str) -> bool:
     """Whether a stream subject (with ``*`` and ``>`` wildcards) matches ``subject``."""
     want = pattern.split(".")
     have = subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
+    for i, part in enumerate(want):
+        if part == ">":
             return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
+        if i >= len(have) or part not in ("*", have[i]):
             return False
     return len(have) == len(want)
 
@@ -144,6 +148,38 @@ def _wire_size(payload: bytes, headers: dict[str, str]) -> int:
     return size
 
 
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    """A PubAck, or the error the server answered instead."""
+
+    duplicate: bool = False
+    error: str | None = None
+    error_code: int | None = None
+    no_responders: bool = False
+
+    @classmethod
+    def of(cls, msg: Msg) -> _Ack:
+        status = (msg.headers or {}).get("Status")
+        if status:
+            # 503: no responders (no stream takes the subject, or JetStream is down)
+            text = "no responders" if status == "503" else f"status {status}"
+            return cls(error=f"{text} on {msg.subject}", no_responders=status == "503")
+        try:
+            answer = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return cls(error=f"not a PubAck: {msg.data[:200]!r}")
+        if not isinstance(answer, dict):
+            return cls(error=f"not a PubAck: {msg.data[:200]!r}")
+        error = answer.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                return cls(error=str(error))
+            return cls(error=f"{error.get('description')} (code {error.get('code')}, "
+                             f"err_code {error.get('err_code')})",
+                       error_code=error.get("err_code"))  # fmt: skip
+        return cls(duplicate=bool(answer.get("duplicate")))
+
+
 class _Gone(Exception):
     """The destination can never accept this sink's messages (disable the sink)."""
 
@@ -166,6 +202,9 @@ class NatsSink:
         self._stream_subjects: list[str] | None = None  # None: not checked yet
         self._covered: dict[str, bool] = {}
         self._last_error = ""
+        self._inbox = ""
+        self._acks: dict[str, asyncio.Future[_Ack]] = {}
+        self._tokens = itertools.count()
 
     async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         if self._thread is None:
@@ -194,7 +233,7 @@ class NatsSink:
         # PubAcks ends as a transient result that says so, not as a bare cancellation.
         deadline = loop.time() + self.settings.timeout * 0.9
         try:
-            js, max_payload = await asyncio.wait_for(
+            nc, max_payload = await asyncio.wait_for(
                 self._ready(), timeout=max(0.1, deadline - loop.time())
             )
         except _Gone as exc:
@@ -202,10 +241,13 @@ class NatsSink:
         except _Unavailable as exc:
             return transient(str(exc))
         except TimeoutError:
+            if self._nc is not None and self._nc.is_connected:
+                return transient(f"stream {self.settings.stream} on {self._where()}: no answer "
+                                 "in time (JetStream busy, or without a leader)")  # fmt: skip
             return transient(f"no connection to {self._where()}: {self._last_error or 'timeout'}")
 
         rejected: list[tuple[int, str]] = []
-        pending: list[tuple[DrainEvent, asyncio.Future[Any]]] = []
+        pending: list[tuple[DrainEvent, str, asyncio.Future[_Ack]]] = []
         try:
             for event in events:
                 subject = self._render(event)
@@ -219,23 +261,23 @@ class NatsSink:
                 headers = headers_of(event, self.settings.instance)
                 size = _wire_size(payload, headers)
                 if size > max_payload:
-                    rejected.append(
-                        (event.seq, f"message of {size} bytes > the server's max_payload "
-                                    f"{max_payload}")  # fmt: skip
-                    )
+                    why = f"message of {size} bytes > the server's max_payload {max_payload}"
+                    rejected.append((event.seq, why))
                     continue
                 try:
-                    future = await js.publish_async(subject, payload, headers=headers)
+                    token, future = await self._send(nc, subject, payload, headers)
                 except nats.errors.MaxPayloadError:
-                    rejected.append((event.seq, f"larger than the server's max_payload {max_payload}"))
+                    rejected.append(
+                        (event.seq, f"larger than the server's max_payload {max_payload}")
+                    )
                     continue
                 except (nats.errors.Error, OSError) as exc:
                     return transient(f"publishing to {self._where()}: {_text(exc)}")
-                pending.append((event, future))
+                pending.append((event, token, future))
 
             if pending:
-                done, late = await asyncio.wait(
-                    [f for _, f in pending], timeout=max(0.0, deadline - loop.time())
+                _, late = await asyncio.wait(
+                    [f for _, _, f in pending], timeout=max(0.0, deadline - loop.time())
                 )
                 if late:
                     return transient(
@@ -243,34 +285,66 @@ class NatsSink:
                         f"{self._where()} within {self.settings.timeout * 0.9:g} s"
                     )
             present = 0
-            for event, future in pending:
-                exc = future.exception()
-                if exc is None:
-                    present += bool(future.result().duplicate)
-                elif isinstance(exc, nats.js.errors.APIError) and exc.err_code == _TOO_LARGE:
+            for event, _, future in pending:
+                ack = future.result()
+                if ack.error is None:
+                    present += ack.duplicate
+                elif ack.error_code == _TOO_LARGE:
                     rejected.append((event.seq, f"refused by stream {self.settings.stream}: "
-                                                f"{exc.description}"))  # fmt: skip
+                                                f"{ack.error}"))  # fmt: skip
                 else:
-                    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+                    if ack.no_responders:
                         self._stream_subjects = None  # check (or create) the stream again
-                    return transient(f"publishing to {self._where()}: {_text(exc)}")
+                    return transient(f"publishing to {self._where()}: {ack.error}")
             return confirmed(present=present, rejected=rejected)
         finally:
-            for _, future in pending:
-                future.cancel()  # no-op when done; frees nats-py's pending slot otherwise
+            for _, _, future in pending:
+                future.cancel()  # no-op when done
+            self._forget(pending)
 
-    async def _ready(self) -> tuple[JetStreamContext, int]:
-        """The JetStream context (connecting and checking the stream when needed) and
-        the server's max_payload."""
+    async def _ready(self) -> tuple[Client, int]:
+        """The connection (connecting and checking the stream when needed) and the
+        server's max_payload."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._nc is None or self._nc.is_closed or self._js is None:
                 await self._connect()
-            assert self._nc is not None and self._js is not None
+            nc, js = self._nc, self._js
+            assert nc is not None
+            assert js is not None
             if self._stream_subjects is None:
-                await self._check_stream(self._js)
-            return self._js, self._nc.max_payload
+                await self._check_stream(js)
+            return nc, nc.max_payload
+
+    async def _send(
+        self, nc: Client, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> tuple[str, asyncio.Future[_Ack]]:
+        """Publish one message with a reply subject of its own under the connection's
+        PubAck inbox; the future gets its PubAck (or error) from :meth:`_on_ack`.
+
+        Not nats-py's ``publish_async``: its reply handler raises (instead of setting
+        the future) on a JetStream error such as "message size exceeds maximum", so the
+        future never completes and the refusal cannot be told from a lost PubAck."""
+        token = str(next(self._tokens))
+        future: asyncio.Future[_Ack] = asyncio.get_running_loop().create_future()
+        self._acks[token] = future
+        try:
+            await nc.publish(subject, payload, reply=self._inbox + token, headers=headers)
+        except BaseException:
+            del self._acks[token]
+            raise
+        return token, future
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if future is None or future.done():
+            return  # a batch that gave up on it (timeout, cancel)
+        future.set_result(_Ack.of(msg))
+
+    def _forget(self, pending: Sequence[tuple[DrainEvent, str, asyncio.Future[_Ack]]]) -> None:
+        for _, token, _ in pending:
+            self._acks.pop(token, None)
 
     async def _connect(self) -> None:
         import nats
@@ -315,6 +389,10 @@ class NatsSink:
         )
         self._nc = nc
         self._js = nc.jetstream(timeout=min(5.0, self.settings.timeout))
+        # Every PubAck of this connection arrives under one wildcard subscription.
+        self._acks = {}
+        self._inbox = nc.new_inbox() + "."
+        await nc.subscribe(self._inbox + "*", cb=self._on_ack)
         self._stream_subjects = None
         self._last_error = ""
 
@@ -391,8 +469,8 @@ class NatsSink:
 async def _quietly_close(nc: Client) -> None:
     try:
         await asyncio.wait_for(nc.close(), timeout=5.0)
-    except Exception:  # noqa: BLE001 - closing is best effort (a dead server, a timeout)
-        pass
+    except Exception as exc:  # closing is best effort (a dead server, a timeout)
+        log.debug("nats: closing the connection: %s", _text(exc))
 
 
 def _text(exc: BaseException) -> str:

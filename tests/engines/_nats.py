@@ -77,14 +77,18 @@ class NatsCluster:
         store = self.root / f"n{node}"
         store.mkdir(exist_ok=True)
         path = self.root / f"n{node}.conf"
-        path.write_text(
+        text = (
             f'server_name: "n{node}"\n'
             f"listen: 127.0.0.1:{self.ports[node]}\n"
             f"max_payload: {self.max_payload}\n"
             f'jetstream {{ store_dir: "{store}" }}\n'
-            f"cluster {{\n  name: streamd-test\n  listen: 127.0.0.1:{self.route_ports[node]}\n"
-            f"  routes: [{routes}]\n}}\n"
         )
+        if self.nodes > 1:  # a lone server with a cluster block refuses to start JetStream
+            text += (
+                f"cluster {{\n  name: streamd-test\n  listen: 127.0.0.1:{self.route_ports[node]}\n"
+                f"  routes: [{routes}]\n}}\n"
+            )
+        path.write_text(text)
         return path
 
     def start_node(self, node: int) -> None:

@@ -370,6 +370,23 @@ def check_dsn(dsn: str, where: str) -> None:
         )
 
 
+def _check_subject(template: str, manage_stream: bool, where: str) -> None:
+    """A NATS subject template: dot-separated tokens, none empty, no wildcard or space in
+    its literal text (placeholders' values are made safe when they are filled)."""
+    literal = re.sub(r"\{[a-z_]+\}", "x", template)
+    if any(c.isspace() or c in "*>" for c in literal):
+        raise ConfigError(f"{where}: {template!r}: a subject holds no spaces, '*' or '>'")
+    if any(not token for token in literal.split(".")):
+        raise ConfigError(f"{where}: {template!r}: a subject has no empty token ('..', or a "
+                          "'.' at either end)")  # fmt: skip
+    if manage_stream and "{" in template.split(".", 1)[0]:
+        raise ConfigError(
+            f'{where}: {template!r}: begin with a literal token ("streamd.{{stream}}"): '
+            "the stream streamd creates takes the subjects under it, and a first token "
+            "that varies would take other applications' subjects too"
+        )
+
+
 def _check_engines(sink: SinkConfig, where: str) -> None:
     """The postgres, kafka and nats tables: what TOML types cannot say."""
     if sink.postgres is not None:
@@ -389,6 +406,7 @@ def _check_engines(sink: SinkConfig, where: str) -> None:
                 raise ConfigError(f"{where}.kafka.bootstrap_servers: {server!r} is not HOST:PORT")
     if sink.nats is not None:
         _check_template(sink.nats.subject, f"{where}.nats.subject")
+        _check_subject(sink.nats.subject, sink.nats.manage_stream, f"{where}.nats.subject")
         for server in sink.nats.servers:
             if not _NATS_URL.fullmatch(server):
                 raise ConfigError(

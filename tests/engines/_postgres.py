@@ -164,7 +164,7 @@ class PostgresServer:
         """An autocommit superuser connection over the Unix socket (for the tests' SQL)."""
         return psycopg.connect(
             host=str(self.socket_dir), port=self.port, user="postgres", dbname=dbname,
-            autocommit=True,
+            autocommit=True, options="-c TimeZone=UTC -c default_transaction_read_only=off",
         )  # fmt: skip
 
     def create_database(self, name: str) -> str:

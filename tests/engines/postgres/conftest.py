@@ -19,6 +19,7 @@ from streamd.drain.sinks.postgres import PostgresSettings, PostgresSink
 from streamd.journal import Batch, Journal, WriterOptions, open_journal, utc_now
 from tests.conftest import fixture_bytes
 from tests.engines._postgres import PASSWORD, PostgresServer, available
+from tests.system._harness import Processes
 
 FIXTURE_NAMES = (
     "lads_batch", "lads_single", "legacy_push", "notification", "audit_wrapper",
@@ -58,7 +59,7 @@ class Database:
     ) -> list[tuple[Any, ...]]:
         """Run one statement as the superuser (autocommit, in UTC); its rows."""
         with self.server.connect(self.name) as conn:
-            cur = conn.execute(statement, params)  # type: ignore[call-overload]
+            cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
 
 
@@ -110,3 +111,13 @@ def pg_spec(name: str, sink: PostgresSink, **kw: Any) -> SinkSpec:
     }  # fmt: skip
     values.update(kw)
     return SinkSpec(name, "postgres", Route(()), lambda: sink, **values)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Child processes (``streamd serve``), killed and reaped when the test ends."""
+    procs = Processes(tmp_path / "run")
+    try:
+        yield procs
+    finally:
+        procs.close()

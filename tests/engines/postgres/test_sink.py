@@ -348,7 +348,8 @@ async def test_a_read_only_server_is_transient_then_recovers(pg: Database) -> No
     # What a standby after a failover looks like to a session: read-only transactions.
     pg.sql(f'ALTER DATABASE "{pg.name}" SET default_transaction_read_only = on')
     pg.sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'streamd/pg'"
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'streamd/pg'"
     )
     failed = await sink.deliver([event(2)])  # the old connection is gone: transient
     assert failed.kind is Kind.TRANSIENT

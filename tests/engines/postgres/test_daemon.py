@@ -76,7 +76,8 @@ def test_the_daemon_delivers_each_event_once(
     journal = dict(_journal(server.journal))
     total = len(journal)
     wait_for(
-        lambda: sample(metrics(admin, admin_token), "streamd_sink_lag_events", sink="warehouse") == 0,
+        lambda: sample(metrics(admin, admin_token), "streamd_sink_lag_events", sink="warehouse")
+        == 0,
         timeout=30, what="the sink's lag at 0",
         context=server.spawned.stderr,
     )  # fmt: skip

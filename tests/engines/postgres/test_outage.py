@@ -13,7 +13,6 @@ from tests.drain.conftest import append, wait_until
 
 from .conftest import Database, pg_spec
 
-
 # Pauses after 3 failures and probes; an outage never dead-letters (as the marketo preset).
 PATIENT = RetrySettings(
     max_attempts=0, backoff_base=0.05, backoff_cap=0.2, jitter=0.0, pause_after=3,

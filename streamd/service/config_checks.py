@@ -367,6 +367,7 @@ def _check_engines(sink: SinkConfig, where: str) -> None:
                 f"{where}.postgres.dsn: holds a password; put it in postgres.password_file "
                 "(the configuration is not a secret)"
             )
+        _check_dsn(sink.postgres.dsn, f"{where}.postgres.dsn")
     if sink.kafka is not None:
         _check_template(sink.kafka.topic, f"{where}.kafka.topic")
         for name in sink.kafka.properties:
@@ -391,6 +392,24 @@ def _check_engines(sink: SinkConfig, where: str) -> None:
             raise ConfigError(
                 f"{where}.nats: token_file and credentials_file: set one of them, not both"
             )
+
+
+def _check_dsn(dsn: str, where: str) -> None:
+    """libpq's own parse of the connection string (psycopg is imported only for a
+    postgres sink): a typo is an error now, not a sink that never connects."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        options = conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"{where}: not a libpq connection string or URI: {problem}") from None
+    if "password" in options:  # a URI's ?password=, or one the regex did not see
+        raise ConfigError(
+            f"{where}: holds a password; put it in postgres.password_file "
+            "(the configuration is not a secret)"
+        )
 
 
 def type_filter_warnings(config: Config) -> list[str]:

@@ -65,8 +65,9 @@ def test_the_daemon_delivers_each_event_once(
     assert trio.run(other.deliver, [earlier]).kind is Kind.CONFIRMED
     trio.run(other.aclose)
     server = serve(processes, tmp_path / "data", args=["--config", str(config)])
-    admin = int(wait_for(lambda: ADMIN.search(server.spawned.stdout()), timeout=15,
-                         what="the admin listener").group(1))  # fmt: skip
+    found = wait_for(lambda: ADMIN.search(server.spawned.stdout()), timeout=15, what="admin")
+    assert found is not None
+    admin = int(found.group(1))
     token = server.token()
     admin_token = read_token(tmp_path / "data" / "admin-token")
     for name in FIXTURE_NAMES:

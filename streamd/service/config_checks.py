@@ -153,7 +153,7 @@ def validate_pulls(config: Config, where: str) -> None:
                 f'{key}.start: {pull.start!r}: expected "oldest", "latest" or {WHEN_FORMS}'
             )
         if pull.lease is not None:
-            check_dsn(pull.lease.dsn, f"{key}.lease.dsn")
+            check_dsn(pull.lease.dsn, f"{key}.lease.dsn", "lease.password_file")
         if pull.min_wait > pull.max_wait:
             raise ConfigError(
                 f"{key}.min_wait: {pull.min_wait:g} is larger than max_wait ({pull.max_wait:g})"
@@ -359,15 +359,17 @@ def _check_template(template: str, where: str) -> None:
         raise ConfigError(f"{where}: must not be empty")
 
 
-def check_dsn(dsn: str, where: str) -> None:
-    """A PostgreSQL connection string: present, and without the password."""
+def check_dsn(dsn: str, where: str, password_key: str) -> None:
+    """A PostgreSQL connection string: present, libpq can parse it, and it holds no
+    password (that belongs in ``password_key``'s file)."""
     if not dsn.strip():
         raise ConfigError(f"{where}: must not be empty")
     if _DSN_PASSWORD.search(dsn):
         raise ConfigError(
-            f"{where}: holds a password; put it in the password_file beside it "
+            f"{where}: holds a password; put it in {password_key} "
             "(the configuration is not a secret)"
         )
+    _check_dsn(dsn, where, password_key)
 
 
 def _check_subject(template: str, manage_stream: bool, where: str) -> None:
@@ -390,7 +392,7 @@ def _check_subject(template: str, manage_stream: bool, where: str) -> None:
 def _check_engines(sink: SinkConfig, where: str) -> None:
     """The postgres, kafka and nats tables: what TOML types cannot say."""
     if sink.postgres is not None:
-        check_dsn(sink.postgres.dsn, f"{where}.postgres.dsn")
+        check_dsn(sink.postgres.dsn, f"{where}.postgres.dsn", "postgres.password_file")
     if sink.kafka is not None:
         _check_template(sink.kafka.topic, f"{where}.kafka.topic")
         for name in sink.kafka.properties:
@@ -416,6 +418,24 @@ def _check_engines(sink: SinkConfig, where: str) -> None:
             raise ConfigError(
                 f"{where}.nats: token_file and credentials_file: set one of them, not both"
             )
+
+
+def _check_dsn(dsn: str, where: str, password_key: str) -> None:
+    """libpq's own parse of the connection string (psycopg is imported only for a
+    postgres sink): a typo is an error now, not a sink that never connects."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        options = conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"{where}: not a libpq connection string or URI: {problem}") from None
+    if "password" in options:  # a URI's ?password=, or one the regex did not see
+        raise ConfigError(
+            f"{where}: holds a password; put it in {password_key} "
+            "(the configuration is not a secret)"
+        )
 
 
 def type_filter_warnings(config: Config) -> list[str]:

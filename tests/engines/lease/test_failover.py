@@ -53,10 +53,10 @@ def _rows(pg: PostgresServer, db: str) -> list[str]:
 
 
 def test_the_other_receiver_takes_over_the_pull_and_nothing_is_lost_or_doubled(
-    tmp_path: Path, processes: Processes, lease_pg: PostgresServer
+    tmp_path: Path, processes: Processes, pg_server: PostgresServer
 ) -> None:
     db = "failover"
-    dsn = lease_pg.create_database(db)
+    dsn = pg_server.create_database(db)
     secret = tmp_path / "secret"
     secret.write_text("failover-secret-0123456789\n")
     password = tmp_path / "pg-password"
@@ -115,7 +115,7 @@ password_file = "{password}"
                      name=f"streamd-{instance}-{time.monotonic_ns()}")  # fmt: skip
 
     servers = {"r1": start("r1"), "r2": start("r2")}
-    leader = wait_for(lambda: _holder(lease_pg, db), timeout=30, what="a leader")
+    leader = wait_for(lambda: _holder(pg_server, db), timeout=30, what="a leader")
     assert leader is not None
     follower = "r2" if leader == "r1" else "r1"
     wait_for(
@@ -129,7 +129,7 @@ password_file = "{password}"
     killed_at = time.monotonic()
     at_kill = _journaled(tmp_path / leader / "journal.db")
     assert at_kill < EVENTS, "the leader pulled everything before it was killed: no failover"
-    wait_for(lambda: _holder(lease_pg, db) == follower, timeout=30, what="the takeover",
+    wait_for(lambda: _holder(pg_server, db) == follower, timeout=30, what="the takeover",
              context=lambda: servers[follower].spawned.stderr()[-2000:])  # fmt: skip
     takeover = time.monotonic() - killed_at
     # The dead leader comes back as a follower: what it journaled and had not drained
@@ -138,12 +138,12 @@ password_file = "{password}"
     api = JournalApi(seed=SEED, initial=EVENTS)
     wanted = {api.event(i)["id"] for i in range(EVENTS)}
     wait_for(
-        lambda: len(_rows(lease_pg, db)) >= EVENTS,
+        lambda: len(_rows(pg_server, db)) >= EVENTS,
         timeout=120,
         what=f"all {EVENTS} journal events in the table",
         context=lambda: servers[follower].spawned.stderr()[-2000:],
     )
-    rows = _rows(lease_pg, db)
+    rows = _rows(pg_server, db)
     assert len(rows) == len(set(rows)) == EVENTS
     assert set(rows) == wanted
     pulled = {name: _journaled(tmp_path / name / "journal.db") for name in ("r1", "r2")}

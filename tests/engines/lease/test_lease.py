@@ -23,8 +23,8 @@ def leases(pg: PostgresServer, ttl: float = 3.0) -> tuple[PgLease, PgLease]:
     )
 
 
-async def test_one_holder_at_a_time_and_the_position_is_shared(lease_pg: PostgresServer) -> None:
-    r1, r2 = leases(lease_pg)
+async def test_one_holder_at_a_time_and_the_position_is_shared(pg_server: PostgresServer) -> None:
+    r1, r2 = leases(pg_server)
     try:
         assert await r1.acquire() == (None, None)  # the first leader: no shared position
         assert await r2.acquire() is None  # r1 holds it
@@ -42,9 +42,9 @@ async def test_one_holder_at_a_time_and_the_position_is_shared(lease_pg: Postgre
 
 
 async def test_an_expired_lease_passes_to_the_next_and_the_old_holder_cannot_write(
-    lease_pg: PostgresServer,
+    pg_server: PostgresServer,
 ) -> None:
-    r1, r2 = leases(lease_pg, ttl=3.0)
+    r1, r2 = leases(pg_server, ttl=3.0)
     try:
         assert await r1.acquire() == (None, None)
         assert await r1.save("p7")
@@ -56,7 +56,7 @@ async def test_an_expired_lease_passes_to_the_next_and_the_old_holder_cannot_wri
         assert shared == ("p7", None)
         assert not await r1.save("p8")  # the former holder's page is not recorded
         assert not await r1.renew()
-        with lease_pg.connect() as conn:
+        with pg_server.connect() as conn:
             rows = conn.execute(
                 "SELECT holder, position FROM streamd_pull_leases WHERE name = %s",
                 (r1.settings.name,),
@@ -68,11 +68,11 @@ async def test_an_expired_lease_passes_to_the_next_and_the_old_holder_cannot_wri
 
 
 async def test_an_unreachable_database_is_a_lease_error_with_the_reason(
-    lease_pg: PostgresServer,
+    pg_server: PostgresServer,
 ) -> None:
     lease = PgLease(
         LeaseSettings(
-            lease_pg.dsn().replace(f"port={lease_pg.port}", "port=9"),
+            pg_server.dsn().replace(f"port={pg_server.port}", "port=9"),
             "journal-x",
             "r1",
             password=PASSWORD,
@@ -84,8 +84,8 @@ async def test_an_unreachable_database_is_a_lease_error_with_the_reason(
     await lease.aclose()
 
 
-async def test_a_wrong_password_is_a_lease_error_not_a_traceback(lease_pg: PostgresServer) -> None:
-    lease = PgLease(LeaseSettings(lease_pg.dsn(), "journal-y", "r1", password="wrong"))
+async def test_a_wrong_password_is_a_lease_error_not_a_traceback(pg_server: PostgresServer) -> None:
+    lease = PgLease(LeaseSettings(pg_server.dsn(), "journal-y", "r1", password="wrong"))
     with pytest.raises(LeaseError, match="password authentication failed"):
         await lease.acquire()
     await lease.aclose()

@@ -8,21 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.engines._nats import INSTALL_HINT, NatsCluster, available
+from tests.engines._nats import NatsCluster
 
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def nats_cluster() -> Iterator[NatsCluster]:
-    """A real 3-node JetStream cluster on loopback for the whole session."""
-    if not available():
-        reason = f"nats-server is not installed in the venv: {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with NatsCluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture

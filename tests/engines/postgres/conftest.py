@@ -18,7 +18,7 @@ from streamd.drain.routing import Route
 from streamd.drain.sinks.postgres import PostgresSettings, PostgresSink
 from streamd.journal import Batch, Journal, WriterOptions, open_journal, utc_now
 from tests.conftest import fixture_bytes
-from tests.engines._postgres import PASSWORD, PostgresServer, available
+from tests.engines._postgres import PASSWORD, PostgresServer
 from tests.system._harness import Processes
 
 FIXTURE_NAMES = (
@@ -27,17 +27,6 @@ FIXTURE_NAMES = (
 )  # fmt: skip
 FAST = RetrySettings(backoff_base=0.05, backoff_cap=0.2, jitter=0.0, pause_after=1000)
 _numbers = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    why = available()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is needed for these tests: {why}")
-        pytest.skip(f"no PostgreSQL server here: {why}")
-    with PostgresServer() as server:
-        yield server
 
 
 @dataclass

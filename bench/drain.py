@@ -17,6 +17,15 @@ Cases, each measured in processes of their own:
   with three sinks (file, sqlite, http to the receiver) draining what arrives; run in
   alternation for ``--rounds`` rounds. Reports events/s and, with sinks, how far behind
   the sinks were when the load stopped.
+- ``sink-{postgres,kafka,nats,nats-r3}``: the same, into the shared engines, each started
+  by the orchestrator on loopback from the packages ``make test`` installs (PostgreSQL 15,
+  the Tansu broker, nats-server: one node, or ``nats-r3`` a 3-node cluster with a
+  3-replica stream), with the service's default pool for the kind.
+- ``latency-10k-postgres``: two ``streamd serve`` receivers behind HAProxy (the
+  configuration of docs/scale-out.md), each with a postgres sink into one table; legacy
+  500-event batches paced to 10,000 events/s in total; per event, the PostgreSQL commit
+  time of its row (``track_commit_timestamp``) minus the start of the sender's first
+  request that carried it.
 - ``backlog-rss`` (with ``--backlog N``): a journal of N events, drained by a file
   sink for ``--duration`` s; peak RSS of the draining process against the backlog.
 
@@ -40,6 +49,8 @@ from typing import Any, Final
 import orjson
 import trio
 
+from bench._engines import engine as _engine
+from bench._engines import postgres_with_commit_times
 from bench._machine import machine_facts
 from bench._server import REPO, ServerProcess, source_hash, streamd_command
 
@@ -105,7 +116,10 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         "sqlite": lambda: SqliteSink(SqliteSettings(str(out / "tables.db"), journal=args.journal)),
         "http": lambda: HttpSink(HttpSettings(url=args.url, sink=name, connections=5)),
     }
-    pool = KIND_POOLS.get(args.kind, DEFAULT_POOL)  # the service's defaults for the kind
+    engine = args.kind.split("-")[0]
+    if engine in _ENGINES:
+        openers[args.kind] = _engine_opener(engine, orjson.loads(args.engine), name)
+    pool = KIND_POOLS.get(engine, DEFAULT_POOL)  # the service's defaults for the kind
     spec = SinkSpec(
         name,
         args.kind,
@@ -115,7 +129,7 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=pool.batch_size,
         linger=pool.linger,
         max_in_flight=pool.max_in_flight,
-        full_events=False,
+        full_events=engine in _ENGINES,  # as the service reads for these kinds
         envelopes=args.kind != "sqlite",
     )
     samples: list[float] = []
@@ -147,6 +161,33 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         "rss_max_mib": round(max(samples, default=0.0), 1),
         "peak_rss_mib": round(_rss_mib()[1], 1),
     }
+
+
+_ENGINES: Final = ("postgres", "kafka", "nats")
+
+
+def _engine_opener(engine: str, settings: dict[str, Any], name: str) -> Any:
+    if engine == "postgres":
+        from streamd.drain.sinks.postgres import PostgresSettings, PostgresSink
+
+        ps = PostgresSettings(**settings, table=f"t_{name.replace('-', '_')}", sink=name)
+        return lambda: PostgresSink(ps)
+    if engine == "kafka":
+        from streamd.drain.sinks.kafka import KafkaSettings, KafkaSink
+
+        ks = KafkaSettings(bootstrap_servers=(settings["bootstrap"],), topic=f"{name}.{{stream}}",
+                           sink=name)  # fmt: skip
+        return lambda: KafkaSink(ks)
+    from streamd.drain.sinks.nats import NatsSettings, NatsSink
+
+    ns = NatsSettings(
+        servers=tuple(settings["servers"]),
+        stream=name.replace("-", "_").upper(),
+        subject=f"{name}.{{stream}}",
+        replicas=settings["replicas"],
+        sink=name,
+    )
+    return lambda: NatsSink(ns)
 
 
 # -- orchestration ----------------------------------------------------------------
@@ -330,6 +371,85 @@ def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _latency_postgres_case(duration: float, logdir: Path) -> dict[str, Any]:
+    """Two receivers behind HAProxy, postgres sinks into one table, 10,000 events/s."""
+    from tests.engines._postgres import PASSWORD
+    from tests.engines.scale.test_scale_out import haproxy_config
+
+    work = Path(tempfile.mkdtemp(prefix="drain-latency-pg-", dir=CACHE))
+    starts = work / "starts.jsonl"
+    servers: list[ServerProcess] = []
+    try:
+        with postgres_with_commit_times() as pg:
+            dsn = pg.create_database("latency")
+            password = work / "pg-password"
+            password.write_text(PASSWORD + "\n")
+            token = work / "api-token"
+            token.write_text("bench-latency-token-0123456789\n")
+            ports = []
+            for name in ("r1", "r2"):
+                config = work / f"{name}.toml"
+                config.write_text(
+                    f'instance = "{name}"\n[tokens]\nfiles = ["{token}"]\n'
+                    '[[sinks]]\nname = "warehouse"\nkind = "postgres"\n[sinks.postgres]\n'
+                    f'dsn = "{dsn}"\npassword_file = "{password}"\n'
+                )
+                port, admin = _free_port(), _free_port()
+                cmd = [*streamd_command(None), "serve", "--config", str(config), "--listen",
+                       f"127.0.0.1:{port}", "--data-dir", str(work / name),
+                       "--admin-listen", f"127.0.0.1:{admin}"]  # fmt: skip
+                server = ServerProcess(cmd, logdir, f"latency-pg-{name}")
+                servers.append(server)
+                server.wait_ready()
+                ports.append((port, admin))
+            front = _free_port()
+            (work / "haproxy.cfg").write_text(haproxy_config(front, ports))
+            haproxy = ServerProcess(["haproxy", "-db", "-f", str(work / "haproxy.cfg")],
+                                    logdir, "latency-haproxy")  # fmt: skip
+            servers.append(haproxy)
+            time.sleep(2.0)  # the health checks mark both receivers up
+            load = subprocess.run(
+                [sys.executable, "-m", "bench.loadgen", "--url",
+                 f"http://127.0.0.1:{front}/events", "--token",
+                 token.read_text().strip(), "--shape", "legacy", "--batch", "500",
+                 "--concurrency", "8", "--rate", "10000", "--duration", str(duration),
+                 "--seed", "1", "--starts", str(starts)],
+                capture_output=True, text=True, timeout=duration + 300, check=True, cwd=REPO,
+            )  # fmt: skip
+            result = orjson.loads(load.stdout.strip().splitlines()[-1])
+            time.sleep(5)  # the last batches reach the table
+            import psycopg
+
+            with psycopg.connect(dsn, password=PASSWORD) as conn:
+                committed = {
+                    str(key): at.timestamp()
+                    for key, at in conn.execute(
+                        "SELECT event_key, pg_xact_commit_timestamp(xmin) FROM streamd_events"
+                    )
+                }
+        arrivals = work / "arrivals.json"
+        arrivals.write_bytes(orjson.dumps(committed))
+        return {
+            "case": "latency-10k-postgres",
+            "offered_events_per_s": 10_000,
+            "acked_events_per_s": result["events_per_s"],
+            "request_latency_ms": result["latency_ms"],
+            "sender_start_to_postgres_commit_ms": end_to_end(starts, arrivals),
+        }
+    finally:
+        for server in servers:
+            server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
     ap.add_argument("--events", type=int, default=200_000, help="backlog of the sink cases")
@@ -343,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kind", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--engine", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child == "prefill":
         print(orjson.dumps(child_prefill(args.journal, args.events)).decode())
@@ -357,16 +478,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     rx = _receiver(logdir)
     try:
         url = rx.base_url + "/hook"
-        wanted = [c for c in ("sink-file", "sink-sqlite", "sink-http")
-                  if fnmatch.fnmatch(c, args.only)]  # fmt: skip
+        cases = ("sink-file", "sink-sqlite", "sink-http", "sink-postgres", "sink-kafka",
+                 "sink-nats", "sink-nats-r3")  # fmt: skip
+        wanted = [c for c in cases if fnmatch.fnmatch(c, args.only)]
         if wanted:
             journal = _journal(args.events)
             for case in wanted:
                 work = tempfile.mkdtemp(prefix="drain-sink-", dir=CACHE)
+                kind = case.removeprefix("sink-")
                 try:
-                    r = _run_child(["--child", "drain", "--journal", journal, "--kind",
-                                    case.split("-")[1], "--url", url, "--work", work,
-                                    "--duration", "300"], timeout=600)  # fmt: skip
+                    with _engine(kind) as engine:
+                        r = _run_child(["--child", "drain", "--journal", journal, "--kind",
+                                        kind, "--url", url, "--work", work, "--engine",
+                                        orjson.dumps(engine).decode(), "--duration", "300"],
+                                       timeout=600)  # fmt: skip
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                 results.append({"case": case, **r})
@@ -388,6 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r = _ingest_case(case, kinds, url, args.duration, logdir)
                     results.append(r)
                     print(f"{case}: {r}", file=sys.stderr)
+        if fnmatch.fnmatch("latency-10k-postgres", args.only):
+            r = _latency_postgres_case(args.duration, logdir)
+            results.append(r)
+            print(f"latency-10k-postgres: {r}", file=sys.stderr)
         if fnmatch.fnmatch("latency-10k", args.only):
             r = _latency_case(args.duration, logdir)
             results.append(r)

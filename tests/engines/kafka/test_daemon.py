@@ -4,6 +4,7 @@ real Marketo payloads, a duplicate re-send, /metrics, a frozen broker, SIGKILLs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -110,6 +111,15 @@ def caught_up(journal: Path) -> bool:
         last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         cursors = [c for (c,) in conn.execute("SELECT cursor FROM sinks")]
     return cursors == [last]
+
+
+def saved_cursor(journal: Path) -> int:
+    with contextlib.closing(sqlite3.connect(journal)) as conn:
+        return int(conn.execute("SELECT coalesce(max(cursor), 0) FROM sinks").fetchone()[0])
+
+
+def progressed(journal: Path, past: int) -> bool:
+    return saved_cursor(journal) > past
 
 
 def read_prefix(broker: Tansu, prefix: str) -> list[Message]:
@@ -244,15 +254,17 @@ def test_sigkill_mid_drain_of_a_backlog(
     stop_gracefully(server)
     acked = set().union(*(client.acked_ids() for client in clients))
     pool = "batch_size = 500\nmax_in_flight = 5000"
-    cursors = []
+    cursors: list[int] = []
     for cycle in range(kills):
         server = start(processes, tmp_path, broker, topic_prefix, pool=pool, port=port,
                        name=f"streamd-{cycle}")  # fmt: skip
-        time.sleep(rng.uniform(0.3, 1.0))  # a random instant of the drain
+        # Mid-drain: once this instance has saved progress, after a random extra delay.
+        moved = cursors[-1] if cursors else 0
+        wait_for(functools.partial(progressed, server.journal, moved), timeout=30, what="progress")
+        time.sleep(rng.uniform(0.0, 0.1))
         server.spawned.popen.kill()
         assert server.spawned.wait(10) == -signal.SIGKILL
-        with contextlib.closing(sqlite3.connect(server.journal)) as conn:
-            cursors.append(conn.execute("SELECT max(cursor) FROM sinks").fetchone()[0])
+        cursors.append(saved_cursor(server.journal))
     server = start(processes, tmp_path, broker, topic_prefix, pool=pool, port=port)
     wait_for(lambda: caught_up(server.journal), timeout=60, what="the sink caught up")
     stop_gracefully(server)

@@ -178,26 +178,35 @@ class Tansu:
         try:
             meta = consumer.list_topics(topic, timeout=10)
             partitions = sorted(meta.topics[topic].partitions)
-            ends: dict[int, int] = {}
-            for p in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=10, cached=False
-                )
-                if high > low:
-                    ends[p] = high
-            if not ends:
-                return
-            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-            positions = dict.fromkeys(ends, 0)
+            positions = dict.fromkeys(partitions, 0)
+            assigned: set[int] = set()
             deadline = time.monotonic() + timeout
-            while any(positions[p] < ends[p] for p in ends):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{topic}: read {positions} of {ends} in {timeout:g} s")
-                for msg in consumer.consume(1000, timeout=0.5):
-                    if msg.error() is not None:
-                        continue
-                    positions[msg.partition() or 0] = (msg.offset() or 0) + 1
-                    yield _message(msg)
+            # Read to the high watermarks, then ask again: Tansu's watermark can lag the
+            # last acknowledged batch by a moment, so read until two answers agree.
+            while True:
+                ends = {}
+                for p in partitions:
+                    _, high = consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=10, cached=False
+                    )
+                    if high > positions[p]:
+                        ends[p] = high
+                if not ends:
+                    return
+                new = [p for p in ends if p not in assigned]
+                if new:
+                    assigned.update(new)
+                    consumer.assign(
+                        [TopicPartition(topic, p, positions[p]) for p in sorted(assigned)]
+                    )
+                while any(positions[p] < ends[p] for p in ends):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{topic}: read {positions} of {ends} in {timeout:g} s")
+                    for msg in consumer.consume(1000, timeout=0.5):
+                        if msg.error() is not None:
+                            continue
+                        positions[msg.partition() or 0] = (msg.offset() or 0) + 1
+                        yield _message(msg)
         finally:
             consumer.close()
 

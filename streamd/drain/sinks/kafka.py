@@ -58,6 +58,8 @@ _PERMANENT = frozenset({
     KafkaError.INVALID_RECORD, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
     KafkaError.TOPIC_EXCEPTION, KafkaError.RECORD_LIST_TOO_LARGE,
 })  # fmt: skip
+_TIMEOUTS = frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT,
+                       KafkaError.REQUEST_TIMED_OUT})  # fmt: skip
 _NOT_IN_TOPIC = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_TOPIC = 249
 _QUEUE_FULL_WAIT = 0.01  # s between tries when librdkafka's local queue is full
@@ -109,6 +111,9 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
         # out, so it becomes a dead letter instead of failing its batch for ever.
         "topic.metadata.propagation.max.ms": min(30_000, timeout_ms // 2),
         "log.connection.close": False,  # idle connections closed by the broker: not news
+        # A message in flight to a broker that stopped answering times out with its
+        # request, not with message.timeout.ms: keep that inside the pool's timeout too.
+        "request.timeout.ms": min(30_000, timeout_ms),
     }
     config.update(settings.properties)
     config.update(
@@ -174,6 +179,10 @@ class _Producer:
 
     def __init__(self, config: dict[str, Any], name: str) -> None:
         self.fatal: KafkaError | None = None
+        # Timed out or cancelled messages leave the idempotent producer waiting to resync
+        # its sequence numbers; after a 60 s freeze of Tansu it never sent again. A new
+        # producer (new producer id) is made instead.
+        self.stale = False
         self.last_error = ""
         self._stopping = False
         self._warned: dict[str, float] = {}
@@ -254,18 +263,22 @@ class KafkaSink:
                 break
             await trio.sleep(_QUEUE_FULL_WAIT)  # the local queue is full: reports free it
         reports.handed_over()
-        await reports.done.wait()
+        try:
+            await reports.done.wait()
+        except trio.Cancelled:
+            producer.stale = True  # the pool's timeout: reports did not come in time
+            raise
         return self._result(producer, events, reports)
 
     async def _producer(self) -> _Producer:
         """The current producer, made on first use or after a fatal error."""
         async with self._opening:
             current = self._current
-            if current is not None and current.fatal is None:
+            if current is not None and current.fatal is None and not current.stale:
                 return current
             if current is not None:
-                log.warning("kafka sink %s: a new producer replaces the failed one",
-                            self.settings.sink)  # fmt: skip
+                log.info("kafka sink %s: a new producer replaces the %s one", self.settings.sink,
+                         "failed" if current.fatal else "timed out")  # fmt: skip
                 current.retire()
                 self._retired = [p for p in self._retired if p.thread.is_alive()]
                 self._retired.append(current)
@@ -340,6 +353,8 @@ class KafkaSink:
                 failed.append(error)
         if not failed:
             return confirmed(rejected=rejected)
+        if any(e.code() in _TIMEOUTS for e in failed):
+            producer.stale = True
         first = failed[0]
         reason = (
             f"kafka: {len(failed)} of {len(events)} messages failed: {first.name()}: {first.str()}"

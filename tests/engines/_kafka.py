@@ -164,7 +164,7 @@ class Tansu:
         return list(self._read(topic, timeout))
 
     def _read(self, topic: str, timeout: float) -> Iterator[Message]:
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer, KafkaError, TopicPartition
 
         consumer = Consumer(
             {
@@ -172,41 +172,43 @@ class Tansu:
                 "group.id": "streamd-tests",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
                 "log_level": 0,
             }
         )
         try:
             meta = consumer.list_topics(topic, timeout=10)
             partitions = sorted(meta.topics[topic].partitions)
+            # The end of a partition is where the consumer reports end-of-partition (from
+            # the fetch responses' high watermark). Tansu's ListOffsets "latest" is only a
+            # floor: the last batch's base offset + 1, not its end (a reader that stopped
+            # there lost the rest of that batch: tests/upstream/tansu_listoffsets_latest).
+            floor = {
+                p: consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=10, cached=False
+                )[1]
+                for p in partitions
+            }
             positions = dict.fromkeys(partitions, 0)
-            assigned: set[int] = set()
+            at_end: set[int] = set()
+            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
             deadline = time.monotonic() + timeout
-            # Read to the high watermarks, then ask again: Tansu's watermark can lag the
-            # last acknowledged batch by a moment, so read until two answers agree.
-            while True:
-                ends = {}
-                for p in partitions:
-                    _, high = consumer.get_watermark_offsets(
-                        TopicPartition(topic, p), timeout=10, cached=False
+            while not all(p in at_end and positions[p] >= floor[p] for p in partitions):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{topic}: read {positions} (at the end: {sorted(at_end)}; "
+                        f"ListOffsets: {floor}) in {timeout:g} s"
                     )
-                    if high > positions[p]:
-                        ends[p] = high
-                if not ends:
-                    return
-                new = [p for p in ends if p not in assigned]
-                if new:
-                    assigned.update(new)
-                    consumer.assign(
-                        [TopicPartition(topic, p, positions[p]) for p in sorted(assigned)]
-                    )
-                while any(positions[p] < ends[p] for p in ends):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{topic}: read {positions} of {ends} in {timeout:g} s")
-                    for msg in consumer.consume(1000, timeout=0.5):
-                        if msg.error() is not None:
-                            continue
-                        positions[msg.partition() or 0] = (msg.offset() or 0) + 1
-                        yield _message(msg)
+                for msg in consumer.consume(1000, timeout=0.5):
+                    partition = msg.partition() or 0
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(partition)
+                        continue
+                    at_end.discard(partition)
+                    positions[partition] = (msg.offset() or 0) + 1
+                    yield _message(msg)
         finally:
             consumer.close()
 

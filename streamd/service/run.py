@@ -351,13 +351,15 @@ def _announce_ready(
     mtls_binds: list[str],
     admin_binds: list[str],
 ) -> None:
+    # daemon.json first: a script that waits for "streamd ready" and then runs an
+    # operator command must find this daemon (a test did not, once in a full run).
+    _describe_daemon(d.config, d.journal, admin_binds if d.admin is not None else None)
     for bind in mtls_binds:
         announce(f"streamd ready (client certificates required): {bind}")
     for bind in binds:
         announce(f"streamd ready: {bind}")
     for bind in admin_binds:
         announce(f"streamd admin ready: {bind}")
-    _describe_daemon(d.config, d.journal, admin_binds if d.admin is not None else None)
     log.info(
         "journal %s (synchronous=%s); sources: %s; sinks: %s",
         d.config.journal_path,

@@ -42,7 +42,7 @@ def _emit(processes: Processes, url: str, mode: str, seconds: float, token: Path
 
 @pytest.mark.parametrize(
     ("seconds", "kills"),
-    [pytest.param(16, 2, id="16s-2kills"), pytest.param(60, 5, id="60s-5kills",
+    [pytest.param(10, 2, id="10s-2kills"), pytest.param(60, 5, id="60s-5kills",
                                                       marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_two_receivers_one_destination_exactly_once_through_kills(

@@ -32,10 +32,12 @@ def haproxy_config(front: int, backends: list[tuple[int, int]]) -> str:
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"(?m)^{re.escape(name)}\{{{re.escape(want)}\}} (\S+)$"
-    match = re.search(pattern, text)
-    return float(match.group(1)) if match else None
+    """The sample of ``name`` with exactly these labels (in any order), or None."""
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
+        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) == labels:
+            return float(match.group(2))
+    return None
 
 
 class Receiver:

@@ -34,8 +34,10 @@ import ctypes.util
 import dataclasses
 import errno
 import gc
+import itertools
 import logging
 import resource
+import select
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -75,6 +77,8 @@ AUTO_MAX_CONNECTIONS = 4096
 # At EMFILE, close up to this many idle connections at once (one at a time, each
 # accept would take back the descriptor just freed).
 _EMFILE_EVICT = 16
+# How many idle connections of each kind eviction looks at for one with nothing to read.
+_EVICT_LOOKS = 64
 # Give memory back to the OS when the open connections fall to a quarter of a peak of
 # at least this many, and again once at most _TRIM_LOW are left (the flood is over).
 _TRIM_PEAK = 256
@@ -160,15 +164,28 @@ class ConnectionTable:
 
     def evict_oldest(self) -> bool:
         """Close the connection idle the longest, preferring one that never had a POST
-        accepted; False when none is idle."""
+        accepted; False when none is idle.
+
+        A connection with bytes waiting to be read is passed over (among the first
+        :data:`_EVICT_LOOKS` of each kind): it was just accepted with a request in it
+        that hypercorn has not read yet. Under a descriptor shortage, a sender's fresh
+        connection was closed that way without an answer (the out-of-descriptors test,
+        once in CI). When every one looked at has bytes waiting, the oldest goes."""
+        for pool in (self._idle, self._proven_idle):
+            for conn in itertools.islice(pool, _EVICT_LOOKS):
+                if not conn.readable():
+                    self._evict(conn)
+                    return True
         pool = self._idle or self._proven_idle
         if not pool:
             return False
-        oldest = next(iter(pool))
-        self._evicted += 1
-        self.remove(oldest)
-        oldest.evict()
+        self._evict(next(iter(pool)))
         return True
+
+    def _evict(self, conn: _Connection) -> None:
+        self._evicted += 1
+        self.remove(conn)
+        conn.evict()
 
     def close_idle(self) -> None:
         """Close every idle connection (stopping: only requests in progress remain)."""
@@ -272,6 +289,18 @@ class _Connection(TCPServer):
             # hypercorn returns without closing when a TLS handshake fails: close here
             # (a second close is a no-op).
             _socket_of(self.stream).close()
+
+    def readable(self) -> bool:
+        """Bytes (or the peer's close) are waiting to be read: not idle after all."""
+        try:
+            fd = _socket_of(self.stream).fileno()
+        except (OSError, AttributeError):
+            return False
+        if fd < 0:
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def evict(self) -> None:
         """Close at once (the connection has no request in progress): the read loop ends

@@ -25,6 +25,10 @@ class FakeConnection:
         self.name = name
         self.proven = False
         self.evicted = False
+        self.waiting = False  # a request in its socket that hypercorn has not read yet
+
+    def readable(self) -> bool:
+        return self.waiting
 
     def evict(self) -> None:
         self.evicted = True
@@ -209,3 +213,16 @@ def test_stopping_closes_every_idle_connection_and_no_busy_one() -> None:
     table.close_idle()
     assert (idle.evicted, proven.evicted, busy.evicted) == (True, True, False)
     assert len(table) == 1 and table.statistics().evicted == 0  # not to make room
+
+
+def test_a_connection_with_a_request_waiting_is_not_taken_for_idle() -> None:
+    """Under a descriptor shortage a sender's fresh connection, its request not yet
+    read, was closed as the longest idle one (the out-of-descriptors test, once)."""
+    table = ConnectionTable(limit=3)
+    sender, idle1, idle2 = opened(table, "sender", "idle1", "idle2")
+    sender.waiting = True
+    assert table.evict_oldest()
+    assert (sender.evicted, idle1.evicted, idle2.evicted) == (False, True, False)
+    idle2.waiting = True
+    assert table.evict_oldest()  # every one has bytes waiting: the oldest still goes
+    assert sender.evicted and not idle2.evicted

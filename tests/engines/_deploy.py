@@ -15,6 +15,17 @@ from tests.system._harness import Processes, Server, free_port, streamd_argv
 TOKEN = "scale-out-token-0123456789abcdef"
 
 
+def write_secrets(root: Path) -> tuple[Path, Path]:
+    """The receivers' shared API token file and the PostgreSQL password file."""
+    from tests.engines._postgres import PASSWORD
+
+    token, password = root / "api-token", root / "pg-password"
+    token.write_text(TOKEN + "\n")
+    password.write_text(PASSWORD + "\n")
+    password.chmod(0o600)
+    return token, password
+
+
 def haproxy_config(front: int, backends: list[tuple[int, int]]) -> str:
     """docs/scale-out.md's HAProxy configuration with loopback addresses."""
     page = (REPO / "docs" / "scale-out.md").read_text()

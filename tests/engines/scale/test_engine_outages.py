@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.engines._deploy import TOKEN, Receiver, metric, receiver_config
+from tests.engines._deploy import Receiver, metric, receiver_config, write_secrets
 from tests.engines._kafka import Tansu
 from tests.engines._nats import NatsCluster
 from tests.engines._postgres import PASSWORD, PostgresServer
@@ -49,10 +49,7 @@ def test_each_engine_away_ingest_answers_200_and_everything_arrives(
 ) -> None:
     tag = f"outage{os.getpid()}x{int(outage)}"
     dsn = pg_server.create_database(tag)
-    token, password = tmp_path / "api-token", tmp_path / "pg-password"
-    token.write_text(TOKEN + "\n")
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
+    token, password = write_secrets(tmp_path)
     config = receiver_config("r1", dsn, nats_cluster, broker.bootstrap, tag, token, password)
     receiver = Receiver(processes, tmp_path, "r1", config)
     receiver.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.engines._deploy import TOKEN, Receiver, metric, receiver_config
+from tests.engines._deploy import Receiver, metric, receiver_config, write_secrets
 from tests.engines._kafka import Tansu
 from tests.engines._nats import NatsCluster
 from tests.engines._postgres import PASSWORD, PostgresServer
@@ -30,10 +30,7 @@ def test_pause_resume_and_replay_work_on_the_engine_sinks(
 ) -> None:
     tag = f"operate{os.getpid()}"
     dsn = pg_server.create_database(tag)
-    token, password = tmp_path / "api-token", tmp_path / "pg-password"
-    token.write_text(TOKEN + "\n")
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
+    token, password = write_secrets(tmp_path)
     config = receiver_config("r1", dsn, nats_cluster, broker.bootstrap, tag, token, password)
     receiver = Receiver(processes, tmp_path, "r1", config)
     receiver.start()

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.engines._deploy import TOKEN, Receiver, haproxy_config, receiver_config
+from tests.engines._deploy import Receiver, haproxy_config, receiver_config, write_secrets
 from tests.engines._kafka import Tansu
 from tests.engines._nats import NatsCluster
 from tests.engines._postgres import PASSWORD, PostgresServer
@@ -56,11 +56,7 @@ def test_two_receivers_one_destination_exactly_once_through_kills(
 ) -> None:
     tag = f"scale{os.getpid()}x{int(seconds)}"
     dsn = pg_server.create_database(tag)
-    token = tmp_path / "api-token"
-    token.write_text(TOKEN + "\n")
-    password = tmp_path / "pg-password"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
+    token, password = write_secrets(tmp_path)
     receivers = [
         Receiver(processes, tmp_path, name,
                  receiver_config(name, dsn, nats_cluster, broker.bootstrap, tag, token, password))

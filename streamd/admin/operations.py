@@ -53,7 +53,7 @@ def operation_routes(drain: Drain, pulls: Pulls) -> list[Route]:
             if isinstance(op, ResetPull):
                 reset = op
                 result: object = await pulls.reset(
-                    op.pull, lambda conn: reset.apply_running(conn, utc_now())
+                    op.pull, lambda conn: reset.apply_running(conn, utc_now()), op.restart
                 )
             else:
                 result = await drain.run(op)

@@ -48,6 +48,13 @@ class LeaseError(StreamdError):
     """Raised when the lease's database cannot be reached or refuses a statement."""
 
 
+class LeaseHeld(StreamdError):
+    """Raised when an operator resets a pull on a receiver that does not lead it: the
+    leader would overwrite the shared position with its next page."""
+
+    status_hint = 409
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseSettings:
     """``[pulls.lease]``: where the lease lives and how long it lasts."""
@@ -90,6 +97,12 @@ class PgLease:
     async def save(self, position: str) -> bool:
         """Record the position of a journaled page; False when the lease is not ours."""
         return await self._run(lambda conn: self._save(conn, position))
+
+    async def reset(self, restart: str) -> str | None:
+        """An operator's reset: the shared position cleared and ``restart`` ("oldest",
+        "latest") recorded for whoever leads next. Done (None) when the lease is ours or
+        free (expired, or no row yet); otherwise the live holder's name, nothing changed."""
+        return await self._run(lambda conn: self._reset(conn, restart))
 
     async def release(self) -> None:
         """Hand over now (a graceful stop): expire the lease if it is ours."""
@@ -182,6 +195,22 @@ class PgLease:
             {"name": s.name, "holder": s.holder, "position": position},
         )
         return cur.rowcount == 1
+
+    def _reset(self, conn: psycopg.Connection[tuple[object, ...]], restart: str) -> str | None:
+        s = self.settings
+        cur = conn.execute(
+            f"UPDATE {_quoted(s.table)} SET position = NULL, "  # noqa: S608
+            "restart = %(restart)s, updated_at = now() "
+            "WHERE name = %(name)s AND (holder = %(holder)s OR expires_at <= now())",
+            {"name": s.name, "holder": s.holder, "restart": restart},
+        )
+        if cur.rowcount == 1:
+            return None
+        row = conn.execute(
+            f"SELECT holder FROM {_quoted(s.table)} WHERE name = %(name)s",  # noqa: S608
+            {"name": s.name},
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def _release(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         s = self.settings

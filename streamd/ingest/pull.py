@@ -54,7 +54,7 @@ from streamd.core.headers import link, retry_after
 from streamd.core.journaling import Page, check_position, decode_page
 from streamd.core.timeparse import TimeError, format_seek, parse_when
 from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
-from streamd.ingest.lease import LeaseError, PgLease
+from streamd.ingest.lease import LeaseError, LeaseHeld, PgLease
 from streamd.journal import Batch, Journal, utc_now
 
 T = TypeVar("T")
@@ -141,6 +141,7 @@ class PullSource:
         self.settings = settings
         self.lease = lease
         self._pulling: trio.CancelScope | None = None  # while leading
+        self.keep_lease = False  # stopped for an operator's reset: keep leading after it
         self.journal = journal
         self.tokens = tokens
         self.stats = PullStatistics()
@@ -215,7 +216,8 @@ class PullSource:
             stats.leading = False
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 try:
-                    await lease.release()
+                    if not self.keep_lease:  # else restarted at once: it takes it back
+                        await lease.release()
                 except LeaseError as exc:
                     log.warning("pull %s: could not hand the lease over: %s", name, exc)
                 await lease.aclose()
@@ -683,33 +685,58 @@ class Pulls:
         self.running[source.settings.name] = running
         self._nursery.start_soon(_run_in, running)
 
-    async def reset(self, name: str, clear: Callable[[sqlite3.Connection], T]) -> T:
+    async def reset(
+        self, name: str, clear: Callable[[sqlite3.Connection], T], restart: str = "oldest"
+    ) -> T:
         """Start pull ``name`` over while streamd runs: ``clear`` (the operation that
         clears its position, ``streamd.ops.ResetPull``) runs once the pull stopped.
 
         Its session is stopped first; ``clear`` then runs in the writer's next
         transaction, which comes after any page that session had handed to the writer,
         so no late page can put an old position back; then the pull starts again (also
-        when the write failed: it then resumes from its position). Returns what
-        ``clear`` returned. Raises :class:`UsageError` (no such pull) and
-        :class:`JournalError` (the journal refused the write).
+        when the write failed: it then resumes from its position). With a lease, the
+        shared position is cleared too (``restart`` recorded for whoever leads next),
+        and only by the receiver that holds the lease or while it is free: another
+        leader would overwrite it with its next page, so that is refused (LeaseHeld),
+        nothing changed. The leader keeps its lease across the restart, so the reset
+        cannot pass to another receiver half done. Returns what ``clear`` returned.
+        Raises :class:`UsageError` (no such pull), :class:`LeaseHeld`,
+        :class:`LeaseError` (the lease's database) and :class:`JournalError` (the
+        journal refused the write).
         """
         current = self.running.get(name)
         if current is None:
             names = ", ".join(sorted(self.running)) or "none configured"
             raise UsageError(f"no pull named {name[:64]!r} runs here (pulls: {names})")
+        source = current.source
+        if source.lease is not None:
+            # Checked (and done) before stopping anything; done again once stopped, since
+            # the running session may save one more page meanwhile.
+            _refuse_held(name, await source.lease.reset(restart))
+        source.keep_lease = True
         current.scope.cancel()
         with trio.CancelScope(shield=True):  # never leave it stopped halfway
             await current.finished.wait()
             try:
-                result = await current.source.journal.control(clear)
+                if source.lease is not None:
+                    _refuse_held(name, await source.lease.reset(restart))
+                result = await source.journal.control(clear)
             finally:
+                source.keep_lease = False
                 if self.running.get(name) is current:  # not replaced by a reload meanwhile
                     with contextlib.suppress(RuntimeError):  # the nursery closed: stopping
-                        self._start(current.identity, current.source)
-        current.source.stats.position = None
+                        self._start(current.identity, source)
+        source.stats.position = None
         log.warning("pull %s: position cleared by the operator; starting again", name)
         return result
+
+
+def _refuse_held(name: str, holder: str | None) -> None:
+    if holder is not None:
+        raise LeaseHeld(
+            f"pull {name[:64]!r}: receiver {holder[:64]!r} holds its lease and would "
+            "overwrite the shared position with its next page; reset it on that receiver"
+        )
 
 
 async def _run_in(running: _Running) -> None:

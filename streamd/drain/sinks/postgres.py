@@ -295,6 +295,9 @@ class PostgresSink:
         results = []
         try:
             with conn.cursor() as cur:
+                # A deferred constraint would only fail at COMMIT, for the whole batch
+                # again: checked at each row's statement here, it finds the offender.
+                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 for events in batches:
                     rejected: list[tuple[int, str]] = []
                     inserted = 0

@@ -177,6 +177,24 @@ async def test_a_check_constraint_refuses_one_event(pg: Database) -> None:
     assert keys_in(pg) == {f"key-{n:06d}": 1 for n in (1, 2, 4)}
 
 
+async def test_a_deferred_constraint_refuses_one_event_not_the_batch(pg: Database) -> None:
+    # Checked only at COMMIT: the set-based insert and then the row-by-row one would both
+    # fail there, for every event, again and again. The row-by-row path checks
+    # deferrable constraints at each statement, so the offender is found.
+    sink = PostgresSink(pg.settings())
+    assert (await sink.deliver([event(1)])).kind is Kind.CONFIRMED  # creates the table
+    pg.sql(
+        "ALTER TABLE streamd_events ADD CONSTRAINT one_per_lead UNIQUE (lead_id) "
+        "DEFERRABLE INITIALLY DEFERRED"
+    )
+    result = await sink.deliver([event(2), event(3, lead_id=1002), event(4)])
+    await sink.aclose()
+    assert result.kind is Kind.CONFIRMED
+    assert [seq for seq, _ in result.rejected] == [3]
+    assert "one_per_lead" in result.rejected[0][1] and "23505" in result.rejected[0][1]
+    assert keys_in(pg) == {"key-000001": 1, "key-000002": 1, "key-000004": 1}
+
+
 async def test_times_become_the_same_instants(pg: Database) -> None:
     # The server's zone is not UTC: a zone-less time must still mean UTC (the journal's rule).
     pg.sql(f"ALTER DATABASE \"{pg.name}\" SET timezone = 'America/New_York'")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import blake2b
 from typing import Final
 
@@ -85,8 +86,14 @@ def parse_position(text: str, what: str = "since") -> Position:
 
 def check_of(journal_id: str, seq: int, event_key: str, received_at: str) -> str:
     """The ``CHECK`` of the event at ``seq``: it changes when another event takes ``seq``."""
-    data = "\x00".join((journal_id, str(seq), event_key, received_at)).encode()
-    return blake2b(data, digest_size=4).hexdigest()
+    digest = _keyed(journal_id).copy()  # a copy of the hashed id: half the cost per event
+    digest.update(f"{seq}\x00{event_key}\x00{received_at}".encode())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _keyed(journal_id: str) -> blake2b:
+    return blake2b(f"{journal_id}\x00".encode(), digest_size=4)
 
 
 def encode(journal_id: str, seq: int, event: tuple[str, str] | None) -> str:

@@ -1,15 +1,18 @@
 """``GET /journal``: internal apps pull events the way Adobe's Journaling API serves them.
 
-    GET /journal?since=SEQ&limit=N[&filters]
-    200 {"events": [{"position": "124", "event": {...as received...}}, ...],
-         "_page": {"last": "130", "count": 7}}
-        Link: <http://host/journal?since=130&limit=N...>; rel="next"
-    204 (nothing new)  Retry-After: 5   Link: <...since=SEQ...>; rel="next"
+    GET /journal?since=POSITION&limit=N[&filters]
+    200 {"events": [{"position": "5d1c09a2.124.9b0c77d1", "event": {...as received...}}, ...],
+         "_page": {"last": "5d1c09a2.130.0e4f1a6b", "count": 7}}
+        Link: <http://host/journal?since=5d1c09a2.130.0e4f1a6b&limit=N...>; rel="next"
+    204 (nothing new)  Retry-After: 5   Link: <...since=POSITION...>; rel="next"
+    410 a position this journal cannot continue: expired, another journal's, beyond
+        the newest event, or an event this journal does not hold (a restored backup)
 
-``since`` is exclusive (absent: from the beginning), ``latest=true`` starts
-at the newest event (so the first answer is 204 and ``next`` waits for new
-ones), ``limit`` is 1..1000 (default 100). The filters of ``streamd journal
-grep`` are accepted as ``stream``, ``type``, ``activity_type``, ``lead``,
+Positions name the journal and the event (:mod:`streamd.admin.positions`), so a
+client never skips silently. ``since`` is exclusive (absent: from the beginning),
+``latest=true`` starts at the newest event (so the first answer is 204 and ``next``
+waits for new ones), ``limit`` is 1..1000 (default 100). The filters of ``streamd
+journal grep`` are accepted as ``stream``, ``type``, ``activity_type``, ``lead``,
 ``munchkin``, ``source``, ``from``/``until`` (time), ``clock`` and ``where``;
 ``seek`` starts at the first event received at a time. Times are of the one grammar
 (:func:`streamd.core.parse_when`: ``-PT2H``, ``2h``, ``2026-11-01T08:00Z``) and
@@ -33,11 +36,13 @@ import orjson
 import trio
 
 from streamd.admin.app import Request, Response, Route
+from streamd.admin.positions import Position, encode, parse_position, verify
 from streamd.clock import utc_now_datetime
 from streamd.core.timeparse import TimeError, format_utc, parse_when
-from streamd.errors import JournalError, StreamdError, UsageError
+from streamd.errors import JournalError, UsageError
 from streamd.inspect.filters import DEFAULT_CLOCK, Filters, parse_filters, parse_int
 from streamd.inspect.reader import max_seq, open_readonly, pages_between, seq_window
+from streamd.journal.schema import journal_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -62,20 +67,14 @@ def journal_routes(
     return [Route("GET", "/journal", endpoint.get)]
 
 
-class PositionExpired(StreamdError):
-    """The position is older than retention kept: 410, as Adobe's journal answers."""
-
-    status_hint = 410
-
-
 class _Page:
-    __slots__ = ("body", "last", "newest", "scanned_to", "start")
+    __slots__ = ("body", "last", "link", "scanned_to", "start")
 
     def __init__(
-        self, body: bytes, last: int | None, scanned_to: int, newest: int, start: int
+        self, body: bytes, last: int | None, scanned_to: int, start: int, link: str
     ) -> None:
-        self.body, self.last, self.scanned_to, self.newest = body, last, scanned_to, newest
-        self.start = start
+        self.body, self.last, self.scanned_to, self.start = body, last, scanned_to, start
+        self.link = link  # the position the next link starts after
 
 
 class _JournalEndpoint:
@@ -88,31 +87,28 @@ class _JournalEndpoint:
         since, latest, limit, filters, kept, seek = _parse(request.query)
         read = partial(self._read, since, latest, limit, filters, seek)
         page = await trio.to_thread.run_sync(read, limiter=self._limiter)
-        start = page.newest if latest else page.start
-        if page.last is None and page.scanned_to <= start:
+        link = _link(request, page.link, limit, kept)
+        if page.last is None and page.scanned_to <= page.start:
             # The end of the journal: wait, then ask again from the same place.
-            link = _link(request, start, limit, kept)
             return Response(
-                204,
-                headers=[
-                    (b"retry-after", str(self._retry_after).encode()),
-                    (b"link", link),
-                ],
+                204, headers=[(b"retry-after", str(self._retry_after).encode()), (b"link", link)]
             )
-        return Response(
-            200, body=page.body, headers=[(b"link", _link(request, page.scanned_to, limit, kept))]
-        )
+        return Response(200, body=page.body, headers=[(b"link", link)])
 
     def _read(
-        self, since: int, latest: bool, limit: int, filters: Filters, seek: str | None = None
+        self,
+        since: Position | None,
+        latest: bool,
+        limit: int,
+        filters: Filters,
+        seek: str | None = None,
     ) -> _Page:
-        try:
-            conn = open_readonly(self._path, cache_mib=4)
-        except JournalError:
-            raise
+        conn = open_readonly(self._path, cache_mib=4)
         with closing(conn):
             try:
+                jid = journal_id(conn)
                 newest = max_seq(conn)
+                start = 0
                 if seek is not None:
                     # The position just before the first event received at or after it:
                     # bisection gives a lower bound (a minute's margin), a short scan the rest.
@@ -121,43 +117,48 @@ class _JournalEndpoint:
                         "SELECT min(seq) FROM events WHERE seq > ? AND received_at >= ?",
                         (lower, seek),
                     ).fetchone()[0]
-                    since = newest if first is None else first - 1
-                elif not latest and since > 0:
+                    start = newest if first is None else first - 1
+                elif latest:
+                    start = newest
+                elif since is not None:
                     oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
-                    if oldest is not None and since < oldest - 1:
-                        # Retention deleted what came after this position: as Adobe's
-                        # journal does for positions past its 7 days, answer 410.
-                        raise PositionExpired(
-                            f"position {since} is older than the oldest event kept "
-                            f"({oldest}, retention); start again from since={oldest - 1} "
-                            "or latest=true"
-                        )
-                lo = newest if latest else since
-                hi = newest if filters.is_empty() else min(newest, lo + SCAN_WINDOW)
+                    verify(since, jid, newest, oldest, _event_at(conn, since.seq))
+                    start = since.seq
+                hi = newest if filters.is_empty() else min(newest, start + SCAN_WINDOW)
                 rows = [
-                    r for page in pages_between(conn, filters, lo, hi, limit, limit) for r in page
+                    r
+                    for page in pages_between(conn, filters, start, hi, limit, limit)
+                    for r in page
                 ]
+                last = rows[-1][0] if rows else None
+                # A full page ends at its last event; a short one has seen everything up to hi.
+                scanned_to = last if last is not None and len(rows) == limit else max(hi, start)
+                if rows and scanned_to == last:
+                    at = encode(jid, last, (rows[-1][1], rows[-1][8]))
+                else:
+                    at = encode(jid, scanned_to, _event_at(conn, scanned_to))
             except sqlite3.DatabaseError as exc:
                 raise JournalError(f"cannot read the journal: {exc}") from exc
-        events = [{"position": str(r[0]), "event": orjson.Fragment(r[-1])} for r in rows]
-        last = rows[-1][0] if rows else None
-        # A full page ends at its last event; a short one has seen everything up to hi.
-        scanned_to = last if last is not None and len(rows) == limit else max(hi, lo)
-        body = orjson.dumps(
-            {
-                "events": events,
-                "_page": {
-                    "last": str(last if last is not None else scanned_to),
-                    "count": len(rows),
-                },
-            }
-        )
-        return _Page(body, last, scanned_to, newest, since)
+        events = [
+            {"position": encode(jid, r[0], (r[1], r[8])), "event": orjson.Fragment(r[-1])}
+            for r in rows
+        ]
+        page_last = events[-1]["position"] if events else at
+        body = orjson.dumps({"events": events, "_page": {"last": page_last, "count": len(rows)}})
+        return _Page(body, last, scanned_to, start, at)
+
+
+def _event_at(conn: sqlite3.Connection, seq: int) -> tuple[str, str] | None:
+    """``(event_key, received_at)`` of the event at ``seq``, None when none is there."""
+    if seq <= 0:
+        return None
+    row = conn.execute("SELECT event_key, received_at FROM events WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
 
 
 def _parse(
     query: list[tuple[str, str]],
-) -> tuple[int, bool, int, Filters, list[tuple[str, str]], str | None]:
+) -> tuple[Position | None, bool, int, Filters, list[tuple[str, str]], str | None]:
     """Validate the query: since, latest, limit, filters; the filter params to keep in links."""
     single: dict[str, str] = {}
     many: dict[str, list[str]] = {}
@@ -178,7 +179,7 @@ def _parse(
         raise UsageError("since and latest=true cannot be combined")
     if "seek" in single and ("since" in single or single.get("latest", "").lower() == "true"):
         raise UsageError("seek cannot be combined with since or latest=true")
-    since = parse_int(single["since"], "since") if "since" in single else 0
+    since = parse_position(single["since"]) if "since" in single else None
     latest = single.get("latest", "false").lower()
     if latest not in ("true", "false"):
         raise UsageError("latest: expected true or false")
@@ -237,6 +238,6 @@ def _filters(single: dict[str, str], many: dict[str, list[str]]) -> Filters:
     )
 
 
-def _link(request: Request, since: int, limit: int, kept: list[tuple[str, str]]) -> bytes:
-    query = urlencode([("since", str(since)), ("limit", str(limit)), *kept])
+def _link(request: Request, since: str, limit: int, kept: list[tuple[str, str]]) -> bytes:
+    query = urlencode([("since", since), ("limit", str(limit)), *kept])
     return f'<{request.base_url}{request.path}?{query}>; rel="next"'.encode()

@@ -36,6 +36,13 @@ def admin_auth(server: Server) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def seq_of(position: str) -> int:
+    """The ``seq`` of a position ``JOURNAL.SEQ.CHECK`` (docs/admin-api.md)."""
+    journal, seq, *_ = position.split(".")
+    assert re.fullmatch("[0-9a-f]{8}", journal), position
+    return int(seq)
+
+
 def next_link(response: httpx.Response) -> str:
     match = _NEXT.search(response.headers["link"])
     assert match, response.headers["link"]
@@ -136,7 +143,7 @@ async def test_an_adobe_journal_client_reads_everything_once_in_order(admin: Ser
         events, waits = await pull(
             admin.client, url, admin_auth(admin), want=14, on_wait=pulled_to_the_end.set
         )
-    positions = [int(e["position"]) for e in events]
+    positions = [seq_of(e["position"]) for e in events]
     assert positions == list(range(1, 15))
     assert waits and set(waits) == {1}  # honoured the server's Retry-After
     keys = [e["event"].get("marketoGUID") or e["event"].get("id") or e["event"].get("eventid")
@@ -151,16 +158,23 @@ async def test_pages_and_links(admin: Server) -> None:
     base, auth = admin_url(admin), admin_auth(admin)
     response = await admin.client.get(f"{base}/journal?limit=4&stream=activity", headers=auth)
     assert response.status_code == 200
-    assert response.json()["_page"] == {"last": "4", "count": 4}
-    assert next_link(response) == f"{base}/journal?since=4&limit=4&stream=activity"
+    page = response.json()
+    assert seq_of(page["_page"]["last"]) == 4 and page["_page"]["count"] == 4
+    assert page["_page"]["last"] == page["events"][-1]["position"]
+    assert (
+        next_link(response)
+        == f"{base}/journal?since={page['_page']['last']}&limit=4&stream=activity"
+    )
     response = await admin.client.get(next_link(response), headers=auth)
-    assert response.json()["_page"] == {"last": "6", "count": 2}
+    page = response.json()
+    assert seq_of(page["_page"]["last"]) == 6 and page["_page"]["count"] == 2
+    end = page["_page"]["last"]
     response = await admin.client.get(next_link(response), headers=auth)
     assert response.status_code == 204 and response.content == b""
     assert response.headers["retry-after"] == "1"
-    assert next_link(response) == f"{base}/journal?since=6&limit=4&stream=activity"
+    assert next_link(response) == f"{base}/journal?since={end}&limit=4&stream=activity"
     latest = await admin.client.get(f"{base}/journal?latest=true", headers=auth)
-    assert latest.status_code == 204 and "since=6" in next_link(latest)
+    assert latest.status_code == 204 and f"since={end}&" in next_link(latest)
 
 
 async def test_filters(admin: Server) -> None:
@@ -168,20 +182,20 @@ async def test_filters(admin: Server) -> None:
         assert (await admin.post(fixture_bytes(name))).status_code == 200
     base, auth = admin_url(admin), admin_auth(admin)
 
-    async def positions(query: str) -> list[str]:
+    async def positions(query: str) -> list[int]:
         response = await admin.client.get(f"{base}/journal?{query}", headers=auth)
         assert response.status_code == 200, response.text
-        return [e["position"] for e in response.json()["events"]]
+        return [seq_of(e["position"]) for e in response.json()["events"]]
 
-    assert await positions("lead=4412") == ["2"]
-    assert await positions("activity_type=Open+Email") == ["5", "6"]
-    assert await positions("where=data.primaryAttributeValue%3DSpring*&limit=2") == ["5", "6"]
-    assert await positions("stream=audit") == ["12"]
+    assert await positions("lead=4412") == [2]
+    assert await positions("activity_type=Open+Email") == [5, 6]
+    assert await positions("where=data.primaryAttributeValue%3DSpring*&limit=2") == [5, 6]
+    assert await positions("stream=audit") == [12]
     # from/until apply to the receive time unless clock=occurred says otherwise.
-    assert await positions("type=*.openemail&from=1h") == ["5", "6"]
+    assert await positions("type=*.openemail&from=1h") == [5, 6]
     assert await positions("type=*.openemail&from=2026-05-02&until=2026-05-03") == []
     occurred = "type=*.openemail&from=2026-05-02&until=2026-05-03&clock=occurred"
-    assert await positions(occurred) == ["5", "6"]
+    assert await positions(occurred) == [5, 6]
 
 
 async def test_a_rare_filter_scans_a_bounded_window(
@@ -196,20 +210,18 @@ async def test_a_rare_filter_scans_a_bounded_window(
         response = await admin.client.get(url, headers=admin_auth(admin))
         assert response.status_code == 200
         page = response.json()
-        seen.append((page["_page"], [e["position"] for e in page["events"]]))
+        last, count = seq_of(page["_page"]["last"]), page["_page"]["count"]
+        seen.append((last, count, [seq_of(e["position"]) for e in page["events"]]))
+        assert f"since={page['_page']['last']}&" in next_link(response)
         url = next_link(response)
-    assert seen == [
-        ({"last": "5", "count": 0}, []),
-        ({"last": "10", "count": 0}, []),
-        ({"last": "11", "count": 1}, ["11"]),
-    ]
+    assert seen == [(5, 0, []), (10, 0, []), (11, 1, [11])]
 
 
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("since=-1", "since: '-1' is not a whole number"),
-        ("since=abc", "since: 'abc' is not a whole number"),
+        ("since=-1", "since: '-1' is not a position: expected JOURNAL.SEQ.CHECK"),
+        ("since=abc", "since: 'abc' is not a position: expected JOURNAL.SEQ.CHECK"),
         ("since=99999999999999999999", "since: "),
         ("limit=0", "limit: expected 1 to 1000"),
         ("limit=1001", "limit: expected 1 to 1000"),
@@ -278,12 +290,20 @@ async def test_a_position_older_than_retention_is_410(admin: Server) -> None:
     gone = await admin.client.get(base + "/journal?since=2", headers=auth)
     assert gone.status_code == 410
     assert gone.json()["error"] == (
-        "position 2 is older than the oldest event kept (5, retention); "
-        "start again from since=4 or latest=true"
+        "position 2 is older than the oldest event kept (seq 5; retention deleted the "
+        "events after it); start again without since (from the oldest event kept) or "
+        "with latest=true"
     )
     ok = await admin.client.get(base + "/journal?since=4", headers=auth)
     assert ok.status_code == 200
-    assert ok.json()["events"][0]["position"] == "5"
+    assert seq_of(ok.json()["events"][0]["position"]) == 5
+    # The position of a deleted event, where retention cut, still continues.
+    again = await admin.client.get(base + "/journal", headers=auth)
+    cut = again.json()["events"][0]["position"].split(".")[0] + ".4"
+    ok = await admin.client.get(base + f"/journal?since={cut}", headers=auth)
+    assert ok.status_code == 200 and seq_of(ok.json()["events"][0]["position"]) == 5
+    gone = await admin.client.get(base + f"/journal?since={cut[:-1]}3", headers=auth)
+    assert gone.status_code == 410 and "older than the oldest" in gone.json()["error"]
     assert (await admin.client.get(base + "/journal", headers=auth)).status_code == 200
 
 
@@ -293,16 +313,16 @@ async def test_seek_goes_back_in_time_like_adobes_journal(admin: Server) -> None
     base, auth = admin_url(admin), admin_auth(admin)
     back = await admin.client.get(base + "/journal?seek=-PT2H&limit=100", headers=auth)
     assert back.status_code == 200
-    assert [e["position"] for e in back.json()["events"]] == [str(n) for n in range(1, 11)]
+    assert [seq_of(e["position"]) for e in back.json()["events"]] == list(range(1, 11))
     # Back by nothing: the end of the journal, 204 and a next link from there.
     now = await admin.client.get(base + "/journal?seek=-PT0S", headers=auth)
     assert now.status_code == 204
-    assert "since=10" in now.headers["link"]
+    assert "since=" + back.json()["_page"]["last"] + "&" in now.headers["link"]
     day = await admin.client.get(base + "/journal?seek=-P1DT30M&limit=3", headers=auth)
-    assert [e["position"] for e in day.json()["events"]] == ["1", "2", "3"]
+    assert [seq_of(e["position"]) for e in day.json()["events"]] == [1, 2, 3]
     # The one time grammar: unsigned ISO durations, short durations, times.
     for seek in ("PT2H", "2h", "30d", "2026-01-01", "2026-01-01T00:00:00Z"):
         back = await admin.client.get(base + f"/journal?seek={seek}&limit=1", headers=auth)
-        assert [e["position"] for e in back.json()["events"]] == ["1"], seek
+        assert [seq_of(e["position"]) for e in back.json()["events"]] == [1], seek
     future = await admin.client.get(base + "/journal?seek=2999-01-01", headers=auth)
     assert future.status_code == 204

@@ -314,9 +314,11 @@ async def test_marketo_preset_schedule_on_a_mock_clock(
         timeout=pool.timeout,
         retry=retry,
     )
-    # Virtual time jumps to the next deadline once every task has waited 20 ms of real
-    # time: long enough for the journal's threads (which the clock cannot see) to answer.
-    mock_clock.autojump_threshold = 0.02
+    # Virtual time jumps to the next deadline once every task has waited 250 ms of real
+    # time: long enough for the journal's threads (which the clock cannot see) to answer
+    # even on a saturated machine (at 20 ms, time jumped while a thread worked: a retry's
+    # gap grew and the hour ran out). About 20 jumps: 5 s.
+    mock_clock.autojump_threshold = 0.25
     async with open_journal(str(tmp_path / "j.db"), WriterOptions(), commit_budget=math.inf) as j:
         await append(j, [f"m{i:04d}" for i in range(1200)])
         async with open_drain(j, [marketo]) as drain:

@@ -55,8 +55,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Three workers on any machine: most tests wait on child processes, sockets and fsync.
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3 --dist loadgroup
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow

@@ -35,3 +35,33 @@ def _empty_working_directory(
     """Every test runs in an empty current directory: none may depend on what is in the
     clone's (``make run`` leaves ``./streamd-data`` there, with a running daemon's files)."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+# `make test` runs the suite in three pytest-xdist workers (most tests wait on child
+# processes, sockets and fsync, not on a core). The longest tests are handed out first
+# so that none starts last and runs alone; the engine tests share one worker, so one set
+# of servers (PostgreSQL, a 3-node NATS cluster, the Kafka broker) is started, not three.
+_LONGEST_FIRST = (
+    "tests/hostile/test_powercut.py",
+    "tests/system/test_dist.py",
+    "tests/hostile/test_fuzz.py",
+    "tests/hostile/test_connections.py",
+    "tests/docs/test_examples.py",
+    "tests/unit/test_inspect_export.py",
+    "tests/system/test_bench_workers.py",
+    "tests/system/test_crash.py",
+    "tests/unit/test_decode_errors.py",
+    "tests/system/test_pull_crash.py",
+    "tests/hostile/test_fsize.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+    for item in items:
+        if item.nodeid.startswith("tests/engines/"):
+            item.add_marker(pytest.mark.xdist_group("engines"))

@@ -133,3 +133,18 @@ def test_renaming_a_metric_fails_the_alerts_tests(tmp_path: Path, alert: str, me
     failure = _run_group(tmp_path, alert, renamed)
     assert failure is not None, f"{alert}'s tests pass with {metric} renamed"
     assert "FAILED" in failure
+
+
+def test_renaming_a_metric_fails_the_whole_unit_test_file(tmp_path: Path) -> None:
+    """The shipped test file as it is, run as an operator would run it, against rules in
+    which one metric is misspelt (``streamd_sink_lag_seconds``, read by one alert)."""
+    root = tmp_path / "prometheus"
+    shutil.copytree(RULES.parent, root)
+    test_file = root / RULE_TESTS.relative_to(RULES.parent)
+    assert run_promtool("test", "rules", str(test_file)).returncode == 0  # the control
+    (root / RULES.name).write_text(
+        rename_metric(RULES_TEXT, "streamd_sink_lag_seconds", "streamd_sink_lag_secs")
+    )
+    done = run_promtool("test", "rules", str(test_file))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "alertname: StreamdSinkLagging" in done.stdout + done.stderr

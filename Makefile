@@ -48,6 +48,15 @@ system-tools:
 	  else echo "PostgreSQL or HAProxy missing and cannot install them: tests/engines will fail in CI"; fi; \
 	fi
 
+	@# promtool for tests/deploy, from Debian's prometheus package; only the tool is wanted,
+	@# so the server that the package starts on a systemd host is stopped and disabled.
+	@if ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+	  else echo "promtool missing and cannot install it: tests/deploy will be skipped (and fail in CI)"; fi; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check streamd tests bench
 	$(BIN)/ruff format --check streamd tests bench

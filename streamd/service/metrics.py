@@ -69,6 +69,9 @@ class Parts:
     workers: Restarts | None = None
     # The ingest listeners' connection table(s): this process's, or the workers' summed.
     connections: Callable[[], ConnectionStatistics] | None = None
+    # journal.min_free_disk_mib in bytes: exported beside the free space, so an alert
+    # compares the two instead of repeating the configured number.
+    min_free_disk_bytes: int = 0
 
 
 class RequestStats:
@@ -259,6 +262,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "streamd_low_disk", "1 while free disk is under the floor (503s).", int(stats.low_disk)
         )
+        yield from self._disk()
         yield GaugeMetricFamily(
             "streamd_journal_commits_failing",
             "1 while journal commits fail (locked journal, full disk, I/O errors): not ready.",
@@ -284,6 +288,24 @@ class _StateCollector(Collector):
         yield from self._sinks()
         yield from self._streams()
         yield from self._pulls()
+
+    def _disk(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            # What the journal writer measures (every second) against the floor.
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.parts.journal_path)))
+        except OSError:
+            pass
+        else:
+            yield GaugeMetricFamily(
+                "streamd_disk_free_bytes",
+                "Free disk space (for unprivileged users) where the journal is.",
+                st.f_bavail * st.f_frsize,
+            )
+        yield GaugeMetricFamily(
+            "streamd_disk_floor_bytes",
+            "journal.min_free_disk_mib in bytes: under it, deliveries get 503 (low_disk).",
+            self.parts.min_free_disk_bytes,
+        )
 
     def _pulls(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         pulls = self.parts.pulls
@@ -422,12 +444,26 @@ class _StateCollector(Collector):
             "Share of those answered with a non-2xx status (Adobe: Unstable at 0.8 of >= 10).",
             labels=["source"],
         )
+        # The configured thresholds, per source so that an alert rule matches them to
+        # the measured values one to one (deploy/prometheus/streamd-rules.yml).
+        silence_window = GaugeMetricFamily(
+            "streamd_source_silence_warning_seconds",
+            "health.silence_warning: the silence after which a source is reported (0: never).",
+            labels=["source"],
+        )
+        failure_threshold = GaugeMetricFamily(
+            "streamd_source_failure_warning_ratio",
+            "health.failure_warning_ratio: the failure share (of >= 10 requests) reported.",
+            labels=["source"],
+        )
         for name in health.sources:
             silence.add_metric([name], health.silence(name))
             n, failed = health.window(name)
             attempts.add_metric([name], n)
             ratio.add_metric([name], failed / n if n else 0.0)
-        yield from (silence, attempts, ratio)
+            silence_window.add_metric([name], health.silence_warning)
+            failure_threshold.add_metric([name], health.failure_warning_ratio)
+        yield from (silence, attempts, ratio, silence_window, failure_threshold)
         munchkins = GaugeMetricFamily(
             "streamd_munchkin_silence_seconds",
             "Seconds since the newest event of each Munchkin id was journaled.",

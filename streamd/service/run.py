@@ -237,6 +237,7 @@ def _assemble(
         pulls,
         pool,
         ingest.edge.statistics if pool is None else pool.connection_statistics,
+        config.journal.min_free_disk_mib * 1024 * 1024,
     )
     metrics = Metrics(parts, ingest.requests)
     admin = None

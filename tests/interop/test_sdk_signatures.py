@@ -11,12 +11,14 @@ when the emulator or a receiver gets it wrong.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from streamd.emit.generate import id_fields_on
 from tests.conftest import FIXTURES
 from tests.system._harness import Processes, free_port, streamd_argv
 
@@ -27,9 +29,11 @@ NOT_RECIPIENT = "Unable to authenticate, not a valid target recipient"
 
 
 def emit_deliveries(
-    processes: Processes, *, fields: str, count: int = 16, batch: int = 1
+    processes: Processes, *, fields: str | None, count: int = 16, batch: int = 1
 ) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
-    """Run ``streamd emit`` into a receiver; the deliveries and the public keys by path."""
+    """Run ``streamd emit`` into a receiver; the deliveries and the public keys by path.
+
+    ``fields``: the ``--id-fields`` to give, or None for the default (the day's)."""
     key_port = free_port()
     receiver = Receiver(f"http://127.0.0.1:{key_port}")
     size = ["--batch", "1", "--single"] if batch == 1 else ["--batch", str(batch)]
@@ -45,18 +49,23 @@ def emit_deliveries(
                 *size,
                 "--unpaced",
                 f"--recipient={CLIENT_ID}",
-                f"--id-fields={fields}",
+                *([f"--id-fields={fields}"] if fields else []),
                 f"--key-server=127.0.0.1:{key_port}",
                 "--progress=0",
                 "--json",
             ],
-            f"emit-{fields}",
+            f"emit-{fields or 'default'}",
         )
         assert emit.wait(60) == 0, emit.stderr()
     summary = json.loads(emit.stdout())
-    assert summary["events_acked"] == count and summary["id_fields"] == fields
+    assert summary["events_acked"] == count
+    assert summary["id_fields"] == (fields or id_fields_on(_utc_today()))
     assert len(receiver.deliveries) == count // batch and len(receiver.keys) == 2
     return receiver.deliveries, receiver.keys
+
+
+def _utc_today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
 
 
 def sdk_verify(
@@ -131,6 +140,19 @@ def test_the_sdk_accepts_emits_single_deliveries_and_refuses_tampered_ones(
     # Each of the emulator's two keys came from the key host once, then from the cache.
     assert sorted(key_host.requests) == sorted(keys)
     assert {k for m, k in state.requests if m == "PUT"} == {p.rsplit("/", 1)[1] for p in keys}
+
+
+def test_by_default_emit_sends_what_adobe_sends_on_the_day(
+    processes: Processes, node: Node
+) -> None:
+    """Until the end of 2026 the SDK accepts the default deliveries; from 2027 on it
+    refuses them, as it would refuse Adobe's own (then without recipient_client_id)."""
+    deliveries, keys = emit_deliveries(processes, fields=None, count=4)
+    results, _, _ = sdk_verify(node, keys, [delivery_input(d) for d in deliveries])
+    if id_fields_on(_utc_today()) == "both":
+        assert results == [{"event": True, "event_reason": None, "signature": True}] * 4
+    else:
+        assert results == [{"event": False, "event_reason": NOT_RECIPIENT, "signature": True}] * 4
 
 
 def test_without_the_underscored_pair_the_sdk_refuses_every_delivery(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import http.server
 import json
@@ -29,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 SDK_VERSION = "4.1.0"
 NODE_MODULES = HERE / "node_modules"
 _STAMP = NODE_MODULES / ".streamd-lock-sha256"
+_INSTALL_LOCK = HERE / ".install.lock"  # beside node_modules: npm ci replaces that folder
 PRELOAD = HERE / "keyhost_preload.js"
 # Adobe's hard-coded public-key host: the preload sends its requests to KeyHost instead.
 ADOBE_KEY_HOST = "https://static.adobeioevents.com"
@@ -61,6 +63,16 @@ def install(timeout: float = 600.0) -> None:
     ).stdout.strip()
     if not version.startswith("v") or int(version[1:].split(".")[0]) < 18:
         raise SdkMissing(f"node {version or '?'} is too old: @adobe/aio-lib-state needs 18+")
+    # pytest-xdist workers each call this: one installs, the others wait and reuse it.
+    with open(_INSTALL_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _install(npm, timeout)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _install(npm: str, timeout: float) -> None:
     digest = _lock_digest()
     manifest = NODE_MODULES / "@adobe" / "aio-lib-events" / "package.json"
     if _STAMP.exists() and _STAMP.read_text() == digest and manifest.exists():

@@ -27,6 +27,10 @@ from tests.system._harness import Processes, read_token, serve, streamd_argv, wa
 
 from ._sdk import Node, reply, serving
 
+# Under pytest-xdist these tests share one worker: the module's streamd and journal
+# server start once, not once per worker.
+pytestmark = pytest.mark.xdist_group("interop-journal")
+
 ORG = "interop-org@AdobeOrg"
 API_KEY = "interop-api-key"
 ADMIN_READY = re.compile(r"^streamd admin ready: (http://127\.0\.0\.1:\d+)\n", re.MULTILINE)

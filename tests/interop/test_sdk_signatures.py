@@ -15,6 +15,7 @@ import datetime
 import json
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -23,6 +24,9 @@ from tests.conftest import FIXTURES
 from tests.system._harness import Processes, free_port, streamd_argv
 
 from ._sdk import KeyHost, Node, Receiver, StateStore, delivery_input, serving
+
+# Under pytest-xdist these tests share one worker, beside the journal tests' one.
+pytestmark = pytest.mark.xdist_group("interop-signatures")
 
 CLIENT_ID = "interop-client"
 NOT_RECIPIENT = "Unable to authenticate, not a valid target recipient"

@@ -47,6 +47,13 @@ system-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql haproxy >/dev/null; \
 	  else echo "PostgreSQL or HAProxy missing and cannot install them: tests/engines will fail in CI"; fi; \
 	fi
+	@# Node.js and npm for tests/interop (Adobe's Node SDK, pinned in tests/interop/package-lock.json,
+	@# which the suite installs with npm ci into tests/interop/node_modules).
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "node or npm missing and cannot install them: tests/interop will fail in CI"; fi; \
+	fi
 
 	@# promtool for tests/deploy, from Debian's prometheus package; only the tool is wanted,
 	@# so the server that the package starts on a systemd host is stopped and disabled.

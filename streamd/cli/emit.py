@@ -194,6 +194,14 @@ def _io_and_tls_flags(p: argparse.ArgumentParser) -> None:
         default="streamd-bench-client",
         help="I/O mode: the recipientclientid in every event (your client id)",
     )
+    p.add_argument(
+        "--id-fields",
+        choices=("auto", "both", "new"),
+        help="I/O mode: both: every event carries eventid/recipientclientid and "
+        "event_id/recipient_client_id, as Adobe sends until the end of 2026; new: only "
+        "eventid/recipientclientid, Adobe's shape from 2027; auto (default): both until "
+        "2026-12-31 (UTC), new from 2027-01-01",
+    )
     p.add_argument("--provider", default="marketo", help="I/O mode: the x-adobe-provider header")
 
 
@@ -332,6 +340,8 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         if args.mode != "io":
             raise UsageError("--hmac-secret-file is an Adobe I/O Events header (--mode io)")
         hmac_secret = _first_token(args.hmac_secret_file, "--hmac-secret-file")
+    if args.id_fields is not None and args.mode != "io":
+        raise UsageError("--id-fields is an Adobe I/O Events option (--mode io)")
     if args.ca_file is not None:
         try:
             tls_context(args.ca_file)
@@ -357,6 +367,7 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         sign=not args.no_sign,
         key_server=args.key_server,
         recipient=args.recipient,
+        id_fields=args.id_fields or "auto",
         provider=args.provider,
         token=token,
         hmac_secret=hmac_secret,

@@ -189,7 +189,13 @@ class Registration:
         if opts.challenge:
             await self.challenge()
         shape = opts.shape if opts.shape != "legacy" else "io"
-        maker = BatchMaker(shape, seed=opts.seed, worker=self.index, recipient=opts.recipient)
+        maker = BatchMaker(
+            shape,
+            seed=opts.seed,
+            worker=self.index,
+            recipient=opts.recipient,
+            fields=run.id_fields,
+        )
         size = opts.batch or opts.io.max_events
         due = trio.current_time()
         try:

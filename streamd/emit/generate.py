@@ -8,8 +8,14 @@ Shapes (CONTRACT.md §1):
   (with ``single=True`` a batch of one is the bare object);
 - ``mixed``: an I/O Events array mixing lead activities, user audit events in both
   wrappers (``{"eventid", "event": {"body": CloudEvent}}`` without a CloudEvent id, and
-  the older ``{"event_id", "event": CloudEvent}``) and notifications (``eventid`` and
-  ``event_id`` both present).
+  the older ``{"event_id", "event": CloudEvent}`` whose CloudEvent ``id`` is the key)
+  and notifications.
+
+Which id fields the I/O items carry (``fields``, CONTRACT.md §1b): ``"new"`` gives every
+item ``eventid`` and ``recipientclientid`` only (Adobe's shape once the underscored pair
+is gone, at the end of 2026); ``"both"`` adds ``event_id`` and ``recipient_client_id``
+with the same values, as Adobe's deliveries carry them until then.
+:func:`id_fields_on` says which of the two Adobe sends on a given day.
 
 Everything is drawn from a ``random.Random`` seeded by ``(seed, worker)``, so the same
 arguments give the same bytes on every machine. Event ids are UUID-4 strings whose first
@@ -20,6 +26,7 @@ streams with different ``(seed, worker)`` never share an id.
 
 from __future__ import annotations
 
+import datetime
 import random
 import time
 from collections.abc import Iterator
@@ -31,6 +38,11 @@ from streamd.emit import catalog as cat
 
 Shape = Literal["legacy", "io", "mixed"]
 SHAPES: Final[tuple[Shape, ...]] = ("legacy", "io", "mixed")
+IdFields = Literal["both", "new"]
+ID_FIELDS: Final[tuple[IdFields, ...]] = ("both", "new")
+# Adobe's FAQ: deliveries carry both pairs until the underscored one is removed "at the
+# end of 2026"; from this day on (UTC) the emulator's automatic choice sends only the new.
+UNDERSCORED_PAIR_REMOVED: Final = datetime.date(2027, 1, 1)
 
 MAX_WORKERS: Final = 1 << 14
 MAX_SEED: Final = 1 << 16
@@ -53,6 +65,12 @@ class Generated(NamedTuple):
 
     body: bytes
     keys: list[str]
+
+
+def id_fields_on(day: datetime.date) -> IdFields:
+    """The id fields Adobe's deliveries carry on ``day`` (a UTC date): ``"both"`` pairs
+    before :data:`UNDERSCORED_PAIR_REMOVED`, ``"new"`` from then on."""
+    return "both" if day < UNDERSCORED_PAIR_REMOVED else "new"
 
 
 def _attr(name: str, data_type: str, value: Any) -> dict[str, Any]:
@@ -287,24 +305,41 @@ class BatchMaker:
 
     Encoding every event from scratch costs ~8 us; a pool of encoded events with fresh
     ids spliced in costs ~1 us, which keeps the emulator far above any receiver. Only the
-    ids need to be unique: receivers store the rest as opaque bytes.
-    Raises ``ValueError`` for an unknown shape or a seed/worker out of range.
+    ids need to be unique: receivers store the rest as opaque bytes. ``fields``: which
+    id pairs the I/O items carry (the module's docstring); the legacy push has neither.
+    Raises ``ValueError`` for an unknown shape or fields, or a seed/worker out of range.
     """
 
     def __init__(
-        self, shape: Shape, *, seed: int, worker: int, recipient: str = RECIPIENT_CLIENT_ID
+        self,
+        shape: Shape,
+        *,
+        seed: int,
+        worker: int,
+        recipient: str = RECIPIENT_CLIENT_ID,
+        fields: IdFields = "new",
     ) -> None:
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+        if fields not in ID_FIELDS:
+            raise ValueError(f"unknown id fields {fields!r}; expected one of {ID_FIELDS}")
         self.shape = shape
+        self.fields = fields
         self.stream = stream = EventStream(seed, worker, recipient=recipient)
         self._pools: dict[str, list[bytes]] = {}
+        wrap = {"recipientclientid": recipient}
+        if fields == "both":
+            wrap["recipient_client_id"] = recipient
+        # Spliced after the id fields of an item ("both": event_id beside eventid).
+        self._ids = b'"eventid":"%s","event_id":"%s",' if fields == "both" else b'"eventid":"%s",'
+        self._wrap = _tail(wrap)[:-1]  # the recipient fields, without braces
         if shape == "legacy":
             self._pools["legacy"] = [_tail(stream.legacy_activity()) for _ in range(_POOL_SIZE)]
         else:
-            self._pools["activity"] = [_tail(stream.activity_event()) for _ in range(_POOL_SIZE)]
+            self._pools["activity"] = [
+                _tail({**stream.activity_event(), **wrap}) for _ in range(_POOL_SIZE)
+            ]
         if shape == "mixed":
-            wrap = {"recipientclientid": recipient}
             self._pools["audit"] = [
                 _tail({"event": {"body": stream.audit_cloudevent()}, **wrap}) for _ in range(101)
             ]
@@ -353,10 +388,13 @@ class BatchMaker:
             return Generated(items[0], keys)
         return Generated(b"[" + b",".join(items) + b"]", keys)
 
+    def _id_fields(self, key: bytes) -> bytes:
+        return self._ids % ((key, key) if self.fields == "both" else (key,))
+
     def _activity(self, tail: bytes, keys: list[str]) -> bytes:
         key = self.stream.next_id().encode()
         keys.append(key.decode())
-        return b'{"eventid":"%s","id":"%s",%s' % (key, key, tail)
+        return b'{%s"id":"%s",%s' % (self._id_fields(key), key, tail)
 
     def _item(self, kind: str, keys: list[str]) -> bytes:
         rng = self.stream.rng
@@ -366,13 +404,16 @@ class BatchMaker:
         key = self.stream.next_id()
         keys.append(key)
         k = key.encode()
-        if kind == "audit":  # no CloudEvent id: the key is the delivery's eventid
-            return b'{"eventid":"%s",%s' % (k, tail)
-        if kind == "notification":
-            return b'{"eventid":"%s","event_id":"%s",%s' % (k, k, tail)
-        # The older wrapper: the key is the CloudEvent's own id, not event_id.
+        if kind in ("audit", "notification"):  # no CloudEvent id: the key is eventid
+            return b"{%s%s" % (self._id_fields(k), tail)
+        # The older wrapper (the CloudEvent right under "event"): the key is the
+        # CloudEvent's own id, not the delivery's id.
         outer = self.stream.next_id().encode()
-        return b'{"event_id":"%s","event":{"id":"%s",%s}' % (outer, k, tail)
+        if self.fields == "both":
+            head = b'"event_id":"%s","eventid":"%s",' % (outer, outer)
+        else:
+            head = b'"eventid":"%s",' % outer
+        return b'{%s"event":{"id":"%s",%s,%s}' % (head, k, tail, self._wrap)
 
 
 def iter_batches(shape: Shape, batch_size: int, *, seed: int, worker: int) -> Iterator[bytes]:

@@ -7,6 +7,7 @@ speed, not the protocol's calendar).
 
 from __future__ import annotations
 
+import datetime
 import ssl
 import time
 from collections.abc import Callable
@@ -20,13 +21,14 @@ import trio
 from streamd import __version__
 from streamd.emit.accounting import Ledger
 from streamd.emit.errors import EmitError
-from streamd.emit.generate import RECIPIENT_CLIENT_ID, Shape
+from streamd.emit.generate import RECIPIENT_CLIENT_ID, IdFields, Shape, id_fields_on
 from streamd.emit.http import Connection, HttpError, Response, Target
 from streamd.emit.oauth import ClientCredentials
 from streamd.emit.schedule import HealthPolicy, IoPolicy, LegacyPolicy
 from streamd.emit.signing import Signer
 
 Mode = Literal["legacy", "io"]
+IdFieldsChoice = Literal["auto", "both", "new"]
 USER_AGENT: Final = f"streamd-emit/{__version__}"
 
 
@@ -75,6 +77,9 @@ class EmitOptions:
     sign: bool = True
     key_server: str = "127.0.0.1:0"
     recipient: str = RECIPIENT_CLIENT_ID
+    # I/O: which id pairs the events carry; "auto": what Adobe sends on ``today``.
+    id_fields: IdFieldsChoice = "auto"
+    today: datetime.date | None = None  # None: the UTC date when the run starts
     provider: str = "marketo"
     token: str | None = None
     hmac_secret: str | None = None  # I/O: also send the deprecated x-adobe-signature
@@ -132,6 +137,7 @@ class Run:
         )
         self.signer: Signer | None = None
         self.key_base = ""
+        self.id_fields: IdFields = resolve_id_fields(opts.id_fields, opts.today)
         self.content_type_single = "application/cloudevents+json; charset=UTF-8"
         per_sub = (opts.rate / opts.parallel) if opts.rate else None
         self.per_sub_rate = per_sub
@@ -189,6 +195,13 @@ class Run:
         except HttpError:
             return Attempt(None, "connection", None, time.perf_counter() - started)
         return Attempt(resp.status, str(resp.status), resp, time.perf_counter() - started)
+
+
+def resolve_id_fields(choice: IdFieldsChoice, today: datetime.date | None = None) -> IdFields:
+    """``choice``, with ``"auto"`` made what Adobe sends on ``today`` (default: the UTC date)."""
+    if choice != "auto":
+        return choice
+    return id_fields_on(today or datetime.datetime.now(datetime.UTC).date())
 
 
 def receiver_duplicates(resp: Response | None) -> int:

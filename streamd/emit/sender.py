@@ -30,6 +30,12 @@ from streamd.errors import first_leaf
 
 log = logging.getLogger("streamd.emit")
 
+ID_FIELDS_TEXT = {
+    "both": "both id pairs (eventid/recipientclientid and event_id/recipient_client_id), "
+    "as Adobe sends them until the end of 2026",
+    "new": "only eventid/recipientclientid, Adobe's shape from 2027 on",
+}
+
 __all__ = ["EmitOptions", "OAuthSettings", "Transport", "run_emit", "tls_context"]
 
 
@@ -109,6 +115,12 @@ async def run_emit(
         async with trio.open_nursery() as outer:
             if opts.handle_signals:
                 outer.start_soon(_on_signals, run, outer.cancel_scope)
+            if opts.mode == "io":
+                log.info(
+                    "events carry %s (--id-fields %s)",
+                    ID_FIELDS_TEXT[run.id_fields],
+                    opts.id_fields,
+                )
             if opts.mode == "io" and opts.sign:
                 run.signer = await trio.to_thread.run_sync(Signer)
                 binds = await outer.start(serve_handler, run.signer.serve_key, opts.key_server)
@@ -145,6 +157,7 @@ async def run_emit(
         "parallel": opts.parallel,
         "time_scale": opts.time_scale,
         "seed": opts.seed,
+        "id_fields": run.id_fields if opts.mode == "io" else None,
         "key_server": run.key_base or None,
         **summary,
     }

@@ -122,6 +122,7 @@ def test_verify_requires_both_flags(capsys: pytest.CaptureFixture[str]) -> None:
         (["--to", "http://h/e", "--oauth-url", "http://idp/t"], "OAuth needs all of"),
         (["--to", "http://h/e", "--token-file", "/nonexistent/tok"], "--token-file: "),
         (["--to", "http://h/e", "--acked", "/"], "--acked /: cannot append"),
+        (["--to", "http://h/e", "--id-fields", "both"], "--id-fields is an Adobe I/O Events"),
     ],
 )
 def test_emit_usage_errors_exit_2_with_a_message(
@@ -152,6 +153,7 @@ def test_oauth_in_io_mode_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["--to", "http://h/e", "--time-scale", "0"], "--time-scale must be positive"),
         (["--to", "http://h/e", "--count", "5", "--duration", "5"], "not allowed with"),
         (["--to", "http://h/e", "--rate", "5", "--unpaced"], "not allowed with"),
+        (["--to", "http://h/e", "--mode", "io", "--id-fields", "old"], "invalid choice: 'old'"),
     ],
 )
 def test_emit_bad_flag_values_exit_2(
@@ -218,3 +220,15 @@ def test_a_usage_error_from_below_the_emulator_exits_2(
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("streamd emit: --token-file: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "choice"),
+    [([], "auto"), (["--id-fields", "both"], "both"), (["--id-fields", "new"], "new")],
+)
+def test_id_fields_follow_the_date_unless_chosen(flags: list[str], choice: str) -> None:
+    from streamd.cli import build_parser
+    from streamd.cli.emit import options_from
+
+    args = build_parser().parse_args(["emit", "--to", "http://h/e", "--mode", "io", *flags])
+    assert options_from(args).id_fields == choice

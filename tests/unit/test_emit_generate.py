@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 
 import orjson
@@ -10,11 +11,13 @@ import pytest
 from streamd.core import decode_delivery
 from streamd.emit import catalog
 from streamd.emit.generate import (
+    ID_FIELDS,
     MAX_SEED,
     MAX_WORKERS,
     SHAPES,
     BatchMaker,
     event_ids,
+    id_fields_on,
     iter_batches,
     take_batches,
 )
@@ -52,27 +55,68 @@ def test_a_single_io_event_is_a_bare_cloudevent() -> None:
     assert decode_delivery(made.body).shape == "cloudevent"
 
 
-def test_mixed_batches_hold_every_wrapper_with_the_documented_keys() -> None:
-    made = BatchMaker("mixed", seed=1, worker=0).make(400)
+@pytest.mark.parametrize("fields", ID_FIELDS)
+def test_mixed_batches_hold_every_wrapper_with_the_documented_keys(fields: str) -> None:
+    made = BatchMaker("mixed", seed=1, worker=0, fields=fields).make(400)  # type: ignore[arg-type]
     kinds: Counter[str] = Counter()
     for item, key in zip(orjson.loads(made.body), made.keys, strict=True):
         if "activities" in item:
             raise AssertionError("a legacy push inside an I/O batch")
         if "specversion" in item:
             kinds["cloudevent"] += 1
-            assert item["id"] == key
-        elif "event_id" in item and "eventid" not in item:
+            assert item["id"] == item["eventid"] == key
+        elif "specversion" in item["event"]:
             kinds["old-wrapper"] += 1
-            assert item["event"]["id"] == key != item["event_id"]  # the CloudEvent id is the key
-        elif "event_id" in item:
+            assert item["event"]["id"] == key != item["eventid"]  # the CloudEvent id is the key
+        elif item["event"]["body"]["type"].startswith(catalog.NOTIFICATION_TYPE_PREFIX):
             kinds["notification"] += 1
-            assert item["eventid"] == item["event_id"] == key
-            assert item["event"]["body"]["type"].startswith(catalog.NOTIFICATION_TYPE_PREFIX)
+            assert item["eventid"] == key and "id" not in item["event"]["body"]
         else:
             kinds["audit"] += 1
             assert item["eventid"] == key and "id" not in item["event"]["body"]
             assert item["event"]["body"]["type"].startswith(catalog.AUDIT_TYPE_PREFIX)
     assert set(kinds) == {"cloudevent", "old-wrapper", "notification", "audit"}, kinds
+
+
+@pytest.mark.parametrize("shape", ["io", "mixed"])
+def test_both_pairs_carry_the_same_values_and_new_only_the_new_pair(shape: str) -> None:
+    """Adobe's deliveries carry both pairs until the end of 2026, then only the new."""
+    for fields in ID_FIELDS:
+        maker = BatchMaker(shape, seed=4, worker=0, recipient="me", fields=fields)  # type: ignore[arg-type]
+        made = maker.make(200)
+        for item in orjson.loads(made.body):
+            assert item["recipientclientid"] == "me"
+            if fields == "both":
+                assert item["event_id"] == item["eventid"]
+                assert item["recipient_client_id"] == "me"
+            else:
+                assert "event_id" not in item and "recipient_client_id" not in item
+        # Same events either way: only the id fields differ.
+        assert made.keys == BatchMaker(shape, seed=4, worker=0).make(200).keys  # type: ignore[arg-type]
+        delivery = decode_delivery(made.body)
+        assert [e.key for e in delivery.events] == made.keys
+        assert delivery.recipients == {"me"}
+
+
+def test_a_single_event_with_both_pairs_is_what_adobes_sdk_checks() -> None:
+    """SDK 4.1.0 reads the top-level recipient_client_id of a bare object."""
+    made = BatchMaker("io", seed=1, worker=0, recipient="me", fields="both").make(1, single=True)
+    doc = orjson.loads(made.body)
+    assert doc["recipient_client_id"] == doc["recipientclientid"] == "me"
+    assert doc["event_id"] == doc["eventid"] == doc["id"] == made.keys[0]
+
+
+@pytest.mark.parametrize(
+    ("day", "fields"),
+    [
+        (datetime.date(2026, 5, 2), "both"),
+        (datetime.date(2026, 12, 31), "both"),
+        (datetime.date(2027, 1, 1), "new"),
+        (datetime.date(2031, 7, 1), "new"),
+    ],
+)
+def test_adobe_sends_both_pairs_until_the_end_of_2026(day: datetime.date, fields: str) -> None:
+    assert id_fields_on(day) == fields
 
 
 def test_events_cover_the_documented_types_custom_ids_and_munchkins() -> None:
@@ -110,6 +154,7 @@ def test_audit_and_notification_types_vary() -> None:
         ({"shape": "io", "seed": MAX_SEED, "worker": 0}, "seed must be"),
         ({"shape": "io", "seed": 1, "worker": MAX_WORKERS}, "worker must be"),
         ({"shape": "io", "seed": -1, "worker": 0}, "seed must be"),
+        ({"shape": "io", "seed": 1, "worker": 0, "fields": "old"}, "unknown id fields"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict[str, object], message: str) -> None:

@@ -1,0 +1,47 @@
+"""Fixtures of the interop suite: Adobe's Node SDK, pinned and installed once per session.
+
+Without node, npm or the npm registry the suite cannot run: it skips and says why, and
+under CI (``CI`` set) it fails instead, so a green CI run always ran it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.system._harness import Processes
+
+from ._sdk import Node, SdkMissing, install
+
+
+@pytest.fixture(scope="session")
+def sdk_installed() -> None:
+    try:
+        install()
+    except SdkMissing as exc:
+        reason = f"Adobe's SDK is not available for the interop suite: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def node(sdk_installed: None, tmp_path: Path) -> Node:
+    """Runs the suite's node scripts (each in a fresh directory under ``tmp_path``)."""
+    return Node(tmp_path / "node")
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Starts streamd and ``streamd emit``; kills and reaps what still runs at the end."""
+    procs = Processes(tmp_path / "run")
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+# npm's tree is no place to look for tests.
+collect_ignore_glob = ["node_modules"]

@@ -44,6 +44,8 @@ def _empty_working_directory(
 _LONGEST_FIRST = (
     "tests/hostile/test_powercut.py",
     "tests/system/test_dist.py",
+    "tests/interop/test_sdk_journal.py",
+    "tests/interop/test_sdk_signatures.py",
     "tests/hostile/test_fuzz.py",
     "tests/hostile/test_connections.py",
     "tests/docs/test_examples.py",

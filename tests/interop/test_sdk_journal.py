@@ -216,6 +216,28 @@ def test_a_wrong_token_is_an_error_the_sdk_reports(node: Node, streamd: Streamd,
     assert out["events"] == [] and "failed with 401" in out["error"]
 
 
+@pytest.mark.parametrize("mode", ["pages", "observable"])
+@pytest.mark.parametrize("case", ["another-journal", "beyond-the-newest"])
+def test_a_position_this_journal_cannot_continue_is_an_error_the_sdk_reports(
+    node: Node, streamd: Streamd, mode: str, case: str
+) -> None:
+    # A client that kept its position across a journal's replacement or a restore from
+    # an older backup: a 410 the SDK surfaces, never a 204 for ever (docs/admin-api.md).
+    last = walk(node, streamd.journal_url, streamd.admin_token)["events"][-1]["position"]
+    journal, seq, check = last.split(".")
+    since = {
+        "another-journal": ".".join(("0" * 8 if journal != "0" * 8 else "1" * 8, seq, check)),
+        "beyond-the-newest": str(int(seq) + 1000),  # a bare (pre-identity) position
+    }[case]
+    data: dict[str, Any] = {"url": streamd.journal_url, "token": streamd.admin_token}
+    data |= {"org": ORG, "api_key": API_KEY, "options": {"since": since}, "mode": mode}
+    out = node.run(
+        "walk_journal.js", data | {"max_pages": 5, "expect": 1, "deadline_ms": 30_000},
+        timeout=60,
+    )  # fmt: skip
+    assert out["events"] == [] and "failed with 410" in out["error"]
+
+
 # -- streamd emit --journal-server ---------------------------------------------------
 
 

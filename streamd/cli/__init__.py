@@ -18,7 +18,7 @@ from streamd.cli import emit as emit_cli
 from streamd.cli import journal as inspect_cli
 from streamd.cli import operate
 from streamd.errors import ConfigError, JournalError, StreamdError, UsageError, first_leaf
-from streamd.service.config import Config
+from streamd.service.config import Config, SourceConfig
 from streamd.service.logs import LOG_FORMATS, configure_logging
 
 # hypercorn, the service, the drain and httpx are imported by the commands that use
@@ -244,7 +244,7 @@ def _check_config(args: argparse.Namespace) -> int:
     print(
         f"{where}: ok — listen {', '.join(config.server.listen)}; data dir {config.data_dir}; "
         f"synchronous={config.journal.synchronous}; sources: "
-        + ", ".join(f"{s.name} at {s.path}" for s in config.sources)
+        + ", ".join(_describe_source(s) for s in config.sources)
         + "; sinks: "
         + (", ".join(f"{s.name} ({s.kind})" for s in specs) or "none")
         + "; pulls: "
@@ -253,6 +253,22 @@ def _check_config(args: argparse.Namespace) -> int:
         + (", ".join(config.admin.addresses) or "off")
     )
     return 0
+
+
+def _describe_source(source: SourceConfig) -> str:
+    """``NAME at PATH``; for a client-certificate source, what it pins."""
+    if source.auth != "client-cert":
+        return f"{source.name} at {source.path}"
+    pins = source.client_cert
+    counts = [] if pins is None else [
+        (len(pins.subjects), "subject", "subjects"),
+        (len(pins.common_names), "common name", "common names"),
+        (len(pins.sha256_fingerprints), "SHA-256 fingerprint", "SHA-256 fingerprints"),
+    ]  # fmt: skip
+    what = ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts if n)
+    return f"{source.name} at {source.path} (client certificate: " + (
+        f"pinned by {what})" if what else "any that server.mtls_client_ca signs)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,7 @@ import trio
 from streamd.asgi import lifespan
 from streamd.auth import TokenSet, token_from_request
 from streamd.auth.adobe import Presented, SignatureCheck
+from streamd.auth.client_cert import ClientCertCheck, peer_certificate
 from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.issuer import Issuer, check_secret
 from streamd.core import decode_delivery
@@ -91,6 +92,7 @@ class Source:
     validator: Validator | None = None  # set: open allowed validationUrls automatically
     oauth: bool = False  # set: Bearer tokens from the embedded issuer instead of API tokens
     external: JwtVerifier | Introspector | None = None  # set: an external IdP's tokens
+    client_cert: ClientCertCheck | None = None  # set: the client certificate is the credential
     max_in_flight: int = 0  # its share of the slots (0: an equal part of what is left)
 
 
@@ -272,6 +274,14 @@ class IngestApp:
         if source.adobe is not None:
             # Present and well-formed before the body is read (SignatureInvalid: 401).
             signed = source.adobe.presented(headers)
+        elif source.client_cert is not None:
+            # The certificate is the credential: a token the request brings is not read.
+            verdict = source.client_cert.problem(peer_certificate(scope))
+            if verdict is not None:
+                status, message = verdict
+                log.warning("refused a client certificate on %s: %s", source.name, message)
+                await self._error(send, status, message)
+                return
         else:
             presented = token_from_request(
                 headers.get(b"authorization"), scope["query_string"], allow_query=source.query_token

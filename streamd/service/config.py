@@ -91,12 +91,23 @@ class ExternalOAuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 300.0
 
 
+_Pins = Annotated[list[Annotated[str, msgspec.Meta(max_length=1024)]], msgspec.Meta(max_length=64)]
+
+
+class ClientCertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[sources.client_cert]: the certificates an auth = "client-cert" source accepts."""
+
+    subjects: _Pins = msgspec.field(default_factory=list)
+    common_names: _Pins = msgspec.field(default_factory=list)
+    sha256_fingerprints: _Pins = msgspec.field(default_factory=list)
+
+
 class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """[[sources]]: one named endpoint (a legacy push subscription or an I/O registration)."""
 
     name: str
     path: str
-    auth: Literal["token", "adobe-signature", "oauth"] = "token"
+    auth: Literal["token", "adobe-signature", "oauth", "client-cert"] = "token"
     token_files: list[str] = msgspec.field(default_factory=list)
     query_token: bool = True
     require_client_cert: bool = False
@@ -105,6 +116,7 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     validation_hosts: list[str] = msgspec.field(default_factory=lambda: ["csm.adobe.io"])
     validation_ca_file: str = ""
     adobe: AdobeConfig | None = None
+    client_cert: ClientCertConfig | None = None
     # This source's share of server.max_in_flight (0: an equal part of what is left).
     max_in_flight: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
 
@@ -518,6 +530,7 @@ from streamd.service.config_checks import (  # noqa: E402 - after the records th
 __all__ = [
     "ADDRESS_KEYS",
     "AdminConfig",
+    "ClientCertConfig",
     "Config",
     "SinkConfig",
     "SourceConfig",

@@ -68,6 +68,7 @@ def validate(
                 f"{where}: key {key}.require_client_cert: needs server.mtls_listen "
                 "(the listener that asks for client certificates)"
             )
+        _validate_client_cert(config, source, f"{where}: key {key}")
     _validate_tls(config.server, where)
     _validate_listeners(config, where, overrides, admin_overrides)
     _validate_bounds(config, where)
@@ -217,6 +218,50 @@ def _validate_tls(server: ServerConfig, where: str) -> None:
             parse_listen(address)
         except ValueError as exc:
             raise ConfigError(f"{where}: key server.mtls_listen[{index}]: {exc}") from None
+
+
+def _validate_client_cert(config: Config, source: SourceConfig, where: str) -> None:
+    pins = source.client_cert
+    if source.auth != "client-cert":
+        if pins is not None:
+            raise ConfigError(f'{where}.client_cert: only for auth = "client-cert"')
+        return
+    if not config.server.mtls_listen:
+        raise ConfigError(
+            f'{where}.auth: "client-cert" needs server.mtls_listen and server.mtls_client_ca '
+            "(the listener that verifies client certificates)"
+        )
+    if source.token_files:
+        raise ConfigError(
+            f'{where}.token_files: not used by auth = "client-cert" (the client certificate '
+            "is the credential; a token a request brings is ignored)"
+        )
+    if pins is None:
+        return
+    if not (pins.subjects or pins.common_names or pins.sha256_fingerprints):
+        raise ConfigError(
+            f"{where}.client_cert: pins nothing; set subjects, common_names or "
+            "sha256_fingerprints, or leave the table out to accept any certificate "
+            "server.mtls_client_ca signs"
+        )
+    from streamd.auth.client_cert import parse_fingerprint, parse_subject  # crypto: lazily
+
+    for index, subject in enumerate(pins.subjects):
+        try:
+            parse_subject(subject)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.client_cert.subjects[{index}]: {exc}") from None
+    for index, name in enumerate(pins.common_names):
+        if not name.strip() or any(c in name for c in "\r\n\0"):
+            raise ConfigError(
+                f"{where}.client_cert.common_names[{index}]: {name[:120]!r}: a common name "
+                "is one non-empty line"
+            )
+    for index, fingerprint in enumerate(pins.sha256_fingerprints):
+        try:
+            parse_fingerprint(fingerprint)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.client_cert.sha256_fingerprints[{index}]: {exc}") from None
 
 
 _KEY_HOST = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")

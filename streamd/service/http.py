@@ -53,6 +53,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from streamd.auth.client_cert import tls_extension
 from streamd.errors import ConfigError
 from streamd.service import logs  # noqa: F401 - installs the per-request log rate limit
 
@@ -269,6 +270,7 @@ class _Connection(TCPServer):
         self._evicted = False
         self.proven = False  # a POST on it was answered 2xx (see _Proving)
         self.state[CONNECTION_KEY] = self  # the scope's "state": how _Proving finds it
+        self._tls: tuple[bytes | None, dict[str, Any]] | None = None
 
     async def serve(self) -> None:
         try:
@@ -301,6 +303,18 @@ class _Connection(TCPServer):
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
+
+    def tls_extension(self) -> dict[str, Any] | None:
+        """The ASGI TLS extension for a request on this connection (None: not TLS).
+        Read from the TLS session at each request, built again only when the peer's
+        certificate changed (a TLS 1.2 renegotiation)."""
+        stream = self.stream
+        if not isinstance(stream, trio.SSLStream):
+            return None
+        der = stream.getpeercert(binary_form=True)
+        if self._tls is None or self._tls[0] != der:
+            self._tls = (der, tls_extension(der, stream.version()))
+        return dict(self._tls[1])
 
     def evict(self) -> None:
         """Close at once (the connection has no request in progress): the read loop ends
@@ -363,6 +377,24 @@ class _Proving:
             await send(message)
 
         await self.app(scope, receive, watch)
+
+
+class _TlsScope:
+    """Puts the ASGI TLS extension (``scope["extensions"]["tls"]``: the client's
+    certificate, verified by the handshake) into each request's scope on a TLS
+    connection; hypercorn leaves it out. A source whose credential is the client
+    certificate reads it there."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = scope.get("state", {}).get(CONNECTION_KEY)
+        if conn is not None and scope["type"] == "http":
+            tls = conn.tls_extension()
+            if tls is not None:
+                scope = {**scope, "extensions": {**scope.get("extensions", {}), "tls": tls}}
+        await self.app(scope, receive, send)
 
 
 class FramingGuard:
@@ -507,7 +539,7 @@ async def serve_http(
 
     Reports the listeners' URLs through ``task_status``.
     """
-    guarded: Any = FramingGuard(_Proving(app))  # an ASGI app, as hypercorn's types say
+    guarded: Any = FramingGuard(_Proving(_TlsScope(app)))  # an ASGI app, as hypercorn's types say
     wrapped = wrap_app(guarded, hconfig.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     ssl_context = hconfig.create_ssl_context()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from streamd.auth import TokenSet, ensure_token_file, loose_permissions, read_token_file
 from streamd.auth.adobe import KeyStore, SignatureCheck, load_public_key
+from streamd.auth.client_cert import ClientCertCheck
 from streamd.auth.external import Introspector, JwtVerifier
 from streamd.auth.ims import ClientCredentials
 from streamd.auth.issuer import Issuer, load_or_create_key
@@ -133,35 +134,8 @@ def load_sources(
     cache: dict[str, list[str]] = {}
     sources = []
     for source in config.sources:
-        if source.auth == "oauth":
-            sources.append(
-                Source(
-                    source.name,
-                    source.path,
-                    None,
-                    source.query_token,
-                    require_client_cert=source.require_client_cert,
-                    validator=_validator(source),
-                    oauth=True,
-                    external=_external(source),
-                    max_in_flight=source.max_in_flight,
-                )
-            )
-            continue
-        if source.auth == "adobe-signature":
-            check = signature_check(config, source)
-            sources.append(
-                Source(
-                    source.name,
-                    source.path,
-                    None,
-                    False,
-                    check,
-                    require_client_cert=source.require_client_cert,
-                    validator=_validator(source),
-                    max_in_flight=source.max_in_flight,
-                )
-            )
+        if source.auth != "token":
+            sources.append(_tokenless_source(config, source))
             continue
         tokens: list[str] = []
         for path in config.token_files(source):
@@ -181,6 +155,59 @@ def load_sources(
             )
         )
     return sources
+
+
+def _tokenless_source(config: Config, source: SourceConfig) -> Source:
+    """A source whose credential is not an API token: OAuth, Adobe signatures or the
+    client certificate (which implies the mTLS listener)."""
+    if source.auth == "oauth":
+        return Source(
+            source.name,
+            source.path,
+            None,
+            source.query_token,
+            require_client_cert=source.require_client_cert,
+            validator=_validator(source),
+            oauth=True,
+            external=_external(source),
+            max_in_flight=source.max_in_flight,
+        )
+    if source.auth == "client-cert":
+        return Source(
+            source.name,
+            source.path,
+            None,
+            False,
+            require_client_cert=True,
+            validator=_validator(source),
+            client_cert=client_cert_check(source),
+            max_in_flight=source.max_in_flight,
+        )
+    return Source(
+        source.name,
+        source.path,
+        None,
+        False,
+        signature_check(config, source),
+        require_client_cert=source.require_client_cert,
+        validator=_validator(source),
+        max_in_flight=source.max_in_flight,
+    )
+
+
+def client_cert_check(source: SourceConfig) -> ClientCertCheck:
+    """The pins of an ``auth = "client-cert"`` source (none: any certificate the mTLS
+    listener's CA signed). Raises :class:`ConfigError` naming the source on a malformed
+    pin (the configuration checks found it first)."""
+    pins = source.client_cert
+    if pins is None:
+        return ClientCertCheck()
+    try:
+        return ClientCertCheck.from_config(
+            pins.subjects, pins.common_names, pins.sha256_fingerprints
+        )
+    except ValueError as exc:
+        raise ConfigError(f"source {source.name}: client_cert: {exc}") from None
 
 
 def _read_tokens(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+import trustme
 
 from tests.docs._markdown import REPO, Block, output_matches
 from tests.system._harness import Spawned, clean_env, free_port, streamd_argv, wait_for
@@ -52,7 +54,20 @@ def _content(kind: str) -> str:
         return f"whsec_{base64.b64encode(secrets.token_bytes(32)).decode()}\n"
     if kind == "secret":  # a client secret
         return f"{secrets.token_urlsafe(24)}\n"
-    raise ValueError(f"unknown kind of file {kind!r} (token, whsec or secret)")
+    if kind == "tls-cert":  # a server certificate (PEM) for 127.0.0.1 and localhost
+        return "".join(p.bytes().decode() for p in _server_cert().cert_chain_pems)
+    if kind == "tls-key":  # ... and its key
+        return _server_cert().private_key_pem.bytes().decode()
+    if kind == "ca":  # a CA certificate, e.g. the one that signs client certificates
+        return trustme.CA().cert_pem.bytes().decode()
+    raise ValueError(
+        f"unknown kind of file {kind!r} (token, whsec, secret, tls-cert, tls-key or ca)"
+    )
+
+
+@functools.cache
+def _server_cert() -> trustme.LeafCert:
+    return trustme.CA().issue_cert("127.0.0.1", "localhost")
 
 
 class PageRun:

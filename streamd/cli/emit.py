@@ -174,6 +174,16 @@ def _io_and_tls_flags(p: argparse.ArgumentParser) -> None:
         help="PEM CA certificates to trust for https:// (besides the system's)",
     )
     p.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        type=Path,
+        help="PEM client certificate to present over https:// (mutual TLS, as Adobe's "
+        "mTLS registrations do); its key too unless --client-key",
+    )
+    p.add_argument(
+        "--client-key", metavar="FILE", type=Path, help="the private key of --client-cert"
+    )
+    p.add_argument(
         "--no-challenge", action="store_true", help="I/O mode: skip the challenge handshake"
     )
     p.add_argument("--no-sign", action="store_true", help="I/O mode: send no RSA signatures")
@@ -342,9 +352,9 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         hmac_secret = _first_token(args.hmac_secret_file, "--hmac-secret-file")
     if args.id_fields is not None and args.mode != "io":
         raise UsageError("--id-fields is an Adobe I/O Events option (--mode io)")
-    if args.ca_file is not None:
+    if args.ca_file is not None or args.client_cert is not None or args.client_key is not None:
         try:
-            tls_context(args.ca_file)
+            tls_context(args.ca_file, args.client_cert, args.client_key)
         except EmitError as exc:
             raise UsageError(str(exc)) from None
     return EmitOptions(
@@ -375,6 +385,8 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         acked_file=args.acked,
         timeout=args.timeout,
         ca_file=args.ca_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
         handle_signals=True,
         progress=args.progress,
     )

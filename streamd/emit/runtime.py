@@ -87,6 +87,8 @@ class EmitOptions:
     acked_file: Path | None = None
     timeout: float | None = None  # None: the protocol's (legacy 20 s, I/O 10 s)
     ca_file: Path | None = None  # extra CA certificates for https:// targets
+    client_cert: Path | None = None  # PEM certificate (and key) to present: mutual TLS
+    client_key: Path | None = None  # its private key, when not in client_cert
     legacy: LegacyPolicy = field(default_factory=LegacyPolicy)
     io: IoPolicy = field(default_factory=IoPolicy)
     health: HealthPolicy = field(default_factory=HealthPolicy)
@@ -117,7 +119,7 @@ class Run:
     def __init__(self, opts: EmitOptions, ledger: Ledger, connect: Connect | None) -> None:
         self.opts = opts
         self.ledger = ledger
-        self.ssl_context = tls_context(opts.ca_file)
+        self.ssl_context = tls_context(opts.ca_file, opts.client_cert, opts.client_key)
         self.connect: Connect = connect or self._connect
         self.target = Target.parse(opts.url)
         self.remaining = opts.count
@@ -215,10 +217,14 @@ def receiver_duplicates(resp: Response | None) -> int:
     return value if isinstance(value, int) else 0
 
 
-def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """The system's trust store, plus ``ca_file`` when given (a private CA).
+def tls_context(
+    ca_file: Path | None, client_cert: Path | None = None, client_key: Path | None = None
+) -> ssl.SSLContext:
+    """The system's trust store, plus ``ca_file`` when given (a private CA); with
+    ``client_cert`` (and ``client_key`` when the key is in a file of its own), the
+    certificate presented to a listener that asks for one (Adobe's mutual TLS).
 
-    Raises :class:`EmitError` when ``ca_file`` cannot be read as PEM certificates.
+    Raises :class:`EmitError` when a file cannot be read as PEM certificates or key.
     """
     context = ssl.create_default_context()
     if ca_file is not None:
@@ -226,4 +232,18 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
             context.load_verify_locations(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
             raise EmitError(f"--ca-file {ca_file}: not readable PEM certificates: {exc}") from exc
+    if client_key is not None and client_cert is None:
+        raise EmitError("--client-key needs --client-cert")
+    if client_cert is not None:
+        try:
+            context.load_cert_chain(
+                str(client_cert), None if client_key is None else str(client_key)
+            )
+        except (OSError, ssl.SSLError) as exc:
+            what = f"--client-cert {client_cert}" + (
+                "" if client_key is None else f" with --client-key {client_key}"
+            )
+            raise EmitError(
+                f"{what}: not a readable PEM certificate and matching private key: {exc}"
+            ) from exc
     return context

@@ -321,3 +321,58 @@ def test_check_config_reports_what_each_client_cert_source_pins(
         "events at /events, both at /both (client certificate: pinned by 1 subject, "
         "2 SHA-256 fingerprints);"
     ) in out
+
+
+async def test_streamd_emit_rehearses_an_mtls_registration(
+    daemon: Daemon, certs: Certs, tmp_path: Path
+) -> None:
+    """``streamd emit --client-cert``: the sender's side of Adobe's mutual TLS."""
+    from tests.system._harness import streamd_argv
+
+    server_ca = tmp_path / "server-ca.pem"
+    certs.server_ca.cert_pem.write_to_path(str(server_ca))
+    files = {}
+    for name in ("adobe", "sibling"):
+        cert: trustme.LeafCert = getattr(certs, name)
+        files[name] = tmp_path / f"{name}.pem"  # certificate and key in one file
+        cert.private_key_and_cert_chain_pem.write_to_path(str(files[name]))
+
+    async def emit(cert: Path, count: int) -> tuple[int, str, list[str]]:
+        acked = tmp_path / f"acked-{cert.stem}"
+        argv = [*streamd_argv(), "emit", "--mode=io", "--no-sign", "--unpaced",
+                "--progress=0", f"--count={count}", f"--to={daemon.mtls}/by-fingerprint",
+                f"--ca-file={server_ca}", f"--client-cert={cert}", f"--acked={acked}"]  # fmt: skip
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
+                                      check=False)  # fmt: skip
+        out = done.stdout.decode() + done.stderr.decode()
+        return done.returncode, out, acked.read_text().split() if acked.exists() else []
+
+    status, out, acked = await emit(files["adobe"], 200)
+    assert status == 0, out
+    assert len(acked) == 200 and daemon.count("by-fingerprint") == 200
+    # Another certificate of the same CA, not the pinned one: refused, nothing stored.
+    status, out, acked = await emit(files["sibling"], 20)
+    assert acked == [] and daemon.count("by-fingerprint") == 200
+    assert "403" in out, out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--client-key=KEY"], "--client-key needs --client-cert"),
+        (["--client-cert=MISSING"], "not a readable PEM certificate and matching private key"),
+        (["--client-cert=CERT_ONLY"], "not a readable PEM certificate and matching private key"),
+    ],
+)
+def test_emit_client_certificate_flags_are_checked(
+    tmp_path: Path, certs: Certs, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert_only = tmp_path / "cert-only.pem"
+    certs.adobe.cert_chain_pems[0].write_to_path(str(cert_only))
+    key = tmp_path / "key.pem"
+    certs.adobe.private_key_pem.write_to_path(str(key))
+    names = {"KEY": key, "MISSING": tmp_path / "missing.pem", "CERT_ONLY": cert_only}
+    argv = [f.split("=")[0] + "=" + str(names[f.split("=")[1]]) for f in flags]
+    status = main(["emit", "--mode=io", "--to=https://127.0.0.1:9/x", "--count=1", *argv])
+    assert status == 2
+    assert message in capsys.readouterr().err

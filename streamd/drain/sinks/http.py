@@ -1,8 +1,12 @@
 """The ``http`` sink: POST each batch as JSON, signed the Standard Webhooks way.
 
-Body: ``{"events": [envelope, ...]}`` (each envelope carries the event id and
-the event's JSON as received). Headers: ``webhook-id`` (the engine's delivery
-id: the same for every attempt of a batch, so a receiver can drop a repeat; new
+Body (``format``, :mod:`streamd.drain.bodies`): ``{"events": [envelope, ...]}`` (each
+envelope carries the event id and the event's JSON as received), or what Marketo's
+legacy push or Adobe I/O Events would send, so that a receiver written for those (another
+streamd included) takes the forward; a batch may then take several requests, and an
+event the format cannot carry is dead-lettered with the reason. Headers:
+``webhook-id`` (the engine's delivery id, with ``.<first seq>`` per request when a batch
+takes several: the same for every attempt of a batch, so a receiver can drop a repeat; new
 for an operator's replay or dead-letter retry, so such a receiver does not drop
 what was deliberately sent again), ``webhook-timestamp``
 (Unix seconds) and, with secrets configured, ``webhook-signature``:
@@ -22,16 +26,17 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import httpx
 
 from streamd.core.headers import retry_after
+from streamd.drain.bodies import Format, Request, build
 from streamd.drain.policy import Kind
 from streamd.drain.sinks.base import (
     CONFIRMED,
     DrainEvent,
     Result,
-    json_array,
     permanent,
     transient,
 )
@@ -49,6 +54,8 @@ class HttpSettings:
     secrets: Sequence[bytes] = ()
     connections: int = 4
     timeout: float = 20.0
+    format: Format = "streamd"
+    recipient_client_id: str = ""  # cloudevents: named in events that name no recipient
 
 
 def parse_secret(text: str, where: str) -> bytes:
@@ -92,7 +99,7 @@ class HttpSink:
 
     def __init__(self, settings: HttpSettings) -> None:
         self.settings = settings
-        headers = {"content-type": "application/json", "user-agent": "streamd"}
+        headers = {"user-agent": "streamd"}  # content-type: per request (the format's)
         headers.update({k.lower(): v for k, v in settings.headers.items()})
         if settings.bearer_token:
             headers["authorization"] = f"Bearer {settings.bearer_token}"
@@ -108,10 +115,41 @@ class HttpSink:
         )
 
     async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
-        body = b'{"events":' + json_array(events) + b"}"
-        msg_id = delivery_id or f"{self.settings.sink}-{events[0].seq}-{events[-1].seq}"
+        settings = self.settings
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        bodies = build(settings.format, events, now=now, recipient=settings.recipient_client_id)
+        msg_id = delivery_id or f"{settings.sink}-{events[0].seq}-{events[-1].seq}"
+        rejected = list(bodies.rejected)
+        response: str | None = None
+        whole = len(bodies.requests) == 1 and not rejected
+        for request in bodies.requests:
+            # One webhook-id per request, the same on every attempt of the batch.
+            request_id = msg_id if whole else f"{msg_id}.{request.seqs[0]}"
+            result = await self._post(request, request_id)
+            if result.kind is Kind.CONFIRMED:
+                continue
+            if result.kind is not Kind.PERMANENT or whole:
+                # Retried as a whole: the requests already confirmed go again, and a
+                # receiver that deduplicates by event key (streamd does) drops them.
+                return result
+            rejected += [(seq, result.reason) for seq in request.seqs]
+            response = result.response
+        if rejected:
+            return Result(Kind.CONFIRMED, response=response, rejected=tuple(rejected))
+        return CONFIRMED
+
+    async def _post(self, request: Request, msg_id: str) -> Result:
         timestamp = int(time.time())
-        headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
+        body = request.body
+        headers = {
+            "content-type": request.content_type,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if request.event_id is not None:  # one CloudEvent per request, as Adobe sends it
+            headers["x-adobe-event-id"] = request.event_id
+            if request.event_type is not None:
+                headers["x-adobe-event-code"] = request.event_type
         if self.settings.secrets:
             headers["webhook-signature"] = sign(self.settings.secrets, msg_id, timestamp, body)
         try:

@@ -73,6 +73,8 @@ def _opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> object:
             secrets=tuple(secrets),
             connections=pool.workers + 1,
             timeout=pool.timeout,
+            format=h.format,
+            recipient_client_id=h.recipient_client_id,
         )
         return lambda: HttpSink(settings)
     if sink.kind == "file":
@@ -205,12 +207,18 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 retry=retry,
                 # Most kinds send envelopes or copy rows from the journal themselves; the
                 # shared engines' store the columns apart or key and label messages.
-                full_events=sink.kind in ("postgres", "kafka", "nats"),
-                envelopes=sink.kind != "sqlite",
+                full_events=sink.kind in ("postgres", "kafka", "nats") or _converts(sink),
+                # A converting http sink reads each event's JSON and columns, not envelopes.
+                envelopes=sink.kind != "sqlite" and not _converts(sink),
                 dedups=sink.kind in ("postgres", "nats"),
             )
         )
     return specs
+
+
+def _converts(sink: SinkConfig) -> bool:
+    """An http sink whose body is not streamd's envelope (streamd.drain.bodies)."""
+    return sink.http is not None and sink.http.format != "streamd"
 
 
 __all__ = ["Sink", "build_specs", "resolve"]

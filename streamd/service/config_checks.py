@@ -353,6 +353,26 @@ def _check_http_format(sink: SinkConfig, where: str) -> None:
             f'{where}.http.recipient_client_id: only for format = "cloudevents" or '
             f'"cloudevents-single" (this sink\'s format is {fmt!r})'
         )
+    http = sink.http
+    if (http.adobe_signing_key_file or http.adobe_key_path) and not fmt.startswith("cloudevents"):
+        which = "adobe_signing_key_file" if http.adobe_signing_key_file else "adobe_key_path"
+        raise ConfigError(
+            f'{where}.http.{which}: Adobe signatures are only for format = "cloudevents" or '
+            f'"cloudevents-single" (this sink\'s format is {fmt!r})'
+        )
+    if bool(http.adobe_signing_key_file) != bool(http.adobe_key_path):
+        missing = "adobe_key_path" if http.adobe_signing_key_file else "adobe_signing_key_file"
+        raise ConfigError(
+            f"{where}.http.{missing}: needed with "
+            + ("adobe_signing_key_file" if missing == "adobe_key_path" else "adobe_key_path")
+        )
+    from streamd.auth.adobe import KEY_PATH  # here: config must not import crypto eagerly
+
+    if http.adobe_key_path and not KEY_PATH.fullmatch(http.adobe_key_path):
+        raise ConfigError(
+            f"{where}.http.adobe_key_path: {http.adobe_key_path!r} is not an Adobe key path "
+            "(/prod/keys/pub-key-<id>.pem), which a receiver would refuse"
+        )
     if fmt != "legacy-push":
         return
     if not sink.filters:

@@ -52,7 +52,27 @@ def _content(kind: str) -> str:
         return f"whsec_{base64.b64encode(secrets.token_bytes(32)).decode()}\n"
     if kind == "secret":  # a client secret
         return f"{secrets.token_urlsafe(24)}\n"
-    raise ValueError(f"unknown kind of file {kind!r} (token, whsec or secret)")
+    if kind in ("rsa-key", "rsa-public-key"):  # a signing key pair's private or public half
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(65537, 2048)
+        if kind == "rsa-key":
+            return key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+        return (
+            key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+    raise ValueError(
+        f"unknown kind of file {kind!r} (token, whsec, secret, rsa-key or rsa-public-key)"
+    )
 
 
 class PageRun:

@@ -90,3 +90,31 @@ async def test_cloudevents_a_transient_failure_retries_the_batch(journal: Journa
     assert [r.body for r in rx.requests[:1]] == [r.body for r in rx.requests[1:2]]
     assert received_keys(rx) == keys
     assert dead_letters(journal) == []
+
+
+async def test_cloudevents_signed_as_adobe_signs(journal: Journal) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from streamd.auth.adobe import presented, verify_rsa
+
+    key = rsa.generate_private_key(65537, 2048)
+    keys = await append_fixtures(journal, "lads_batch", "audit_wrapper")
+    async with running(Receiver()) as rx:
+        settings = HttpSettings(
+            url=rx.url,
+            sink="fwd",
+            format="cloudevents",
+            adobe_key=key,
+            adobe_key_path="/prod/keys/pub-key-forward.pem",
+        )
+        async with open_drain(journal, [spec("fwd", HttpSink(settings), full_events=True)]) as d:
+            await wait_until(lambda: d.statistics()[0].cursor == len(keys), "delivered")
+    assert received_keys(rx) == keys
+    for request in rx.requests:
+        material = presented(
+            {k.encode(): v.encode() for k, v in request.headers.items()}, allow_legacy=False
+        )
+        [(signature, path)] = material.signatures
+        assert path == "/prod/keys/pub-key-forward.pem"
+        assert verify_rsa(key.public_key(), request.body, signature)
+        assert not verify_rsa(key.public_key(), request.body + b" ", signature)

@@ -48,6 +48,20 @@ def load(tmp_path: Path, text: str) -> object:
             "\"cloudevents-single\" (this sink's format is 'streamd')",
         ),
         (HTTP + "format = 'marketo'\n", "sinks[0].http.format"),
+        (
+            HTTP + "adobe_signing_key_file = '/k'\nadobe_key_path = '/prod/keys/pub-key-a.pem'\n",
+            'key sinks[0].http.adobe_signing_key_file: Adobe signatures are only for format = '
+            '"cloudevents" or "cloudevents-single" (this sink\'s format is \'streamd\')',
+        ),
+        (
+            HTTP + "format = 'cloudevents'\nadobe_signing_key_file = '/k'\n",
+            "key sinks[0].http.adobe_key_path: needed with adobe_signing_key_file",
+        ),
+        (
+            HTTP + "format = 'cloudevents'\nadobe_signing_key_file = '/k'\n"
+            "adobe_key_path = '/keys/a.pem'\n",
+            "key sinks[0].http.adobe_key_path: '/keys/a.pem' is not an Adobe key path",
+        ),
     ],
 )  # fmt: skip
 def test_format_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -82,3 +96,36 @@ def test_accepted_formats_and_what_the_drain_reads(
     [spec] = build_specs(config)
     # A converting sink needs each event's JSON and columns; the envelope suffices for streamd.
     assert (spec.full_events, spec.envelopes) == (full, envelopes)
+
+
+def test_the_signing_key_is_read_and_checked(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from streamd.service.config import Config
+    from streamd.service.sinks import build_specs
+
+    def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    path = tmp_path / "forward-key.pem"
+    text = (
+        HTTP + f"format = 'cloudevents'\nadobe_signing_key_file = '{path}'\n"
+        "adobe_key_path = '/prod/keys/pub-key-forward.pem'\n"
+    )
+    path.write_bytes(pem(ec.generate_private_key(ec.SECP256R1())))
+    config = load(tmp_path, text)
+    assert isinstance(config, Config)
+    with pytest.raises(ConfigError, match="http.adobe_signing_key_file .*: Adobe signatures "
+                       "need an RSA key"):  # fmt: skip
+        build_specs(config)
+    path.write_bytes(b"not a key")
+    with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
+        build_specs(config)
+    path.write_bytes(pem(rsa.generate_private_key(65537, 2048)))
+    [spec] = build_specs(config)
+    assert spec.open_sink().settings.adobe_key is not None  # type: ignore[attr-defined]

@@ -4,7 +4,9 @@
 its receivers: a batch every 2 s of up to 500 events, a 20 s timeout, 3
 retries 3 minutes apart, then a pause that retries every 3 minutes until a
 delivery succeeds (which resumes the stream). Transient failures never
-dead-letter under this preset: the legacy stream waited, it did not drop.
+dead-letter under this preset: the legacy stream waited, it did not drop. It is
+the timing only: an http sink's body is its ``format`` (``legacy-push`` for
+Marketo's own body, :mod:`streamd.drain.bodies`).
 """
 
 from __future__ import annotations

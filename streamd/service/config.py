@@ -177,6 +177,12 @@ class HttpSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     secret_files: Annotated[list[_Text], msgspec.Meta(max_length=8)] = msgspec.field(
         default_factory=list
     )
+    # The body: streamd's envelope, Marketo's legacy push, or Adobe I/O Events' shape.
+    format: Literal["streamd", "legacy-push", "cloudevents", "cloudevents-single"] = "streamd"
+    recipient_client_id: _Short = ""
+    # Sign each body as Adobe does (cloudevents formats): the RSA key and its key path.
+    adobe_signing_key_file: _Text = ""
+    adobe_key_path: _Text = ""
 
 
 class FileSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

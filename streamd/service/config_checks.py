@@ -369,6 +369,7 @@ def validate_sinks(config: Config, where: str) -> None:
                     raise ConfigError(
                         f"{where}: key {key}.http.headers.{header}: a value cannot hold line breaks"
                     )
+            _check_http_format(sink, f"{where}: key {key}")
         if sink.exec is not None and not sink.exec.command[0]:
             raise ConfigError(f"{where}: key {key}.exec.command[0]: must not be empty")
         if sink.file is not None and not sink.file.directory:
@@ -382,6 +383,57 @@ def validate_sinks(config: Config, where: str) -> None:
                     f"{where}: key {key}.filters[{findex}]: an empty filter matches everything; "
                     "leave out filters to take every event"
                 )
+
+
+_ACTIVITY_TYPES = "com.adobe.platform.marketo.activity."
+
+
+def _check_http_format(sink: SinkConfig, where: str) -> None:
+    """legacy-push carries lead activities only: its filters must select nothing else
+    (each event the format cannot carry would become a dead letter)."""
+    assert sink.http is not None
+    fmt = sink.http.format
+    if sink.http.recipient_client_id and not fmt.startswith("cloudevents"):
+        raise ConfigError(
+            f'{where}.http.recipient_client_id: only for format = "cloudevents" or '
+            f'"cloudevents-single" (this sink\'s format is {fmt!r})'
+        )
+    http = sink.http
+    if (http.adobe_signing_key_file or http.adobe_key_path) and not fmt.startswith("cloudevents"):
+        which = "adobe_signing_key_file" if http.adobe_signing_key_file else "adobe_key_path"
+        raise ConfigError(
+            f'{where}.http.{which}: Adobe signatures are only for format = "cloudevents" or '
+            f'"cloudevents-single" (this sink\'s format is {fmt!r})'
+        )
+    if bool(http.adobe_signing_key_file) != bool(http.adobe_key_path):
+        missing = "adobe_key_path" if http.adobe_signing_key_file else "adobe_signing_key_file"
+        raise ConfigError(
+            f"{where}.http.{missing}: needed with "
+            + ("adobe_signing_key_file" if missing == "adobe_key_path" else "adobe_key_path")
+        )
+    from streamd.auth.adobe import KEY_PATH  # here: config must not import crypto eagerly
+
+    if http.adobe_key_path and not KEY_PATH.fullmatch(http.adobe_key_path):
+        raise ConfigError(
+            f"{where}.http.adobe_key_path: {http.adobe_key_path!r} is not an Adobe key path "
+            "(/prod/keys/pub-key-<id>.pem), which a receiver would refuse"
+        )
+    if fmt != "legacy-push":
+        return
+    if not sink.filters:
+        raise ConfigError(
+            f'{where}.http.format: "legacy-push" carries lead activities only, and a sink '
+            'without filters takes every stream: add [[sinks.filters]] streams = ["activity"]'
+        )
+    for index, f in enumerate(sink.filters):
+        if f.streams and set(f.streams) == {"activity"}:
+            continue
+        if f.types and all(t.startswith(_ACTIVITY_TYPES) for t in f.types):
+            continue
+        raise ConfigError(
+            f'{where}.filters[{index}]: the sink\'s format "legacy-push" carries lead '
+            'activities only, and this filter can select other streams: add streams = ["activity"]'
+        )
 
 
 def _check_template(template: str, where: str) -> None:

@@ -15,7 +15,7 @@ from streamd.drain.presets import PoolSettings
 from streamd.drain.sinks.base import Sink
 from streamd.drain.sinks.exec import ExecSettings, ExecSink
 from streamd.drain.sinks.file import FileSettings, FileSink
-from streamd.drain.sinks.http import HttpSettings, HttpSink, parse_secret
+from streamd.drain.sinks.http import HttpSettings, HttpSink, load_signing_key, parse_secret
 from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
 from streamd.drain.sinks.stdout import StdoutSink
 from streamd.errors import ConfigError
@@ -31,6 +31,17 @@ def resolve(sink: SinkConfig) -> tuple[PoolSettings, RetrySettings]:
 
 def _fields(struct: msgspec.Struct) -> dict[str, Any]:
     return {name: getattr(struct, name) for name in struct.__struct_fields__}
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    if len(data) > _MAX_SECRET_FILE:
+        raise ConfigError(f"{path}: the {what} file is larger than {_MAX_SECRET_FILE} bytes")
+    return data
 
 
 def _read_lines(path: str, what: str) -> list[str]:
@@ -62,7 +73,13 @@ def _opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> object:
         secrets = []
         for path in h.secret_files:
             secrets += [parse_secret(line, path) for line in _read_lines(path, "signing secret")]
-        for path in [h.bearer_token_file, *h.secret_files]:
+        adobe_key = None
+        if h.adobe_signing_key_file:
+            adobe_key = load_signing_key(
+                _read_file(h.adobe_signing_key_file, "Adobe signing key"),
+                f"{prefix}: http.adobe_signing_key_file {h.adobe_signing_key_file}",
+            )
+        for path in [h.bearer_token_file, *h.secret_files, h.adobe_signing_key_file]:
             if path and loose_permissions(path):
                 print(f"streamd: warning: {path} is readable by group or others", file=sys.stderr)
         settings = HttpSettings(
@@ -73,6 +90,10 @@ def _opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> object:
             secrets=tuple(secrets),
             connections=pool.workers + 1,
             timeout=pool.timeout,
+            format=h.format,
+            recipient_client_id=h.recipient_client_id,
+            adobe_key=adobe_key,
+            adobe_key_path=h.adobe_key_path,
         )
         return lambda: HttpSink(settings)
     if sink.kind == "file":
@@ -205,12 +226,18 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 retry=retry,
                 # Most kinds send envelopes or copy rows from the journal themselves; the
                 # shared engines' store the columns apart or key and label messages.
-                full_events=sink.kind in ("postgres", "kafka", "nats"),
-                envelopes=sink.kind != "sqlite",
+                full_events=sink.kind in ("postgres", "kafka", "nats") or _converts(sink),
+                # A converting http sink reads each event's JSON and columns, not envelopes.
+                envelopes=sink.kind != "sqlite" and not _converts(sink),
                 dedups=sink.kind in ("postgres", "nats"),
             )
         )
     return specs
+
+
+def _converts(sink: SinkConfig) -> bool:
+    """An http sink whose body is not streamd's envelope (streamd.drain.bodies)."""
+    return sink.http is not None and sink.http.format != "streamd"
 
 
 __all__ = ["Sink", "build_specs", "resolve"]

@@ -60,8 +60,27 @@ def _content(kind: str) -> str:
         return _server_cert().private_key_pem.bytes().decode()
     if kind == "ca":  # a CA certificate, e.g. the one that signs client certificates
         return trustme.CA().cert_pem.bytes().decode()
+    if kind in ("rsa-key", "rsa-public-key"):  # a signing key pair's private or public half
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(65537, 2048)
+        if kind == "rsa-key":
+            return key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+        return (
+            key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
     raise ValueError(
-        f"unknown kind of file {kind!r} (token, whsec, secret, tls-cert, tls-key or ca)"
+        f"unknown kind of file {kind!r} (token, whsec, secret, tls-cert, tls-key, ca, rsa-key "
+        "or rsa-public-key)"
     )
 
 

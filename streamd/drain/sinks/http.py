@@ -1,16 +1,23 @@
 """The ``http`` sink: POST each batch as JSON, signed the Standard Webhooks way.
 
-Body: ``{"events": [envelope, ...]}`` (each envelope carries the event id and
-the event's JSON as received). Headers: ``webhook-id`` (the engine's delivery
-id: the same for every attempt of a batch, so a receiver can drop a repeat; new
+Body (``format``, :mod:`streamd.drain.bodies`): ``{"events": [envelope, ...]}`` (each
+envelope carries the event id and the event's JSON as received), or what Marketo's
+legacy push or Adobe I/O Events would send, so that a receiver written for those (another
+streamd included) takes the forward; a batch may then take several requests, and an
+event the format cannot carry is dead-lettered with the reason. Headers:
+``webhook-id`` (the engine's delivery id, with ``.<first seq>`` per request when a batch
+takes several: the same for every attempt of a batch, so a receiver can drop a repeat; new
 for an operator's replay or dead-letter retry, so such a receiver does not drop
 what was deliberately sent again), ``webhook-timestamp``
 (Unix seconds) and, with secrets configured, ``webhook-signature``:
 ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, one per secret separated by
-spaces (rotation: the receiver accepts any). Answers: 2xx confirms;
+spaces (rotation: the receiver accepts any); with an Adobe signing key (cloudevents
+formats), ``x-adobe-digital-signature-1`` (RSA PKCS#1 v1.5 SHA-256 over the body, as
+Adobe signs) and ``x-adobe-public-key1-path``, so a receiver that checks Adobe's
+signatures against a pinned public key takes the forward. Answers: 2xx confirms;
 408, 429, 5xx, redirects, timeouts and connection errors are retried
 (``Retry-After`` honoured); 410 disables the sink; any other 4xx dead-letters
-the batch.
+the batch (of a batch in several requests: that request's events).
 """
 
 from __future__ import annotations
@@ -22,20 +29,25 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import httpx
 
 from streamd.core.headers import retry_after
+from streamd.drain.bodies import Format, Request, build
 from streamd.drain.policy import Kind
 from streamd.drain.sinks.base import (
     CONFIRMED,
     DrainEvent,
     Result,
-    json_array,
     permanent,
     transient,
 )
 from streamd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 _MAX_RESPONSE = 2048  # of a failing answer's body, kept as the dead letter's last_response
 
@@ -49,6 +61,32 @@ class HttpSettings:
     secrets: Sequence[bytes] = ()
     connections: int = 4
     timeout: float = 20.0
+    format: Format = "streamd"
+    recipient_client_id: str = ""  # cloudevents: named in events that name no recipient
+    adobe_key: RSAPrivateKey | None = None  # signs each body as Adobe does
+    adobe_key_path: str = ""  # sent as x-adobe-public-key1-path
+
+
+def load_signing_key(pem: bytes, where: str) -> RSAPrivateKey:
+    """An unencrypted PEM RSA private key; raises :class:`ConfigError` naming ``where``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+        raise ConfigError(f"{where}: Adobe signatures need an RSA key of 2048 bits or more")
+    return key
+
+
+def adobe_signature(key: RSAPrivateKey, body: bytes) -> str:
+    """The ``x-adobe-digital-signature-*`` value for ``body`` (base64)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    return base64.b64encode(key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
 
 
 def parse_secret(text: str, where: str) -> bytes:
@@ -92,7 +130,7 @@ class HttpSink:
 
     def __init__(self, settings: HttpSettings) -> None:
         self.settings = settings
-        headers = {"content-type": "application/json", "user-agent": "streamd"}
+        headers = {"user-agent": "streamd"}  # content-type: per request (the format's)
         headers.update({k.lower(): v for k, v in settings.headers.items()})
         if settings.bearer_token:
             headers["authorization"] = f"Bearer {settings.bearer_token}"
@@ -108,12 +146,47 @@ class HttpSink:
         )
 
     async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
-        body = b'{"events":' + json_array(events) + b"}"
-        msg_id = delivery_id or f"{self.settings.sink}-{events[0].seq}-{events[-1].seq}"
+        settings = self.settings
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        bodies = build(settings.format, events, now=now, recipient=settings.recipient_client_id)
+        msg_id = delivery_id or f"{settings.sink}-{events[0].seq}-{events[-1].seq}"
+        rejected = list(bodies.rejected)
+        response: str | None = None
+        whole = len(bodies.requests) == 1 and not rejected
+        for request in bodies.requests:
+            # One webhook-id per request, the same on every attempt of the batch.
+            request_id = msg_id if whole else f"{msg_id}.{request.seqs[0]}"
+            result = await self._post(request, request_id)
+            if result.kind is Kind.CONFIRMED:
+                continue
+            if result.kind is not Kind.PERMANENT or whole:
+                # Retried as a whole: the requests already confirmed go again, and a
+                # receiver that deduplicates by event key (streamd does) drops them.
+                return result
+            rejected += [(seq, result.reason) for seq in request.seqs]
+            response = result.response
+        if rejected:
+            return Result(Kind.CONFIRMED, response=response, rejected=tuple(rejected))
+        return CONFIRMED
+
+    async def _post(self, request: Request, msg_id: str) -> Result:
         timestamp = int(time.time())
-        headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
+        body = request.body
+        headers = {
+            "content-type": request.content_type,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if request.event_id is not None:  # one CloudEvent per request, as Adobe sends it
+            headers["x-adobe-event-id"] = request.event_id
+            if request.event_type is not None:
+                headers["x-adobe-event-code"] = request.event_type
         if self.settings.secrets:
             headers["webhook-signature"] = sign(self.settings.secrets, msg_id, timestamp, body)
+        if self.settings.adobe_key is not None:
+            # About 1 ms of CPU per request for a 2048-bit key: no thread needed.
+            headers["x-adobe-digital-signature-1"] = adobe_signature(self.settings.adobe_key, body)
+            headers["x-adobe-public-key1-path"] = self.settings.adobe_key_path
         try:
             async with self._client.stream(
                 "POST", self.settings.url, content=body, headers=headers

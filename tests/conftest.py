@@ -48,6 +48,7 @@ _LONGEST_FIRST = (
     "tests/interop/test_sdk_signatures.py",
     "tests/hostile/test_fuzz.py",
     "tests/hostile/test_connections.py",
+    "tests/system/test_forward_chain.py",
     "tests/docs/test_examples.py",
     "tests/unit/test_inspect_export.py",
     "tests/system/test_bench_workers.py",

@@ -138,6 +138,9 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every request at INFO ("HTTP Request: POST ..."): one line per batch an
+    # http sink delivers and per page a pull fetches. Our own lines say what matters.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     return handler
 
 

@@ -101,3 +101,21 @@ def test_another_stream_is_not_journald(tmp_path: Path) -> None:
         assert not stream_is_journald(a, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
         assert not stream_is_journald(a, {"JOURNAL_STREAM": "garbage"})
         assert not stream_is_journald(a, {})
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_httpx_request_lines_are_left_out_at_info() -> None:
+    # httpx logs each request at INFO: one line per batch an http sink delivers.
+    httpx_log = logging.getLogger("httpx")
+    level = httpx_log.level
+    try:
+        out = io.StringIO()
+        configure_logging("info", "text", stream=out, environ={})
+        httpx_log.info('HTTP Request: POST http://127.0.0.1:9/hook "HTTP/1.1 200 OK"')
+        httpx_log.warning("a warning of httpx")
+        logging.getLogger("streamd.test").info("ours")
+        text = out.getvalue()
+        assert "HTTP Request" not in text
+        assert "a warning of httpx" in text and "ours" in text
+    finally:
+        httpx_log.setLevel(level)

@@ -159,6 +159,20 @@ class Batch:
             self.done.set_result(None)
 
 
+_CLIENT_INTERNALS = ("_send_command", "_flush_pending", "_flush_queue", "_process_msg",
+                     "_process_headers", "_ps", "_subs", "stats")  # fmt: skip
+_PARSER_INTERNALS = ("parse", "buf", "state", "needed")
+
+
+def missing_internals(nc: Client) -> list[str]:
+    """The internals of nats-py this module uses that ``nc`` lacks (another nats-py
+    version than the one tested): empty when all are there."""
+    missing = [f"Client.{name}" for name in _CLIENT_INTERNALS if not hasattr(nc, name)]
+    parser = getattr(nc, "_ps", None)
+    missing += [f"Parser.{name}" for name in _PARSER_INTERNALS if not hasattr(parser, name)]
+    return missing
+
+
 async def write_frames(nc: Client, frames: bytes, count: int) -> None:
     """Hand a buffer of whole protocol frames to nats-py's writer, as its ``publish``
     does for one (``_send_command`` flushes at once past its pending-size limit; the

@@ -46,6 +46,7 @@ from streamd.drain.sinks._nats_wire import (
     Batch,
     decode_acks,
     hook_process_msg,
+    missing_internals,
     route_headers,
     write_frames,
 )
@@ -367,6 +368,14 @@ class NatsSink:
             reconnected_cb=on_reconnected,
             **options,
         )
+        missing = missing_internals(nc)
+        if missing:
+            await _quietly_close(nc)
+            from nats.aio.client import __version__
+
+            raise _Gone(f"nats-py {__version__} lacks what the sink uses of it "
+                        f"({', '.join(missing)}): install the version streamd was "
+                        "tested with (docs/nats.md)")  # fmt: skip
         self._nc = nc
         self._js = nc.jetstream(timeout=min(5.0, self.settings.timeout))
         # Every PubAck of this connection arrives under one wildcard subscription,

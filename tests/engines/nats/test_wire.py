@@ -9,7 +9,13 @@ import random
 import pytest
 from nats.aio.client import Client
 
-from streamd.drain.sinks._nats_wire import Ack, AckReader, decode_acks, header_value
+from streamd.drain.sinks._nats_wire import (
+    Ack,
+    AckReader,
+    decode_acks,
+    header_value,
+    missing_internals,
+)
 
 INBOX = b"_INBOX.abc."
 SID = 7
@@ -133,3 +139,21 @@ def test_an_answer_that_is_not_a_puback_is_an_error_and_the_others_stay_right(
 )  # fmt: skip
 def test_header_values_as_nats_py_writes_them(value: str, written: str) -> None:
     assert header_value(value) == written
+
+
+def test_the_nats_py_internals_the_sink_uses_are_there() -> None:
+    assert missing_internals(Client()) == []
+
+
+def test_a_nats_py_without_them_is_named() -> None:
+    class Other:
+        """A client of another nats-py version: a parser, without _send_command."""
+
+        def __init__(self) -> None:
+            self._ps = Client()._ps
+            for name in ("_flush_pending", "_flush_queue", "_process_msg",
+                         "_process_headers", "_subs", "stats"):  # fmt: skip
+                setattr(self, name, None)
+            del self._ps.needed
+
+    assert missing_internals(Other()) == ["Client._send_command", "Parser.needed"]  # type: ignore[arg-type]

@@ -155,8 +155,11 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
             cursor = drain.statistics()[0].cursor
         cpu = time.process_time() - cpu0
+    import streamd
+
     return {
         "kind": args.kind,
+        "streamd": str(Path(streamd.__file__).parent),  # the working tree's, or a --ref's
         "backlog": target,
         "drained": cursor,
         "finished": not scope.cancelled_caught,

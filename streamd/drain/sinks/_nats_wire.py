@@ -115,9 +115,11 @@ def decode_acks(answers: Sequence[bytes | Ack]) -> list[Ack]:
     decoded: Iterator[_PubAck] | None = None
     if raw:
         try:
-            decoded = iter(_PUBACKS.decode(b"[" + b",".join(raw) + b"]"))
+            pubacks = _PUBACKS.decode(b"[" + b",".join(raw) + b"]")
         except msgspec.DecodeError:
-            decoded = None
+            pass
+        else:  # one per answer (an answer holding "},{" would make two)
+            decoded = iter(pubacks) if len(pubacks) == len(raw) else None
     out = []
     for answer in answers:
         if not isinstance(answer, bytes):

@@ -124,7 +124,8 @@ def test_pubacks_decoded_by_the_batch() -> None:
 @pytest.mark.parametrize(
     ("bad", "error"),
     [(b"nope", "not a PubAck: b'nope'"), (b"[1]", "not a PubAck: b'[1]'"),
-     (b'{"error":"boom"}', "boom"), (b"", "not a PubAck: b''")],
+     (b'{"error":"boom"}', "boom"), (b"", "not a PubAck: b''"),
+     (b'{"seq":5},{"seq":6}', "not a PubAck: b'{\"seq\":5},{\"seq\":6}'")],
 )  # fmt: skip
 def test_an_answer_that_is_not_a_puback_is_an_error_and_the_others_stay_right(
     bad: bytes, error: str

@@ -261,7 +261,7 @@ class NatsSink:
                 )
         finally:
             batch.done.cancel()  # no-op when done
-            del self._batches[batch_id]
+            self._batches.pop(batch_id, None)
 
         present = 0
         answers = [a for a in batch.answers if a is not None]
@@ -380,7 +380,7 @@ class NatsSink:
         self._js = nc.jetstream(timeout=min(5.0, self.settings.timeout))
         # Every PubAck of this connection arrives under one wildcard subscription,
         # taken off nats-py's parser (AckReader, hook_process_msg): no callback, no queue.
-        self._batches = {}
+        # A batch still waiting on the old connection times out (its PubAcks are lost).
         self._inbox = (nc.new_inbox() + ".").encode()
         sub = await nc.subscribe(self._inbox.decode() + ">")
         hook_process_msg(nc, sub._id, self._on_msg)

@@ -1,7 +1,8 @@
 """How fast do the sinks drain a backlog, and what do three draining sinks cost ingest?
 
     python -m bench.drain [--events 200000] [--duration 15] [--rounds 1]
-                          [--backlog 0] [--only PATTERN] [--out bench/out/drain.json]
+                          [--backlog 0] [--only PATTERN] [--ref REF ...]
+                          [--out bench/out/drain.json]
 
 Cases, each measured in processes of their own:
 
@@ -26,6 +27,10 @@ Cases, each measured in processes of their own:
   500-event batches paced to 10,000 events/s in total; per event, the PostgreSQL commit
   time of its row (``track_commit_timestamp``) minus the start of the sender's first
   request that carried it.
+- ``--ref REF`` (repeatable): each sink case also runs with streamd as of git ``REF``
+  (``git archive`` of ``streamd/``), right after the working tree's run of the case,
+  on the same journal: old against new in the same minutes. Its rows are named
+  ``CASE@REF``.
 - ``backlog-rss`` (with ``--backlog N``): a journal of N events, drained by a file
   sink for ``--duration`` s; peak RSS of the draining process against the backlog.
 
@@ -42,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from itertools import islice
+from itertools import islice, product
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,7 +57,7 @@ import trio
 from bench._engines import engine as _engine
 from bench._engines import postgres_with_commit_times
 from bench._machine import machine_facts
-from bench._server import REPO, ServerProcess, source_hash, streamd_command
+from bench._server import REPO, ServerProcess, export_ref, source_hash, streamd_command
 
 CACHE: Final = REPO / "bench" / ".cache"
 OUT: Final = REPO / "bench" / "out"
@@ -150,8 +155,11 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
             cursor = drain.statistics()[0].cursor
         cpu = time.process_time() - cpu0
+    import streamd
+
     return {
         "kind": args.kind,
+        "streamd": str(Path(streamd.__file__).parent),  # the working tree's, or a --ref's
         "backlog": target,
         "drained": cursor,
         "finished": not scope.cancelled_caught,
@@ -457,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="ingest none/3sinks alternations")
     ap.add_argument("--backlog", type=int, default=0, help="events for the backlog-rss case")
     ap.add_argument("--only", default="*", help="run the cases matching this glob")
+    ap.add_argument("--ref", action="append", default=[],
+                    help="also run each sink case with streamd at this git ref")  # fmt: skip
+    ap.add_argument("--src", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(OUT / "drain.json"))
     ap.add_argument("--child", choices=("prefill", "drain"), help=argparse.SUPPRESS)
     ap.add_argument("--journal", help=argparse.SUPPRESS)
@@ -469,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(orjson.dumps(child_prefill(args.journal, args.events)).decode())
         return 0
     if args.child == "drain":
+        if args.src:  # streamd as of a --ref, ahead of the working tree's
+            sys.path.insert(0, args.src)
         print(orjson.dumps(trio.run(_drain_child, args)).decode())
         return 0
 
@@ -481,21 +494,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = ("sink-file", "sink-sqlite", "sink-http", "sink-postgres", "sink-kafka",
                  "sink-nats", "sink-nats-r3")  # fmt: skip
         wanted = [c for c in cases if fnmatch.fnmatch(c, args.only)]
+        versions: list[tuple[str, list[str], dict[str, str]]] = [("", [], {})]
+        for ref in args.ref:
+            sha, src = export_ref(ref, CACHE)
+            versions.append((f"@{ref}", ["--src", str(src)], {"commit": sha}))
         if wanted:
             journal = _journal(args.events)
-            for case in wanted:
+            for case, (label, src_args, commit) in product(wanted, versions):
                 work = tempfile.mkdtemp(prefix="drain-sink-", dir=CACHE)
                 kind = case.removeprefix("sink-")
                 try:
                     with _engine(kind) as engine:
                         r = _run_child(["--child", "drain", "--journal", journal, "--kind",
                                         kind, "--url", url, "--work", work, "--engine",
-                                        orjson.dumps(engine).decode(), "--duration", "300"],
-                                       timeout=600)  # fmt: skip
+                                        orjson.dumps(engine).decode(), "--duration", "300",
+                                        *src_args], timeout=600)  # fmt: skip
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
-                results.append({"case": case, **r})
-                print(f"{case}: {r}", file=sys.stderr)
+                results.append({"case": case + label, **commit, **r})
+                print(f"{case}{label}: {r}", file=sys.stderr)
         variants: list[tuple[str, tuple[str, ...]]] = [
             ("none", ()),
             ("3sinks", ("file", "sqlite", "http")),

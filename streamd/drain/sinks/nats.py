@@ -15,8 +15,12 @@ client lives on an asyncio loop in a thread the sink owns (started by the first
 delivery, stopped by ``aclose``); trio waits for each batch's coroutine without
 blocking (:mod:`streamd.drain.sinks._asyncio_thread`).
 
-A batch's messages are published pipelined (each with its own reply inbox, no wait
-between them) and the batch is confirmed only when every message has its PubAck.
+A batch's messages go out as one buffer of ``HPUB`` frames written by the sink (each
+with a reply subject of its own under one wildcard subscription of the connection), and
+the batch is confirmed only when every message has its PubAck; the PubAcks are taken
+from nats-py's parser before its per-message machinery (a ``Msg``, a queue, a callback)
+and decoded together when the batch has them all. Why, and what it costs:
+ARCHITECTURE.md ("Shared engines").
 No PubAck in time, no responders, a lost connection, a cluster without a leader:
 transient. A message the server refuses for good (larger than the server's
 ``max_payload`` or the stream's ``max_msg_size``): that event alone is rejected.
@@ -33,15 +37,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from streamd.drain.policy import Kind
 from streamd.drain.sinks._asyncio_thread import AsyncioThread, wait
+from streamd.drain.sinks._nats_wire import (
+    LINE_BREAKS,
+    Ack,
+    AckReader,
+    Batch,
+    decode_acks,
+    hook_process_msg,
+    missing_internals,
+    route_headers,
+    write_frames,
+)
 from streamd.drain.sinks.base import DrainEvent, Result, confirmed, envelope, transient
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
-    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
 log = logging.getLogger("streamd.drain")
@@ -120,72 +132,22 @@ def covers(pattern: str, subject: str) -> bool:
     return len(have) == len(want)
 
 
-def headers_of(event: DrainEvent, instance: str) -> dict[str, str]:
-    """The message's headers (nats-py removes line breaks from values)."""
-    headers = {
-        "Nats-Msg-Id": event.key,
-        "Streamd-Stream": event.stream,
-        "Streamd-Source": event.source,
-        "Streamd-Seq": str(event.seq),
-    }
-    if event.type is not None:
-        headers["Streamd-Type"] = event.type
-    if event.munchkin_id is not None:
-        headers["Streamd-Munchkin-Id"] = event.munchkin_id
-    if instance:
-        headers["Streamd-Instance"] = instance
-    return headers
-
-
-def _wire_size(payload: bytes, headers: dict[str, str]) -> int:
-    # What the server counts against max_payload: the header block and the payload
-    # ("NATS/1.0\r\n", "Key: value\r\n" each, "\r\n"). nats-py checks the payload
-    # alone; a message over the limit with its headers makes the server close the
-    # connection, which would fail the whole batch again and again.
-    size = 12 + len(payload)
-    for k, v in headers.items():
-        size += len(k) + len(v.encode()) + 4
-    return size
-
-
-@dataclass(frozen=True, slots=True)
-class _Ack:
-    """A PubAck, or the error the server answered instead."""
-
-    duplicate: bool = False
-    error: str | None = None
-    error_code: int | None = None
-    no_responders: bool = False
-
-    @classmethod
-    def of(cls, msg: Msg) -> _Ack:
-        status = (msg.headers or {}).get("Status")
-        if status:
-            # 503: no responders (no stream takes the subject, or JetStream is down)
-            text = "no responders" if status == "503" else f"status {status}"
-            return cls(error=f"{text} on {msg.subject}", no_responders=status == "503")
-        try:
-            answer = orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
-            return cls(error=f"not a PubAck: {msg.data[:200]!r}")
-        if not isinstance(answer, dict):
-            return cls(error=f"not a PubAck: {msg.data[:200]!r}")
-        error = answer.get("error")
-        if error is not None:
-            if not isinstance(error, dict):
-                return cls(error=str(error))
-            return cls(error=f"{error.get('description')} (code {error.get('code')}, "
-                             f"err_code {error.get('err_code')})",
-                       error_code=error.get("err_code"))  # fmt: skip
-        return cls(duplicate=bool(answer.get("duplicate")))
-
-
 class _Gone(Exception):
     """The destination can never accept this sink's messages (disable the sink)."""
 
 
 class _Unavailable(Exception):
     """The destination cannot be reached or answer now (a transient failure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a batch needs per routing columns: ``subject`` (None: the stream does not
+    take it) and the headers that depend on them."""
+
+    subject: bytes | None
+    subject_text: str
+    headers: str
 
 
 class NatsSink:
@@ -200,11 +162,11 @@ class NatsSink:
         self._js: JetStreamContext | None = None
         self._lock: asyncio.Lock | None = None
         self._stream_subjects: list[str] | None = None  # None: not checked yet
-        self._covered: dict[str, bool] = {}
+        self._routes: dict[tuple[str, str | None, str, str | None], _Route] = {}
         self._last_error = ""
-        self._inbox = ""
-        self._acks: dict[str, asyncio.Future[_Ack]] = {}
-        self._tokens = itertools.count()
+        self._inbox = b""
+        self._batches: dict[int, Batch] = {}
+        self._batch_ids = itertools.count()
 
     async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         if self._thread is None:
@@ -226,7 +188,6 @@ class NatsSink:
 
     async def _publish(self, events: Sequence[DrainEvent]) -> Result:
         import nats.errors
-        import nats.js.errors
 
         loop = asyncio.get_running_loop()
         # Our own deadline, inside the runner's (pool.timeout): a batch without all its
@@ -246,61 +207,86 @@ class NatsSink:
                                  "in time (JetStream busy, or without a leader)")  # fmt: skip
             return transient(f"no connection to {self._where()}: {self._last_error or 'timeout'}")
 
+        # Every message of the batch as one buffer of HPUB frames.
+        batch_id = next(self._batch_ids)
+        reply = b"%b%d." % (self._inbox, batch_id)
         rejected: list[tuple[int, str]] = []
-        pending: list[tuple[DrainEvent, str, asyncio.Future[_Ack]]] = []
-        try:
-            for event in events:
-                subject = self._render(event)
-                if not self._is_covered(subject):
-                    return Result(
-                        Kind.GONE,
-                        f"stream {self.settings.stream} (subjects {self._stream_subjects}) "
-                        f"does not take subject {subject!r}",
-                    )
-                payload = event.line or envelope(event)
-                headers = headers_of(event, self.settings.instance)
-                size = _wire_size(payload, headers)
-                if size > max_payload:
-                    why = f"message of {size} bytes > the server's max_payload {max_payload}"
-                    rejected.append((event.seq, why))
-                    continue
-                try:
-                    token, future = await self._send(nc, subject, payload, headers)
-                except nats.errors.MaxPayloadError:
-                    rejected.append(
-                        (event.seq, f"larger than the server's max_payload {max_payload}")
-                    )
-                    continue
-                except (nats.errors.Error, OSError) as exc:
-                    return transient(f"publishing to {self._where()}: {_text(exc)}")
-                pending.append((event, token, future))
-
-            if pending:
-                _, late = await asyncio.wait(
-                    [f for _, _, f in pending], timeout=max(0.0, deadline - loop.time())
+        sent: list[DrainEvent] = []
+        frames: list[bytes] = []
+        for event in events:
+            route = self._routes.get((event.stream, event.type, event.source, event.munchkin_id))
+            if route is None:
+                route = self._route(event)
+            if route.subject is None:
+                return Result(
+                    Kind.GONE,
+                    f"stream {self.settings.stream} (subjects {self._stream_subjects}) "
+                    f"does not take subject {route.subject_text!r}",
                 )
-                if late:
-                    return transient(
-                        f"no PubAck for {len(late)} of {len(pending)} messages from "
-                        f"{self._where()} within {self.settings.timeout * 0.9:g} s"
-                    )
-            present = 0
-            for event, _, future in pending:
-                ack = future.result()
-                if ack.error is None:
-                    present += ack.duplicate
-                elif ack.error_code == _TOO_LARGE:
-                    rejected.append((event.seq, f"refused by stream {self.settings.stream}: "
-                                                f"{ack.error}"))  # fmt: skip
-                else:
-                    if ack.no_responders:
-                        self._stream_subjects = None  # check (or create) the stream again
-                    return transient(f"publishing to {self._where()}: {ack.error}")
-            return confirmed(present=present, rejected=rejected)
+            key = event.key.strip()
+            if "\r" in key or "\n" in key:
+                key = key.translate(LINE_BREAKS)
+            header = (f"NATS/1.0\r\nNats-Msg-Id: {key}\r\nStreamd-Seq: {event.seq}\r\n"
+                      f"{route.headers}").encode()  # fmt: skip
+            payload = event.line or envelope(event)
+            # What the server counts against max_payload: headers and payload. A
+            # message over it would make the server close the connection, failing
+            # the whole batch again and again.
+            size = len(header) + len(payload)
+            if size > max_payload:
+                why = f"message of {size} bytes > the server's max_payload {max_payload}"
+                rejected.append((event.seq, why))
+                continue
+            frames.append(b"HPUB %b %b%d %d %d\r\n%b%b\r\n" % (
+                route.subject, reply, len(sent), len(header), size, header, payload))  # fmt: skip
+            sent.append(event)
+
+        if not sent:
+            return confirmed(present=0, rejected=rejected)
+        batch = Batch(len(sent), loop.create_future())
+        self._batches[batch_id] = batch
+        try:
+            if not nc.is_connected:
+                return transient(f"publishing to {self._where()}: not connected "
+                                 f"({self._last_error or 'reconnecting'})")  # fmt: skip
+            try:
+                await write_frames(nc, b"".join(frames), len(sent))
+            except (nats.errors.Error, OSError) as exc:
+                return transient(f"publishing to {self._where()}: {_text(exc)}")
+            await asyncio.wait([batch.done], timeout=max(0.0, deadline - loop.time()))
+            if batch.left:
+                return transient(
+                    f"no PubAck for {batch.left} of {len(sent)} messages from "
+                    f"{self._where()} within {self.settings.timeout * 0.9:g} s"
+                )
         finally:
-            for _, _, future in pending:
-                future.cancel()  # no-op when done
-            self._forget(pending)
+            batch.done.cancel()  # no-op when done
+            self._batches.pop(batch_id, None)
+
+        present = 0
+        answers = [a for a in batch.answers if a is not None]
+        for event, ack in zip(sent, decode_acks(answers), strict=True):
+            if ack.error is None:
+                present += ack.duplicate
+            elif ack.error_code == _TOO_LARGE:
+                rejected.append((event.seq, f"refused by stream {self.settings.stream}: "
+                                            f"{ack.error}"))  # fmt: skip
+            else:
+                if ack.no_responders:
+                    self._stream_subjects = None  # check (or create) the stream again
+                return transient(f"publishing to {self._where()}: {ack.error}")
+        rejected.sort()
+        return confirmed(present=present, rejected=rejected)
+
+    def _route(self, event: DrainEvent) -> _Route:
+        subject = self._render(event)
+        covered = any(covers(p, subject) for p in self._stream_subjects or ())
+        route = _Route(subject.encode() if covered else None, subject,
+                       route_headers(event, self.settings.instance))  # fmt: skip
+        if len(self._routes) >= _CACHE_MAX:
+            self._routes = {}
+        self._routes[(event.stream, event.type, event.source, event.munchkin_id)] = route
+        return route
 
     async def _ready(self) -> tuple[Client, int]:
         """The connection (connecting and checking the stream when needed) and the
@@ -317,34 +303,29 @@ class NatsSink:
                 await self._check_stream(js)
             return nc, nc.max_payload
 
-    async def _send(
-        self, nc: Client, subject: str, payload: bytes, headers: dict[str, str]
-    ) -> tuple[str, asyncio.Future[_Ack]]:
-        """Publish one message with a reply subject of its own under the connection's
-        PubAck inbox; the future gets its PubAck (or error) from :meth:`_on_ack`.
-
-        Not nats-py's ``publish_async``: its reply handler raises (instead of setting
-        the future) on a JetStream error such as "message size exceeds maximum", so the
-        future never completes and the refusal cannot be told from a lost PubAck."""
-        token = str(next(self._tokens))
-        future: asyncio.Future[_Ack] = asyncio.get_running_loop().create_future()
-        self._acks[token] = future
+    def _on_ack(self, tail: bytes, answer: bytes | Ack) -> None:
+        """A message to the PubAck inbox (its JSON, or a status); ``tail``: its subject
+        after the inbox, ``<batch>.<index>``."""
+        batch_id, _, index = tail.partition(b".")
         try:
-            await nc.publish(subject, payload, reply=self._inbox + token, headers=headers)
-        except BaseException:
-            del self._acks[token]
-            raise
-        return token, future
+            batch = self._batches.get(int(batch_id))
+            position = int(index)
+        except ValueError:
+            return  # not one of ours
+        if batch is not None:  # else a batch that gave up on it (timeout, cancel)
+            batch.answer(position, answer)
 
-    async def _on_ack(self, msg: Msg) -> None:
-        future = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
-        if future is None or future.done():
-            return  # a batch that gave up on it (timeout, cancel)
-        future.set_result(_Ack.of(msg))
-
-    def _forget(self, pending: Sequence[tuple[DrainEvent, str, asyncio.Future[_Ack]]]) -> None:
-        for _, token, _ in pending:
-            self._acks.pop(token, None)
+    async def _on_msg(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        """A message to the PubAck inbox that came through nats-py's parser: one with
+        headers, such as the status 503 (no responders)."""
+        status = None
+        if headers and self._nc is not None:
+            status = (await self._nc._process_headers(headers) or {}).get("Status")
+        tail = subject[len(self._inbox) :]
+        if status:
+            self._on_ack(tail, Ack.status(status, subject.decode(errors="replace")))
+        else:
+            self._on_ack(tail, data)
 
     async def _connect(self) -> None:
         import nats
@@ -387,12 +368,23 @@ class NatsSink:
             reconnected_cb=on_reconnected,
             **options,
         )
+        missing = missing_internals(nc)
+        if missing:
+            await _quietly_close(nc)
+            from nats.aio.client import __version__
+
+            raise _Gone(f"nats-py {__version__} lacks what the sink uses of it "
+                        f"({', '.join(missing)}): install the version streamd was "
+                        "tested with (docs/nats.md)")  # fmt: skip
         self._nc = nc
         self._js = nc.jetstream(timeout=min(5.0, self.settings.timeout))
-        # Every PubAck of this connection arrives under one wildcard subscription.
-        self._acks = {}
-        self._inbox = nc.new_inbox() + "."
-        await nc.subscribe(self._inbox + "*", cb=self._on_ack)
+        # Every PubAck of this connection arrives under one wildcard subscription,
+        # taken off nats-py's parser (AckReader, hook_process_msg): no callback, no queue.
+        # A batch still waiting on the old connection times out (its PubAcks are lost).
+        self._inbox = (nc.new_inbox() + ".").encode()
+        sub = await nc.subscribe(self._inbox.decode() + ">")
+        hook_process_msg(nc, sub._id, self._on_msg)
+        AckReader(nc._ps, sub._id, self._inbox, self._on_ack)
         self._stream_subjects = None
         self._last_error = ""
 
@@ -446,16 +438,7 @@ class NatsSink:
                 s.sink, s.stream, window, s.duplicate_window, window,
             )  # fmt: skip
         self._stream_subjects = list(info.config.subjects or [])
-        self._covered = {}
-
-    def _is_covered(self, subject: str) -> bool:
-        known = self._covered.get(subject)
-        if known is None:
-            known = any(covers(p, subject) for p in self._stream_subjects or ())
-            if len(self._covered) >= _CACHE_MAX:
-                self._covered = {}
-            self._covered[subject] = known
-        return known
+        self._routes = {}
 
     async def _close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None

@@ -51,7 +51,11 @@ def test_fingerprint_forms_operators_copy(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "AB:CD", COLONS[:-3], COLONS + ":00", "g" * 64, COLONS.replace(":", "-")]
+    "text",
+    ["", "AB:CD", COLONS[:-3], COLONS + ":00", "g" * 64, COLONS.replace(":", "-")],
+    # Fixed ids: the certificate is made anew in each process, and pytest-xdist's
+    # workers must collect the same test names.
+    ids=["empty", "short", "one-byte-short", "one-byte-long", "not-hex", "dashes"],
 )
 def test_malformed_fingerprints(text: str) -> None:
     with pytest.raises(ValueError, match="is not a SHA-256 fingerprint: 64 hex digits"):

@@ -143,11 +143,11 @@ class _Reports:
 
     One bound method (:meth:`report`) is every message's delivery callback: no object
     per message. A successful report only counts down; a failed one is kept with the
-    seq of its event, read from the message's value (the envelope) only then. Counts one more than
-    the batch's messages until the producing side has handed every message over
-    (``handed_over``): a report may come before ``produce`` has returned. The last one
-    wakes the waiter through the trio token (once per batch); after a cancellation
-    nobody waits and late reports change nothing.
+    seq of its event, read from the message's value (the envelope) only then. Counts
+    one more than the batch's messages until the producing side has handed every
+    message over (``handed_over``): a report may come before ``produce`` has returned.
+    The last one wakes the waiter through the trio token (once per batch); after a
+    cancellation nobody waits and late reports change nothing.
     """
 
     __slots__ = ("_lock", "_remaining", "_token", "done", "errors")

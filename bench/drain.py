@@ -57,7 +57,7 @@ import trio
 from bench._engines import engine as _engine
 from bench._engines import postgres_with_commit_times
 from bench._machine import machine_facts
-from bench._server import REPO, ServerProcess, export_ref, source_hash, streamd_command
+from bench._server import REPO, ServerProcess, _cpu_s, export_ref, source_hash, streamd_command
 
 CACHE: Final = REPO / "bench" / ".cache"
 OUT: Final = REPO / "bench" / "out"
@@ -166,6 +166,7 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(elapsed, 2),
         "events_per_s": round(cursor / elapsed, 1),
         "process_cores": round(cpu / elapsed, 2),
+        "process_cpu_s_per_100k": round(cpu / max(1, cursor) * 1e5, 2),
         "rss_max_mib": round(max(samples, default=0.0), 1),
         "peak_rss_mib": round(_rss_mib()[1], 1),
     }
@@ -505,10 +506,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kind = case.removeprefix("sink-")
                 try:
                     with _engine(kind) as engine:
+                        server = engine.get("server_pid")
+                        server_cpu0 = _cpu_s(server) if server else 0.0
                         r = _run_child(["--child", "drain", "--journal", journal, "--kind",
                                         kind, "--url", url, "--work", work, "--engine",
                                         orjson.dumps(engine).decode(), "--duration", "300",
                                         *src_args], timeout=600)  # fmt: skip
+                        if server:  # the engine's CPU for the drain (startup excluded)
+                            server_cpu = _cpu_s(server) - server_cpu0
+                            r["server_cpu_s"] = round(server_cpu, 2)
+                            r["server_cpu_s_per_100k"] = round(server_cpu / r["drained"] * 1e5, 2)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                 results.append({"case": case + label, **commit, **r})

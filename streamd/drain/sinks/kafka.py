@@ -19,7 +19,6 @@ wait on the loop, with ``trio.sleep``, for reports to free space.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import re
 import threading
@@ -28,8 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import trio
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamd.drain.policy import Kind
 from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, confirmed, envelope, transient
@@ -111,6 +111,8 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
         # out, so it becomes a dead letter instead of failing its batch for ever.
         "topic.metadata.propagation.max.ms": min(30_000, timeout_ms // 2),
         "log.connection.close": False,  # idle connections closed by the broker: not news
+        # Half the broker's CPU per event (Tansu, bench/RESULTS.md); every client reads it.
+        "compression.type": "lz4",
         # A message in flight to a broker that stopped answering times out with its
         # request, not with message.timeout.ms: keep that inside the pool's timeout too.
         "request.timeout.ms": min(30_000, timeout_ms),
@@ -139,10 +141,13 @@ class _LibrdkafkaLog:
 class _Reports:
     """The delivery reports of one batch, filled in from librdkafka's poller thread.
 
-    Counts one more than the batch's messages until the producing side has handed every
+    One bound method (:meth:`report`) is every message's delivery callback: no object
+    per message. A successful report only counts down; a failed one is kept with the
+    seq of its event, read from the message's value (the envelope) only then. Counts
+    one more than the batch's messages until the producing side has handed every
     message over (``handed_over``): a report may come before ``produce`` has returned.
-    The last one wakes the waiter through the trio token; after a cancellation nobody
-    waits and late reports change nothing.
+    The last one wakes the waiter through the trio token (once per batch); after a
+    cancellation nobody waits and late reports change nothing.
     """
 
     __slots__ = ("_lock", "_remaining", "_token", "done", "errors")
@@ -151,22 +156,53 @@ class _Reports:
         self._lock = threading.Lock()
         self._remaining = size + 1
         self._token = token
-        self.errors: dict[int, KafkaError] = {}
+        # (the event's seq, else None when the message cannot be told, error)
+        self.errors: list[tuple[int | None, KafkaError]] = []
         self.done = trio.Event()
 
-    def report(self, index: int, error: KafkaError | None, message: object = None) -> None:
-        """One message's outcome (any thread)."""
+    def report(self, error: KafkaError | None, message: Message | None) -> None:
+        """One message's delivery report (the poller thread)."""
+        if error is not None:
+            self.failed(_seq_of(message), error)
+            return
         with self._lock:
-            if error is not None:
-                self.errors[index] = error
             self._remaining -= 1
             last = self._remaining == 0
         if last:
-            with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone
-                self._token.run_sync_soon(self.done.set)
+            self._wake()
+
+    def failed(self, seq: int | None, error: KafkaError) -> None:
+        """A message that failed (any thread): refused by ``produce`` or reported."""
+        with self._lock:
+            self.errors.append((seq, error))
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._wake()
 
     def handed_over(self) -> None:
-        self.report(-1, None)
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone
+            self._token.run_sync_soon(self.done.set)
+
+
+def _seq_of(message: Message | None) -> int | None:
+    """The journal seq of a reported message: the ``seq`` of its value, the envelope.
+    (A delivery report carries no headers.) None when it cannot be told."""
+    value = message.value() if message is not None else None
+    if not isinstance(value, bytes):
+        return None
+    try:
+        seq = orjson.loads(value).get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) else None
 
 
 class _Producer:
@@ -237,7 +273,10 @@ class KafkaSink:
         self._retired: list[_Producer] = []
         self._opening = trio.Lock()
         self._limiter = trio.CapacityLimiter(1)  # producing is CPU: one thread is enough
-        self._topics: dict[tuple[str, str | None, str, str | None], str] = {}
+        # route (stream, type, source, munchkin id) -> (topic, the route's headers)
+        self._routes: dict[
+            tuple[str, str | None, str, str | None], tuple[str, tuple[tuple[str, str], ...]]
+        ] = {}
         self._closed = False
 
     async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
@@ -293,63 +332,71 @@ class KafkaSink:
         self, producer: _Producer, events: Sequence[DrainEvent], reports: _Reports, start: int
     ) -> int:
         """Hand the events from ``start`` on to librdkafka (worker thread); returns where
-        it stopped: ``len(events)``, or the first one the full local queue did not take."""
+        it stopped: ``len(events)``, or the first one the full local queue did not take.
+
+        The per-message work is kept small: one delivery callback for the whole batch,
+        and the topic and the headers that follow from the route made once per route.
+        """
         produce = producer.producer.produce
-        template = self.settings.topic
-        topics = self._topics
-        instance = self._instance
+        on_delivery = reports.report
+        routes = self._routes
         by_lead = self._key_by_lead
         for index in range(start, len(events)):
             e = events[index]
             route = (e.stream, e.type, e.source, e.munchkin_id)
-            topic = topics.get(route)
-            if topic is None:
-                if len(topics) >= 4096:
-                    topics.clear()
-                topic = topics[route] = topic_name(template, e)
+            routed = routes.get(route)
+            if routed is None:
+                if len(routes) >= 4096:
+                    routes.clear()
+                routed = routes[route] = self._route(e)
+            topic, route_headers = routed
             headers: list[tuple[str, str | bytes | None]] = [
                 ("streamd-event-key", e.key),
-                ("streamd-stream", e.stream),
-                ("streamd-source", e.source),
                 ("streamd-seq", str(e.seq)),
                 ("streamd-received-at", e.received_at),
-                ("streamd-instance", instance),
+                *route_headers,
             ]
-            if e.type is not None:
-                headers.append(("streamd-type", e.type))
-            if e.munchkin_id is not None:
-                headers.append(("streamd-munchkin-id", e.munchkin_id))
             if e.occurred_at is not None:
                 headers.append(("streamd-occurred-at", e.occurred_at))
-            key = str(e.lead_id) if by_lead and e.lead_id is not None else e.key
             try:
                 produce(
                     topic,
                     e.line or envelope(e),
-                    key,
+                    str(e.lead_id) if by_lead and e.lead_id is not None else e.key,
                     headers=headers,
-                    on_delivery=functools.partial(reports.report, index),
+                    on_delivery=on_delivery,
                 )
             except BufferError:
                 return index
             except KafkaException as exc:  # refused before it was queued (too large, fatal)
-                reports.report(index, exc.args[0])
+                reports.failed(e.seq, exc.args[0])
         return len(events)
+
+    def _route(self, event: DrainEvent) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The topic of the event's route and the headers every event of it carries."""
+        headers = [("streamd-stream", event.stream), ("streamd-source", event.source)]
+        if event.type is not None:
+            headers.append(("streamd-type", event.type))
+        if event.munchkin_id is not None:
+            headers.append(("streamd-munchkin-id", event.munchkin_id))
+        headers.append(("streamd-instance", self._instance))
+        return topic_name(self.settings.topic, event), tuple(headers)
 
     def _result(
         self, producer: _Producer, events: Sequence[DrainEvent], reports: _Reports
     ) -> Result:
         if not reports.errors:
             return CONFIRMED
+        in_batch = {e.seq for e in events}
         rejected: list[tuple[int, str]] = []
         failed: list[KafkaError] = []
-        for index, error in sorted(reports.errors.items()):
+        for seq, error in sorted(reports.errors, key=lambda r: (r[0] is None, r[0] or 0)):
             if error.fatal():
                 producer.fatal = producer.fatal or error
                 failed.append(error)
-            elif error.code() in _PERMANENT:
-                rejected.append((events[index].seq, f"kafka: {error.name()}: {error.str()}"))
-            else:
+            elif error.code() in _PERMANENT and seq in in_batch:
+                rejected.append((seq, f"kafka: {error.name()}: {error.str()}"))
+            else:  # transient, or a refusal that cannot be told apart: the batch again
                 failed.append(error)
         if not failed:
             return confirmed(rejected=rejected)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bench._server import ServerProcess
-from bench.ingest import cpu_per_work
+from bench.ingest import cpu_per_work, settle
 
 # A parent that starts a child burning BURN_S of CPU, waits for it (reaps it), then says
 # it is ready and sleeps until killed: the child's CPU lives on only in the parent's
@@ -31,6 +31,28 @@ def test_cpu_of_a_child_that_exited_is_counted(tmp_path: Path) -> None:
         # the parent alone spent far less than that sleeping.
         assert server.cpu_s() >= BURN_S - 0.02
         assert server.main_cpu_s() < server.cpu_s()
+    finally:
+        server.kill()
+
+
+# A receiver that keeps working after its last answer: it says ready, then burns BURN_S
+# of CPU, then idles.
+_BEHIND = f"""
+import time
+print("streamd ready: http://127.0.0.1:1", flush=True)
+while time.process_time() < {BURN_S}: pass
+time.sleep(120)
+"""
+
+
+def test_work_left_behind_by_the_load_is_counted(tmp_path: Path) -> None:
+    server = ServerProcess([sys.executable, "-c", _BEHIND], tmp_path, "behind")
+    try:
+        server.wait_ready(timeout=60)
+        waited, after = settle(server, timeout=60)
+        # Nearly all of the burn (it started as ready was printed, a poll before settle).
+        assert after >= BURN_S - 0.1
+        assert waited < 60  # it went idle; it did not give up
     finally:
         server.kill()
 

@@ -66,15 +66,24 @@ def _git(repo: Path, *args: str) -> str | None:
 
 
 def _node_versions(workdir: Path) -> dict[str, str | None]:
-    """Node.js and the npm packages of the Express consumer (installed under ``workdir``)."""
-    out: dict[str, str | None] = {"node": None, "express": None, "winston": None}
+    """Node.js and the npm packages of the Node peers (installed under ``workdir``)."""
+    out: dict[str, str | None] = {
+        "node": None,
+        "express": None,
+        "winston": None,
+        "better-sqlite3": None,
+    }
     try:
         done = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10)
         out["node"] = done.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         return out
-    for name in ("express", "winston"):
-        manifest = workdir / "express-app" / "node_modules" / name / "package.json"
+    for app, name in (
+        ("express-app", "express"),
+        ("express-app", "winston"),
+        ("node-durable-app", "better-sqlite3"),
+    ):
+        manifest = workdir / app / "node_modules" / name / "package.json"
         with contextlib.suppress(OSError, ValueError, KeyError):
             out[name] = json.loads(manifest.read_text())["version"]
     return out

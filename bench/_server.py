@@ -5,6 +5,7 @@ Also which streamd to run: the working tree, or a snapshot of one commit (``expo
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -106,8 +107,14 @@ class ServerProcess:
         return [self.pid, *_descendants(self.pid)]
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds of all its threads and its live children so far."""
-        return sum(_cpu_s(pid) for pid in self.pids())
+        """User + system CPU seconds of its whole process tree so far.
+
+        Each process's counters include all its threads; each live process's
+        ``cutime``/``cstime`` add the children it has already reaped (and what those had
+        reaped), so a worker that exited mid-run still counts. Only a child orphaned
+        before exiting (re-parented to init) would escape; streamd's workers are not.
+        """
+        return sum(_cpu_s(pid, reaped=True) for pid in self.pids())
 
     def main_cpu_s(self) -> float:
         """The same for the process alone (without streamd's ingest workers)."""
@@ -143,12 +150,17 @@ class ServerProcess:
         return self.err_path.read_text(errors="replace")[-limit:]
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int, reaped: bool = False) -> float:
+    """utime + stime of ``pid`` (all its threads); with ``reaped``, + cutime + cstime."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except FileNotFoundError:
         return 0.0  # exited meanwhile
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    # After the ")": state is fields[0], so utime (field 14 of proc(5)) is fields[11].
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _CLK_TCK
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -286,40 +298,70 @@ def export_ref(ref: str, cache: Path) -> tuple[str, Path]:
 
 
 EXPRESS_SRC: Final = REPO / "bench" / "express"
+NODE_DURABLE_SRC: Final = REPO / "bench" / "node_durable"
 
 
-def ensure_express(cache: Path) -> Path:
-    """The Express reference consumer installed from npm under ``cache``; its directory.
+def _ensure_npm_app(src: Path, app: Path, what: str, timeout: float, note: str = "") -> Path:
+    """Install the Node app in ``src`` from npm into ``app`` (once; again when its
+    ``package.json`` or ``package-lock.json`` changes); return ``app``.
 
-    Installs ``express`` and ``winston`` (``npm install``) the first time and whenever
-    ``bench/express/package.json`` changes. Raises ``ServerError`` when Node.js or npm
-    is missing or the install fails.
+    With a committed lock file, ``npm ci`` installs exactly the pinned versions.
+    Raises ``ServerError`` when Node.js or npm is missing or the install fails.
     """
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        raise ServerError(
-            "Node.js and npm are needed for the Express case (apt install nodejs npm)"
-        )
-    app = cache / "express-app"
+        raise ServerError(f"Node.js and npm are needed for {what} (apt install nodejs npm)")
     app.mkdir(parents=True, exist_ok=True)
-    manifest = (EXPRESS_SRC / "package.json").read_bytes()
-    shutil.copy2(EXPRESS_SRC / "server.js", app / "server.js")
+    # One install at a time (a test and a benchmark may both need it).
+    with (app.parent / f"{app.name}.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return _install_npm_app(src, app, what, timeout, npm, node, note)
+
+
+def _install_npm_app(
+    src: Path, app: Path, what: str, timeout: float, npm: str, node: str, note: str
+) -> Path:
+    shutil.copy2(src / "server.js", app / "server.js")
+    lock = src / "package-lock.json"
+    manifest = (src / "package.json").read_bytes() + (lock.read_bytes() if lock.exists() else b"")
     stamp = app / ".installed"
     if (app / "node_modules").is_dir() and stamp.exists() and stamp.read_bytes() == manifest:
         return app
-    (app / "package.json").write_bytes(manifest)
-    done = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=app,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    stamp.unlink(missing_ok=True)
+    shutil.copy2(src / "package.json", app / "package.json")
+    if lock.exists():
+        shutil.copy2(lock, app / "package-lock.json")
+    env = dict(os.environ)
+    # node-gyp (a native module built from source) would download Node's headers;
+    # point it at the ones installed beside node instead (Debian's nodejs has them).
+    headers = Path(node).resolve().parent.parent
+    if (headers / "include" / "node" / "node_version.h").exists():
+        env.setdefault("npm_config_nodedir", str(headers))
+    print(f"  installing {what} from npm into {app}{note} ...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    verb = "ci" if lock.exists() else "install"
+    try:
+        done = subprocess.run(
+            [npm, verb, "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=app,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ServerError(f"npm {verb} for {what} took over {timeout:.0f} s") from exc
     if done.returncode != 0:
-        raise ServerError(f"npm install failed: {done.stderr[-1500:]}")
+        raise ServerError(f"npm {verb} for {what} failed: {done.stderr[-1500:]}")
+    print(f"  installed in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     stamp.write_bytes(manifest)
     return app
+
+
+def ensure_express(cache: Path) -> Path:
+    """The Express reference consumer (express, winston) installed under ``cache``."""
+    return _ensure_npm_app(EXPRESS_SRC, cache / "express-app", "the Express reference", 600)
 
 
 def start_express(cache: Path, logdir: Path, name: str, log: Path, limit: str) -> ServerProcess:
@@ -327,6 +369,28 @@ def start_express(cache: Path, logdir: Path, name: str, log: Path, limit: str) -
     app = ensure_express(cache)
     node = shutil.which("node") or "node"
     server = ServerProcess([node, "server.js", "0", str(log), limit], logdir, name, cwd=app)
+    server.wait_ready()
+    return server
+
+
+def ensure_node_durable(cache: Path) -> Path:
+    """The durable Node peer (express, better-sqlite3) installed under ``cache``.
+
+    better-sqlite3's prebuilt binaries are fetched from outside the npm registry; where
+    that fails, its install script compiles SQLite and the addon with node-gyp, which
+    takes minutes on a small machine: done once, then cached.
+    """
+    note = " (better-sqlite3 may compile from source: several minutes, once)"
+    return _ensure_npm_app(
+        NODE_DURABLE_SRC, cache / "node-durable-app", "the durable Node peer", 1800, note
+    )
+
+
+def start_node_durable(cache: Path, logdir: Path, name: str, db: Path) -> ServerProcess:
+    """Start the durable Node peer on a free loopback port, storing into ``db``."""
+    app = ensure_node_durable(cache)
+    node = shutil.which("node") or "node"
+    server = ServerProcess([node, "server.js", "0", str(db)], logdir, name, cwd=app)
     server.wait_ready()
     return server
 

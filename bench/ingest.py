@@ -7,7 +7,10 @@ generator in a process of its own:
 
 - ``streamd-{full,normal}-{legacy500,io20}-c{1,4,16}``: streamd with ``synchronous``
   FULL or NORMAL, legacy pushes of 500 events or I/O batches of 20, 1/4/16 connections;
-- ``baseline-{io20,legacy500}-c16``: the hypercorn ceiling (``bench.baseline_app``);
+- ``streamd-{full,normal}-io1-c16``: single CloudEvents (a bare object per request,
+  ``application/cloudevents+json``) over 16 connections; ``streamd-full-io20-c16-w1``:
+  io-20 with ``server.workers = 1`` (an ingest worker process beside the daemon);
+- ``baseline-{io20,io1,legacy500}-c16``: the hypercorn ceiling (``bench.baseline_app``);
 - ``sqlite-*``: the physical limit, plain SQLite appends (``bench.sqlite_append``);
 - ``prefilled-2m``: streamd FULL, legacy 500, 16 connections, into a journal already
   holding 2,000,000 events (``--big`` adds 10,000,000);
@@ -16,9 +19,18 @@ generator in a process of its own:
   documentation (Express, ``express.json()`` with its 100 kB default body limit or a
   raised one, winston logging each body to a file), installed from npm;
 - ``naive-{legacy500,io20}-c16``: a naive Python receiver (``bench.naive_app``);
+- ``node-durable-{legacy500,io20,io1}-c16``: a durable Node receiver (Express,
+  better-sqlite3, WAL, ``synchronous=FULL``, a UNIQUE event id, one transaction and
+  fsync per request; ``bench/node_durable/``), installed from npm;
 - ``emit-discard-legacy500-c16``: ``streamd emit`` itself against hypercorn discarding
   the bodies: what the emulator can offer; ``emit-streamd-full-legacy500-c16``: streamd
   driven by ``streamd emit`` instead of the load generator, as a cross-check.
+
+Every receiver case also reports the CPU-seconds (user + system) its whole process tree
+spent during the load and until it went idle after it, per 1,000 acknowledged requests
+and per 1,000,000 acknowledged events (``server.cpu_s_per_1k_requests``,
+``server.cpu_s_per_1m_events``): a change's cost shows even when the load generator or
+the machine is the limit.
 
 Writes one JSON file (machine facts, settings, every case), prints a markdown table and
 the ratios of streamd to its peers and limits, and draws PNG plots (``bench.plots``,
@@ -28,11 +40,13 @@ when matplotlib is installed: ``pip install 'streamd[bench]'``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import os
 import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -44,7 +58,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from bench._machine import machine_facts
-from bench._report import CONTAMINATED, markdown_table, ratio_table, table_row
+from bench._report import CONTAMINATED, markdown_table, ratio_table, side_by_side, table_row
 from bench._server import (
     REPO,
     ServerProcess,
@@ -54,6 +68,7 @@ from bench._server import (
     start_baseline,
     start_express,
     start_naive,
+    start_node_durable,
     start_streamd,
     system_busy_s,
 )
@@ -74,7 +89,7 @@ _BUDGET_RATE: Final[dict[Shape, int]] = {"legacy": 120_000, "io": 60_000}
 @dataclass(frozen=True, slots=True)
 class Case:
     name: str
-    kind: Literal["streamd", "baseline", "sqlite", "express", "naive", "emit"]
+    kind: Literal["streamd", "baseline", "sqlite", "express", "naive", "node-durable", "emit"]
     shape: Shape = "legacy"
     batch: int = 500
     concurrency: int = 16
@@ -110,8 +125,12 @@ def plan(s: Settings, big: bool) -> list[Case]:
             for conc in (1, 4, 16):
                 name = f"streamd-{sync}-{shape}{batch}-c{conc}"
                 cases.append(Case(name, "streamd", shape, batch, conc, sync, duration=t))
+    for sync in ("full", "normal"):
+        cases.append(Case(f"streamd-{sync}-io1-c16", "streamd", "io", 1, 16, sync, duration=t))
+    cases.append(Case("streamd-full-io20-c16-w1", "streamd", "io", 20, 16, duration=t, workers=1))
     cases += [
         Case("baseline-io20-c16", "baseline", "io", 20, 16, duration=t),
+        Case("baseline-io1-c16", "baseline", "io", 1, 16, duration=t),
         Case("baseline-legacy500-c16", "baseline", "legacy", 500, 16, duration=t),
         Case("sqlite-full-500", "sqlite", "legacy", 500, synchronous="full", duration=t),
         Case("sqlite-normal-500", "sqlite", "legacy", 500, synchronous="normal", duration=t),
@@ -137,6 +156,10 @@ def plan(s: Settings, big: bool) -> list[Case]:
             cases.append(Case(name, "express", shape, batch, 16, duration=t, body_limit=limit))
     for shape, batch in peers:
         cases.append(Case(f"naive-{shape}{batch}-c16", "naive", shape, batch, 16, duration=t))
+    durable: tuple[tuple[Shape, int], ...] = (("legacy", 500), ("io", 20), ("io", 1))
+    for shape, batch in durable:
+        name = f"node-durable-{shape}{batch}-c16"
+        cases.append(Case(name, "node-durable", shape, batch, 16, duration=t))
     cases.append(Case("emit-discard-legacy500-c16", "emit", duration=t, target="discard"))
     cases.append(Case("emit-streamd-full-legacy500-c16", "emit", duration=t, target="streamd"))
     return cases
@@ -153,6 +176,8 @@ def run_loadgen(
     cmd = [sys.executable, "-m", "bench.loadgen", "--url", url, "--token", token]
     cmd += ["--shape", case.shape, "--batch", str(case.batch)]
     cmd += ["--concurrency", str(case.concurrency), "--seed", str(seed), *extra]
+    if case.shape == "io" and case.batch == 1:
+        cmd.append("--single")
     if "--count" not in extra:
         cmd += ["--duration", str(case.duration)]
         if case.rate is not None:
@@ -193,6 +218,9 @@ def _measure(
         cpu, busy = server.cpu_s() - cpu0, system_busy_s() - busy0
         main_cpu = server.main_cpu_s() - main0
         loadgen_cpu, window = _children_cpu_s() - kids0, time.monotonic() - t0
+        # Work the load left behind (streamd's indexer catching up, a logger flushing)
+        # is part of its cost: wait for the tree to go idle, then count it too.
+        settle_s, after = settle(server)
     finally:
         stop = server.stop()
     # Whatever else ran meanwhile (a test suite, a build) skews the figures: show it.
@@ -201,12 +229,42 @@ def _measure(
         "load": load,
         "server": {
             **asdict(stop),
-            "cpu_s_during_load": round(cpu, 2),
+            "cpu_s_during_load": round(cpu, 3),
+            "cpu_s_after_load": round(after, 3),
+            "settle_s": round(settle_s, 2),
+            **cpu_per_work(cpu + after, load),
             "cores_used": round(cpu / load["duration_s"], 2),
             # With server.workers, the main process alone (journal writer, drain).
             "main_cores_used": round(main_cpu / load["duration_s"], 2),
         },
         "other_cores": round(other / window, 2),
+    }
+
+
+def settle(
+    server: ServerProcess, idle_cores: float = 0.05, step: float = 0.25, timeout: float = 10.0
+) -> tuple[float, float]:
+    """Wait until ``server``'s tree uses under ``idle_cores`` over ``step`` s (at most
+    ``timeout`` s); return (seconds waited, CPU-seconds it spent meanwhile, less the last
+    idle step's)."""
+    t0, start = time.monotonic(), server.cpu_s()
+    before = start
+    while time.monotonic() - t0 < timeout:
+        time.sleep(step)
+        now = server.cpu_s()
+        if now - before < idle_cores * step:
+            return time.monotonic() - t0, before - start
+        before = now
+    return time.monotonic() - t0, before - start
+
+
+def cpu_per_work(cpu_s: float, load: dict[str, Any]) -> dict[str, float | None]:
+    """The server tree's CPU-seconds per 1,000 acknowledged requests and per 1,000,000
+    acknowledged events (None when it acknowledged none: a peer refusing every body)."""
+    requests, events = load["acked_batches"], load["acked_events"]
+    return {
+        "cpu_s_per_1k_requests": round(cpu_s * 1e3 / requests, 4) if requests else None,
+        "cpu_s_per_1m_events": round(cpu_s * 1e6 / events, 1) if events else None,
     }
 
 
@@ -341,6 +399,29 @@ def run_naive(case: Case, s: Settings) -> dict[str, Any]:
         log.unlink(missing_ok=True)
 
 
+def run_node_durable(case: Case, s: Settings) -> dict[str, Any]:
+    workdir = RUN_DIR / case.name
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    db = workdir / "events.db"
+    try:
+        server = start_node_durable(CACHE, s.logdir, case.name, db)
+        # Like streamd: fresh ids (no --reuse), and its 200 carries {accepted, duplicates}.
+        out = _measure(server, server.base_url + "/events", "bench", case, s)
+        out["data_dir_bytes"] = _du(workdir)
+        out["stored"] = {"events": _count_rows(db), "unit": "events"}
+        return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _count_rows(db: Path) -> int:
+    """Events in the durable peer's database after it stopped (read-only)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        (n,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(n)
+
+
 def run_emitter(url: str, token_file: Path | None, case: Case, logdir: Path) -> dict[str, Any]:
     """Run ``streamd emit`` unpaced for ``case``; return its summary as loadgen fields."""
     cmd = [str(Path(sys.executable).with_name("streamd")), "emit", "--to", url, "--unpaced"]
@@ -425,6 +506,7 @@ RUNNERS: Final = {
     "sqlite": run_sqlite,
     "express": run_express,
     "naive": run_naive,
+    "node-durable": run_node_durable,
     "emit": run_emit,
 }
 
@@ -583,6 +665,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(entries))
     print()
     print(ratio_table(entries))
+    if both := side_by_side(entries):
+        print()
+        print(both)
     if not a.no_plots:
         try:
             from bench.plots import draw

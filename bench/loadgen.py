@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from streamd.emit.accounting import percentiles_ms
-from streamd.emit.generate import MAX_WORKERS, SHAPES, Shape, iter_batches
+from streamd.emit.generate import MAX_WORKERS, SHAPES, BatchMaker, Shape, iter_batches
 from streamd.emit.http import Connection as RawConnection
 from streamd.emit.http import HttpError, Response, Target
 
@@ -65,6 +65,7 @@ class Options:
     ack_body: str
     child: int | None
     starts: str | None = None
+    single: bool = False  # I/O batch of one as a bare CloudEvent (not a 1-element array)
 
     @property
     def workers(self) -> int:
@@ -120,7 +121,9 @@ class _HttpxSender:
 
 
 def _make_sender(opts: Options) -> _Sender:
-    headers = {"Authorization": f"Bearer {opts.token}", "Content-Type": "application/json"}
+    # A single CloudEvent goes as Adobe sends one: structured mode, its own media type.
+    media = "application/cloudevents+json; charset=UTF-8" if opts.single else "application/json"
+    headers = {"Authorization": f"Bearer {opts.token}", "Content-Type": media}
     if opts.client == "httpx":
         return _HttpxSender(opts.url, headers)
     return RawConnection(Target.parse(opts.url), headers)
@@ -246,9 +249,19 @@ def _pregenerate(opts: Options, index: int) -> list[tuple[int, list[bytes], Iter
     plans = []
     for j in range(opts.concurrency):
         worker = index * opts.concurrency + j
-        it = iter_batches(opts.shape, opts.batch, seed=opts.seed, worker=worker)
+        if opts.single:
+            it = _singles(opts.seed, worker)
+        else:
+            it = iter_batches(opts.shape, opts.batch, seed=opts.seed, worker=worker)
         plans.append((worker, [next(it) for _ in range(_share(opts, worker))], it))
     return plans
+
+
+def _singles(seed: int, worker: int) -> Iterator[bytes]:
+    """Bare CloudEvent bodies, one event each (ids as ``iter_batches('io', 1, ...)``)."""
+    maker = BatchMaker("io", seed=seed, worker=worker)
+    while True:
+        yield maker.make(1, single=True).body
 
 
 def _run_process(opts: Options, index: int, wait_for_go: bool) -> dict[str, Any]:
@@ -418,6 +431,12 @@ def _parse_args(argv: Sequence[str]) -> Options:
         help="write each batch's send time (time.time()) and event keys here, for "
         "end-to-end latency from the sender's request start (one process only)",
     )
+    ap.add_argument(
+        "--single",
+        action="store_true",
+        help="with --shape io --batch 1: each body is one bare CloudEvent object "
+        "(Content-Type application/cloudevents+json), not an array of one",
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.starts and a.processes != 1:
@@ -428,6 +447,8 @@ def _parse_args(argv: Sequence[str]) -> Options:
         ap.error(f"at most {MAX_WORKERS} connections in total")
     if a.rate is not None and a.rate <= 0:
         ap.error("--rate must be positive")
+    if a.single and (a.shape != "io" or a.batch != 1):
+        ap.error("--single needs --shape io --batch 1")
     return Options(
         url=a.url,
         token=a.token,
@@ -445,6 +466,7 @@ def _parse_args(argv: Sequence[str]) -> Options:
         ack_body=a.ack_body,
         child=a.child,
         starts=a.starts,
+        single=a.single,
     )
 
 

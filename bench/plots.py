@@ -29,6 +29,7 @@ _PEERS: Final = (
     ("baseline-{s}-c16", "hypercorn discarding", ":"),
     ("express-raised-{s}-c16", "Express (raised limit)", "--"),
     ("naive-{s}-c16", "naive Python", "-."),
+    ("node-durable-{s}-c16", "durable Node (better-sqlite3, FULL)", (0, (5, 1, 1, 1))),
 )
 _CDF: Final = (
     "streamd-full-legacy500-c16",

@@ -9,6 +9,7 @@ is asserted: only that the cases ran and their accounting adds up.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from ._harness import REPO_ROOT, clean_env
 
 def test_quick_bench_runs_the_peer_and_emulator_cases(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
-    cases = "naive-io20-c16,emit-discard-legacy500-c16"
+    cases = "naive-io20-c16,emit-discard-legacy500-c16,streamd-full-io1-c16,baseline-io1-c16"
     done = subprocess.run(
         [
             sys.executable,
@@ -54,7 +55,22 @@ def test_quick_bench_runs_the_peer_and_emulator_cases(tmp_path: Path) -> None:
     emit = by_name["emit-discard-legacy500-c16"]["load"]
     assert emit["emit"]["events_acked"] == emit["acked_events"] > 0
     assert emit["emit"]["events_given_up"] == 0
+    # Every receiver's whole process tree: CPU-seconds per 1,000 requests and 1,000,000
+    # events acknowledged, positive and finite.
+    for name, entry in by_name.items():
+        server, load = entry["server"], entry["load"]
+        per_1k, per_1m = server["cpu_s_per_1k_requests"], server["cpu_s_per_1m_events"]
+        assert 0 < per_1k < math.inf and 0 < per_1m < math.inf, (name, server)
+        # The same CPU divided two ways: the ratio is the events per request.
+        assert per_1m / per_1k == pytest.approx(
+            1e3 / (load["acked_events"] / load["acked_batches"]), rel=0.05
+        )
+    single = by_name["streamd-full-io1-c16"]["load"]
+    # Single CloudEvents: one event per request, each acknowledged as accepted by streamd.
+    assert single["acked_events"] == single["acked_batches"] == single["accepted"] > 0
     assert "| naive Python receiver (json + append) |" in done.stdout
+    assert "server CPU s / 1k requests" in done.stdout
+    assert "| single CloudEvent (io-1) |" in done.stdout  # streamd beside hypercorn
     assert "`streamd emit` offered" in done.stdout
     assert doc["machine"]["command"].startswith("python")
 

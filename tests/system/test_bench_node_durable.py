@@ -27,7 +27,9 @@ from tests.conftest import FIXTURES
 
 from ._harness import REPO_ROOT, clean_env
 
-pytestmark = pytest.mark.xdist_group("node-durable")  # one install, one worker
+# A benchmark peer, not streamd: its first install compiles better-sqlite3 (minutes of
+# a core), too much for every `make test` on a fresh clone; `make test-slow` runs it.
+pytestmark = [pytest.mark.xdist_group("node-durable"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

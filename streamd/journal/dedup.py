@@ -34,6 +34,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ _RECONCILE_CHUNK = 20_000
 DEDUP_PAGE_SIZE = 1024
 
 LEAD_RUN = 20_000  # lead entries per sorted run of the lead index
+MERGE_KEYS = 20_000  # keys the indexer writes in one transaction (one generation: any)
 _LEAD_RECONCILE_CHUNK = 50_000  # events read per step: bounded memory at start
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dedup.dedup (key_hash INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
@@ -355,10 +357,14 @@ class Generation:
 class Pending:
     """Generations committed to the journal but not yet to the index (FIFO, bounded)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, linger: float = 0.0, enough: int = 1) -> None:
+        """``limit``: generations pending before the writer waits. The indexer waits up to
+        ``linger`` seconds for ``enough`` generations before it writes what is there."""
         self._items: list[Generation] = []
         self._cond = threading.Condition()
         self._limit = limit
+        self._linger = linger
+        self._enough = min(enough, limit)
         self.closed = False
 
     def snapshot(self) -> list[Generation]:
@@ -378,19 +384,39 @@ class Pending:
             self._items.append(generation)
             self._cond.notify_all()
 
-    def oldest(self, stop: threading.Event) -> Generation | None:
-        """The oldest generation (left in place), or None once ``stop`` is set and none remain."""
+    def oldest(self, stop: threading.Event) -> list[Generation]:
+        """The oldest generations (left in place), empty once ``stop`` is set and none remain.
+
+        Once one is pending, waits up to ``linger`` seconds (not once ``stop`` is set) for
+        ``enough`` of them, then returns every generation pending, oldest first, up to
+        ``MERGE_KEYS`` keys (always at least one): the indexer writes them in one
+        transaction. Lookups see pending keys, so the wait delays only the index file.
+        """
         with self._cond:
             while not self._items:
                 if stop.is_set():
-                    return None
+                    return []
                 self._cond.wait(0.2)
-            return self._items[0]
+            if self._linger > 0:
+                until = time.monotonic() + self._linger
+                while len(self._items) < self._enough and not stop.is_set():
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            taken = [self._items[0]]
+            keys = len(taken[0].owners)
+            for generation in self._items[1:]:
+                keys += len(generation.owners)
+                if keys > MERGE_KEYS:
+                    break
+                taken.append(generation)
+            return taken
 
-    def pop_oldest(self) -> None:
-        """Forget the oldest generation: the index now holds it."""
+    def pop_oldest(self, n: int = 1) -> None:
+        """Forget the ``n`` oldest generations: the index now holds them."""
         with self._cond:
-            self._items.pop(0)
+            del self._items[:n]
             self._cond.notify_all()
 
     def wake(self) -> None:
@@ -453,25 +479,32 @@ class Indexer:
         conn: sqlite3.Connection | None = None
         backoff = 0.05
         while True:
-            generation = self._pending.oldest(self._stop)
-            if generation is None:
+            # Every generation pending now, in one transaction: behind a burst of small
+            # groups, one BEGIN, insert, state update and COMMIT instead of one each.
+            generations = self._pending.oldest(self._stop)
+            if not generations:
                 break
+            covered = generations[-1].covered_seq
             mark = len(self._leads)
-            self._leads.extend(generation.leads)
+            for generation in generations:
+                self._leads.extend(generation.leads)
             flush = len(self._leads) >= LEAD_RUN or self._stop.is_set()
             try:
                 if conn is None:
                     conn = self._connect()
                 conn.execute("BEGIN IMMEDIATE")
-                insert_pairs(conn, "dedup", [(h, seq) for h, (_, seq) in generation.owners.items()])
-                conn.executemany(
-                    "INSERT OR IGNORE INTO dedup_overflow VALUES (?, ?)",
-                    generation.overflow.items(),
+                insert_pairs(
+                    conn,
+                    "dedup",
+                    [(h, seq) for g in generations for h, (_, seq) in g.owners.items()],
                 )
+                overflow = [item for g in generations for item in g.overflow.items()]
+                if overflow:
+                    conn.executemany("INSERT OR IGNORE INTO dedup_overflow VALUES (?, ?)", overflow)
                 if flush:
                     append_run(conn, "", self._leads)
-                    conn.execute("UPDATE lead_state SET covered_seq = ?", (generation.covered_seq,))
-                conn.execute("UPDATE dedup_state SET covered_seq = ?", (generation.covered_seq,))
+                    conn.execute("UPDATE lead_state SET covered_seq = ?", (covered,))
+                conn.execute("UPDATE dedup_state SET covered_seq = ?", (covered,))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 del self._leads[mark:]  # this generation's leads come again with it
@@ -495,8 +528,8 @@ class Indexer:
             backoff = 0.05
             if flush:
                 self._leads = []  # in a run now
-            self._covered = generation.covered_seq
-            self._pending.pop_oldest()
+            self._covered = covered
+            self._pending.pop_oldest(len(generations))
         if conn is not None:
             if self._leads:
                 self._flush_leads(conn)

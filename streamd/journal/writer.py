@@ -112,7 +112,9 @@ class JournalWriter:
         self._next_seq = 1
         self._next_delivery = 1
         self._dedup: DedupIndex
-        self._pending = Pending(limit=8)
+        # The indexer waits up to 25 ms for 4 generations and writes them in one
+        # transaction (ARCHITECTURE.md, "Dedup": its CPU per small group).
+        self._pending = Pending(limit=8, linger=0.025, enough=4)
         self._indexer: Indexer | None = None
         self._disk_checked = 0.0
         self._lock_file: int | None = None

@@ -23,7 +23,7 @@ from streamd.journal import (
     open_journal,
     utc_now,
 )
-from streamd.journal.dedup import dedup_path
+from streamd.journal.dedup import MERGE_KEYS, Generation, Pending, dedup_path
 from tests.conftest import fixture_bytes
 
 
@@ -464,3 +464,35 @@ async def test_low_disk_lifts_by_itself_when_space_returns(
             while journal.statistics().low_disk:
                 await trio.sleep(0.05)
         assert (await journal.append(batch_of("lads_single"))).accepted == 1
+
+
+def _generation(first: int, keys: int) -> Generation:
+    owners = {h: (f"key-{h}", h) for h in range(first, first + keys)}
+    return Generation(owners=owners, covered_seq=first + keys - 1)
+
+
+def test_the_indexer_takes_every_pending_generation_in_one_go() -> None:
+    # One transaction for a burst of small groups, oldest first; popped only once indexed.
+    pending = Pending(limit=8, linger=5.0, enough=3)
+    generations = [_generation(1 + 20 * i, 20) for i in range(3)]
+    for generation in generations:
+        pending.push(generation)
+    stop = threading.Event()
+    assert pending.oldest(stop) == generations  # enough pending: no wait
+    assert pending.snapshot() == generations  # still visible to lookups
+    pending.pop_oldest(len(generations))
+    assert pending.snapshot() == []
+    stop.set()
+    assert pending.oldest(stop) == []
+
+
+def test_the_indexer_writes_at_most_merge_keys_at_once_and_never_waits_once_stopping() -> None:
+    pending = Pending(limit=8, linger=60.0, enough=8)
+    big = [_generation(1, MERGE_KEYS - 10), _generation(MERGE_KEYS, 20), _generation(10**9, 5)]
+    for generation in big:
+        pending.push(generation)
+    stop = threading.Event()
+    stop.set()  # stopping: what is there is written at once, however few
+    assert pending.oldest(stop) == big[:1]
+    pending.pop_oldest()
+    assert pending.oldest(stop) == big[1:]

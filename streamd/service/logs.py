@@ -184,6 +184,12 @@ class RateLimitFilter(logging.Filter):
             window[2] += 1
             return False
 
+    def reset(self) -> None:
+        """Start every budget afresh (a service starting in this process): what the
+        windows suppressed so far is reported first."""
+        with self._lock:
+            self._flush_locked(self._clock(), everything=True)
+
     def flush(self) -> None:
         """Log the count of every interval that has ended with records suppressed."""
         with self._lock:

@@ -299,6 +299,9 @@ async def _serve_daemon(
         await nursery.start(serve_retention, d.retention)
         interval = d.config.health.check_interval
         await nursery.start(_serve_stream_warnings, ingest.health, interval)
+        # A service started in a process that ran one before (tests, an embedding
+        # program) gets the whole budget of per-request log lines, not what is left.
+        PER_REQUEST.reset()
         await nursery.start(PER_REQUEST.serve_flush)
         await nursery.start(ingest.app.serve_background)
         binds, mtls_binds = await _start_ingest(nursery, d)

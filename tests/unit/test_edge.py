@@ -226,3 +226,25 @@ def test_a_connection_with_a_request_waiting_is_not_taken_for_idle() -> None:
     idle2.waiting = True
     assert table.evict_oldest()  # every one has bytes waiting: the oldest still goes
     assert sender.evicted and not idle2.evicted
+
+
+def test_a_reset_reports_what_was_suppressed_and_starts_every_budget_afresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A service started in a process that ran one before gets the whole budget.
+    limit = RateLimitFilter(interval=10.0, burst=2, clock=lambda: 0.0)
+    log = logging.getLogger("streamd.test.ratelimit-reset")
+    log.addFilter(limit)
+    try:
+        with caplog.at_level(logging.INFO, logger="streamd.test.ratelimit-reset"):
+            for i in range(5):
+                log.info("refused %s", i)
+            assert [r.getMessage() for r in caplog.records] == ["refused 0", "refused 1"]
+            limit.reset()  # the interval has not ended: reported anyway
+            assert caplog.records[-1].getMessage() == (
+                "3 more like this were not logged in 10 s: refused %s"
+            )
+            log.info("refused %s", "after")
+            assert caplog.records[-1].getMessage() == "refused after"
+    finally:
+        log.removeFilter(limit)

@@ -14,8 +14,11 @@ from pathlib import Path
 import psycopg
 
 from streamd.emit.journal_api import JournalApi
-from tests.engines._postgres import PASSWORD, PostgresServer
-from tests.system._harness import Processes, Server, free_port, serve, streamd_argv, wait_for
+from tests.engines._deploy import write_secrets
+from tests.engines._postgres import PostgresServer
+from tests.system._harness import Processes, Server, serve, wait_for
+
+from .conftest import journal_server
 
 EVENTS = 30_000
 SEED = 5
@@ -57,23 +60,10 @@ def test_the_other_receiver_takes_over_the_pull_and_nothing_is_lost_or_doubled(
 ) -> None:
     db = "failover"
     dsn = pg_server.create_database(db)
-    secret = tmp_path / "secret"
-    secret.write_text("failover-secret-0123456789\n")
-    password = tmp_path / "pg-password"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
-    port = free_port()
-    emulator = processes.spawn(
-        [
-            *streamd_argv(), "emit", "--journal-server", "--listen", f"127.0.0.1:{port}",
-            "--seed", str(SEED), "--journal-events", str(EVENTS),
-            "--client-id", "failover", "--client-secret-file", str(secret),
-            "--journal-org-id", "ORG@AdobeOrg",
-        ],
-        "journal-server",
-    )  # fmt: skip
-    wait_for(lambda: "token endpoint ready" in emulator.stdout(), timeout=20,
-             what="the journal server", context=emulator.stderr)  # fmt: skip
+    _, password = write_secrets(tmp_path)
+    port, secret = journal_server(
+        processes, tmp_path, events=EVENTS, seed=SEED, client_id="failover"
+    )
 
     def config(instance: str) -> Path:
         path = tmp_path / f"{instance}.toml"

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import psycopg
 
-from tests.engines._deploy import Receiver, metric
-from tests.engines._postgres import PASSWORD, PostgresServer
-from tests.system._harness import Processes, free_port, streamd_argv, wait_for
+from tests.engines._deploy import Receiver, metric, write_secrets
+from tests.engines._postgres import PostgresServer
+from tests.system._harness import Processes, streamd_argv, wait_for
+
+from .conftest import journal_server
 
 EVENTS = 2_000
 
@@ -61,23 +63,8 @@ def test_a_reset_clears_the_shared_position_and_only_the_leader_may_do_it(
 ) -> None:
     db = "pullreset"
     dsn = pg_server.create_database(db)
-    secret = tmp_path / "secret"
-    secret.write_text("reset-secret-0123456789\n")
-    password = tmp_path / "pg-password"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
-    port = free_port()
-    emulator = processes.spawn(
-        [
-            *streamd_argv(), "emit", "--journal-server", "--listen", f"127.0.0.1:{port}",
-            "--seed", "11", "--journal-events", str(EVENTS),
-            "--client-id", "reset", "--client-secret-file", str(secret),
-            "--journal-org-id", "ORG@AdobeOrg",
-        ],
-        "journal-server",
-    )  # fmt: skip
-    wait_for(lambda: "token endpoint ready" in emulator.stdout(), timeout=20,
-             what="the journal server", context=emulator.stderr)  # fmt: skip
+    _, password = write_secrets(tmp_path)
+    port, secret = journal_server(processes, tmp_path, events=EVENTS, seed=11, client_id="reset")
 
     def config(instance: str) -> str:
         return f"""

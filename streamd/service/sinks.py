@@ -227,8 +227,9 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 # Most kinds send envelopes or copy rows from the journal themselves; the
                 # shared engines' store the columns apart or key and label messages.
                 full_events=sink.kind in ("postgres", "kafka", "nats") or _converts(sink),
-                # A converting http sink reads each event's JSON and columns, not envelopes.
-                envelopes=sink.kind != "sqlite" and not _converts(sink),
+                # A converting http sink reads each event's JSON and columns, not envelopes;
+                # postgres stores the columns and the JSON apart.
+                envelopes=sink.kind not in ("sqlite", "postgres") and not _converts(sink),
                 dedups=sink.kind in ("postgres", "nats"),
             )
         )

@@ -36,6 +36,7 @@ import errno
 import gc
 import itertools
 import logging
+import math
 import resource
 import select
 import socket
@@ -47,9 +48,9 @@ import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.events import Updated
+from hypercorn.events import RawData, Updated
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
@@ -271,6 +272,8 @@ class _Connection(TCPServer):
         self.proven = False  # a POST on it was answered 2xx (see _Proving)
         self.state[CONNECTION_KEY] = self  # the scope's "state": how _Proving finds it
         self._tls: tuple[bytes | None, dict[str, Any]] | None = None
+        self._keep_alive = _KeepAliveTimer(self)
+        self.idle_task = self._keep_alive  # hypercorn's run() and protocol_send() use it
 
     async def serve(self) -> None:
         try:
@@ -325,7 +328,15 @@ class _Connection(TCPServer):
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, Updated):
             self._table.set_idle(self, event.idle)
+        elif isinstance(event, RawData) and not event.data:
+            # h11's end of a Content-Length response is b"": hypercorn would take the send
+            # lock, a shielded scope and a scheduler pass to write nothing.
+            return
         await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        self._keep_alive.read_ended()
 
     async def _close(self) -> None:
         # hypercorn 0.18 sends EOF outside send_lock: a response being written then
@@ -347,6 +358,60 @@ class _Connection(TCPServer):
                     ):
                         await self.stream.send_eof()
             await self.stream.aclose()
+
+
+class _KeepAliveTimer(TrioSingleTask):
+    """hypercorn's keep-alive timer (the header deadline too), one task per connection.
+
+    hypercorn 0.18's ``TCPServer`` calls ``idle_task.restart`` when a connection goes
+    idle (at the start, after each answer) and ``stop`` when a request's headers are in.
+    Its ``TrioSingleTask`` starts a task for each ``restart`` (``nursery.start``) and
+    cancels it at ``stop``, taking a lock each time: for a small request that costs more
+    than the rest of hypercorn's handling (tests/upstream/hypercorn_keepalive_timer).
+    Here one task waits in a cancel scope whose deadline moves instead: now +
+    ``keep_alive_timeout`` when idle, none while a request is in progress. What happens
+    at the deadline is hypercorn's: ``_initiate_server_close``, as its ``_idle_timeout``
+    does; shutting down closes an idle connection at once, a busy one after its answer.
+    """
+
+    def __init__(self, conn: _Connection) -> None:
+        super().__init__()
+        self._conn = conn
+        self._scope = trio.CancelScope()
+        self._idle = False
+        self._started = False
+
+    async def restart(self, task_group: Any, action: Callable[..., Any]) -> None:
+        # ``action`` is TCPServer._idle_timeout: its wait and its close are _run's.
+        self._idle = True
+        if self._conn.context.terminated.is_set():
+            self._scope.deadline = -math.inf  # shutting down: close an idle connection now
+        else:
+            self._scope.deadline = trio.current_time() + self._conn.config.keep_alive_timeout
+        if not self._started:
+            self._started = True
+            task_group.spawn(self._run)
+
+    async def stop(self) -> None:
+        self._idle = False
+        self._scope.deadline = math.inf
+
+    def read_ended(self) -> None:
+        """The client is gone: hypercorn runs no timer during a request, so the task
+        must not keep the connection's task group open after the app is done."""
+        if not self._idle:
+            self._scope.cancel()
+
+    async def _run(self) -> None:
+        with self._scope:
+            await self._conn.context.terminated.wait()
+            if not self._idle:
+                # Shutting down during a request: hypercorn closes after the answer
+                # (or the next restart moves the deadline to now).
+                await trio.sleep_forever()
+        if self._idle:  # the deadline passed, or shutting down while idle
+            with trio.CancelScope(shield=True):
+                await self._conn._initiate_server_close()
 
 
 def _socket_of(stream: Any) -> Any:

@@ -1,6 +1,6 @@
 """The HTTP edge: hypercorn's protocol code under streamd's own accept loop.
 
-Why one module of about 550 lines: the connection table, the accept loop and the
+Why one module of about 600 lines: the connection table, the accept loop and the
 per-connection wrapper share one invariant (every accepted socket is in the table
 until it is closed, and only the table closes idle ones); the framing guard that
 shares their wrapper is here for the same reason.
@@ -19,7 +19,10 @@ it: no cap, so idle connections can use up the descriptors and the memory, and a
 - **hypercorn 0.18's close race**: ``TCPServer._close`` calls ``send_eof`` outside its
   ``send_lock``, so a response being sent at that moment fails with
   ``trio.BusyResourceError`` ("Error in ASGI Framework" and a traceback, which any
-  client could trigger); :class:`_Connection` takes the lock.
+  client could trigger); :class:`_Connection` takes the lock;
+- **hypercorn 0.18's keep-alive timer** started and cancelled a task per request, the
+  largest of its own costs on a small one: ``KeepAliveTimer`` (streamd/service/keepalive.py)
+  keeps its meaning with one task per connection.
 
 Everything else (HTTP/1.1 and h2 parsing, keep-alive, the header deadline, which is
 hypercorn's ``keep_alive_timeout`` running from accept until the headers are in) is
@@ -36,7 +39,6 @@ import errno
 import gc
 import itertools
 import logging
-import math
 import resource
 import select
 import socket
@@ -50,13 +52,14 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.events import RawData, Updated
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
+from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from streamd.auth.client_cert import tls_extension
 from streamd.errors import ConfigError
 from streamd.service import logs  # noqa: F401 - installs the per-request log rate limit
+from streamd.service.keepalive import KeepAliveTimer
 
 # Rate-limited (logs.PER_REQUEST_LOGGERS): a flood of connections must not flood the log.
 log = logging.getLogger("streamd.http.edge")
@@ -272,7 +275,7 @@ class _Connection(TCPServer):
         self.proven = False  # a POST on it was answered 2xx (see _Proving)
         self.state[CONNECTION_KEY] = self  # the scope's "state": how _Proving finds it
         self._tls: tuple[bytes | None, dict[str, Any]] | None = None
-        self._keep_alive = _KeepAliveTimer(self)
+        self._keep_alive = KeepAliveTimer(self)
         self.idle_task = self._keep_alive  # hypercorn's run() and protocol_send() use it
 
     async def serve(self) -> None:
@@ -358,60 +361,6 @@ class _Connection(TCPServer):
                     ):
                         await self.stream.send_eof()
             await self.stream.aclose()
-
-
-class _KeepAliveTimer(TrioSingleTask):
-    """hypercorn's keep-alive timer (the header deadline too), one task per connection.
-
-    hypercorn 0.18's ``TCPServer`` calls ``idle_task.restart`` when a connection goes
-    idle (at the start, after each answer) and ``stop`` when a request's headers are in.
-    Its ``TrioSingleTask`` starts a task for each ``restart`` (``nursery.start``) and
-    cancels it at ``stop``, taking a lock each time: for a small request that costs more
-    than the rest of hypercorn's handling (tests/upstream/hypercorn_keepalive_timer).
-    Here one task waits in a cancel scope whose deadline moves instead: now +
-    ``keep_alive_timeout`` when idle, none while a request is in progress. What happens
-    at the deadline is hypercorn's: ``_initiate_server_close``, as its ``_idle_timeout``
-    does; shutting down closes an idle connection at once, a busy one after its answer.
-    """
-
-    def __init__(self, conn: _Connection) -> None:
-        super().__init__()
-        self._conn = conn
-        self._scope = trio.CancelScope()
-        self._idle = False
-        self._started = False
-
-    async def restart(self, task_group: Any, action: Callable[..., Any]) -> None:
-        # ``action`` is TCPServer._idle_timeout: its wait and its close are _run's.
-        self._idle = True
-        if self._conn.context.terminated.is_set():
-            self._scope.deadline = -math.inf  # shutting down: close an idle connection now
-        else:
-            self._scope.deadline = trio.current_time() + self._conn.config.keep_alive_timeout
-        if not self._started:
-            self._started = True
-            task_group.spawn(self._run)
-
-    async def stop(self) -> None:
-        self._idle = False
-        self._scope.deadline = math.inf
-
-    def read_ended(self) -> None:
-        """The client is gone: hypercorn runs no timer during a request, so the task
-        must not keep the connection's task group open after the app is done."""
-        if not self._idle:
-            self._scope.cancel()
-
-    async def _run(self) -> None:
-        with self._scope:
-            await self._conn.context.terminated.wait()
-            if not self._idle:
-                # Shutting down during a request: hypercorn closes after the answer
-                # (or the next restart moves the deadline to now).
-                await trio.sleep_forever()
-        if self._idle:  # the deadline passed, or shutting down while idle
-            with trio.CancelScope(shield=True):
-                await self._conn._initiate_server_close()
 
 
 def _socket_of(stream: Any) -> Any:

@@ -55,9 +55,15 @@ class KeepAliveTimer(TrioSingleTask):
         self._scope.deadline = math.inf
 
     def read_ended(self) -> None:
-        """The client is gone: hypercorn runs no timer during a request, so the task
-        must not keep the connection's task group open after the app is done."""
-        if not self._idle:
+        """The read loop ended (the client closed, or the connection was closed under
+        it): nothing more can arrive. Idle, close now: hypercorn's timer waited for its
+        deadline, so a connection its client had closed kept its task, its memory and
+        its place in the connection table for up to ``keep_alive_timeout``. During a
+        request, end quietly: hypercorn runs no timer then, and the task must not keep
+        the connection's task group open after the app is done."""
+        if self._idle:
+            self._scope.deadline = -math.inf
+        else:
             self._scope.cancel()
 
     async def _run(self) -> None:

@@ -180,3 +180,14 @@ async def test_a_client_that_half_closes_during_a_request_leaves_no_task_behind(
             # The app answers once hypercorn has read this end of the stream.
             stream.socket.shutdown(socket.SHUT_WR)
             await wait_for(lambda: len(server.table) == 0, "the connection left the table")
+
+
+async def test_a_connection_its_client_closed_while_idle_is_let_go_at_once() -> None:
+    """hypercorn's timer kept it (a task, its memory, a place in the connection table)
+    until the keep-alive deadline: here 600 s."""
+    async with edge(keep_alive_timeout=600) as server:
+        stream = await trio.open_tcp_stream(*split_url(server.url))
+        async with stream:
+            await stream.send_all(REQUEST)
+            assert (await read_answer(stream, check_close=False)).status == 200
+        await wait_for(lambda: len(server.table) == 0, "the connection left the table")

@@ -1,6 +1,6 @@
 """The HTTP edge: hypercorn's protocol code under streamd's own accept loop.
 
-Why one module of about 550 lines: the connection table, the accept loop and the
+Why one module of about 600 lines: the connection table, the accept loop and the
 per-connection wrapper share one invariant (every accepted socket is in the table
 until it is closed, and only the table closes idle ones); the framing guard that
 shares their wrapper is here for the same reason.
@@ -19,7 +19,10 @@ it: no cap, so idle connections can use up the descriptors and the memory, and a
 - **hypercorn 0.18's close race**: ``TCPServer._close`` calls ``send_eof`` outside its
   ``send_lock``, so a response being sent at that moment fails with
   ``trio.BusyResourceError`` ("Error in ASGI Framework" and a traceback, which any
-  client could trigger); :class:`_Connection` takes the lock.
+  client could trigger); :class:`_Connection` takes the lock;
+- **hypercorn 0.18's keep-alive timer** started and cancelled a task per request, the
+  largest of its own costs on a small one: ``KeepAliveTimer`` (streamd/service/keepalive.py)
+  keeps its meaning with one task per connection.
 
 Everything else (HTTP/1.1 and h2 parsing, keep-alive, the header deadline, which is
 hypercorn's ``keep_alive_timeout`` running from accept until the headers are in) is
@@ -47,7 +50,7 @@ import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.events import Updated
+from hypercorn.events import RawData, Updated
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -56,6 +59,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from streamd.auth.client_cert import tls_extension
 from streamd.errors import ConfigError
 from streamd.service import logs  # noqa: F401 - installs the per-request log rate limit
+from streamd.service.keepalive import KeepAliveTimer
 
 # Rate-limited (logs.PER_REQUEST_LOGGERS): a flood of connections must not flood the log.
 log = logging.getLogger("streamd.http.edge")
@@ -271,6 +275,8 @@ class _Connection(TCPServer):
         self.proven = False  # a POST on it was answered 2xx (see _Proving)
         self.state[CONNECTION_KEY] = self  # the scope's "state": how _Proving finds it
         self._tls: tuple[bytes | None, dict[str, Any]] | None = None
+        self._keep_alive = KeepAliveTimer(self)
+        self.idle_task = self._keep_alive  # hypercorn's run() and protocol_send() use it
 
     async def serve(self) -> None:
         try:
@@ -325,7 +331,15 @@ class _Connection(TCPServer):
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, Updated):
             self._table.set_idle(self, event.idle)
+        elif isinstance(event, RawData) and not event.data:
+            # h11's end of a Content-Length response is b"": hypercorn would take the send
+            # lock, a shielded scope and a scheduler pass to write nothing.
+            return
         await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        self._keep_alive.read_ended()
 
     async def _close(self) -> None:
         # hypercorn 0.18 sends EOF outside send_lock: a response being written then

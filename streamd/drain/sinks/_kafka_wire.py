@@ -9,11 +9,12 @@ cannot make a producer (:class:`Unusable`).
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgspec
 
-from streamd.ingest.ipc import FrameReader, ProtocolError, frame
+from streamd.ingest.ipc import FrameReader, ProtocolError
 
 __all__ = ["Done", "Failure", "FrameReader", "Hello", "Produce", "ProtocolError", "Stale",
            "Unusable", "child_reader", "frame", "sink_reader"]  # fmt: skip
@@ -87,8 +88,19 @@ CHILD_FRAME_LIMIT = 1024 * 1024 * 1024
 # The answers: a failure each at most (librdkafka's error texts are short).
 SINK_FRAME_LIMIT = 64 * 1024 * 1024
 
+_ENCODER = msgspec.msgpack.Encoder()
+_HEADER = struct.Struct(">I")
 _TO_CHILD = msgspec.msgpack.Decoder(ToChild)
 _TO_SINK = msgspec.msgpack.Decoder(ToSink)
+
+
+def frame(message: Any) -> bytearray:
+    """One message as a frame, the ingest IPC's: a 4-byte big-endian length and msgpack.
+    Encoded in place behind the length (a batch's frame is not copied to prepend it)."""
+    buffer = bytearray(_HEADER.size)
+    _ENCODER.encode_into(message, buffer, _HEADER.size)
+    _HEADER.pack_into(buffer, 0, len(buffer) - _HEADER.size)
+    return buffer
 
 
 def child_reader() -> FrameReader:

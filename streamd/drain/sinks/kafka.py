@@ -179,14 +179,14 @@ class _Child:
         self._sink = sink
         self._sock = sock
         self._token = trio.lowlevel.current_trio_token()
-        self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._out: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         name = f"streamd-kafka-{sink.settings.sink}"
         self._sender = threading.Thread(target=self._send_all, name=name + "-send", daemon=True)
         self.reader = threading.Thread(target=self._read, name=name + "-read", daemon=True)
         self._sender.start()
         self.reader.start()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytearray) -> None:
         self._out.put(data)
 
     def close(self) -> None:

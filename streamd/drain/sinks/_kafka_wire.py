@@ -14,36 +14,39 @@ from typing import Any
 
 import msgspec
 
+from streamd.drain.sinks.base import DrainEvent
 from streamd.ingest.ipc import FrameReader, ProtocolError
 
 __all__ = ["Done", "Failure", "FrameReader", "Hello", "Produce", "ProtocolError", "Stale",
            "Unusable", "child_reader", "frame", "sink_reader"]  # fmt: skip
 
-# One message: (route index, value, key or None for the event key, event key, seq,
-# received_at, occurred_at or None).
-Message = tuple[int, bytes, str | None, str, int, str, str | None]
-
 
 class Hello(msgspec.Struct, tag="hello", array_like=True):
     """sink → producer process, first frame: librdkafka's configuration (with the
-    password, never on the command line) and the sink's name (for logs)."""
+    password, never on the command line), the sink's name (for logs), and what makes
+    a message of an event: the topic template, the key (``event`` or ``lead``) and the
+    ``streamd-instance`` header."""
 
     config: dict[str, Any]
     sink: str
+    topic: str
+    key: str
+    instance: str
 
 
 class Produce(msgspec.Struct, tag="produce", array_like=True):
-    """sink → producer process: produce these messages; answer with the same ``id``.
+    """sink → producer process: produce these events, one message each; answer with the
+    same ``id``.
 
     ``generation`` names the producer to use: a new one replaces the current producer
-    (after a timeout or a fatal error the sink asks for a fresh one). ``routes`` holds
-    each route's topic and headers once per batch; each message names its route.
+    (after a timeout or a fatal error the sink asks for a fresh one). The events go as
+    the drain read them (msgspec encodes them in C: no Python work per event in the
+    daemon); the topic, key, headers and value are made in the producer process.
     """
 
     id: int
     generation: int
-    routes: list[tuple[str, list[tuple[str, str]]]]
-    messages: list[Message]
+    events: list[DrainEvent]
 
 
 class Stale(msgspec.Struct, tag="stale", array_like=True):

@@ -12,9 +12,9 @@ both copies: at least once; consumers dedup by the key, docs/kafka.md).
 librdkafka runs in a producer process of the sink's own
 (:mod:`~streamd.drain.sinks.kafka_child`): ``produce()``, the loop around it and the
 delivery reports were most of the daemon's GIL time, and there they take another
-core. This side keeps the decisions: per batch it sends ONE frame (each message's
-route, value, key and per-message header values; each route's topic and headers
-once) and gets ONE frame back (all delivered, or each failed message's error), from
+core. This side keeps the decisions: per batch it sends ONE frame (the events as the
+drain read them, encoded by msgspec in C: no Python work per event here) and
+gets ONE frame back (all delivered, or each failed message's error), from
 which :meth:`KafkaSink._result` decides as before. The process is started at the
 first batch and again, with a backoff while it keeps dying, after it died (its
 batches in flight fail as transient and are sent again).
@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError
 import streamd
 from streamd.drain.policy import Kind
 from streamd.drain.sinks import _kafka_wire as wire
-from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, confirmed, envelope, transient
+from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, confirmed, transient
 
 log = logging.getLogger("streamd.drain.kafka")
 
@@ -266,17 +266,12 @@ def _log_format() -> str:
     return "text" if logging.getLogger().handlers else "auto"
 
 
-Route = tuple[str, str | None, str, str | None]  # stream, type, source, munchkin id
-
-
 class KafkaSink:
     """Produces each batch's events, one message each, through its producer process."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self._config = producer_config(settings)
-        self._key_by_lead = settings.key == "lead"
-        self._instance = settings.instance
         self._child: _Child | None = None
         self._opening = trio.Lock()
         # The producer the next batch asks for: a new number after a timeout or a fatal
@@ -287,8 +282,6 @@ class KafkaSink:
         self._not_before = 0.0  # trio time: no new process before this
         #: Producer processes started after the first (one died, or was killed).
         self.restarts = 0
-        # route -> (topic, the route's headers)
-        self._routes: dict[Route, tuple[str, list[tuple[str, str]]]] = {}
         self._closed = False
 
     @property
@@ -309,14 +302,13 @@ class KafkaSink:
         generation = self._generation
         self._next_id += 1
         batch_id = self._next_id
-        routes, messages = self._messages(events)
-        data = wire.frame(wire.Produce(batch_id, generation, routes, messages))
+        data = wire.frame(wire.Produce(batch_id, generation, list(events)))
         if len(data) - 4 > wire.CHILD_FRAME_LIMIT and len(events) > 1:
             return await self._in_halves(events)
         waiter = _Waiter()
         child.pending[batch_id] = waiter
         child.send(data)
-        del data, messages
+        del data
         try:
             await waiter.done.wait()
         except trio.Cancelled:
@@ -349,48 +341,6 @@ class KafkaSink:
             return second
         return confirmed(rejected=[*first.rejected, *second.rejected])
 
-    def _messages(
-        self, events: Sequence[DrainEvent]
-    ) -> tuple[list[tuple[str, list[tuple[str, str]]]], list[wire.Message]]:
-        """The batch's routes (topic and headers, once each) and its messages."""
-        routes: list[tuple[str, list[tuple[str, str]]]] = []
-        index: dict[Route, int] = {}
-        known = self._routes
-        by_lead = self._key_by_lead
-        messages: list[wire.Message] = []
-        append = messages.append
-        for e in events:
-            route = (e.stream, e.type, e.source, e.munchkin_id)
-            i = index.get(route)
-            if i is None:
-                routed = known.get(route)
-                if routed is None:
-                    if len(known) >= 4096:
-                        known.clear()
-                    routed = known[route] = self._route(e)
-                i = index[route] = len(routes)
-                routes.append(routed)
-            append((
-                i,
-                e.line or envelope(e),
-                str(e.lead_id) if by_lead and e.lead_id is not None else None,
-                e.key,
-                e.seq,
-                e.received_at,
-                e.occurred_at,
-            ))  # fmt: skip
-        return routes, messages
-
-    def _route(self, event: DrainEvent) -> tuple[str, list[tuple[str, str]]]:
-        """The topic of the event's route and the headers every event of it carries."""
-        headers = [("streamd-stream", event.stream), ("streamd-source", event.source)]
-        if event.type is not None:
-            headers.append(("streamd-type", event.type))
-        if event.munchkin_id is not None:
-            headers.append(("streamd-munchkin-id", event.munchkin_id))
-        headers.append(("streamd-instance", self._instance))
-        return topic_name(self.settings.topic, event), headers
-
     async def _running_child(self) -> _Child:
         """The producer process, started on first use, or again after it died (no
         sooner than the backoff allows)."""
@@ -413,7 +363,9 @@ class KafkaSink:
             finally:
                 theirs.close()  # the process has its copy: EOF on ours means it is gone
             child = self._child = _Child(self, popen, ours)
-            child.send(wire.frame(wire.Hello(self._config, self.settings.sink)))
+            hello = wire.Hello(self._config, self.settings.sink, self.settings.topic,
+                               self.settings.key, self.settings.instance)  # fmt: skip
+            child.send(wire.frame(hello))
             log.info("kafka sink %s: producer process started (pid %d)",
                      self.settings.sink, child.pid)  # fmt: skip
             return child

@@ -34,6 +34,8 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamd.drain.sinks import _kafka_wire as wire
+from streamd.drain.sinks.base import DrainEvent, envelope
+from streamd.drain.sinks.kafka import topic_name
 
 log = logging.getLogger("streamd.drain.kafka")
 _librdkafka_log = logging.getLogger("streamd.drain.kafka.librdkafka")
@@ -183,6 +185,13 @@ class _Child:
         self._send_lock = threading.Lock()
         self.config: dict[str, Any] | None = None
         self.sink = ""
+        self.topic = ""
+        self.key_by_lead = False
+        self.instance = ""
+        # route (stream, type, source, munchkin id) -> (topic, the route's headers)
+        self.routes: dict[
+            tuple[str, str | None, str, str | None], tuple[str, list[tuple[str, str]]]
+        ] = {}
         self.current: _Producer | None = None
         self.retired: list[_Producer] = []
 
@@ -215,7 +224,8 @@ class _Child:
                 )
                 self._retire(current)
         elif self.config is None:
-            self.config, self.sink = message.config, message.sink
+            self.config, self.sink, self.topic = message.config, message.sink, message.topic
+            self.key_by_lead, self.instance = message.key == "lead", message.instance
         else:
             raise wire.ProtocolError("a second hello")
 
@@ -250,44 +260,59 @@ class _Child:
         return self.current
 
     def produce(self, message: wire.Produce) -> None:
-        """Hand the batch's messages to librdkafka, waiting while its queue is full.
+        """Hand the batch's events to librdkafka, one message each, waiting while its
+        queue is full.
 
         The per-message work is kept small: one delivery callback for the whole batch,
-        and the topic and the headers of each route sent once per batch.
+        and the topic and the headers that follow from the route made once per route.
         """
         producer = self._producer(message)
         if producer is None:
             return
-        batch = _Batch(message.id, len(message.messages), producer, self.send)
+        events = message.events
+        batch = _Batch(message.id, len(events), producer, self.send)
         produce = producer.producer.produce
         on_delivery = batch.report
-        routes = message.routes
-        for route, value, key, event_key, seq, received_at, occurred_at in message.messages:
-            topic, route_headers = routes[route]
+        routes = self.routes
+        by_lead = self.key_by_lead
+        for e in events:
+            route = (e.stream, e.type, e.source, e.munchkin_id)
+            routed = routes.get(route)
+            if routed is None:
+                if len(routes) >= 4096:
+                    routes.clear()
+                routed = routes[route] = self._route(e)
+            topic, route_headers = routed
             headers: list[tuple[str, str | bytes | None]] = [
-                ("streamd-event-key", event_key),
-                ("streamd-seq", str(seq)),
-                ("streamd-received-at", received_at),
+                ("streamd-event-key", e.key),
+                ("streamd-seq", str(e.seq)),
+                ("streamd-received-at", e.received_at),
                 *route_headers,
             ]
-            if occurred_at is not None:
-                headers.append(("streamd-occurred-at", occurred_at))
+            if e.occurred_at is not None:
+                headers.append(("streamd-occurred-at", e.occurred_at))
+            value = e.line or envelope(e)
+            key = str(e.lead_id) if by_lead and e.lead_id is not None else e.key
             while True:
                 try:
-                    produce(
-                        topic,
-                        value,
-                        event_key if key is None else key,
-                        headers=headers,
-                        on_delivery=on_delivery,
-                    )
+                    produce(topic, value, key, headers=headers, on_delivery=on_delivery)
                 except BufferError:  # the local queue is full: reports free it
                     time.sleep(_QUEUE_FULL_WAIT)
                     continue
                 except KafkaException as exc:  # refused before it was queued (too large, fatal)
-                    batch.failed(seq, exc.args[0])
+                    batch.failed(e.seq, exc.args[0])
                 break
         batch.handed_over()
+
+    def _route(self, event: DrainEvent) -> tuple[str, list[tuple[str, str]]]:
+        """The topic of the event's route and the headers every event of it carries."""
+        headers = [("streamd-stream", event.stream), ("streamd-source", event.source)]
+        if event.type is not None:
+            headers.append(("streamd-type", event.type))
+        if event.munchkin_id is not None:
+            headers.append(("streamd-munchkin-id", event.munchkin_id))
+        headers.append(("streamd-instance", self.instance))
+        return topic_name(self.topic, event), headers
 
     def close(self) -> None:
         """Retire every producer (queued messages purged) and wait for their threads."""

@@ -14,11 +14,17 @@ from typing import Any
 
 import msgspec
 
-from streamd.drain.sinks.base import DrainEvent
 from streamd.ingest.ipc import FrameReader, ProtocolError
 
 __all__ = ["Done", "Failure", "FrameReader", "Hello", "Produce", "ProtocolError", "Stale",
            "Unusable", "child_reader", "frame", "sink_reader"]  # fmt: skip
+
+
+# One event: (seq, key, stream, type, munchkin_id, source, occurred_at, received_at,
+# lead_id, line, activity_type_id, raw). ``raw`` is left empty when ``line`` (the
+# envelope, which holds it) is there: a third fewer bytes to copy on each side.
+Event = tuple[int, str, str, str | None, str | None, str, str | None, str, int | None, bytes,
+              int | None, str]  # fmt: skip
 
 
 class Hello(msgspec.Struct, tag="hello", array_like=True):
@@ -40,13 +46,13 @@ class Produce(msgspec.Struct, tag="produce", array_like=True):
 
     ``generation`` names the producer to use: a new one replaces the current producer
     (after a timeout or a fatal error the sink asks for a fresh one). The events go as
-    the drain read them (msgspec encodes them in C: no Python work per event in the
-    daemon); the topic, key, headers and value are made in the producer process.
+    tuples of their fields (:data:`Event`); the topic, key, headers and value are made
+    in the producer process.
     """
 
     id: int
     generation: int
-    events: list[DrainEvent]
+    events: list[Event]
 
 
 class Stale(msgspec.Struct, tag="stale", array_like=True):

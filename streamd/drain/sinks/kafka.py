@@ -73,6 +73,7 @@ _TIMEOUTS = frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT,
 _NOT_IN_TOPIC = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_TOPIC = 249
 _RECV = 256 * 1024
+_SNDBUF = 4 * 1024 * 1024
 # A producer process that keeps dying is started again no sooner than this after it
 # died, doubling up to _MAX_BACKOFF; the delay starts over once one lived _STABLE s.
 _MIN_BACKOFF = 0.5
@@ -230,12 +231,24 @@ class _Child:
                       self._sink.settings.sink, self.pid)  # fmt: skip
             self.popen.kill()
             code = self.popen.wait()
+        # The sender ends too (a send to the exited process fails at once); only then is
+        # the socket closed, so that it never writes to a descriptor number reused since.
+        self._out.put(None)
+        self._sender.join(5.0)
         self._sock.close()
         self._soon(self._sink._exited, self, code, error)
 
     def _soon(self, fn: Any, *args: Any) -> None:
         with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone
             self._token.run_sync_soon(fn, *args)
+
+
+def _wire_events(events: Sequence[DrainEvent]) -> list[wire.Event]:
+    return [
+        (e.seq, e.key, e.stream, e.type, e.munchkin_id, e.source, e.occurred_at, e.received_at,
+         e.lead_id, e.line, e.activity_type_id, "" if e.line else e.raw)
+        for e in events
+    ]  # fmt: skip
 
 
 def _describe(code: int) -> str:
@@ -302,7 +315,7 @@ class KafkaSink:
         generation = self._generation
         self._next_id += 1
         batch_id = self._next_id
-        data = wire.frame(wire.Produce(batch_id, generation, list(events)))
+        data = wire.frame(wire.Produce(batch_id, generation, _wire_events(events)))
         if len(data) - 4 > wire.CHILD_FRAME_LIMIT and len(events) > 1:
             return await self._in_halves(events)
         waiter = _Waiter()
@@ -355,6 +368,9 @@ class KafkaSink:
                 self.restarts += 1
             # Spawned, never forked (this process has threads): a fresh interpreter.
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            # A batch's frame in one send() where the system allows (net.core.wmem_max):
+            # each partial send of the sender thread waits for the GIL again.
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
             try:
                 popen = await trio.to_thread.run_sync(self._spawn, theirs.fileno())
             except OSError:
@@ -378,7 +394,8 @@ class KafkaSink:
     def command(self, ipc_fd: int) -> list[str]:
         """The argv of the producer process, ``ipc_fd`` its end of the socketpair."""
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        return [sys.executable, "-m", "streamd.drain.sinks.kafka_child", "--ipc-fd",
+        # -P: the streamd of PYTHONPATH (this one), never one in the working directory.
+        return [sys.executable, "-P", "-m", "streamd.drain.sinks.kafka_child", "--ipc-fd",
                 str(ipc_fd), "--sink", self.settings.sink, "--log-level", level,
                 "--log-format", _log_format()]  # fmt: skip
 

@@ -164,6 +164,13 @@ class _Batch:
         )
 
 
+def _drain_event(event: wire.Event) -> DrainEvent:
+    seq, key, stream, type_, munchkin_id, source, occurred_at, received_at = event[:8]
+    lead_id, line, activity_type_id, raw = event[8:]
+    return DrainEvent(seq, key, stream, type_, munchkin_id, activity_type_id, source,
+                      occurred_at, received_at, raw, lead_id, line)  # fmt: skip
+
+
 def _seq_of(message: Message | None) -> int | None:
     """The journal seq of a reported message: the ``seq`` of its value, the envelope.
     (A delivery report carries no headers.) None when it cannot be told."""
@@ -275,32 +282,40 @@ class _Child:
         on_delivery = batch.report
         routes = self.routes
         by_lead = self.key_by_lead
-        for e in events:
-            route = (e.stream, e.type, e.source, e.munchkin_id)
+        for event in events:
+            seq, key, stream, type_, munchkin_id, source, occurred_at, received_at = event[:8]
+            lead_id, value = event[8], event[9]
+            route = (stream, type_, source, munchkin_id)
             routed = routes.get(route)
             if routed is None:
                 if len(routes) >= 4096:
                     routes.clear()
-                routed = routes[route] = self._route(e)
+                routed = routes[route] = self._route(_drain_event(event))
             topic, route_headers = routed
             headers: list[tuple[str, str | bytes | None]] = [
-                ("streamd-event-key", e.key),
-                ("streamd-seq", str(e.seq)),
-                ("streamd-received-at", e.received_at),
+                ("streamd-event-key", key),
+                ("streamd-seq", str(seq)),
+                ("streamd-received-at", received_at),
                 *route_headers,
             ]
-            if e.occurred_at is not None:
-                headers.append(("streamd-occurred-at", e.occurred_at))
-            value = e.line or envelope(e)
-            key = str(e.lead_id) if by_lead and e.lead_id is not None else e.key
+            if occurred_at is not None:
+                headers.append(("streamd-occurred-at", occurred_at))
+            if not value:  # the reader did not build the envelope
+                value = envelope(_drain_event(event))
             while True:
                 try:
-                    produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                    produce(
+                        topic,
+                        value,
+                        str(lead_id) if by_lead and lead_id is not None else key,
+                        headers=headers,
+                        on_delivery=on_delivery,
+                    )
                 except BufferError:  # the local queue is full: reports free it
                     time.sleep(_QUEUE_FULL_WAIT)
                     continue
                 except KafkaException as exc:  # refused before it was queued (too large, fatal)
-                    batch.failed(e.seq, exc.args[0])
+                    batch.failed(seq, exc.args[0])
                 break
         batch.handed_over()
 

@@ -10,6 +10,7 @@ import signal
 import struct
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +70,8 @@ async def test_a_killed_producer_process_is_replaced_and_every_event_arrives(
     assert sinks[0].restarts >= 4
     for pid in killed:
         assert not _alive(pid)
+    # The threads that served each process ended with it (none left once the sink closed).
+    wait_for(lambda: not _sink_threads("k"), timeout=20, what="the sink's threads to end")
     keys = {m.key for m in broker.read(topic_prefix)}
     assert keys == {row["event_key"].encode() for row in journal_rows(journal.path)}
     # The batches of a killed process were transient failures, said so; the delay before
@@ -128,6 +131,28 @@ async def test_the_producer_process_exits_when_the_daemon_is_sigkilled(
             os.kill(child, signal.SIGKILL)
     keys = {m.key for m in broker.read(topic_prefix)}
     assert b"e1" in keys
+
+
+def _sink_threads(sink: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(f"streamd-kafka-{sink}-")]
+
+
+async def test_the_producer_process_runs_this_streamd_whatever_the_working_directory(
+    broker: Tansu, tmp_path: Path, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``streamd`` package in the daemon's working directory (another checkout) is not
+    what the producer process imports: it runs the daemon's own."""
+    (tmp_path / "streamd").mkdir()
+    (tmp_path / "streamd" / "__init__.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path)
+    settings = KafkaSettings(bootstrap_servers=(broker.bootstrap,), topic=topic_prefix, sink="k")
+    sink = KafkaSink(settings)
+    try:
+        with trio.fail_after(30):
+            result = await sink.deliver([_event(1)])
+    finally:
+        await sink.aclose()
+    assert result.kind is Kind.CONFIRMED, result.reason
 
 
 _BAD_FRAMES = {

@@ -39,10 +39,6 @@ DEFAULT_RETRY = RetrySettings()
 KIND_POOLS: dict[str, PoolSettings] = {
     "sqlite": PoolSettings(batch_size=2000, max_in_flight=20_000),
     "postgres": PoolSettings(batch_size=2000, max_in_flight=20_000),
-    # kafka: a batch waits for the broker's acks (linger.ms, acks=all) while the sink's
-    # producer process could hand over the next one; 8 batches of 500 keep it busy, in
-    # the same 5,000-event window (no more duplicates after a crash).
-    "kafka": PoolSettings(workers=8),
 }
 
 PRESETS: dict[str, tuple[PoolSettings, RetrySettings]] = {

@@ -316,8 +316,14 @@ class KafkaSink:
         self._next_id += 1
         batch_id = self._next_id
         data = wire.frame(wire.Produce(batch_id, generation, _wire_events(events)))
-        if len(data) - 4 > wire.CHILD_FRAME_LIMIT and len(events) > 1:
-            return await self._in_halves(events)
+        if len(data) - 4 > wire.CHILD_FRAME_LIMIT:
+            if len(events) > 1:
+                return await self._in_halves(events)
+            # One event over the bound: over librdkafka's largest message.max.bytes too.
+            reason = f"kafka: the event's frame of {len(data) - 4} bytes is over the bound"
+            return confirmed(rejected=[(events[0].seq, reason)])
+        if not child.alive:  # it died meanwhile: the next attempt starts a new one
+            return transient(f"kafka: the producer process (pid {child.pid}) exited")
         waiter = _Waiter()
         child.pending[batch_id] = waiter
         child.send(data)

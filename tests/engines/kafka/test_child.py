@@ -230,3 +230,30 @@ async def test_a_cancelled_batch_retires_the_producer_in_the_producer_process(
             assert (await sink.deliver([_event(i) for i in range(52, 60)])).kind is Kind.CONFIRMED
     finally:
         await sink.aclose()
+
+
+async def test_a_batch_over_the_frame_bound_goes_in_parts_and_a_lone_event_is_refused(
+    broker: Tansu, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound of a frame to the producer process (1 GiB; lowered here): a batch over it
+    is sent in halves, their results merged; one event over it alone is a dead letter
+    (over librdkafka's largest ``message.max.bytes`` as well)."""
+    from streamd.drain.sinks import _kafka_wire
+
+    monkeypatch.setattr(_kafka_wire, "CHILD_FRAME_LIMIT", 1500)
+    settings = KafkaSettings(bootstrap_servers=(broker.bootstrap,), topic=topic_prefix, sink="k")
+    sink = KafkaSink(settings)
+    big = _event(99, raw='{"id": "e99", "text": "' + "x" * 3000 + '"}')
+    try:
+        with trio.fail_after(30):
+            parts = await sink.deliver([_event(i) for i in range(1, 21)])
+            alone = await sink.deliver([big])
+        sent = sink._next_id
+    finally:
+        await sink.aclose()
+    assert parts.kind is Kind.CONFIRMED and parts.rejected == (), parts
+    assert sent > 3, "the batch went as one frame"
+    assert alone.kind is Kind.CONFIRMED
+    assert [seq for seq, _ in alone.rejected] == [99] and "over the bound" in alone.rejected[0][1]
+    keys = {m.key for m in broker.read(topic_prefix)}
+    assert keys == {f"e{i}".encode() for i in range(1, 21)}

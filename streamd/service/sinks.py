@@ -228,8 +228,9 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 # shared engines' store the columns apart or key and label messages.
                 full_events=sink.kind in ("postgres", "kafka", "nats") or _converts(sink),
                 # A converting http sink reads each event's JSON and columns, not envelopes;
-                # postgres stores the columns and the JSON apart.
-                envelopes=sink.kind not in ("sqlite", "postgres") and not _converts(sink),
+                # postgres stores the columns and the JSON apart; kafka's producer process
+                # builds them (off this process's GIL).
+                envelopes=sink.kind not in ("sqlite", "postgres", "kafka") and not _converts(sink),
                 dedups=sink.kind in ("postgres", "nats"),
             )
         )

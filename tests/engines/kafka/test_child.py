@@ -52,7 +52,7 @@ async def test_a_killed_producer_process_is_replaced_and_every_event_arrives(
         sinks.append(KafkaSink(settings))
         return sinks[-1]
 
-    spec = SinkSpec("k", "kafka", Route(()), opener, full_events=True, envelopes=True,
+    spec = SinkSpec("k", "kafka", Route(()), opener, full_events=True, envelopes=False,
                     workers=2, batch_size=50, linger=0.01, retry=FAST)  # fmt: skip
     killed: list[int] = []
     async with open_drain(journal, [spec]) as drain:

@@ -116,6 +116,7 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
     from streamd.drain.sinks.http import HttpSettings, HttpSink
     from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
     from streamd.journal import WriterOptions, open_journal
+    from streamd.service.sinks import drain_reads
 
     name = f"bench-{args.kind}-{time.time_ns()}"
     out = Path(args.work)
@@ -137,8 +138,9 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=pool.batch_size,
         linger=pool.linger,
         max_in_flight=pool.max_in_flight,
-        full_events=engine in _ENGINES,  # as the service reads for these kinds
-        envelopes=args.kind != "sqlite",
+        # What the service reads for the kind.
+        full_events=drain_reads(args.kind)[0],
+        envelopes=drain_reads(args.kind)[1],
     )
     samples: list[float] = []
     async with open_journal(args.journal, WriterOptions()) as journal:

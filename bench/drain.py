@@ -116,7 +116,13 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
     from streamd.drain.sinks.http import HttpSettings, HttpSink
     from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
     from streamd.journal import WriterOptions, open_journal
-    from streamd.service.sinks import drain_reads
+
+    try:
+        from streamd.service.sinks import drain_reads
+    except ImportError:  # a --ref before drain_reads: what the service read then
+
+        def drain_reads(kind: str, converts: bool = False) -> tuple[bool, bool]:
+            return kind in _ENGINES, kind != "sqlite"
 
     name = f"bench-{args.kind}-{time.time_ns()}"
     out = Path(args.work)

@@ -42,6 +42,7 @@ import logging
 import resource
 import select
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,12 @@ AUTO_MAX_CONNECTIONS = 4096
 _EMFILE_EVICT = 16
 # How many idle connections of each kind eviction looks at for one with nothing to read.
 _EVICT_LOOKS = 64
+# Idle for less than this (just accepted, or just answered): passed over while an older
+# idle one can go. A sender's fresh connection whose request had not arrived yet was
+# closed without an answer under a descriptor shortage (the out-of-descriptors test in
+# CI, with its client's send delayed on a loaded machine); short, so a flood's fresh
+# connections buy little with it.
+_FRESH = 0.25
 # Give memory back to the OS when the open connections fall to a quarter of a peak of
 # at least this many, and again once at most _TRIM_LOW are left (the flood is over).
 _TRIM_PEAK = 256
@@ -130,12 +137,14 @@ NO_CONNECTIONS = ConnectionStatistics(0, 0, 0, 0, 0, 0, 0, 0)
 class ConnectionTable:
     """The open connections of one set of listeners, and the cap on them."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
-        # Idle connections, oldest first (insertion order): those that never had a POST
-        # accepted, then those that did (a sender's kept-alive connection goes last).
-        self._idle: dict[_Connection, None] = {}
-        self._proven_idle: dict[_Connection, None] = {}
+        self._clock = clock
+        # Idle connections, oldest first (insertion order), each with when it became
+        # idle: those that never had a POST accepted, then those that did (a sender's
+        # kept-alive connection goes last).
+        self._idle: dict[_Connection, float] = {}
+        self._proven_idle: dict[_Connection, float] = {}
         self._busy: set[_Connection] = set()
         self._peak = self._accepted = self._evicted = self._refused = self._fd_pauses = 0
         self._trim_peak = 0
@@ -175,12 +184,22 @@ class ConnectionTable:
         :data:`_EVICT_LOOKS` of each kind): it was just accepted with a request in it
         that hypercorn has not read yet. Under a descriptor shortage, a sender's fresh
         connection was closed that way without an answer (the out-of-descriptors test,
-        once in CI). When every one looked at has bytes waiting, the oldest goes."""
+        once in CI). One idle for less than :data:`_FRESH` goes only when no older one
+        with nothing to read is there (its request may be on its way). When every one
+        looked at has bytes waiting, the oldest goes."""
+        now = self._clock()
+        fresh: _Connection | None = None
         for pool in (self._idle, self._proven_idle):
-            for conn in itertools.islice(pool, _EVICT_LOOKS):
-                if not conn.readable():
+            for conn, since in itertools.islice(pool.items(), _EVICT_LOOKS):
+                if conn.readable():
+                    continue
+                if now - since >= _FRESH:
                     self._evict(conn)
                     return True
+                fresh = fresh or conn
+        if fresh is not None:
+            self._evict(fresh)
+            return True
         pool = self._idle or self._proven_idle
         if not pool:
             return False
@@ -210,7 +229,7 @@ class ConnectionTable:
         return freed > 0
 
     def add(self, conn: _Connection) -> None:
-        self._idle[conn] = None
+        self._idle[conn] = self._clock()
         self._accepted += 1
         self._peak = max(self._peak, len(self))
         self._trim_peak = max(self._trim_peak, len(self))
@@ -224,7 +243,7 @@ class ConnectionTable:
         elif conn in self._busy:
             self._busy.discard(conn)
             # Now the newest idle one.
-            (self._proven_idle if conn.proven else self._idle)[conn] = None
+            (self._proven_idle if conn.proven else self._idle)[conn] = self._clock()
 
     def remove(self, conn: _Connection) -> None:
         self._idle.pop(conn, None)

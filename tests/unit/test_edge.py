@@ -228,6 +228,30 @@ def test_a_connection_with_a_request_waiting_is_not_taken_for_idle() -> None:
     assert sender.evicted and not idle2.evicted
 
 
+def test_a_connection_idle_only_a_moment_goes_after_older_ones() -> None:
+    """A sender's connection just accepted, its request not yet in its socket (its client
+    delayed on a loaded machine), was closed for descriptors before older idle ones that
+    had nothing to read either (the out-of-descriptors test in CI)."""
+    now = [100.0]
+    table = ConnectionTable(limit=5, clock=lambda: now[0])
+    old, proven = opened(table, "old", "proven")
+    table.set_idle(proven, False)
+    proven.proven = True
+    table.set_idle(proven, True)
+    now[0] += 1.0
+    sender, flood = opened(table, "sender", "flood")  # both fresh
+    table.set_idle(old, False)
+    table.set_idle(old, True)  # just answered: fresh again, though the oldest accepted
+    now[0] += 0.1
+    assert table.evict_oldest()
+    assert proven.evicted and not (old.evicted or sender.evicted or flood.evicted)
+    assert table.evict_oldest()  # only fresh ones left: the longest idle of them
+    assert sender.evicted and not (old.evicted or flood.evicted)
+    now[0] += 0.2  # old and flood are no longer fresh (sender was evicted)
+    assert table.evict_oldest()
+    assert flood.evicted and not old.evicted
+
+
 def test_a_reset_reports_what_was_suppressed_and_starts_every_budget_afresh(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

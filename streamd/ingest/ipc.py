@@ -11,14 +11,13 @@ thin loop in :mod:`streamd.ingest.remote` and :mod:`streamd.service.workers`.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import msgspec
 
+from streamd.framing import HEADER as _HEADER
+from streamd.framing import FrameReader, ProtocolError
 from streamd.journal.writer import Batch
-
-_HEADER = struct.Struct(">I")
 
 
 class Hello(msgspec.Struct, tag="hello", array_like=True):
@@ -94,81 +93,10 @@ _TO_WORKER = msgspec.msgpack.Decoder(ToWorker)
 _TO_MAIN = msgspec.msgpack.Decoder(ToMain)
 
 
-class ProtocolError(Exception):
-    """Raised when the other process sent a frame that is not a valid message."""
-
-
 def frame(message: Any) -> bytes:
     """One message as a frame (length prefix and msgpack)."""
     body = _ENCODER.encode(message)
     return _HEADER.pack(len(body)) + body
-
-
-class FrameReader:
-    """Splits a byte stream into frames and decodes them (sans-IO).
-
-    Received chunks are joined once a whole frame is there (each byte is copied at
-    most twice, whatever the frame's size), and each message is decoded from a view
-    of the joined bytes.
-    """
-
-    def __init__(self, decoder: msgspec.msgpack.Decoder[Any], limit: int) -> None:
-        self._decoder = decoder
-        self._limit = limit
-        self._buf = b""
-        self._pos = 0
-        self._chunks: list[bytes] = []
-        self._size = 0  # bytes received and not yet decoded
-        self._need = 0  # the current frame's size with its header; 0: header not read
-
-    def feed(self, data: bytes) -> list[Any]:
-        """Add received bytes; return every message now complete.
-
-        Raises :class:`ProtocolError` on an oversized frame or an undecodable message.
-        """
-        if data:
-            self._chunks.append(data)
-            self._size += len(data)
-        out = []
-        while True:
-            if not self._need:
-                if self._size < 4:
-                    break
-                self._gather(4)
-                (size,) = _HEADER.unpack_from(self._buf, self._pos)
-                if size > self._limit:
-                    raise ProtocolError(
-                        f"a frame of {size} bytes is over the limit of {self._limit}"
-                    )
-                self._need = 4 + size
-            need = self._need
-            if self._size < need:
-                break
-            self._gather(need)
-            start = self._pos
-            try:
-                out.append(self._decoder.decode(memoryview(self._buf)[start + 4 : start + need]))
-            except msgspec.DecodeError as exc:
-                raise ProtocolError(f"undecodable message: {exc}") from None
-            self._pos = start + need
-            self._size -= need
-            self._need = 0
-        return out
-
-    def _gather(self, n: int) -> None:
-        """Make ``_buf[_pos:]`` hold at least ``n`` bytes (all received, joined)."""
-        if len(self._buf) - self._pos >= n:
-            return
-        parts = [self._buf[self._pos :]] if self._pos < len(self._buf) else []
-        parts += self._chunks
-        self._chunks = []
-        self._buf = b"".join(parts)
-        self._pos = 0
-
-    @property
-    def pending(self) -> int:
-        """Bytes received that do not yet make a whole frame."""
-        return self._size
 
 
 # What a worker accepts from the main process: configurations and small answers.
@@ -184,3 +112,7 @@ def main_reader(max_body_bytes: int) -> FrameReader:
     """A reader of what a worker sends the main process. A batch comes from a body of
     at most ``max_body_bytes``; its frame holds that JSON plus the extracted columns."""
     return FrameReader(_TO_MAIN, 2 * max_body_bytes + 1024 * 1024)
+
+
+# The framing is streamd.framing's; named here for the worker side's callers.
+__all__ = ["FrameReader", "ProtocolError", "frame", "main_reader", "worker_reader"]

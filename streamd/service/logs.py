@@ -239,3 +239,12 @@ PER_REQUEST_LOGGERS = (
 PER_REQUEST = RateLimitFilter()
 for _name in PER_REQUEST_LOGGERS:
     logging.getLogger(_name).addFilter(PER_REQUEST)
+
+
+def current_format() -> str:
+    """The format this process's log lines have, for a child process that shares its
+    stderr (an ingest worker, a kafka sink's producer process): every line alike."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            return "json"
+    return "text" if logging.getLogger().handlers else "auto"

@@ -20,6 +20,7 @@ from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
 from streamd.drain.sinks.stdout import StdoutSink
 from streamd.errors import ConfigError
 from streamd.service.config import Config, SinkConfig
+from streamd.service.logs import current_format
 
 _MAX_SECRET_FILE = 64 * 1024
 
@@ -169,6 +170,7 @@ def _engine_opener(config: Config, sink: SinkConfig, pool: PoolSettings) -> obje
             instance=instance,
             timeout=pool.timeout,
             sink=sink.name,
+            log_format=current_format(),
         )
         return lambda: KafkaSink(ks)
     from streamd.drain.sinks.nats import NatsSettings, NatsSink

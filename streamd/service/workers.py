@@ -36,7 +36,7 @@ from streamd.ingest.remote import refusal
 from streamd.journal import Journal
 from streamd.service.config import Config
 from streamd.service.http import NO_CONNECTIONS, ConnectionStatistics
-from streamd.service.logs import JsonFormatter
+from streamd.service.logs import current_format
 
 log = logging.getLogger("streamd.workers")
 _RECV = 256 * 1024
@@ -291,7 +291,7 @@ class WorkerPool:
         cmd += ["--listen-fds", ",".join(map(str, self._fds))]
         if self._mtls_fds:
             cmd += ["--mtls-fds", ",".join(map(str, self._mtls_fds))]
-        return [*cmd, "--log-level", _level(), "--log-format", _format()]
+        return [*cmd, "--log-level", _level(), "--log-format", current_format()]
 
     async def _bound_the_stop(self, slot: _Slot, process: trio.Process) -> None:
         await self._stop_event.wait()
@@ -370,14 +370,6 @@ def _encode(config: Config) -> msgspec.Raw:
 
 def _level() -> str:
     return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-
-
-def _format() -> str:
-    # The workers share our stderr: the same format on every line.
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler.formatter, JsonFormatter):
-            return "json"
-    return "text" if logging.getLogger().handlers else "auto"
 
 
 def _environment() -> dict[str, str]:

@@ -145,9 +145,10 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
 
 
 def test_command_line_parsers_live_in_the_front_door() -> None:
-    # argparse parsers are built in streamd/cli only. The worker process's own entry
-    # point (service/worker.py) parses the two arguments its parent passes it.
-    allowed = {"streamd.service.worker"}
+    # argparse parsers are built in streamd/cli only. The child processes' own entry
+    # points (the ingest worker, the kafka sink's producer process) parse the few
+    # arguments their parent passes them.
+    allowed = {"streamd.service.worker", "streamd.service.kafka_producer"}
     builders = []
     for name, path in _modules().items():
         if name.startswith("streamd.cli") or name in allowed:

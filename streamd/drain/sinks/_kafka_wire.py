@@ -1,6 +1,6 @@
 """The wire between a kafka sink and its producer process (:mod:`~streamd.drain.sinks.kafka_child`).
 
-The frames of :mod:`streamd.ingest.ipc` (a 4-byte length and a msgspec msgpack message,
+The frames of :mod:`streamd.framing` (a 4-byte length and a msgspec msgpack message,
 bounded): ONE frame per batch each way. The sink sends the batch's messages
 (:class:`Produce`); the producer process answers once every message has its delivery
 report (:class:`Done`: no failures, or each failed message's error), or at once when it
@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from streamd.ingest.ipc import FrameReader, ProtocolError
+from streamd.framing import FrameReader, ProtocolError
 
 __all__ = ["Done", "Failure", "FrameReader", "Hello", "Produce", "ProtocolError", "Stale",
            "Unusable", "child_reader", "frame", "sink_reader"]  # fmt: skip

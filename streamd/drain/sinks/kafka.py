@@ -10,7 +10,8 @@ anything else fails the whole batch, which the runner sends again (Kafka keeps
 both copies: at least once; consumers dedup by the key, docs/kafka.md).
 
 librdkafka runs in a producer process of the sink's own
-(:mod:`~streamd.drain.sinks.kafka_child`): ``produce()``, the loop around it and the
+(:mod:`~streamd.drain.sinks.kafka_child`, started as ``python -P -m
+streamd.service.kafka_producer``): ``produce()``, the loop around it and the
 delivery reports were most of the daemon's GIL time, and there they take another
 core. This side keeps the decisions: per batch it sends ONE frame (the events as the
 drain read them, encoded by msgspec in C: no Python work per event here) and
@@ -94,6 +95,15 @@ class KafkaSettings:
     instance: str = ""
     timeout: float = 20.0  # the pool's timeout: one batch's delivery reports
     sink: str = ""
+    # The daemon's log format (its stderr is the producer process's): "json", "text" or
+    # "auto", set by the service (streamd.service.logs.current_format).
+    log_format: str = "auto"
+
+
+# The producer process's entry point: it sets up logging as the daemon does, so it lives
+# with the service's entry points (streamd/service/kafka_producer.py runs
+# kafka_child.run); a name, not an import.
+PRODUCER_PROGRAM = "streamd.service.kafka_producer"
 
 
 def topic_name(template: str, event: DrainEvent) -> str:
@@ -269,16 +279,6 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _log_format() -> str:
-    # The process shares our stderr: the same format on every line.
-    from streamd.service.logs import JsonFormatter
-
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler.formatter, JsonFormatter):
-            return "json"
-    return "text" if logging.getLogger().handlers else "auto"
-
-
 class KafkaSink:
     """Produces each batch's events, one message each, through its producer process."""
 
@@ -401,9 +401,9 @@ class KafkaSink:
         """The argv of the producer process, ``ipc_fd`` its end of the socketpair."""
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         # -P: the streamd of PYTHONPATH (this one), never one in the working directory.
-        return [sys.executable, "-P", "-m", "streamd.drain.sinks.kafka_child", "--ipc-fd",
+        return [sys.executable, "-P", "-m", PRODUCER_PROGRAM, "--ipc-fd",
                 str(ipc_fd), "--sink", self.settings.sink, "--log-level", level,
-                "--log-format", _log_format()]  # fmt: skip
+                "--log-format", self.settings.log_format]  # fmt: skip
 
     def _answers(self, child: _Child, messages: list[wire.ToSink]) -> None:
         """Answers from the producer process (trio loop)."""

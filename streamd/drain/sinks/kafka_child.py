@@ -1,7 +1,8 @@
 """The producer process of a kafka sink: librdkafka on its own core, under its own GIL.
 
 Started by the sink (:class:`~streamd.drain.sinks.kafka.KafkaSink`) as
-``python -m streamd.drain.sinks.kafka_child --ipc-fd N --sink NAME`` with one end of a
+``python -P -m streamd.service.kafka_producer --ipc-fd N --sink NAME`` (its entry point,
+which runs :func:`run`) with one end of a
 socketpair inherited (spawned, never forked: the daemon has threads). Over it come the
 configuration (:class:`~streamd.drain.sinks._kafka_wire.Hello`) and one frame per batch
 (:class:`~streamd.drain.sinks._kafka_wire.Produce`); back goes one frame per batch once
@@ -18,16 +19,13 @@ batches were not confirmed) and nothing is produced for a daemon that is gone.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -45,7 +43,6 @@ _POLL = 0.1  # s: how soon a poller notices it must stop
 _CLOSE_FLUSH = 2.0  # s to serve the purged messages' reports when a producer is retired
 _EXIT_GRACE = 10.0  # s after EOF: the process exits even if a producer hangs in close
 _RECV = 1024 * 1024
-_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 SendFn = Callable[[wire.Done | wire.Unusable], None]
 
@@ -362,25 +359,3 @@ def run(ipc_fd: int) -> int:
     _exit_later(_EXIT_GRACE)
     child.close()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of a kafka sink's producer process (the sink starts it)."""
-    from streamd.service.logs import LOG_FORMATS, configure_logging
-
-    ap = argparse.ArgumentParser(prog="python -m streamd.drain.sinks.kafka_child")
-    ap.add_argument("--ipc-fd", type=int, required=True, help="the socketpair end")
-    ap.add_argument("--sink", default="", help="the sink's name (shown by ps)")
-    ap.add_argument("--log-level", default="info", choices=_LEVELS)
-    ap.add_argument("--log-format", default="auto", choices=LOG_FORMATS)
-    a = ap.parse_args(argv)
-    configure_logging(a.log_level, a.log_format)
-    # A terminal's Ctrl-C and a SIGHUP reach the whole process group: they are the
-    # daemon's to handle (it closes the sink, and EOF ends this process).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return run(a.ipc_fd)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

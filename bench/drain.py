@@ -21,7 +21,9 @@ Cases, each measured in processes of their own:
 - ``sink-{postgres,kafka,nats,nats-r3}``: the same, into the shared engines, each started
   by the orchestrator on loopback from the packages ``make test`` installs (PostgreSQL 15,
   the Tansu broker, nats-server: one node, or ``nats-r3`` a 3-node cluster with a
-  3-replica stream), with the service's default pool for the kind.
+  3-replica stream), with the service's default pool for the kind. The streamd CPU
+  counts the sink's own processes too (kafka's producer process: ``children_cpu_s``,
+  reaped when the sink closed; ``streamd_cpu_s_per_100k`` is both together).
 - ``latency-10k-postgres``: two ``streamd serve`` receivers behind HAProxy (the
   configuration of docs/scale-out.md), each with a postgres sink into one table; legacy
   500-event batches paced to 10,000 events/s in total; per event, the PostgreSQL commit
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import resource
 import shutil
 import subprocess
 import sys
@@ -114,6 +117,13 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
     from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
     from streamd.journal import WriterOptions, open_journal
 
+    try:
+        from streamd.service.sinks import drain_reads
+    except ImportError:  # a --ref before drain_reads: what the service read then
+
+        def drain_reads(kind: str, converts: bool = False) -> tuple[bool, bool]:
+            return kind in _ENGINES, kind != "sqlite"
+
     name = f"bench-{args.kind}-{time.time_ns()}"
     out = Path(args.work)
     openers = {
@@ -134,14 +144,16 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=pool.batch_size,
         linger=pool.linger,
         max_in_flight=pool.max_in_flight,
-        full_events=engine in _ENGINES,  # as the service reads for these kinds
-        envelopes=args.kind != "sqlite",
+        # What the service reads for the kind.
+        full_events=drain_reads(args.kind)[0],
+        envelopes=drain_reads(args.kind)[1],
     )
     samples: list[float] = []
     async with open_journal(args.journal, WriterOptions()) as journal:
         target = journal.last_seq
         started = time.perf_counter()
         cpu0 = time.process_time()
+        children0 = _children_cpu_s()
         async with open_drain(journal, [spec]) as drain:
             # The cursor is checked every 10 ms (a 0.25 s poll added up to 0.25 s to a
             # 1-2 s drain: 10-20% off the rate); RSS is sampled every 0.25 s.
@@ -155,6 +167,8 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
             cursor = drain.statistics()[0].cursor
         cpu = time.process_time() - cpu0
+        # The sink's own processes (kafka's producer process), reaped when it closed.
+        children = _children_cpu_s() - children0
     import streamd
 
     return {
@@ -167,9 +181,18 @@ async def _drain_child(args: argparse.Namespace) -> dict[str, Any]:
         "events_per_s": round(cursor / elapsed, 1),
         "process_cores": round(cpu / elapsed, 2),
         "process_cpu_s_per_100k": round(cpu / max(1, cursor) * 1e5, 2),
+        "children_cpu_s_per_100k": round(children / max(1, cursor) * 1e5, 2),
+        "streamd_cores": round((cpu + children) / elapsed, 2),
+        "streamd_cpu_s_per_100k": round((cpu + children) / max(1, cursor) * 1e5, 2),
         "rss_max_mib": round(max(samples, default=0.0), 1),
         "peak_rss_mib": round(_rss_mib()[1], 1),
     }
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's reaped children (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 _ENGINES: Final = ("postgres", "kafka", "nats")

@@ -197,6 +197,7 @@ def build_specs(config: Config) -> list[SinkSpec]:
     specs = []
     for sink in config.sinks:
         pool, retry = resolve(sink)
+        reads = drain_reads(sink.kind, _converts(sink))
         route = Route(
             [
                 Filter(
@@ -224,16 +225,26 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 timeout=pool.timeout,
                 start=sink.start,
                 retry=retry,
-                # Most kinds send envelopes or copy rows from the journal themselves; the
-                # shared engines' store the columns apart or key and label messages.
-                full_events=sink.kind in ("postgres", "kafka", "nats") or _converts(sink),
-                # A converting http sink reads each event's JSON and columns, not envelopes;
-                # postgres stores the columns and the JSON apart.
-                envelopes=sink.kind not in ("sqlite", "postgres") and not _converts(sink),
+                full_events=reads[0],
+                envelopes=reads[1],
                 dedups=sink.kind in ("postgres", "nats"),
             )
         )
     return specs
+
+
+def drain_reads(kind: str, converts: bool = False) -> tuple[bool, bool]:
+    """What the drain reads for a sink of ``kind``: (every column and the event's JSON,
+    the envelope built by the reader). ``converts``: an http sink whose body is not
+    streamd's envelope."""
+    # Most kinds send envelopes or copy rows from the journal themselves; the shared
+    # engines store the columns apart or key and label messages with them.
+    full = kind in ("postgres", "kafka", "nats") or converts
+    # A converting http sink reads each event's JSON and columns, not envelopes; postgres
+    # stores the columns and the JSON apart; kafka's producer process builds them (off
+    # the daemon's GIL); sqlite copies rows from the journal itself.
+    envelopes = kind not in ("sqlite", "postgres", "kafka") and not converts
+    return full, envelopes
 
 
 def _converts(sink: SinkConfig) -> bool:
@@ -241,4 +252,4 @@ def _converts(sink: SinkConfig) -> bool:
     return sink.http is not None and sink.http.format != "streamd"
 
 
-__all__ = ["Sink", "build_specs", "resolve"]
+__all__ = ["Sink", "build_specs", "drain_reads", "resolve"]

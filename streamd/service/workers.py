@@ -286,7 +286,8 @@ class WorkerPool:
 
     def command(self, ipc_fd: int) -> list[str]:
         """The argv of one worker process, ``ipc_fd`` its end of the command socket."""
-        cmd = [sys.executable, "-m", "streamd.service.worker", "--ipc-fd", str(ipc_fd)]
+        # -P: the streamd of PYTHONPATH (this one), never one in the working directory.
+        cmd = [sys.executable, "-P", "-m", "streamd.service.worker", "--ipc-fd", str(ipc_fd)]
         cmd += ["--listen-fds", ",".join(map(str, self._fds))]
         if self._mtls_fds:
             cmd += ["--mtls-fds", ",".join(map(str, self._mtls_fds))]

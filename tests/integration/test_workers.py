@@ -322,3 +322,20 @@ async def test_a_stop_before_the_workers_started_starts_none(data_dir: Path) -> 
             await workers.serve()
     assert workers.statistics().pids == (None,)
     assert all(s.fileno() == -1 for s in sockets.insecure_sockets)  # closed
+
+
+async def test_workers_run_this_streamd_whatever_the_working_directory(
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``streamd`` package in the daemon's working directory (another checkout) is not
+    what the workers import: ``python -m`` puts the working directory first on the path,
+    so they are started with ``-P`` and run the daemon's own."""
+    other = tmp_path / "checkout"
+    (other / "streamd").mkdir(parents=True)
+    (other / "streamd" / "__init__.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(other)
+    server = await start_server(ONE)
+    assert (await server.post(fixture_bytes("legacy_push"))).json() == {
+        "accepted": 4,
+        "duplicates": 0,
+    }

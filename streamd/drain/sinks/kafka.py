@@ -9,33 +9,43 @@ broker refuses for good (too large, unknown topic) is a dead letter on its own;
 anything else fails the whole batch, which the runner sends again (Kafka keeps
 both copies: at least once; consumers dedup by the key, docs/kafka.md).
 
-librdkafka never runs on the trio loop: ``produce()`` runs in a worker thread
-(one at a time per sink), and one thread per producer calls ``poll()``, which
-runs the delivery callbacks; the last report of a batch wakes its waiter through
-the trio token. A full local queue (``BufferError``) makes the producing side
-wait on the loop, with ``trio.sleep``, for reports to free space.
+librdkafka runs in a producer process of the sink's own
+(:mod:`~streamd.drain.sinks.kafka_child`): ``produce()``, the loop around it and the
+delivery reports were most of the daemon's GIL time, and there they take another
+core. This side keeps the decisions: per batch it sends ONE frame (the events as the
+drain read them, encoded by msgspec in C: no Python work per event here) and
+gets ONE frame back (all delivered, or each failed message's error), from
+which :meth:`KafkaSink._result` decides as before. The process is started at the
+first batch and again, with a backoff while it keeps dying, after it died (its
+batches in flight fail as transient and are sent again).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import queue
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import trio
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError
 
+import streamd
 from streamd.drain.policy import Kind
-from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, confirmed, envelope, transient
+from streamd.drain.sinks import _kafka_wire as wire
+from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, confirmed, transient
 
 log = logging.getLogger("streamd.drain.kafka")
-_librdkafka_log = logging.getLogger("streamd.drain.kafka.librdkafka")
 
 #: The headers of each message (UTF-8 text); those of a field the event lacks are left out.
 HEADERS = (
@@ -62,9 +72,16 @@ _TIMEOUTS = frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT,
                        KafkaError.REQUEST_TIMED_OUT})  # fmt: skip
 _NOT_IN_TOPIC = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_TOPIC = 249
-_QUEUE_FULL_WAIT = 0.01  # s between tries when librdkafka's local queue is full
-_POLL = 0.1  # s: how soon the poller notices it must stop
-_CLOSE_FLUSH = 2.0  # s to serve the purged messages' reports when a producer is retired
+_RECV = 256 * 1024
+_SNDBUF = 4 * 1024 * 1024
+# A producer process that keeps dying is started again no sooner than this after it
+# died, doubling up to _MAX_BACKOFF; the delay starts over once one lived _STABLE s.
+_MIN_BACKOFF = 0.5
+_MAX_BACKOFF = 30.0
+_STABLE = 10.0
+# After EOF the process purges, closes its producers and exits (kafka_child: at most
+# 10 s); it is killed when it takes longer than this.
+_EXIT_WAIT = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,301 +148,330 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     return config
 
 
-class _LibrdkafkaLog:
-    """librdkafka's own log lines, at debug level: what matters comes through error_cb."""
+class _Waiter:
+    """One batch waiting for its answer: ``answer``, or ``lost`` when the process died."""
 
-    def log(self, level: int, msg: str, *args: object) -> None:
-        _librdkafka_log.debug(msg, *args)
+    __slots__ = ("answer", "done", "lost")
 
-
-class _Reports:
-    """The delivery reports of one batch, filled in from librdkafka's poller thread.
-
-    One bound method (:meth:`report`) is every message's delivery callback: no object
-    per message. A successful report only counts down; a failed one is kept with the
-    seq of its event, read from the message's value (the envelope) only then. Counts
-    one more than the batch's messages until the producing side has handed every
-    message over (``handed_over``): a report may come before ``produce`` has returned.
-    The last one wakes the waiter through the trio token (once per batch); after a
-    cancellation nobody waits and late reports change nothing.
-    """
-
-    __slots__ = ("_lock", "_remaining", "_token", "done", "errors")
-
-    def __init__(self, size: int, token: trio.lowlevel.TrioToken) -> None:
-        self._lock = threading.Lock()
-        self._remaining = size + 1
-        self._token = token
-        # (the event's seq, else None when the message cannot be told, error)
-        self.errors: list[tuple[int | None, KafkaError]] = []
+    def __init__(self) -> None:
         self.done = trio.Event()
-
-    def report(self, error: KafkaError | None, message: Message | None) -> None:
-        """One message's delivery report (the poller thread)."""
-        if error is not None:
-            self.failed(_seq_of(message), error)
-            return
-        with self._lock:
-            self._remaining -= 1
-            last = self._remaining == 0
-        if last:
-            self._wake()
-
-    def failed(self, seq: int | None, error: KafkaError) -> None:
-        """A message that failed (any thread): refused by ``produce`` or reported."""
-        with self._lock:
-            self.errors.append((seq, error))
-            self._remaining -= 1
-            last = self._remaining == 0
-        if last:
-            self._wake()
-
-    def handed_over(self) -> None:
-        with self._lock:
-            self._remaining -= 1
-            last = self._remaining == 0
-        if last:
-            self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone
-            self._token.run_sync_soon(self.done.set)
+        self.answer: wire.Done | wire.Unusable | None = None
+        self.lost = ""
 
 
-def _seq_of(message: Message | None) -> int | None:
-    """The journal seq of a reported message: the ``seq`` of its value, the envelope.
-    (A delivery report carries no headers.) None when it cannot be told."""
-    value = message.value() if message is not None else None
-    if not isinstance(value, bytes):
-        return None
-    try:
-        seq = orjson.loads(value).get("seq")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return seq if isinstance(seq, int) else None
+class _Child:
+    """The sink's producer process, seen from the daemon: a sender and a reader thread.
 
-
-class _Producer:
-    """One librdkafka producer and the thread that serves its callbacks (``poll``).
-
-    Made in a worker thread (``rd_kafka_new`` starts threads and may take a while).
-    ``retire`` asks the thread to purge what is queued or in flight, serve the purged
-    messages' reports (their batches fail and are retried) and close the producer.
+    Frames to send are queued whole (a cancelled batch never leaves half a frame on the
+    socket); the sender thread writes them and, at :meth:`close`, shuts down our side
+    (EOF: the process purges and exits). The reader thread decodes the answers and hands
+    them to the trio loop; at EOF, or on a bad frame (the process is killed), it reaps
+    the process and reports the exit, which fails the batches still waiting.
     """
 
-    def __init__(self, config: dict[str, Any], name: str) -> None:
-        self.fatal: KafkaError | None = None
-        # Timed out or cancelled messages leave the idempotent producer waiting to resync
-        # its sequence numbers; after a 60 s freeze of Tansu it never sent again. A new
-        # producer (new producer id) is made instead.
-        self.stale = False
-        self.last_error = ""
-        self._stopping = False
-        self._warned: dict[str, float] = {}
-        self.producer = Producer({**config, "error_cb": self._on_error, "logger": _LibrdkafkaLog()})
-        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self.thread.start()
+    def __init__(
+        self, sink: KafkaSink, popen: subprocess.Popen[bytes], sock: socket.socket
+    ) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.started = time.monotonic()
+        self.alive = True
+        self.pending: dict[int, _Waiter] = {}
+        self._sink = sink
+        self._sock = sock
+        self._token = trio.lowlevel.current_trio_token()
+        self._out: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+        name = f"streamd-kafka-{sink.settings.sink}"
+        self._sender = threading.Thread(target=self._send_all, name=name + "-send", daemon=True)
+        self.reader = threading.Thread(target=self._read, name=name + "-read", daemon=True)
+        self._sender.start()
+        self.reader.start()
 
-    def _serve(self) -> None:
-        producer = self.producer
+    def send(self, data: bytearray) -> None:
+        self._out.put(data)
+
+    def close(self) -> None:
+        """Send EOF once the frames queued so far are sent."""
+        self._out.put(None)
+
+    def _send_all(self) -> None:
+        sock = self._sock
+        while True:
+            data = self._out.get()
+            try:
+                if data is None:
+                    sock.shutdown(socket.SHUT_WR)
+                    return
+                sock.sendall(data)
+            except OSError:  # the process is gone: the reader sees EOF and reports it
+                return
+
+    def _read(self) -> None:
+        reader = wire.sink_reader()
+        error = ""
         try:
-            while not self._stopping:
-                producer.poll(_POLL)
-            # Queued messages belong to batches that will be sent again: purging them
-            # saves duplicates. Their reports (purged: transient) are served here.
-            producer.purge(in_queue=True, in_flight=True, blocking=True)
-            producer.flush(_CLOSE_FLUSH)
-            producer.close()
-        except Exception:  # a bug: shown, never silent
-            log.exception("kafka producer thread %s failed", self.thread.name)
+            while True:
+                data = self._sock.recv(_RECV)
+                if not data:
+                    break
+                messages = reader.feed(data)
+                if messages:
+                    self._soon(self._sink._answers, self, messages)
+        except wire.ProtocolError as exc:
+            error = f"sent a bad frame ({exc}) and was killed"
+            log.error("kafka sink %s: the producer process (pid %d) %s",
+                      self._sink.settings.sink, self.pid, error)  # fmt: skip
+            self.popen.kill()
+        except OSError:
+            pass
+        try:
+            code = self.popen.wait(_EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            log.error("kafka sink %s: the producer process (pid %d) did not exit; killing it",
+                      self._sink.settings.sink, self.pid)  # fmt: skip
+            self.popen.kill()
+            code = self.popen.wait()
+        # The sender ends too (a send to the exited process fails at once); only then is
+        # the socket closed, so that it never writes to a descriptor number reused since.
+        self._out.put(None)
+        self._sender.join(5.0)
+        self._sock.close()
+        self._soon(self._sink._exited, self, code, error)
 
-    def _on_error(self, error: KafkaError) -> None:
-        """librdkafka's client-level errors (poller thread): a broker down, a fatal
-        idempotence error. Logged once a minute per message; a fatal one retires this
-        producer at the next delivery."""
-        text = f"{error.name()}: {error.str()}"
-        self.last_error = text
-        if error.fatal():
-            self.fatal = error
-        now = time.monotonic()
-        if now - self._warned.get(text, -120.0) >= 60.0:
-            self._warned[text] = now
-            if len(self._warned) > 100:
-                self._warned.clear()
-            log.warning("kafka: %s%s", text, " (fatal: a new producer is made)" * error.fatal())
+    def _soon(self, fn: Any, *args: Any) -> None:
+        with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone
+            self._token.run_sync_soon(fn, *args)
 
-    def retire(self) -> None:
-        self._stopping = True
 
-    def join(self, timeout: float) -> None:
-        self.thread.join(timeout)
+def _wire_events(events: Sequence[DrainEvent]) -> list[wire.Event]:
+    return [
+        (e.seq, e.key, e.stream, e.type, e.munchkin_id, e.source, e.occurred_at, e.received_at,
+         e.lead_id, e.line, e.activity_type_id, "" if e.line else e.raw)
+        for e in events
+    ]  # fmt: skip
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
+
+
+def _environment() -> dict[str, str]:
+    # The process imports the very streamd this one runs (a venv, a source tree, or the
+    # directory shiv unpacked a zipapp into).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(streamd.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _log_format() -> str:
+    # The process shares our stderr: the same format on every line.
+    from streamd.service.logs import JsonFormatter
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            return "json"
+    return "text" if logging.getLogger().handlers else "auto"
 
 
 class KafkaSink:
-    """Produces each batch's events, one message each, and waits for every report."""
+    """Produces each batch's events, one message each, through its producer process."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self._config = producer_config(settings)
-        self._key_by_lead = settings.key == "lead"
-        self._instance = settings.instance
-        self._current: _Producer | None = None
-        self._retired: list[_Producer] = []
+        self._child: _Child | None = None
         self._opening = trio.Lock()
-        self._limiter = trio.CapacityLimiter(1)  # producing is CPU: one thread is enough
-        # route (stream, type, source, munchkin id) -> (topic, the route's headers)
-        self._routes: dict[
-            tuple[str, str | None, str, str | None], tuple[str, tuple[tuple[str, str], ...]]
-        ] = {}
+        # The producer the next batch asks for: a new number after a timeout or a fatal
+        # error makes the producer process replace its producer.
+        self._generation = 0
+        self._next_id = 0
+        self._backoff = _MIN_BACKOFF
+        self._not_before = 0.0  # trio time: no new process before this
+        #: Producer processes started after the first (one died, or was killed).
+        self.restarts = 0
         self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        """The producer process's id; None before the first batch or while it is down."""
+        child = self._child
+        return child.pid if child is not None and child.alive else None
 
     async def deliver(self, events: Sequence[DrainEvent], *, delivery_id: str = "") -> Result:
         if not events:
             return CONFIRMED
         try:
-            producer = await self._producer()
+            child = await self._running_child()
         except trio.ClosedResourceError:
             return transient("the kafka sink is closed")
-        except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG:
-                # A property librdkafka refuses can never work: disable with the reason.
-                return Result(Kind.GONE, f"kafka: {error.str()}")
-            return transient(f"kafka: cannot make a producer: {exc}")
-        reports = _Reports(len(events), trio.lowlevel.current_trio_token())
-        start = 0
-        while True:
-            start = await trio.to_thread.run_sync(
-                self._produce, producer, events, reports, start, limiter=self._limiter
-            )
-            if start == len(events):
-                break
-            await trio.sleep(_QUEUE_FULL_WAIT)  # the local queue is full: reports free it
-        reports.handed_over()
+        except OSError as exc:
+            return transient(f"kafka: cannot start the producer process: {exc}")
+        generation = self._generation
+        self._next_id += 1
+        batch_id = self._next_id
+        data = wire.frame(wire.Produce(batch_id, generation, _wire_events(events)))
+        if len(data) - 4 > wire.CHILD_FRAME_LIMIT:
+            if len(events) > 1:
+                return await self._in_halves(events)
+            # One event over the bound: over librdkafka's largest message.max.bytes too.
+            reason = f"kafka: the event's frame of {len(data) - 4} bytes is over the bound"
+            return confirmed(rejected=[(events[0].seq, reason)])
+        if not child.alive:  # it died meanwhile: the next attempt starts a new one
+            return transient(f"kafka: the producer process (pid {child.pid}) exited")
+        waiter = _Waiter()
+        child.pending[batch_id] = waiter
+        child.send(data)
+        del data
         try:
-            await reports.done.wait()
+            await waiter.done.wait()
         except trio.Cancelled:
-            producer.stale = True  # the pool's timeout: reports did not come in time
+            # The pool's timeout: the reports did not come in time. The producer process
+            # retires that producer now; the next batch gets a new one.
+            child.pending.pop(batch_id, None)
+            if generation == self._generation:
+                self._generation += 1
+                if child.alive:
+                    child.send(wire.frame(wire.Stale(generation)))
             raise
-        return self._result(producer, events, reports)
+        answer = waiter.answer
+        if answer is None:
+            return transient(f"kafka: {waiter.lost}")
+        if isinstance(answer, wire.Unusable):
+            if answer.code == KafkaError._INVALID_ARG:
+                # A property librdkafka refuses can never work: disable with the reason.
+                return Result(Kind.GONE, f"kafka: {answer.text}")
+            return transient(f"kafka: cannot make a producer: {answer.name}: {answer.text}")
+        return self._result(generation, events, answer)
 
-    async def _producer(self) -> _Producer:
-        """The current producer, made on first use or after a fatal error."""
+    async def _in_halves(self, events: Sequence[DrainEvent]) -> Result:
+        """A batch over one frame's bound, delivered as two (their results merged)."""
+        middle = len(events) // 2
+        first = await self.deliver(events[:middle])
+        if first.kind is not Kind.CONFIRMED:
+            return first
+        second = await self.deliver(events[middle:])
+        if second.kind is not Kind.CONFIRMED:
+            return second
+        return confirmed(rejected=[*first.rejected, *second.rejected])
+
+    async def _running_child(self) -> _Child:
+        """The producer process, started on first use, or again after it died (no
+        sooner than the backoff allows)."""
         async with self._opening:
-            current = self._current
-            if current is not None and current.fatal is None and not current.stale:
-                return current
-            if current is not None:
-                log.info("kafka sink %s: a new producer replaces the %s one", self.settings.sink,
-                         "failed" if current.fatal else "timed out")  # fmt: skip
-                current.retire()
-                self._retired = [p for p in self._retired if p.thread.is_alive()]
-                self._retired.append(current)
-                self._current = None
             if self._closed:
                 raise trio.ClosedResourceError("the kafka sink is closed")
-            name = f"streamd-kafka-{self.settings.sink}"
-            self._current = await trio.to_thread.run_sync(_Producer, self._config, name)
-            return self._current
-
-    def _produce(
-        self, producer: _Producer, events: Sequence[DrainEvent], reports: _Reports, start: int
-    ) -> int:
-        """Hand the events from ``start`` on to librdkafka (worker thread); returns where
-        it stopped: ``len(events)``, or the first one the full local queue did not take.
-
-        The per-message work is kept small: one delivery callback for the whole batch,
-        and the topic and the headers that follow from the route made once per route.
-        """
-        produce = producer.producer.produce
-        on_delivery = reports.report
-        routes = self._routes
-        by_lead = self._key_by_lead
-        for index in range(start, len(events)):
-            e = events[index]
-            route = (e.stream, e.type, e.source, e.munchkin_id)
-            routed = routes.get(route)
-            if routed is None:
-                if len(routes) >= 4096:
-                    routes.clear()
-                routed = routes[route] = self._route(e)
-            topic, route_headers = routed
-            headers: list[tuple[str, str | bytes | None]] = [
-                ("streamd-event-key", e.key),
-                ("streamd-seq", str(e.seq)),
-                ("streamd-received-at", e.received_at),
-                *route_headers,
-            ]
-            if e.occurred_at is not None:
-                headers.append(("streamd-occurred-at", e.occurred_at))
+            child = self._child
+            if child is not None and child.alive:
+                return child
+            if child is not None:
+                await trio.sleep_until(self._not_before)
+                self.restarts += 1
+            # Spawned, never forked (this process has threads): a fresh interpreter.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            # A batch's frame in one send() where the system allows (net.core.wmem_max):
+            # each partial send of the sender thread waits for the GIL again.
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
             try:
-                produce(
-                    topic,
-                    e.line or envelope(e),
-                    str(e.lead_id) if by_lead and e.lead_id is not None else e.key,
-                    headers=headers,
-                    on_delivery=on_delivery,
-                )
-            except BufferError:
-                return index
-            except KafkaException as exc:  # refused before it was queued (too large, fatal)
-                reports.failed(e.seq, exc.args[0])
-        return len(events)
+                popen = await trio.to_thread.run_sync(self._spawn, theirs.fileno())
+            except OSError:
+                ours.close()
+                raise
+            finally:
+                theirs.close()  # the process has its copy: EOF on ours means it is gone
+            child = self._child = _Child(self, popen, ours)
+            hello = wire.Hello(self._config, self.settings.sink, self.settings.topic,
+                               self.settings.key, self.settings.instance)  # fmt: skip
+            child.send(wire.frame(hello))
+            log.info("kafka sink %s: producer process started (pid %d)",
+                     self.settings.sink, child.pid)  # fmt: skip
+            return child
 
-    def _route(self, event: DrainEvent) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """The topic of the event's route and the headers every event of it carries."""
-        headers = [("streamd-stream", event.stream), ("streamd-source", event.source)]
-        if event.type is not None:
-            headers.append(("streamd-type", event.type))
-        if event.munchkin_id is not None:
-            headers.append(("streamd-munchkin-id", event.munchkin_id))
-        headers.append(("streamd-instance", self._instance))
-        return topic_name(self.settings.topic, event), tuple(headers)
+    def _spawn(self, ipc_fd: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command(ipc_fd), pass_fds=(ipc_fd,), stdin=subprocess.DEVNULL, env=_environment()
+        )
 
-    def _result(
-        self, producer: _Producer, events: Sequence[DrainEvent], reports: _Reports
-    ) -> Result:
-        if not reports.errors:
+    def command(self, ipc_fd: int) -> list[str]:
+        """The argv of the producer process, ``ipc_fd`` its end of the socketpair."""
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        # -P: the streamd of PYTHONPATH (this one), never one in the working directory.
+        return [sys.executable, "-P", "-m", "streamd.drain.sinks.kafka_child", "--ipc-fd",
+                str(ipc_fd), "--sink", self.settings.sink, "--log-level", level,
+                "--log-format", _log_format()]  # fmt: skip
+
+    def _answers(self, child: _Child, messages: list[wire.ToSink]) -> None:
+        """Answers from the producer process (trio loop)."""
+        for message in messages:
+            waiter = child.pending.pop(message.id, None)
+            if waiter is not None:  # else: a batch cancelled by the pool's timeout
+                waiter.answer = message
+                waiter.done.set()
+
+    def _exited(self, child: _Child, code: int, error: str) -> None:
+        """The producer process is gone (trio loop): its batches fail, to be sent again."""
+        child.alive = False
+        what = f"the kafka producer process (pid {child.pid}) " + (
+            error or f"exited with {_describe(code)}"
+        )
+        for waiter in child.pending.values():
+            waiter.lost = what
+            waiter.done.set()
+        child.pending.clear()
+        if self._closed:
+            return
+        now = trio.current_time()
+        if time.monotonic() - child.started >= _STABLE:
+            self._backoff = _MIN_BACKOFF
+        self._not_before = now + self._backoff
+        log.error("kafka sink %s: %s; its batches in flight are sent again; a new one "
+                  "starts in %g s", self.settings.sink, what, self._backoff)  # fmt: skip
+        self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+
+    def _result(self, generation: int, events: Sequence[DrainEvent], done: wire.Done) -> Result:
+        if not done.failures:
             return CONFIRMED
         in_batch = {e.seq for e in events}
         rejected: list[tuple[int, str]] = []
-        failed: list[KafkaError] = []
-        for seq, error in sorted(reports.errors, key=lambda r: (r[0] is None, r[0] or 0)):
-            if error.fatal():
-                producer.fatal = producer.fatal or error
-                failed.append(error)
-            elif error.code() in _PERMANENT and seq in in_batch:
-                rejected.append((seq, f"kafka: {error.name()}: {error.str()}"))
+        failed: list[wire.Failure] = []
+        fatal = done.fatal
+        for failure in sorted(done.failures, key=lambda f: (f[0] is None, f[0] or 0)):
+            seq, code, name, text, is_fatal, _retriable = failure
+            if is_fatal:
+                fatal = True
+                failed.append(failure)
+            elif code in _PERMANENT and seq is not None and seq in in_batch:
+                rejected.append((seq, f"kafka: {name}: {text}"))
             else:  # transient, or a refusal that cannot be told apart: the batch again
-                failed.append(error)
+                failed.append(failure)
         if not failed:
             return confirmed(rejected=rejected)
-        if any(e.code() in _TIMEOUTS for e in failed):
-            producer.stale = True
+        if (fatal or any(f[1] in _TIMEOUTS for f in failed)) and generation == self._generation:
+            # Timed out messages leave an idempotent producer waiting to resync its
+            # sequence numbers (after a 60 s freeze of Tansu it never sent again); a fatal
+            # error ends it. The next batch asks for a new producer (a new producer id).
+            self._generation += 1
         first = failed[0]
-        reason = (
-            f"kafka: {len(failed)} of {len(events)} messages failed: {first.name()}: {first.str()}"
-        )
-        if producer.fatal is not None:
+        reason = f"kafka: {len(failed)} of {len(events)} messages failed: {first[2]}: {first[3]}"
+        if fatal:
             reason += " (fatal for the producer: a new one is made for the next attempt)"
-        elif producer.last_error:
-            reason += f"; last client error: {producer.last_error}"
+        elif done.last_error:
+            reason += f"; last client error: {done.last_error}"
         return transient(reason)
 
     async def aclose(self) -> None:
-        """Retire the producers: their queued messages are purged (their batches were not
-        confirmed, so they are sent again later) and their threads end."""
+        """End the producer process: EOF makes it purge its queued messages (their
+        batches were not confirmed, so they are sent again later) and exit."""
         async with self._opening:
             self._closed = True
-            producers = self._retired + ([self._current] if self._current else [])
-            self._current, self._retired = None, []
-        for producer in producers:
-            producer.retire()
-
-        def join() -> None:
-            for producer in producers:
-                producer.join(_CLOSE_FLUSH + 10.0)
-
-        if producers:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(join)
+            child, self._child = self._child, None
+        if child is None:
+            return
+        child.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(child.reader.join, _EXIT_WAIT + 5.0)

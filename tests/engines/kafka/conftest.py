@@ -73,7 +73,8 @@ async def append(journal: Journal, records: Sequence[EventRecord], source: str =
 
 
 def kafka_spec(name: str, settings: KafkaSettings, **kw: Any) -> SinkSpec:
-    """A SinkSpec for a KafkaSink, read the way the service does (full events)."""
+    """A SinkSpec for a KafkaSink, read the way the service does (full events, no
+    envelopes: the producer process builds them)."""
     defaults: dict[str, Any] = {"workers": 2, "batch_size": 50, "linger": 0.01, "retry": FAST}
     defaults.update(kw)
     return SinkSpec(
@@ -82,7 +83,7 @@ def kafka_spec(name: str, settings: KafkaSettings, **kw: Any) -> SinkSpec:
         Route(()),
         lambda: KafkaSink(settings),
         full_events=True,
-        envelopes=True,
+        envelopes=False,
         **defaults,
     )
 

@@ -65,6 +65,31 @@ def _drive(writer: JournalWriter, deliveries: list[Delivery], inflight: int) -> 
     return elapsed
 
 
+def _thread_cpu() -> dict[str, float]:
+    """CPU-seconds (user + system) of each live thread of this process, by thread name."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = names.get(int(task.name), "other")
+        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
+def _cpu_per_event(
+    before: dict[str, float], after: dict[str, float], events: int
+) -> dict[str, float]:
+    """µs of CPU per event of each thread between two ``_thread_cpu`` readings."""
+    return {
+        name: round((after[name] - before.get(name, 0.0)) * 1e6 / events, 2)
+        for name in sorted(after)
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     _CACHE.mkdir(exist_ok=True)
     directory = tempfile.mkdtemp(prefix="journal-writer-", dir=_CACHE)
@@ -87,10 +112,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             prefill_s = _drive(writer, prefill, args.inflight) if prefill else 0.0
             commits_before = writer.stats.commits
+            cpu_before, process_before = _thread_cpu(), time.process_time()
             elapsed = _drive(writer, timed, args.inflight)
+            # Before close: the threads' CPU for the timed events (close's own final
+            # checkpoint and index catch-up come after, in the process figure only).
+            cpu_after = _thread_cpu()
             commits = writer.stats.commits - commits_before
         finally:
             writer.close()
+        process_s = time.process_time() - process_before
         timed_events = sum(len(d.events) for d in timed)
         size = sum(p.stat().st_size for p in Path(directory).iterdir())
         return {
@@ -110,6 +140,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batches_per_commit": round(len(timed) / max(1, commits), 2),
             "journal_bytes": size,
             "without_index": args.without_index,
+            # µs of CPU an event: each thread's (writer, indexer, checkpoint, the driving
+            # MainThread), and the whole process's including close.
+            "cpu_us_per_event": _cpu_per_event(cpu_before, cpu_after, timed_events),
+            "process_cpu_us_per_event": round(process_s * 1e6 / timed_events, 2),
         }
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -458,6 +458,10 @@ class Indexer:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
         conn.execute(f"PRAGMA cache_size = {-1024 * self._cache_mib}")
+        # The statement journal of each multi-row insert in memory, not in a temporary
+        # file: without this every indexer transaction created, wrote (a copy of each
+        # index page it changed) and unlinked one (ARCHITECTURE.md, issue 17).
+        conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
     def _flush_leads(self, conn: sqlite3.Connection) -> None:

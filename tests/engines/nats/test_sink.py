@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from streamd.drain import DrainEvent, Kind, RetrySettings, open_drain
+from streamd.drain import DrainEvent, Kind, Result, RetrySettings, open_drain
 from streamd.drain.sinks.nats import NatsSettings, NatsSink, covers, stream_subjects, subject_token
 from streamd.journal import Journal
 from streamd.ops import RewindSink
@@ -174,16 +174,25 @@ async def test_two_receivers_with_overlapping_batches_store_each_key_once(
     a = NatsSink(settings(cluster, stream_name, instance="ra"))
     b = NatsSink(settings(cluster, stream_name, instance="rb"))
     keys = [f"e{i:03d}" for i in range(500)]
-    results = {}
+    results: dict[str, list[Result]] = {}
     try:
         # The stream exists first (two creators at once is the next test's business).
         assert (await a.deliver([event(1, "e000")])).present == 0
 
+        transient: list[str] = []
+
         async def run(name: str, sink: NatsSink, chosen: Sequence[str]) -> None:
             batch = [event(i + 1, k) for i, k in enumerate(chosen)]
-            results[name] = [
-                await sink.deliver(batch[j : j + 50]) for j in range(0, len(batch), 50)
-            ]
+            results[name] = []
+            for j in range(0, len(batch), 50):
+                # As the runner would: a transient outcome (a PubAck late on a loaded
+                # machine: three servers and two receivers share two cores) is retried.
+                for _ in range(5):
+                    result = await sink.deliver(batch[j : j + 50])
+                    if result.kind is not Kind.TRANSIENT:
+                        break
+                    transient.append(result.reason)
+                results[name].append(result)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run, "a", a, keys[:300])
@@ -192,9 +201,14 @@ async def test_two_receivers_with_overlapping_batches_store_each_key_once(
         await a.aclose()
         await b.aclose()
     outcomes = [r for rs in results.values() for r in rs]
-    assert all(r.kind is Kind.CONFIRMED and not r.rejected for r in outcomes)
-    # e000 was stored once before; each of e200..e299 is stored by one receiver only
-    assert sum(r.present or 0 for r in outcomes) == 1 + 100
+    assert all(r.kind is Kind.CONFIRMED and not r.rejected for r in outcomes), (
+        outcomes,
+        transient,
+    )
+    # e000 was stored once before; each of e200..e299 is stored by one receiver only (a
+    # retried batch also finds what its failed attempt stored)
+    present = sum(r.present or 0 for r in outcomes)
+    assert present == 1 + 100 if not transient else present >= 1 + 100, (present, transient)
     stored = await messages(cluster, stream_name)
     assert Counter(m.headers["Nats-Msg-Id"] for m in stored) == Counter(keys)
     instances = {m.headers["Nats-Msg-Id"]: m.headers["Streamd-Instance"] for m in stored}

@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ import msgspec
 import trio
 from hypercorn.config import Sockets
 
-import streamd
+from streamd.children import describe_exit, environment, python_argv
 from streamd.errors import ConfigError, StreamdError
 from streamd.ingest import ipc
 from streamd.ingest.remote import refusal
@@ -210,7 +209,7 @@ class WorkerPool:
                 "ingest worker %d (pid %s) exited with %s; starting it again in %g s",
                 slot.index,
                 slot.pid,
-                _describe(code),
+                describe_exit(code),
                 backoff,
             )
             slot.pid = None
@@ -230,7 +229,7 @@ class WorkerPool:
                 self.command(theirs.fileno()),
                 pass_fds=(theirs.fileno(), *self._fds, *self._mtls_fds),
                 stdin=subprocess.DEVNULL,
-                env=_environment(),
+                env=environment(),
             )
         except OSError as exc:
             ours.close()
@@ -279,15 +278,14 @@ class WorkerPool:
             slot.connections = NO_CONNECTIONS
         if task_status is not None:
             raise ConfigError(
-                f"ingest worker {slot.index} exited with {_describe(code)} before serving "
+                f"ingest worker {slot.index} exited with {describe_exit(code)} before serving "
                 "(its log lines above say why)"
             )
         return code
 
     def command(self, ipc_fd: int) -> list[str]:
         """The argv of one worker process, ``ipc_fd`` its end of the command socket."""
-        # -P: the streamd of PYTHONPATH (this one), never one in the working directory.
-        cmd = [sys.executable, "-P", "-m", "streamd.service.worker", "--ipc-fd", str(ipc_fd)]
+        cmd = [*python_argv("streamd.service.worker"), "--ipc-fd", str(ipc_fd)]
         cmd += ["--listen-fds", ",".join(map(str, self._fds))]
         if self._mtls_fds:
             cmd += ["--mtls-fds", ",".join(map(str, self._mtls_fds))]
@@ -370,23 +368,3 @@ def _encode(config: Config) -> msgspec.Raw:
 
 def _level() -> str:
     return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-
-
-def _environment() -> dict[str, str]:
-    # The worker imports the very streamd this process runs (a venv, a source tree,
-    # or the directory shiv unpacked a zipapp into).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(streamd.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def _describe(code: int | None) -> str:
-    if code is None:
-        return "an unknown status"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"status {code}"

@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import re
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -41,7 +38,7 @@ from typing import Any
 import trio
 from confluent_kafka import KafkaError
 
-import streamd
+from streamd.children import describe_exit, environment, python_argv
 from streamd.drain.policy import Kind
 from streamd.drain.sinks import _kafka_wire as wire
 from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, confirmed, transient
@@ -261,24 +258,6 @@ def _wire_events(events: Sequence[DrainEvent]) -> list[wire.Event]:
     ]  # fmt: skip
 
 
-def _describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"status {code}"
-
-
-def _environment() -> dict[str, str]:
-    # The process imports the very streamd this one runs (a venv, a source tree, or the
-    # directory shiv unpacked a zipapp into).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(streamd.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
 class KafkaSink:
     """Produces each batch's events, one message each, through its producer process."""
 
@@ -394,14 +373,13 @@ class KafkaSink:
 
     def _spawn(self, ipc_fd: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            self.command(ipc_fd), pass_fds=(ipc_fd,), stdin=subprocess.DEVNULL, env=_environment()
+            self.command(ipc_fd), pass_fds=(ipc_fd,), stdin=subprocess.DEVNULL, env=environment()
         )
 
     def command(self, ipc_fd: int) -> list[str]:
         """The argv of the producer process, ``ipc_fd`` its end of the socketpair."""
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        # -P: the streamd of PYTHONPATH (this one), never one in the working directory.
-        return [sys.executable, "-P", "-m", PRODUCER_PROGRAM, "--ipc-fd",
+        return [*python_argv(PRODUCER_PROGRAM), "--ipc-fd",
                 str(ipc_fd), "--sink", self.settings.sink, "--log-level", level,
                 "--log-format", self.settings.log_format]  # fmt: skip
 
@@ -417,7 +395,7 @@ class KafkaSink:
         """The producer process is gone (trio loop): its batches fail, to be sent again."""
         child.alive = False
         what = f"the kafka producer process (pid {child.pid}) " + (
-            error or f"exited with {_describe(code)}"
+            error or f"exited with {describe_exit(code)}"
         )
         for waiter in child.pending.values():
             waiter.lost = what

@@ -1,10 +1,16 @@
-"""Shared fixtures: the contract's example deliveries and fresh data directories."""
+"""Shared fixtures: the contract's example deliveries, fresh data directories and child
+processes reaped at the end of each test."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.system._harness import Processes
 
 REPO = Path(__file__).resolve().parents[1]
 # The contract's own copy when it sits beside the repository (as in CI); else the copy
@@ -18,6 +24,19 @@ FIXTURES = _SHARED if _SHARED.is_dir() else VENDORED
 def fixture_bytes(name: str) -> bytes:
     """The exact bytes of one example delivery from the contract."""
     return (FIXTURES / f"{name}.json").read_bytes()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Starts child processes (``streamd serve``, ``streamd emit``, the engines' servers);
+    kills and reaps every one still running when the test ends."""
+    from tests.system._harness import Processes  # which imports this module
+
+    procs = Processes(tmp_path / "run")
+    try:
+        yield procs
+    finally:
+        procs.close()
 
 
 @pytest.fixture

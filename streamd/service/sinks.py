@@ -46,13 +46,7 @@ def _read_file(path: str, what: str) -> bytes:
 
 
 def _read_lines(path: str, what: str) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_SECRET_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from None
-    if len(data) > _MAX_SECRET_FILE:
-        raise ConfigError(f"{path}: the {what} file is larger than {_MAX_SECRET_FILE} bytes")
+    data = _read_file(path, what)
     try:
         text = data.decode()
     except UnicodeDecodeError:

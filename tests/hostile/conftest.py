@@ -10,9 +10,8 @@ import os
 from typing import TypeVar
 
 from tests.integration.conftest import server, start_server
-from tests.system.conftest import processes
 
-__all__ = ["processes", "scale", "server", "soak", "start_server"]
+__all__ = ["scale", "server", "soak", "start_server"]
 T = TypeVar("T")
 
 

@@ -6,12 +6,9 @@ under CI (``CI`` set) it fails instead, so a green CI run always ran it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.system._harness import Processes
 
 from ._sdk import Node, SdkMissing, install
 
@@ -31,16 +28,6 @@ def sdk_installed() -> None:
 def node(sdk_installed: None, tmp_path: Path) -> Node:
     """Runs the suite's node scripts (each in a fresh directory under ``tmp_path``)."""
     return Node(tmp_path / "node")
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    """Starts streamd and ``streamd emit``; kills and reaps what still runs at the end."""
-    procs = Processes(tmp_path / "run")
-    try:
-        yield procs
-    finally:
-        procs.close()
 
 
 # npm's tree is no place to look for tests.

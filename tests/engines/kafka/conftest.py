@@ -9,7 +9,7 @@ import contextlib
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from streamd.core import EventRecord, key_hash
 from streamd.drain import RetrySettings, Route, SinkSpec
 from streamd.drain.sinks.kafka import KafkaSettings, KafkaSink
 from streamd.journal import Batch, Journal, WriterOptions, open_journal, utc_now
-from tests.system._harness import Processes
 
 FAST = RetrySettings(backoff_base=0.05, backoff_cap=0.5, jitter=0.0, pause_after=50)
 
@@ -33,16 +32,6 @@ def topic_prefix() -> str:
 async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     async with open_journal(str(tmp_path / "journal.db"), WriterOptions()) as j:
         yield j
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    """Child processes, killed and reaped when the test ends."""
-    procs = Processes(tmp_path / "run")
-    try:
-        yield procs
-    finally:
-        procs.close()
 
 
 def record(

@@ -32,4 +32,3 @@ def stream_name() -> str:
 
 
 from tests.drain.conftest import journal  # noqa: E402, F401  (the drain tests' fixture)
-from tests.system.conftest import processes  # noqa: E402, F401  (the system tests' fixture)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ from streamd.drain.sinks.postgres import PostgresSettings, PostgresSink
 from streamd.journal import Batch, Journal, WriterOptions, open_journal, utc_now
 from tests.conftest import fixture_bytes
 from tests.engines._postgres import PASSWORD, PostgresServer
-from tests.system._harness import Processes
 
 FIXTURE_NAMES = (
     "lads_batch", "lads_single", "legacy_push", "notification", "audit_wrapper",
@@ -100,13 +99,3 @@ def pg_spec(name: str, sink: PostgresSink, **kw: Any) -> SinkSpec:
     }  # fmt: skip
     values.update(kw)
     return SinkSpec(name, "postgres", Route(()), lambda: sink, **values)
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    """Child processes (``streamd serve``), killed and reaped when the test ends."""
-    procs = Processes(tmp_path / "run")
-    try:
-        yield procs
-    finally:
-        procs.close()

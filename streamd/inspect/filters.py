@@ -141,6 +141,27 @@ class Filters:
         """True when nothing is filtered (every event matches)."""
         return self == Filters(clock=self.clock)
 
+    def stream_type_sql(self) -> tuple[str, list[object]]:
+        """The stream and type conditions alone (``1`` and no parameters when neither is
+        filtered), on columns named ``stream`` and ``type``: the events', or the type
+        index's list of names (reader.py)."""
+        parts: list[str] = []
+        params: list[object] = []
+        streams = self.streams
+        if self.types and not streams:
+            # A type names its stream: the name list is then searched by its key's prefix.
+            streams = _streams_of(self.types)
+        if streams:
+            parts.append(f"stream IN ({', '.join('?' * len(streams))})")
+            params.extend(streams)
+        if self.types:
+            alternatives = []
+            for pattern in self.types:
+                alternatives.append("type GLOB ?" if _is_glob(pattern) else "type = ?")
+                params.append(pattern)
+            parts.append("(" + " OR ".join(alternatives) + ")")
+        return (" AND ".join(parts) or "1"), params
+
     def where_sql(self) -> tuple[str, list[object]]:
         """One SQL condition (``1`` when empty) and its parameters, in order."""
         parts: list[str] = []
@@ -151,17 +172,10 @@ class Filters:
                 parts.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params.extend(values)
 
-        streams = self.streams
-        if self.types and not streams:
-            # Lets SQLite use the (stream, type) index: the type alone is its second column.
-            streams = _streams_of(self.types)
-        any_of("stream", streams)
-        if self.types:
-            alternatives = []
-            for pattern in self.types:
-                alternatives.append("type GLOB ?" if _is_glob(pattern) else "type = ?")
-                params.append(pattern)
-            parts.append("(" + " OR ".join(alternatives) + ")")
+        kind, kind_params = self.stream_type_sql()
+        if kind_params:
+            parts.append(kind)
+            params.extend(kind_params)
         any_of("activity_type_id", self.activity_type_ids)
         any_of("lead_id", self.lead_ids)
         any_of("munchkin_id", self.munchkin_ids)

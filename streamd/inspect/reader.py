@@ -139,6 +139,57 @@ def lead_index_sql(conn: sqlite3.Connection, lead_ids: tuple[int, ...]) -> tuple
     )
 
 
+# A window of the seq range: ``lo < seq <= hi``, and an extra condition (with its
+# parameters) that lets SQLite take the window's candidates from the type index.
+Window = tuple[int, int, str, list[object]]
+
+
+def type_windows(conn: sqlite3.Connection, filters: Filters, lo: int, hi: int) -> list[Window]:
+    """``(lo, hi]`` cut into windows, in seq order, that hold every match of the filters.
+
+    With a stream or type filter and the type index attached (the derived file's sorted
+    runs, dedup.py), only the runs holding one of the matching (stream, type) codes are
+    windows, each with its run's entries as candidates; the events the index does not
+    cover yet (past its ``covered_seq``) are one last window, scanned. Otherwise the
+    whole range is one window. The caller's own filter still decides every row.
+    """
+    whole: list[Window] = [(lo, hi, "", [])]
+    if lo >= hi or not (filters.streams or filters.types):
+        return whole
+    condition, params = filters.stream_type_sql()
+    try:
+        (covered,) = conn.execute("SELECT covered_seq FROM dedup.type_state").fetchone()
+        codes = [
+            row[0]
+            for row in conn.execute(
+                f"SELECT DISTINCT code FROM dedup.type_names WHERE {condition}",
+                params,
+            )
+        ]
+    except sqlite3.Error:
+        return whole  # not attached, or an index file from before the type index
+    covered = int(covered)
+    windows: list[Window] = []
+    if codes and lo < covered:
+        marks = ", ".join("?" * len(codes))
+        runs = conn.execute(
+            "SELECT r.run, r.first_seq, r.last_seq FROM dedup.type_runs AS r "
+            "WHERE r.last_seq > ? AND r.first_seq <= ? AND EXISTS (SELECT 1 FROM "
+            f"dedup.type_index AS i WHERE i.run = r.run AND i.code IN ({marks})) ORDER BY r.run",
+            (lo, min(hi, covered), *codes),
+        ).fetchall()
+        extra = (
+            f" AND seq IN (SELECT seq FROM dedup.type_index WHERE run = ? AND code IN ({marks}))"
+        )
+        for run, first, last in runs:
+            a, b = max(lo, first - 1), min(hi, last)
+            if a < b:
+                windows.append((a, b, extra, [run, *codes]))
+    if covered < hi:
+        windows.append((max(lo, covered), hi, "", []))
+    return windows
+
+
 def journal_path(data_dir: str | None, journal: str | None) -> str:
     """``--journal FILE`` or ``<--data-dir>/journal.db`` (default data dir as for serve)."""
     return journal or journal_in(data_dir)
@@ -258,23 +309,24 @@ def pages_between(
     """The events matching ``filters`` with ``lo < seq <= hi``, in seq order, ``page`` at
     a time (one short statement each), at most ``limit`` in all (None: no limit)."""
     condition, params = _condition(conn, filters)
-    sql = (
-        f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
-        "ORDER BY seq LIMIT ?"
-    )
     remaining = limit
-    while lo < hi:
-        n = page if remaining is None else min(page, remaining)
-        if n <= 0:
-            return
-        rows: list[Row] = conn.execute(sql, (lo, hi, *params, n)).fetchall()
-        if rows:
-            yield rows
-        if len(rows) < n:
-            return
-        lo = rows[-1][0]
-        if remaining is not None:
-            remaining -= len(rows)
+    for start, end, extra, extra_params in type_windows(conn, filters, lo, hi):
+        sql = (
+            f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition}{extra} "
+            "ORDER BY seq LIMIT ?"
+        )
+        while start < end:
+            n = page if remaining is None else min(page, remaining)
+            if n <= 0:
+                return
+            rows: list[Row] = conn.execute(sql, (start, end, *params, *extra_params, n)).fetchall()
+            if rows:
+                yield rows
+            if remaining is not None:
+                remaining -= len(rows)
+            if len(rows) < n:
+                break  # this window is done
+            start = rows[-1][0]
 
 
 def last_events(
@@ -285,24 +337,31 @@ def last_events(
     if upto is not None:
         hi = min(hi, upto)
     condition, params = _condition(conn, filters)
-    rows: list[Row] = conn.execute(
-        f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
-        "ORDER BY seq DESC LIMIT ?",
-        (lo, hi, *params, count),
-    ).fetchall()
-    rows.reverse()
-    return rows
+    newest_first: list[Row] = []
+    for a, b, extra, extra_params in reversed(type_windows(conn, filters, lo, hi)):
+        if len(newest_first) >= count:
+            break
+        newest_first += conn.execute(
+            f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition}{extra} "
+            "ORDER BY seq DESC LIMIT ?",
+            (a, b, *params, *extra_params, count - len(newest_first)),
+        ).fetchall()
+    newest_first.reverse()
+    return newest_first
 
 
 def count_events(conn: sqlite3.Connection, filters: Filters) -> int:
     """How many events match."""
     lo, hi = seq_window(conn, filters)
     condition, params = _condition(conn, filters)
-    return int(
-        conn.execute(
-            f"SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND {condition}",
-            (lo, hi, *params),
-        ).fetchone()[0]
+    return sum(
+        int(
+            conn.execute(
+                f"SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND {condition}{extra}",
+                (a, b, *params, *extra_params),
+            ).fetchone()[0]
+        )
+        for a, b, extra, extra_params in type_windows(conn, filters, lo, hi)
     )
 
 

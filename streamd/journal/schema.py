@@ -169,6 +169,13 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
             "ALTER TABLE sinks ADD COLUMN replay_tag TEXT",
         ),
     ),
+    (
+        # The (stream, type) index moves to the derived index file as sorted runs, like
+        # the lead index: in journal.db each commit rewrote a leaf page per type it held
+        # through the fsynced WAL, 132 of the 228 pages of a 16-batch I/O commit.
+        "0007_type_index_derived",
+        ("DROP INDEX IF EXISTS events_stream_type",),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

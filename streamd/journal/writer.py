@@ -26,7 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 from streamd.errors import JournalBusy, JournalClosed, JournalError, StreamdError
-from streamd.journal.dedup import DEDUP_PAGE_SIZE, DedupIndex, Generation, Indexer, Pending
+from streamd.journal.dedup import (
+    DEDUP_PAGE_SIZE,
+    DedupIndex,
+    Generation,
+    Indexer,
+    Pending,
+    type_code,
+)
 from streamd.journal.failing import FailingState, describe, journal_wide, probe, rollback
 from streamd.journal.lock import hold_writer_lock, lock_path, writer_lock_held
 from streamd.journal.records import (
@@ -44,6 +51,7 @@ from streamd.journal.schema import connect, journal_id, migrate
 
 _STOP = object()
 _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
+_MAX_TYPE_CODES = 4096  # (stream, type) codes the writer keeps
 # A write that changes nothing but takes the journal's write lock (waiting busy_timeout
 # for another process's): taken before any job is, so a lock held elsewhere keeps jobs
 # queued, where their requests can still abandon them at the commit budget.
@@ -115,6 +123,7 @@ class JournalWriter:
         # The indexer waits up to 25 ms for 4 generations and writes them in one
         # transaction (ARCHITECTURE.md, "Dedup": its CPU per small group).
         self._pending = Pending(limit=8, linger=0.025, enough=4)
+        self._type_codes: dict[tuple[str, str | None], int] = {}  # (stream, type) -> code
         self._indexer: Indexer | None = None
         self._disk_checked = 0.0
         self._lock_file: int | None = None
@@ -534,7 +543,7 @@ class JournalWriter:
             added: list[int] = []
             overflowed: list[str] = []
             batch_counts: _Counts = {}
-            leads_before = len(group.leads)
+            leads_before, types_before = len(group.leads), len(group.types)
             try:
                 job.result = self._write(
                     conn, job.batch, group, earlier, known, added, overflowed, batch_counts
@@ -551,6 +560,7 @@ class JournalWriter:
                 for key in overflowed:
                     del group.overflow[key]
                 del group.leads[leads_before:]
+                del group.types[types_before:]
                 job.result = None
                 job.error = JournalError(f"cannot journal the batch: {exc}")
                 self._note_error(f"batch from {job.batch.source}: {exc}")
@@ -605,6 +615,7 @@ class JournalWriter:
         first = len(rows)
         owners = group.owners
         earlier_owners = [g.owners for g in earlier]
+        type_codes, type_names, types = self._type_codes, group.type_names, group.types
         # The same id twice in one batch needs no pass of its own: the first claims its
         # hash in ``group``, so the second finds the claim and is a duplicate (or, after
         # a collision, finds its key in ``group.overflow``).
@@ -632,6 +643,15 @@ class JournalWriter:
                 overflowed.append(key)
             if record.lead_id is not None:
                 group.leads.append((record.lead_id, seq))
+            tk = (record.stream, record.type)
+            code = type_codes.get(tk)
+            if code is None:
+                if len(type_codes) >= _MAX_TYPE_CODES:
+                    type_codes.clear()  # a flood of distinct types: only hashing again
+                code = type_codes[tk] = type_code(*tk)
+            if code not in type_names:
+                type_names[code] = tk
+            types.append((code, seq))
             occurred = record.occurred_at
             ck = (record.stream, record.type or "", record.munchkin_id or "")
             c = counts.get(ck)

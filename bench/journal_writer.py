@@ -150,8 +150,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
-    """Two journals in one process, with and without ``--compare-index``, written in
-    alternating chunks of the same deliveries, so both see the same machine noise."""
+    """Two journals in one process, one with the index ``--compare-index`` creates and one
+    as streamd makes it, written in alternating chunks of the same deliveries, so both see
+    the same machine noise."""
     _CACHE.mkdir(exist_ok=True)
     directory = tempfile.mkdtemp(prefix="journal-writer-compare-", dir=_CACHE)
     writers: dict[str, JournalWriter] = {}
@@ -165,10 +166,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             path = os.path.join(directory, f"{variant}.db")
             writers[variant] = JournalWriter(path, options, utc_now)
             writers[variant].start()
-            if variant == "without":
+            if variant == "with":
                 conn = sqlite3.connect(path)
                 try:
-                    conn.execute(f"DROP INDEX {args.compare_index}")
+                    conn.execute(f"CREATE INDEX {args.compare_index}")
                 finally:
                     conn.close()
             if prefill:
@@ -225,8 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--compare-index",
-        metavar="NAME",
-        help="write two journals, with and without this index, in alternating chunks",
+        metavar="'NAME ON TABLE(COLUMNS)'",
+        help="write two journals, one with this index added (CREATE INDEX ...) and one as "
+        "streamd makes it, in alternating chunks",
     )
     ap.add_argument("--rounds", type=int, default=6, help="chunks per journal (--compare-index)")
     args = ap.parse_args(argv)

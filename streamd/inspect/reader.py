@@ -179,7 +179,8 @@ def type_windows(conn: sqlite3.Connection, filters: Filters, lo: int, hi: int) -
             (lo, min(hi, covered), *codes),
         ).fetchall()
         extra = (
-            f" AND seq IN (SELECT seq FROM dedup.type_index WHERE run = ? AND code IN ({marks}))"
+            " AND seq IN (SELECT j.value FROM dedup.type_index AS t, json_each(t.seqs) AS j "
+            f"WHERE t.run = ? AND t.code IN ({marks}))"
         )
         for run, first, last in runs:
             a, b = max(lo, first - 1), min(hi, last)

@@ -83,13 +83,13 @@ _SCHEMA = (
     "covered_seq INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO dedup.lead_state VALUES (1, 0)",
     # The type index (journal grep --stream/--type, GET /journal?type=): every event's
-    # (stream, type) as a 64-bit code, in sorted runs like the leads. In journal.db, a
-    # B-tree on (stream, type) had each commit rewrite a leaf page per type seen (about
-    # sixty for I/O traffic) through the fsynced WAL: a quarter of the writer's CPU on
-    # 20-event deliveries. ARCHITECTURE.md, "The type index".
+    # (stream, type) as a 64-bit code, in runs like the leads, one row per code and run
+    # holding the seqs as a JSON array (a row per event cost the indexer 2.9 µs an event).
+    # In journal.db, a B-tree on (stream, type) had each commit rewrite a leaf page per
+    # type seen (about sixty for I/O traffic) through the fsynced WAL: a quarter of the
+    # writer's CPU on 20-event deliveries. ARCHITECTURE.md, "The type index".
     "CREATE TABLE IF NOT EXISTS dedup.type_index (run INTEGER NOT NULL, "
-    "code INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (run, code, seq)) "
-    "WITHOUT ROWID",
+    "code INTEGER NOT NULL, seqs TEXT NOT NULL, PRIMARY KEY (run, code))",
     "CREATE TABLE IF NOT EXISTS dedup.type_runs (run INTEGER PRIMARY KEY, "
     "first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL)",
     # Every (stream, type) indexed, with its code: a filter (a glob too) is resolved to
@@ -339,7 +339,7 @@ class DedupIndex:
                 if not rows:
                     return done
                 covered = rows[-1][0]
-                entries: list[tuple[int, int]] = []
+                buckets: dict[int, list[int]] = {}
                 names: dict[int, tuple[str, str | None]] = {}  # each code this step uses
                 for seq, stream, event_type in rows:
                     code = codes.get((stream, event_type))
@@ -347,13 +347,14 @@ class DedupIndex:
                         if len(codes) >= _MAX_CODES:
                             codes.clear()
                         code = codes[(stream, event_type)] = type_code(stream, event_type)
-                    if code not in names:
+                    seqs = buckets.get(code)
+                    if seqs is None:
+                        buckets[code] = seqs = []
                         names[code] = (stream, event_type)
-                    entries.append((code, seq))
+                    seqs.append(seq)
                 with _immediate(conn):
                     store_type_names(conn, "dedup.", names)
-                    for i in range(0, len(entries), TYPE_RUN):
-                        append_run(conn, "dedup.", entries[i : i + TYPE_RUN], kind="type")
+                    append_type_run(conn, "dedup.", buckets)
                     conn.execute("UPDATE dedup.type_state SET covered_seq = ?", (covered,))
                 done += len(rows)
         except sqlite3.Error as exc:
@@ -375,19 +376,31 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def append_run(
-    conn: sqlite3.Connection, schema: str, entries: list[tuple[int, int]], kind: str = "lead"
-) -> None:
-    """Append ``entries`` ((lead id or type code, seq), any order) as the next sorted run
-    of the lead index (``kind`` "lead") or the type index ("type")."""
-    if not entries:
+def append_run(conn: sqlite3.Connection, schema: str, leads: list[tuple[int, int]]) -> None:
+    """Append ``leads`` ((lead id, seq), any order) as the next sorted run."""
+    if not leads:
         return
-    assert kind in ("lead", "type")
-    runs = f"{schema}{kind}_runs"
+    runs = f"{schema}lead_runs"
     run = conn.execute(f"SELECT coalesce(max(run), 0) + 1 FROM {runs}").fetchone()[0]  # noqa: S608
-    seqs = [seq for _, seq in entries]
+    seqs = [seq for _, seq in leads]
     conn.execute(f"INSERT INTO {runs} VALUES (?, ?, ?)", (run, min(seqs), max(seqs)))  # noqa: S608
-    insert_pairs(conn, f"{schema}{kind}_index", sorted(entries), first=run)
+    insert_pairs(conn, f"{schema}lead_index", sorted(leads), first=run)
+
+
+def append_type_run(conn: sqlite3.Connection, schema: str, buckets: dict[int, list[int]]) -> None:
+    """Append the next run of the type index: for each code, its events' seqs (ascending,
+    as the writer committed them) as one JSON array."""
+    if not buckets:
+        return
+    runs = f"{schema}type_runs"
+    run = conn.execute(f"SELECT coalesce(max(run), 0) + 1 FROM {runs}").fetchone()[0]  # noqa: S608
+    first = min(seqs[0] for seqs in buckets.values())
+    last = max(seqs[-1] for seqs in buckets.values())
+    conn.execute(f"INSERT INTO {runs} VALUES (?, ?, ?)", (run, first, last))  # noqa: S608
+    conn.executemany(
+        f"INSERT INTO {schema}type_index VALUES (?, ?, ?)",  # noqa: S608
+        [(run, code, orjson.dumps(seqs).decode()) for code, seqs in buckets.items()],
+    )
 
 
 _MAX_CODES = 4096  # (stream, type) codes cached; a flood of new types only costs hashing
@@ -441,7 +454,7 @@ class Generation:
     owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # hash -> (key, seq)
     overflow: dict[str, int] = field(default_factory=dict)  # key -> seq
     leads: list[tuple[int, int]] = field(default_factory=list)  # (lead id, seq)
-    types: list[tuple[int, int]] = field(default_factory=list)  # (type code, seq)
+    types: dict[int, list[int]] = field(default_factory=dict)  # type code -> seqs
     # Every code ``types`` uses -> its (stream, type): the indexer records the names it
     # has not written yet, whatever became of the group that first used a code.
     type_names: dict[int, tuple[str, str | None]] = field(default_factory=dict)
@@ -531,7 +544,9 @@ class Indexer:
         # Lead entries of indexed generations not yet in a run (fewer than LEAD_RUN); lost
         # in a crash and rebuilt from the journal at the next start (reconcile_leads).
         self._leads: list[tuple[int, int]] = []
-        self._types: list[tuple[int, int]] = []  # the same for the type index (TYPE_RUN)
+        # The same for the type index: seqs by code, and how many (a run at TYPE_RUN).
+        self._types: dict[int, list[int]] = {}
+        self._type_entries = 0
         self._named: set[int] = set()  # codes whose names this connection has committed
         self._covered = 0  # covered_seq of the last generation indexed
         self.failures = 0
@@ -567,11 +582,11 @@ class Indexer:
             conn.execute("BEGIN IMMEDIATE")
             append_run(conn, "", self._leads)
             conn.execute("UPDATE lead_state SET covered_seq = ?", (self._covered,))
-            append_run(conn, "", self._types, kind="type")
+            append_type_run(conn, "", self._types)
             conn.execute("UPDATE type_state SET covered_seq = ?", (self._covered,))
             conn.execute("COMMIT")
             self._leads = []
-            self._types = []
+            self._types, self._type_entries = {}, 0
         except sqlite3.Error as exc:
             log.warning(
                 "lead and type index: last runs not written (rebuilt at the next start): %s", exc
@@ -590,16 +605,24 @@ class Indexer:
             if not generations:
                 break
             covered = generations[-1].covered_seq
-            mark, type_mark = len(self._leads), len(self._types)
+            mark = len(self._leads)
+            type_marks = {code: len(seqs) for code, seqs in self._types.items()}
+            type_entries = self._type_entries
             names: dict[int, tuple[str, str | None]] = {}
             for generation in generations:
                 self._leads.extend(generation.leads)
-                self._types.extend(generation.types)
+                for code, seqs in generation.types.items():
+                    bucket = self._types.get(code)
+                    if bucket is None:
+                        self._types[code] = list(seqs)
+                    else:
+                        bucket.extend(seqs)
+                    self._type_entries += len(seqs)
                 for code, name in generation.type_names.items():
                     if code not in self._named:
                         names[code] = name
             flush = len(self._leads) >= LEAD_RUN or self._stop.is_set()
-            flush_types = len(self._types) >= TYPE_RUN or self._stop.is_set()
+            flush_types = self._type_entries >= TYPE_RUN or self._stop.is_set()
             try:
                 if conn is None:
                     conn = self._connect()
@@ -618,13 +641,19 @@ class Indexer:
                 if names:  # before (or with) any run holding their codes
                     store_type_names(conn, "", names)
                 if flush_types:
-                    append_run(conn, "", self._types, kind="type")
+                    append_type_run(conn, "", self._types)
                     conn.execute("UPDATE type_state SET covered_seq = ?", (covered,))
                 conn.execute("UPDATE dedup_state SET covered_seq = ?", (covered,))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 del self._leads[mark:]  # this generation's leads come again with it
-                del self._types[type_mark:]
+                # and its type entries: each code's list back to its length before
+                self._types = {
+                    code: seqs[: type_marks[code]]
+                    for code, seqs in self._types.items()
+                    if code in type_marks
+                }
+                self._type_entries = type_entries
                 # The generation stays pending (lookups still see it); try again.
                 self.failures += 1
                 self.last_error = str(exc)
@@ -647,7 +676,7 @@ class Indexer:
             if flush:
                 self._leads = []  # in a run now
             if flush_types:
-                self._types = []
+                self._types, self._type_entries = {}, 0
             self._named.update(names)
             self._covered = covered
             self._pending.pop_oldest(len(generations))

@@ -543,7 +543,8 @@ class JournalWriter:
             added: list[int] = []
             overflowed: list[str] = []
             batch_counts: _Counts = {}
-            leads_before, types_before = len(group.leads), len(group.types)
+            leads_before = len(group.leads)
+            types_before = {code: len(seqs) for code, seqs in group.types.items()}
             try:
                 job.result = self._write(
                     conn, job.batch, group, earlier, known, added, overflowed, batch_counts
@@ -560,7 +561,11 @@ class JournalWriter:
                 for key in overflowed:
                     del group.overflow[key]
                 del group.leads[leads_before:]
-                del group.types[types_before:]
+                for code, seqs in list(group.types.items()):
+                    if code in types_before:
+                        del seqs[types_before[code] :]
+                    else:
+                        del group.types[code]
                 job.result = None
                 job.error = JournalError(f"cannot journal the batch: {exc}")
                 self._note_error(f"batch from {job.batch.source}: {exc}")
@@ -649,9 +654,11 @@ class JournalWriter:
                 if len(type_codes) >= _MAX_TYPE_CODES:
                     type_codes.clear()  # a flood of distinct types: only hashing again
                 code = type_codes[tk] = type_code(*tk)
-            if code not in type_names:
+            seqs = types.get(code)
+            if seqs is None:
+                types[code] = seqs = []
                 type_names[code] = tk
-            types.append((code, seq))
+            seqs.append(seq)
             occurred = record.occurred_at
             ck = (record.stream, record.type or "", record.munchkin_id or "")
             c = counts.get(ck)

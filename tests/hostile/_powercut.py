@@ -442,9 +442,13 @@ def _index_not_ahead(journal: Path, index: Path) -> list[str]:
             ("lead covered_seq", "SELECT coalesce(max(covered_seq), 0) FROM dedup.lead_state"),
             ("a lead's seq", "SELECT coalesce(max(seq), 0) FROM dedup.lead_index"),
             ("type covered_seq", "SELECT coalesce(max(covered_seq), 0) FROM dedup.type_state"),
-            ("a type entry's seq", "SELECT coalesce(max(seq), 0) FROM dedup.type_index"),
+            (
+                "a type entry's seq",
+                "SELECT coalesce(max(j.value), 0) FROM dedup.type_index AS t, "
+                "json_each(t.seqs) AS j",
+            ),
         ):
-            if sql.rsplit(".", 1)[1] not in tables:
+            if sql.split("FROM dedup.", 1)[1].split()[0] not in tables:
                 continue  # the schema is created a table at a time: cut before this one
             value = conn.execute(sql).fetchone()[0]
             if value > newest:
@@ -477,7 +481,8 @@ def _index_agrees(journal: Path, index: Path) -> list[str]:
         events = conn.execute("SELECT seq, event_key, lead_id FROM main.events").fetchall()
         lead_rows = conn.execute("SELECT count(*) FROM dedup.lead_index").fetchone()[0]
         type_rows = conn.execute(
-            "SELECT count(*), count(DISTINCT seq) FROM dedup.type_index"
+            "SELECT count(*), count(DISTINCT j.value) FROM dedup.type_index AS t, "
+            "json_each(t.seqs) AS j"
         ).fetchone()
     by_seq = {seq: key for seq, key, _ in events}
     missing = [

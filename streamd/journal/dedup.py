@@ -404,6 +404,7 @@ def append_type_run(conn: sqlite3.Connection, schema: str, buckets: dict[int, li
 
 
 _MAX_CODES = 4096  # (stream, type) codes cached; a flood of new types only costs hashing
+_MAX_NAMED = 65_536  # codes the indexer remembers having named; past it, it starts over
 
 
 def store_type_names(
@@ -677,6 +678,8 @@ class Indexer:
                 self._leads = []  # in a run now
             if flush_types:
                 self._types, self._type_entries = {}, 0
+            if len(self._named) + len(names) > _MAX_NAMED:
+                self._named.clear()  # a flood of types: names are written again (OR IGNORE)
             self._named.update(names)
             self._covered = covered
             self._pending.pop_oldest(len(generations))

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streamd.core import decode_delivery
@@ -293,5 +294,47 @@ def test_a_journal_and_index_file_from_before_the_type_index_are_upgraded(tmp_pa
     try:
         assert len(type_windows(conn, filters, 0, 3000)) >= 1
         assert [r[0] for r in iter_events(conn, filters)] == _scan(path, filters)
+    finally:
+        conn.close()
+
+
+def test_a_flood_of_distinct_types_keeps_the_caches_bounded_and_every_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A sender inventing a new type per event: the writer's code cache and the indexer's
+    memory of written names start over at their bounds (here 8 and 16), and still every
+    type is named and every event found by its type."""
+    from streamd.journal import writer
+
+    monkeypatch.setattr(writer, "_MAX_TYPE_CODES", 8)
+    monkeypatch.setattr(dedup, "_MAX_NAMED", 16)
+    monkeypatch.setattr(dedup, "TYPE_RUN", 50)
+    batches = []
+    for b in range(12):
+        items = [
+            {
+                "id": f"flood-{b}-{i}",
+                "specversion": "1.0",
+                "type": f"com.example.t{(b * 7 + i) % 90}",
+            }
+            for i in range(20)
+        ]
+        delivery = decode_delivery(orjson.dumps(items))
+        batches.append(
+            Batch("adobe-io", f"2026-05-04T00:00:{b:02d}.000Z", "batch", delivery.events)
+        )
+    path = tmp_path / "journal.db"
+    write_batches(path, batches)
+    events = rows(path, "SELECT stream, type, seq FROM events")
+    assert len(events) == 240 and len({t for _, t, _ in events}) == 90
+    index = dedup_path(str(path))
+    assert sorted(rows(index, "SELECT stream, type, code FROM type_names")) == sorted(
+        {(s, t, type_code(s, t)) for s, t, _ in events}  # type: ignore[arg-type]
+    )
+    conn = open_readonly(str(path))
+    try:
+        for event_type in ("com.example.t0", "com.example.t45", "com.example.t89"):
+            filters = Filters(types=(event_type,))
+            assert [r[0] for r in iter_events(conn, filters)] == _scan(path, filters)
     finally:
         conn.close()

@@ -149,8 +149,14 @@ async def slow_signed(port: int, stop: trio.Event, answers: list[Answer]) -> Non
             nursery.cancel_scope.cancel()
 
 
-async def legit_posts(port: int, token: str, count: int, *, keep_alive: bool) -> list[float]:
-    """``count`` token posts to ``/events``; their latencies. Fails unless all get 200."""
+async def legit_posts(
+    port: int, token: str, count: int, *, keep_alive: bool, closed: list[int] | None = None
+) -> list[float]:
+    """``count`` token posts to ``/events``; their latencies. Fails unless all get 200.
+
+    With ``closed``, a fresh connection (``keep_alive=False``) the server closes before
+    answering is counted there and the post sent again on a new one, as a sender does
+    (at most twice per post)."""
     body = fixture_bytes("lads_single")
     latencies: list[float] = []
     stream: trio.SocketStream | None = None
@@ -166,15 +172,24 @@ async def legit_posts(port: int, token: str, count: int, *, keep_alive: bool) ->
                 },
             )
             started = trio.current_time()
-            if stream is None:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            await stream.send_all(request + body)
-            answer = await read_answer(stream, timeout=30, check_close=not keep_alive)
+            for attempt in range(3 if closed is not None and not keep_alive else 1):
+                if stream is None:
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                try:
+                    await stream.send_all(request + body)
+                    answer = await read_answer(stream, timeout=30, check_close=not keep_alive)
+                    break
+                except (ConnectionError, trio.BrokenResourceError):
+                    if closed is None or keep_alive or attempt == 2:
+                        raise
+                    closed.append(n)
+                    await stream.aclose()
+                    stream = None
             latencies.append(trio.current_time() - started)
             assert answer.status == 200, (n, answer)
             assert answer.headers.get(b"connection") != b"close" or not keep_alive
             if not keep_alive:
-                assert answer.closed
+                assert answer.closed and stream is not None
                 await stream.aclose()
                 stream = None
             await trio.sleep(0.05)
@@ -249,8 +264,13 @@ async def test_out_of_descriptors_pauses_accepting_logs_once_and_recovers(
         with trio.fail_after(60):
             while "out of file descriptors" not in server.spawned.stderr():
                 await trio.sleep(0.1)
-        # A sender still gets in: each pause closes the longest-idle connection.
-        latencies = await legit_posts(server.port, token, 10, keep_alive=False)
+        # A sender still gets in: each pause closes the longest-idle connection. A fresh
+        # connection whose request has not arrived when a pause needs descriptors may be
+        # closed unanswered (it looks idle): the sender sends again, as Adobe and Marketo
+        # do. Twice in CI on a loaded machine (test_edge.py has the rules on their own).
+        closed: list[int] = []
+        latencies = await legit_posts(server.port, token, 10, keep_alive=False, closed=closed)
+        print(f"posts sent again after their connection was closed unanswered: {closed}")
         stop.set()
         attack.cancel_scope.cancel()
     assert len(latencies) == 10

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ from streamd.clock import utc_now
 from streamd.drain import store
 from streamd.drain.pressure import IngestPressure, YieldSettings
 from streamd.drain.runner import DestinationCounts, SinkRunner, SinkSpec
+from streamd.drain.sinks.base import ProcessRestarts, Sink
 from streamd.drain.store import NewDeadLetter, Progress, SinkRow
 from streamd.errors import JournalError, StreamdError
 from streamd.journal import Journal
@@ -79,6 +80,9 @@ class SinkStatus:
     # confirmed events that were new there and that it already held, since start.
     destination_new: int | None = None
     destination_present: int | None = None
+    # Kinds whose client runs in a process of its own (kafka): processes started again
+    # after one ended, by how it ended (SinkSpec.restart_reasons), since start.
+    producer_restarts: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +101,34 @@ class _Slot:
         self.row = row
         self.runner: SinkRunner | None = None
         self.destination = DestinationCounts()
+        self.sink: Sink | None = None  # the runner's, while it runs
+        # The restarts of the sinks closed so far (each runner opens its own sink).
+        self.restarts: dict[str, int] = {}
         self.scope: trio.CancelScope | None = None
         self.wanted = trio.Event()  # set: (re)start the runner
         self.finished = trio.Event()
         self.lock = trio.Lock()  # one operator change at a time
         self.removed = False  # set by a reload that dropped the sink: the supervisor ends
+
+    def producer_restarts(self) -> dict[str, int] | None:
+        """The sink's process restarts since start (None: not a kind that has them)."""
+        if not self.spec.restart_reasons:
+            return None
+        counts = dict.fromkeys(self.spec.restart_reasons, 0)
+        parts: list[Mapping[str, int]] = [self.restarts]
+        if isinstance(self.sink, ProcessRestarts):  # the running sink's
+            parts.append(self.sink.restarts_by_reason)
+        for part in parts:
+            for reason, n in part.items():
+                counts[reason] = counts.get(reason, 0) + n
+        return counts
+
+    def sink_closed(self) -> None:
+        """Keep the restarts of the runner's sink, now closed."""
+        sink, self.sink = self.sink, None
+        if isinstance(sink, ProcessRestarts):
+            for reason, n in sink.restarts_by_reason.items():
+                self.restarts[reason] = self.restarts.get(reason, 0) + n
 
 
 class Drain:
@@ -152,6 +179,7 @@ class Drain:
                     failed_attempts=runner.attempts_failed if runner else 0,
                     destination_new=slot.destination.new if slot.spec.dedups else None,
                     destination_present=slot.destination.present if slot.spec.dedups else None,
+                    producer_restarts=slot.producer_restarts(),
                 )
             )
         return out
@@ -428,7 +456,7 @@ class Drain:
     async def _run_runner(self, slot: _Slot, runner: SinkRunner) -> None:
         conn = await trio.to_thread.run_sync(store.open_reader, self.journal.path)
         try:
-            sink = slot.spec.open_sink()
+            sink = slot.sink = slot.spec.open_sink()
             try:
                 if self._stopping:
                     return
@@ -446,6 +474,8 @@ class Drain:
                         await sink.aclose()
                     except Exception as exc:  # a sink's close problem must not stop the drain
                         log.warning("sink %s: closing: %s", slot.spec.name, exc)
+                    finally:
+                        slot.sink_closed()
         finally:
             await trio.to_thread.run_sync(conn.close)
 

@@ -68,6 +68,9 @@ class SinkSpec:
     envelopes: bool = True
     # The destination drops a repeat by event key and reports it (Result.present).
     dedups: bool = False
+    # The sink's client runs in a process of its own, started again when one ends (kafka):
+    # how one can end. The engine counts the restarts by these (SinkStatus).
+    restart_reasons: tuple[str, ...] = ()
 
 
 class Broadcast:

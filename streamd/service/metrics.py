@@ -411,17 +411,25 @@ class _StateCollector(Collector):
             "(a redelivery, or another receiver's copy), since start; postgres and nats sinks.",
             labels=["sink", "outcome"],
         )
+        restarts = CounterMetricFamily(
+            "streamd_sink_producer_restarts",
+            "Producer processes started again after one ended, by how it ended (exited, "
+            "protocol: a bad frame), since start; kafka sinks.",
+            labels=["sink", "reason"],
+        )
         for s in statuses:
             if s.destination_new is not None and s.destination_present is not None:
                 at_destination.add_metric([s.name, "new"], s.destination_new)
                 at_destination.add_metric([s.name, "present"], s.destination_present)
+            for reason, n in sorted((s.producer_restarts or {}).items()):
+                restarts.add_metric([s.name, reason], n)
             delivered.add_metric([s.name], s.confirmed)
             dead.add_metric([s.name], s.dead_letters)
             failed.add_metric([s.name], s.failed_attempts)
             lag.add_metric([s.name], s.lag_events)
             for name in SINK_STATES:
                 state.add_metric([s.name, name], int(s.state == name))
-        yield from (delivered, dead, failed, lag, state, at_destination)
+        yield from (delivered, dead, failed, lag, state, at_destination, restarts)
         lag_seconds = GaugeMetricFamily(
             "streamd_sink_lag_seconds",
             "Age of the oldest event the sink has not passed (0 when caught up).",

@@ -224,9 +224,19 @@ def build_specs(config: Config) -> list[SinkSpec]:
                 full_events=reads[0],
                 envelopes=reads[1],
                 dedups=sink.kind in ("postgres", "nats"),
+                restart_reasons=_restart_reasons(sink.kind),
             )
         )
     return specs
+
+
+def _restart_reasons(kind: str) -> tuple[str, ...]:
+    """How the sink's own client process can end (kafka), for counting its restarts."""
+    if kind != "kafka":
+        return ()
+    from streamd.drain.sinks.kafka import RESTART_REASONS  # imported by its opener already
+
+    return RESTART_REASONS
 
 
 def drain_reads(kind: str, converts: bool = False) -> tuple[bool, bool]:

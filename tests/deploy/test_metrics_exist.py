@@ -1,7 +1,7 @@
 """Every metric the alert rules and the dashboard read is one a real streamd exports.
 
-A real ``streamd serve`` (with a file sink and a pull source that pulls from a real
-``streamd emit --journal-server``) gets traffic until every labelled family has a
+A real ``streamd serve`` (with a file sink, a kafka sink and a pull source that pulls
+from a real ``streamd emit --journal-server``) gets traffic until every labelled family has a
 series; its admin ``/metrics`` is then scraped, and each name the rules' and the
 dashboard's expressions read must be a sample name there (``_total``, ``_bucket``,
 ``_sum`` and ``_count`` included: the exposition has exactly those names).
@@ -11,7 +11,10 @@ Families that need traffic to appear, and what makes them here:
 200), ``streamd_unavailable_responses_total`` (a 503: a second POST while the source's
 only in-flight slot is held), ``streamd_munchkin_silence_seconds`` (an event with a
 Munchkin id), ``streamd_sink_*`` (a sink configured), ``streamd_pull_*`` (a pull
-source running).
+source running). ``streamd_sink_producer_restarts_total`` is a kafka sink's only: its
+series are there, at 0, from the start, whether or not its producer process ever ran;
+the kafka sink here takes no event (its filter matches none), so no broker is needed
+and it stays at 0.
 """
 
 from __future__ import annotations
@@ -110,6 +113,14 @@ kind = "file"
 [sinks.file]
 directory = "{tmp_path / "out"}"
 
+[[sinks]]
+name = "bus"
+kind = "kafka"
+[sinks.kafka]
+bootstrap_servers = ["127.0.0.1:1"]
+[[sinks.filters]]
+munchkin_ids = ["000-NOT-000"]
+
 [[pulls]]
 name = "adobe-journal"
 url = "http://127.0.0.1:{port}/journal"
@@ -179,4 +190,7 @@ def test_every_metric_the_rules_and_the_dashboard_read_is_exported(
     free = _value(samples, "streamd_disk_free_bytes")
     assert free is not None and 0 < free <= st.f_blocks * st.f_frsize
     assert _value(samples, "streamd_unavailable_responses_total", reason="in_flight") == 1
+    restarts = "streamd_sink_producer_restarts_total"
+    for reason in ("exited", "protocol"):
+        assert _value(samples, restarts, sink="bus", reason=reason) == 0
     stop_gracefully(server)

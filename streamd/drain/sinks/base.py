@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 import orjson
@@ -86,6 +86,18 @@ class Sink(Protocol):
 
     async def aclose(self) -> None:
         """Release what the sink holds (connections, open files)."""
+        ...
+
+
+@runtime_checkable
+class ProcessRestarts(Protocol):
+    """A sink whose client runs in a process of its own, started again when one ends
+    (kafka). The engine keeps the counts across the sink's runners (``SinkStatus``)."""
+
+    @property
+    def restarts_by_reason(self) -> Mapping[str, int]:
+        """Processes started after the first, by how the one before ended (every
+        reason the sink knows, 0 included)."""
         ...
 
 

@@ -81,6 +81,13 @@ _STABLE = 10.0
 # 10 s); it is killed when it takes longer than this.
 _EXIT_WAIT = 15.0
 
+#: How a producer process can end, as counted in :attr:`KafkaSink.restarts_by_reason`
+#: (and ``streamd_sink_producer_restarts_total``): ``exited``, it ended by itself or by
+#: a signal (a crash, the OOM killer, a SIGKILL), or closed its end of the connection;
+#: ``protocol``, it sent a bad frame and the sink killed it. A timeout or a fatal error
+#: replaces the producer inside the same process: not a restart.
+RESTART_REASONS = ("exited", "protocol")
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
@@ -183,6 +190,7 @@ class _Child:
         self.pid = popen.pid
         self.started = time.monotonic()
         self.alive = True
+        self.ended = "exited"  # how it ended (RESTART_REASONS), set by the reader thread
         self.pending: dict[int, _Waiter] = {}
         self._sink = sink
         self._sock = sock
@@ -226,6 +234,7 @@ class _Child:
                     self._soon(self._sink._answers, self, messages)
         except wire.ProtocolError as exc:
             error = f"sent a bad frame ({exc}) and was killed"
+            self.ended = "protocol"
             log.error("kafka sink %s: the producer process (pid %d) %s",
                       self._sink.settings.sink, self.pid, error)  # fmt: skip
             self.popen.kill()
@@ -272,9 +281,15 @@ class KafkaSink:
         self._next_id = 0
         self._backoff = _MIN_BACKOFF
         self._not_before = 0.0  # trio time: no new process before this
-        #: Producer processes started after the first (one died, or was killed).
-        self.restarts = 0
+        #: Producer processes started after the first (one died, or was killed), by
+        #: how the one before ended (:data:`RESTART_REASONS`).
+        self.restarts_by_reason = dict.fromkeys(RESTART_REASONS, 0)
         self._closed = False
+
+    @property
+    def restarts(self) -> int:
+        """Producer processes started after the first."""
+        return sum(self.restarts_by_reason.values())
 
     @property
     def pid(self) -> int | None:
@@ -350,7 +365,7 @@ class KafkaSink:
                 return child
             if child is not None:
                 await trio.sleep_until(self._not_before)
-                self.restarts += 1
+                self.restarts_by_reason[child.ended] += 1
             # Spawned, never forked (this process has threads): a fresh interpreter.
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             # A batch's frame in one send() where the system allows (net.core.wmem_max):

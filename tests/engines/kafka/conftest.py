@@ -17,7 +17,7 @@ import pytest
 
 from streamd.core import EventRecord, key_hash
 from streamd.drain import RetrySettings, Route, SinkSpec
-from streamd.drain.sinks.kafka import KafkaSettings, KafkaSink
+from streamd.drain.sinks.kafka import RESTART_REASONS, KafkaSettings, KafkaSink
 from streamd.journal import Batch, Journal, WriterOptions, open_journal, utc_now
 
 FAST = RetrySettings(backoff_base=0.05, backoff_cap=0.5, jitter=0.0, pause_after=50)
@@ -63,7 +63,7 @@ async def append(journal: Journal, records: Sequence[EventRecord], source: str =
 
 def kafka_spec(name: str, settings: KafkaSettings, **kw: Any) -> SinkSpec:
     """A SinkSpec for a KafkaSink, read the way the service does (full events, no
-    envelopes: the producer process builds them)."""
+    envelopes: the producer process builds them; its restarts counted by reason)."""
     defaults: dict[str, Any] = {"workers": 2, "batch_size": 50, "linger": 0.01, "retry": FAST}
     defaults.update(kw)
     return SinkSpec(
@@ -73,6 +73,7 @@ def kafka_spec(name: str, settings: KafkaSettings, **kw: Any) -> SinkSpec:
         lambda: KafkaSink(settings),
         full_events=True,
         envelopes=False,
+        restart_reasons=RESTART_REASONS,
         **defaults,
     )
 

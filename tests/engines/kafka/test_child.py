@@ -18,8 +18,9 @@ import pytest
 import trio
 
 from streamd.drain import Kind, Route, SinkSpec, open_drain
-from streamd.drain.sinks.kafka import KafkaSettings, KafkaSink
+from streamd.drain.sinks.kafka import RESTART_REASONS, KafkaSettings, KafkaSink
 from streamd.journal import Journal
+from streamd.ops import DisableSink, EnableSink
 from tests.engines._kafka import Tansu
 from tests.system._harness import Processes, wait_for
 
@@ -41,7 +42,9 @@ async def test_a_killed_producer_process_is_replaced_and_every_event_arrives(
 ) -> None:
     """SIGKILL of the producer process mid-drain, again and again: the batches in flight
     fail as transient, a new process is started (later each time while they keep
-    dying, up to a bound), and every event arrives at least once."""
+    dying, up to a bound), and every event arrives at least once. The drain counts each
+    restart as ``exited`` (what /metrics exports), and keeps the count when the sink is
+    disabled and enabled again (a new sink object, a new process: not a restart)."""
     caplog.set_level(logging.INFO, "streamd.drain.kafka")
     for start in range(0, 3000, 500):
         await append(journal, [record(f"k{i}", lead_id=i) for i in range(start, start + 500)])
@@ -53,9 +56,11 @@ async def test_a_killed_producer_process_is_replaced_and_every_event_arrives(
         return sinks[-1]
 
     spec = SinkSpec("k", "kafka", Route(()), opener, full_events=True, envelopes=False,
-                    workers=2, batch_size=50, linger=0.01, retry=FAST)  # fmt: skip
+                    workers=2, batch_size=50, linger=0.01, retry=FAST,
+                    restart_reasons=RESTART_REASONS)  # fmt: skip
     killed: list[int] = []
     async with open_drain(journal, [spec]) as drain:
+        assert drain.statistics()[0].producer_restarts == {"exited": 0, "protocol": 0}
         for _ in range(4):
             with trio.fail_after(60):
                 while not sinks or sinks[0].pid is None or sinks[0].pid in killed:
@@ -66,8 +71,17 @@ async def test_a_killed_producer_process_is_replaced_and_every_event_arrives(
             killed.append(pid)
         await wait_cursor(drain, 3000, timeout=120)
         assert drain.statistics()[0].dead_letters == 0
-    assert len(sinks) == 1
-    assert sinks[0].restarts >= 4
+        assert len(sinks) == 1
+        assert sinks[0].restarts_by_reason == {"exited": 4, "protocol": 0}
+        assert drain.statistics()[0].producer_restarts == {"exited": 4, "protocol": 0}
+        await drain.run(DisableSink(sink="k"))  # the runner ends: its sink is closed
+        assert drain.statistics()[0].producer_restarts == {"exited": 4, "protocol": 0}
+        await drain.run(EnableSink(sink="k"))
+        with trio.fail_after(60):
+            while len(sinks) < 2:
+                await trio.sleep(0.005)
+        assert drain.statistics()[0].producer_restarts == {"exited": 4, "protocol": 0}
+    assert len(sinks) == 2 and sinks[1].restarts == 0
     for pid in killed:
         assert not _alive(pid)
     # The threads that served each process ended with it (none left once the sink closed).
@@ -198,6 +212,8 @@ async def test_a_bad_frame_from_the_producer_process_is_a_clear_transient_error(
         assert result.kind is Kind.TRANSIENT
         assert "sent a bad frame" in result.reason and expected in result.reason, result.reason
     assert pids[0] != pids[1] and sink.restarts == 1
+    # Killed by the sink for its bad frame: counted apart from a process that exited.
+    assert sink.restarts_by_reason == {"exited": 0, "protocol": 1}
     assert all(p is not None and not _alive(p) for p in pids)
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
 

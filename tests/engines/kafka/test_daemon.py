@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import time
@@ -23,6 +24,7 @@ from tests.system._harness import (
     Processes,
     Server,
     check_journal,
+    children,
     fixture_bytes,
     free_port,
     post,
@@ -76,8 +78,6 @@ probe_interval = 1.0
 
 
 def admin_url(server: Server) -> str:
-    import re
-
     ready = re.compile(r"^streamd admin ready: (http://127\.0\.0\.1:\d+)\n", re.MULTILINE)
     match = wait_for(
         lambda: ready.search(server.spawned.stdout()), timeout=15, what="the admin listener"
@@ -86,18 +86,24 @@ def admin_url(server: Server) -> str:
     return match.group(1)
 
 
-def metrics(server: Server) -> dict[str, float]:
-    """The samples of ``GET /metrics`` (``name{labels}`` → value)."""
+def admin_get(server: Server, path: str) -> str:
+    """The body of ``GET path`` on the admin listener (asserted 200)."""
     host, port = admin_url(server).removeprefix("http://").rsplit(":", 1)
     token = read_token(server.data_dir / "admin-token")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         response = conn.getresponse()
         text = response.read().decode()
     finally:
         conn.close()
     assert response.status == 200, text
+    return text
+
+
+def metrics(server: Server) -> dict[str, float]:
+    """The samples of ``GET /metrics`` (``name{labels}`` → value)."""
+    text = admin_get(server, "/metrics")
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -157,6 +163,58 @@ def test_real_payloads_arrive_with_a_duplicate_resend_and_metrics(
     assert samples['streamd_sink_delivered_events_total{sink="k"}'] == len(rows)
     assert samples['streamd_sink_lag_events{sink="k"}'] == 0
     assert samples['streamd_sink_state{sink="k",state="active"}'] == 1
+    # No producer process ended: the restarts are there, at 0, for each reason.
+    assert samples[_RESTARTS.format("exited")] == 0
+    assert samples[_RESTARTS.format("protocol")] == 0
+    # Every family of a daemon with a kafka sink is in the reference (the integration
+    # tests check the same for a daemon without one).
+    reference = (Path(__file__).resolve().parents[3] / "docs" / "admin-api.md").read_text()
+    names = {sample.split("{", 1)[0] for sample in samples}
+    families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in names if not n.endswith("_created")}
+    missing = sorted(f for f in families if f"\n| `{f}` |" not in reference)
+    assert missing == [], f"metrics not in docs/admin-api.md's table: {missing}"
+
+
+_RESTARTS = 'streamd_sink_producer_restarts_total{{reason="{}",sink="k"}}'
+
+
+def producer_pids(server: Server) -> list[int]:
+    """The daemon's live kafka producer processes."""
+    pids = []
+    for pid in children(server.spawned.pid):
+        with contextlib.suppress(FileNotFoundError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"streamd.service.kafka_producer" in argv:
+                pids.append(pid)
+    return pids
+
+
+def test_a_killed_producer_process_is_counted_in_metrics_and_sinks(
+    tmp_path: Path, processes: Processes, broker: Tansu, topic_prefix: str
+) -> None:
+    """The producer process SIGKILLed twice in a real daemon: each is started again at
+    the next batch, and the operator sees two ``exited`` restarts in /metrics and in
+    ``GET /sinks``, beside the sink's other figures."""
+    server = start(processes, tmp_path, broker, topic_prefix)
+    post_ok(server, fixture_bytes("lads_batch.json"))
+    wait_for(lambda: caught_up(server.journal), timeout=30, what="a first delivery")
+    killed: list[int] = []
+    for name in ("legacy_push.json", "notification.json"):  # new events each time
+        [pid] = wait_for(lambda: producer_pids(server), timeout=30, what="a producer process")
+        assert pid not in killed
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        wait_for(lambda: killed[-1] not in producer_pids(server), timeout=30, what="it reaped")
+        post_ok(server, fixture_bytes(name))  # its batch starts a new process
+        wait_for(lambda: caught_up(server.journal), timeout=60, what="delivered by a new one")
+    samples = metrics(server)
+    [sink] = json.loads(admin_get(server, "/sinks"))
+    stop_gracefully(server)
+    assert samples[_RESTARTS.format("exited")] == 2
+    assert samples[_RESTARTS.format("protocol")] == 0
+    assert sink["name"] == "k" and sink["producer_restarts"] == {"exited": 2, "protocol": 0}
+    keys = {m.key for m in read_prefix(broker, topic_prefix)}
+    assert keys == {row["event_key"].encode() for row in journal_rows(server.journal)}
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ processes reaped at the end of each test."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,17 @@ def _empty_working_directory(
     """Every test runs in an empty current directory: none may depend on what is in the
     clone's (``make run`` leaves ``./streamd-data`` there, with a running daemon's files)."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level() -> Iterator[None]:
+    """The root logger's level as each test found it: a test that runs the CLI in-process
+    (``--log-level error``) left it at ERROR, and child processes started later in that
+    worker (the kafka producer process takes the daemon's level) logged nothing below."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
 
 
 # `make test` runs the suite in three pytest-xdist workers (most tests wait on child

@@ -7,6 +7,7 @@ event generator (streamd/emit/generate.py), deterministic for a seed.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterable
 from itertools import islice
@@ -95,3 +96,12 @@ def generated_journal(path: Path, events: int, **kw: int) -> Path:
     """A journal of ``events`` generated events."""
     write_batches(path, generated_batches(events, **kw))
     return path
+
+
+def rows(path: str | Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """``sql``'s rows from the SQLite file at ``path`` (a connection of its own)."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()

@@ -35,8 +35,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -300,66 +301,65 @@ class DedupIndex:
         """Add runs for every journaled event past the lead index's ``covered_seq`` (after
         a crash: the indexer's unflushed entries; an older index file: all); return how
         many events were read. Raises :class:`JournalError`."""
-        conn = self._conn
-        done = 0
-        try:
-            covered = int(conn.execute("SELECT covered_seq FROM dedup.lead_state").fetchone()[0])
-            while True:
-                rows = conn.execute(
-                    "SELECT seq, lead_id FROM main.events WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (covered, _LEAD_RECONCILE_CHUNK),
-                ).fetchall()
-                if not rows:
-                    return done
-                covered = rows[-1][0]
-                leads = [(lead, seq) for seq, lead in rows if lead is not None]
-                with _immediate(conn):
-                    for i in range(0, len(leads), LEAD_RUN):
-                        append_run(conn, "dedup.", leads[i : i + LEAD_RUN])
-                    conn.execute("UPDATE dedup.lead_state SET covered_seq = ?", (covered,))
-                done += len(rows)
-        except sqlite3.Error as exc:
-            raise JournalError(
-                f"{self.path}: cannot bring the lead index up to date: {exc}"
-            ) from exc
+
+        def write(rows: list[tuple[Any, ...]]) -> None:
+            leads = [(lead, seq) for seq, lead in rows if lead is not None]
+            for i in range(0, len(leads), LEAD_RUN):
+                append_run(self._conn, "dedup.", leads[i : i + LEAD_RUN])
+
+        return self._catch_up("lead", "lead_id", write)
 
     def reconcile_types(self) -> int:
         """As :meth:`reconcile_leads`, for the type index; return how many events were read.
         Raises :class:`JournalError`."""
+        codes: dict[tuple[str, str | None], int] = {}
+
+        def write(rows: list[tuple[Any, ...]]) -> None:
+            buckets: dict[int, list[int]] = {}
+            names: dict[int, tuple[str, str | None]] = {}  # each code this step uses
+            for seq, stream, event_type in rows:
+                code = codes.get((stream, event_type))
+                if code is None:
+                    if len(codes) >= _MAX_CODES:
+                        codes.clear()
+                    code = codes[(stream, event_type)] = type_code(stream, event_type)
+                seqs = buckets.get(code)
+                if seqs is None:
+                    buckets[code] = seqs = []
+                    names[code] = (stream, event_type)
+                seqs.append(seq)
+            store_type_names(self._conn, "dedup.", names)
+            append_type_run(self._conn, "dedup.", buckets)
+
+        return self._catch_up("type", "stream, type", write)
+
+    def _catch_up(
+        self, kind: str, columns: str, write: Callable[[list[tuple[Any, ...]]], None]
+    ) -> int:
+        """Read the events past ``<kind>_state.covered_seq`` a step at a time (bounded
+        memory at start) and ``write`` each step's ``(seq, columns...)`` rows in the
+        transaction that moves ``covered_seq`` past them; return how many were read."""
         conn = self._conn
         done = 0
-        codes: dict[tuple[str, str | None], int] = {}
         try:
-            covered = int(conn.execute("SELECT covered_seq FROM dedup.type_state").fetchone()[0])
+            state = f"dedup.{kind}_state"
+            covered = int(conn.execute(f"SELECT covered_seq FROM {state}").fetchone()[0])  # noqa: S608
             while True:
                 rows = conn.execute(
-                    "SELECT seq, stream, type FROM main.events WHERE seq > ? ORDER BY seq LIMIT ?",
+                    f"SELECT seq, {columns} FROM main.events WHERE seq > ? "  # noqa: S608
+                    "ORDER BY seq LIMIT ?",
                     (covered, _LEAD_RECONCILE_CHUNK),
                 ).fetchall()
                 if not rows:
                     return done
                 covered = rows[-1][0]
-                buckets: dict[int, list[int]] = {}
-                names: dict[int, tuple[str, str | None]] = {}  # each code this step uses
-                for seq, stream, event_type in rows:
-                    code = codes.get((stream, event_type))
-                    if code is None:
-                        if len(codes) >= _MAX_CODES:
-                            codes.clear()
-                        code = codes[(stream, event_type)] = type_code(stream, event_type)
-                    seqs = buckets.get(code)
-                    if seqs is None:
-                        buckets[code] = seqs = []
-                        names[code] = (stream, event_type)
-                    seqs.append(seq)
                 with _immediate(conn):
-                    store_type_names(conn, "dedup.", names)
-                    append_type_run(conn, "dedup.", buckets)
-                    conn.execute("UPDATE dedup.type_state SET covered_seq = ?", (covered,))
+                    write(rows)
+                    conn.execute(f"UPDATE {state} SET covered_seq = ?", (covered,))  # noqa: S608
                 done += len(rows)
         except sqlite3.Error as exc:
             raise JournalError(
-                f"{self.path}: cannot bring the type index up to date: {exc}"
+                f"{self.path}: cannot bring the {kind} index up to date: {exc}"
             ) from exc
 
 

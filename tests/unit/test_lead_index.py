@@ -11,15 +11,7 @@ import pytest
 from streamd.inspect.filters import Filters
 from streamd.inspect.reader import count_events, iter_events, lead_index_sql, open_readonly
 from streamd.journal.dedup import dedup_path
-from tests.journals import generated_batches, generated_journal, write_batches
-
-
-def rows(path: str, sql: str, *args: object) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+from tests.journals import generated_batches, generated_journal, rows, write_batches
 
 
 @pytest.fixture(scope="module")

@@ -25,18 +25,16 @@ from streamd.inspect.reader import (
 )
 from streamd.journal import Batch, dedup
 from streamd.journal.dedup import dedup_path, type_code
-from tests.journals import fixture_batches, generated_batches, generated_journal, write_batches
+from tests.journals import (
+    fixture_batches,
+    generated_batches,
+    generated_journal,
+    rows,
+    write_batches,
+)
 
 RUN = 400  # entries per run in these tests (at least: the indexer merges generations)
 ENTRIES = "SELECT t.code, j.value FROM type_index AS t, json_each(t.seqs) AS j"
-
-
-def rows(path: str | Path, sql: str, *args: object) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -365,7 +365,6 @@ class KafkaSink:
                 return child
             if child is not None:
                 await trio.sleep_until(self._not_before)
-                self.restarts_by_reason[child.ended] += 1
             # Spawned, never forked (this process has threads): a fresh interpreter.
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             # A batch's frame in one send() where the system allows (net.core.wmem_max):
@@ -378,6 +377,8 @@ class KafkaSink:
                 raise
             finally:
                 theirs.close()  # the process has its copy: EOF on ours means it is gone
+            if child is not None:  # counted once a process is started, not per attempt
+                self.restarts_by_reason[child.ended] += 1
             child = self._child = _Child(self, popen, ours)
             hello = wire.Hello(self._config, self.settings.sink, self.settings.topic,
                                self.settings.key, self.settings.instance)  # fmt: skip

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import struct
+import subprocess
 import sys
 import textwrap
 import threading
@@ -280,3 +281,45 @@ async def test_a_batch_over_the_frame_bound_goes_in_parts_and_a_lone_event_is_re
     assert [seq for seq, _ in alone.rejected] == [99] and "over the bound" in alone.rejected[0][1]
     keys = {m.key for m in broker.read(topic_prefix)}
     assert keys == {f"e{i}".encode() for i in range(1, 21)}
+
+
+class _SpawnFails(KafkaSink):
+    """A kafka sink whose next ``fail`` process starts fail as ``Popen`` can (EAGAIN: no
+    process to be had)."""
+
+    fail = 0
+
+    def _spawn(self, ipc_fd: int) -> subprocess.Popen[bytes]:
+        if self.fail:
+            self.fail -= 1
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return super()._spawn(ipc_fd)
+
+
+async def test_a_restart_is_counted_when_a_process_started_not_when_a_start_failed(
+    broker: Tansu, topic_prefix: str
+) -> None:
+    settings = KafkaSettings(bootstrap_servers=(broker.bootstrap,), topic=topic_prefix, sink="k")
+    sink = _SpawnFails(settings)
+    try:
+        with trio.fail_after(30):
+            assert (await sink.deliver([_event(1)])).kind is Kind.CONFIRMED
+        assert sink._child is not None
+        first = sink._child.pid
+        os.kill(first, signal.SIGKILL)
+        with trio.fail_after(10):  # the sink has seen it go (its reader thread tells trio)
+            while sink.pid is not None:
+                await trio.sleep(0.05)
+        sink.fail = 2
+        for n in (2, 3):  # two attempts whose process cannot be started
+            with trio.fail_after(30):
+                failed = await sink.deliver([_event(n)])
+            assert failed.kind is Kind.TRANSIENT, failed
+            assert "cannot start the producer process" in failed.reason, failed.reason
+        assert sink.restarts_by_reason == {"exited": 0, "protocol": 0}  # none started
+        with trio.fail_after(30):
+            assert (await sink.deliver([_event(4)])).kind is Kind.CONFIRMED
+        assert sink._child is not None and sink._child.pid != first
+        assert sink.restarts_by_reason == {"exited": 1, "protocol": 0}
+    finally:
+        await sink.aclose()

@@ -227,6 +227,13 @@ async def test_a_failing_batch_takes_nothing_of_itself_or_its_group(journal_path
     assert rows(journal_path, "SELECT count(*) FROM events WHERE event_key LIKE '0-%'") == [(0,)]
     assert rows(journal_path, "SELECT count(*) FROM deliveries") == [(20,)]
     assert_counts_agree(journal_path)
+    # The type index (flushed at close) holds each event that stayed, once: a failed
+    # batch's entries went with its savepoint (its seqs were given to later batches).
+    indexed = rows(
+        dedup_file(journal_path),
+        "SELECT j.value FROM type_index AS t, json_each(t.seqs) AS j ORDER BY j.value",
+    )
+    assert indexed == rows(journal_path, "SELECT seq FROM events ORDER BY seq")
 
 
 async def test_reopen_continues_sequence_and_dedup(journal_path: Path) -> None:

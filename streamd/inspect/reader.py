@@ -147,8 +147,8 @@ Window = tuple[int, int, str, list[object]]
 def type_windows(conn: sqlite3.Connection, filters: Filters, lo: int, hi: int) -> list[Window]:
     """``(lo, hi]`` cut into windows, in seq order, that hold every match of the filters.
 
-    With a stream or type filter and the type index attached (the derived file's sorted
-    runs, dedup.py), only the runs holding one of the matching (stream, type) codes are
+    With a stream or type filter and the type index attached (the derived file's runs,
+    dedup.py), only the runs holding one of the matching (stream, type) codes are
     windows, each with its run's entries as candidates; the events the index does not
     cover yet (past its ``covered_seq``) are one last window, scanned. Otherwise the
     whole range is one window. The caller's own filter still decides every row.
@@ -189,6 +189,16 @@ def type_windows(conn: sqlite3.Connection, filters: Filters, lo: int, hi: int) -
     if covered < hi:
         windows.append((max(lo, covered), hi, "", []))
     return windows
+
+
+def _windows(conn: sqlite3.Connection, filters: Filters, lo: int, hi: int) -> list[Window]:
+    """:func:`type_windows` with the filters' whole condition: ``(lo, hi, condition,
+    params)`` for ``seq > ? AND seq <= ? AND <condition>``."""
+    condition, params = _condition(conn, filters)
+    return [
+        (a, b, condition + extra, [*params, *extra_params])
+        for a, b, extra, extra_params in type_windows(conn, filters, lo, hi)
+    ]
 
 
 def journal_path(data_dir: str | None, journal: str | None) -> str:
@@ -309,18 +319,17 @@ def pages_between(
 ) -> Iterator[list[Row]]:
     """The events matching ``filters`` with ``lo < seq <= hi``, in seq order, ``page`` at
     a time (one short statement each), at most ``limit`` in all (None: no limit)."""
-    condition, params = _condition(conn, filters)
     remaining = limit
-    for start, end, extra, extra_params in type_windows(conn, filters, lo, hi):
+    for start, end, condition, params in _windows(conn, filters, lo, hi):
         sql = (
-            f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition}{extra} "
+            f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
             "ORDER BY seq LIMIT ?"
         )
         while start < end:
             n = page if remaining is None else min(page, remaining)
             if n <= 0:
                 return
-            rows: list[Row] = conn.execute(sql, (start, end, *params, *extra_params, n)).fetchall()
+            rows: list[Row] = conn.execute(sql, (start, end, *params, n)).fetchall()
             if rows:
                 yield rows
             if remaining is not None:
@@ -337,15 +346,14 @@ def last_events(
     lo, hi = seq_window(conn, filters)
     if upto is not None:
         hi = min(hi, upto)
-    condition, params = _condition(conn, filters)
     newest_first: list[Row] = []
-    for a, b, extra, extra_params in reversed(type_windows(conn, filters, lo, hi)):
+    for a, b, condition, params in reversed(_windows(conn, filters, lo, hi)):
         if len(newest_first) >= count:
             break
         newest_first += conn.execute(
-            f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition}{extra} "
+            f"SELECT {_SELECT} FROM events WHERE seq > ? AND seq <= ? AND {condition} "
             "ORDER BY seq DESC LIMIT ?",
-            (a, b, *params, *extra_params, count - len(newest_first)),
+            (a, b, *params, count - len(newest_first)),
         ).fetchall()
     newest_first.reverse()
     return newest_first
@@ -354,15 +362,14 @@ def last_events(
 def count_events(conn: sqlite3.Connection, filters: Filters) -> int:
     """How many events match."""
     lo, hi = seq_window(conn, filters)
-    condition, params = _condition(conn, filters)
     return sum(
         int(
             conn.execute(
-                f"SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND {condition}{extra}",
-                (a, b, *params, *extra_params),
+                f"SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND {condition}",
+                (a, b, *params),
             ).fetchone()[0]
         )
-        for a, b, extra, extra_params in type_windows(conn, filters, lo, hi)
+        for a, b, condition, params in _windows(conn, filters, lo, hi)
     )
 
 

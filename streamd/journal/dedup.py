@@ -59,9 +59,9 @@ _RECONCILE_CHUNK = 20_000
 DEDUP_PAGE_SIZE = 1024
 
 LEAD_RUN = 20_000  # lead entries per sorted run of the lead index
-TYPE_RUN = 20_000  # type entries (one per event) per sorted run of the type index
+TYPE_RUN = 20_000  # type entries (one per event) per run of the type index, at least
 MERGE_KEYS = 20_000  # keys the indexer writes in one transaction (one generation: any)
-_LEAD_RECONCILE_CHUNK = 50_000  # events read per step: bounded memory at start
+_RUNS_RECONCILE_CHUNK = 50_000  # events read per step (lead, type): bounded memory at start
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dedup.dedup (key_hash INTEGER PRIMARY KEY, seq INTEGER NOT NULL)",
     # The lead index (journal grep --lead, GET /journal?lead=), derived like the keys. Not
@@ -320,7 +320,7 @@ class DedupIndex:
             for seq, stream, event_type in rows:
                 code = codes.get((stream, event_type))
                 if code is None:
-                    if len(codes) >= _MAX_CODES:
+                    if len(codes) >= MAX_TYPE_CODES:
                         codes.clear()
                     code = codes[(stream, event_type)] = type_code(stream, event_type)
                 seqs = buckets.get(code)
@@ -348,7 +348,7 @@ class DedupIndex:
                 rows = conn.execute(
                     f"SELECT seq, {columns} FROM main.events WHERE seq > ? "  # noqa: S608
                     "ORDER BY seq LIMIT ?",
-                    (covered, _LEAD_RECONCILE_CHUNK),
+                    (covered, _RUNS_RECONCILE_CHUNK),
                 ).fetchall()
                 if not rows:
                     return done
@@ -403,7 +403,9 @@ def append_type_run(conn: sqlite3.Connection, schema: str, buckets: dict[int, li
     )
 
 
-_MAX_CODES = 4096  # (stream, type) codes cached; a flood of new types only costs hashing
+# (stream, type) codes cached, by the writer and at start; a flood of new types only
+# costs hashing them again.
+MAX_TYPE_CODES = 4096
 _MAX_NAMED = 65_536  # codes the indexer remembers having named; past it, it starts over
 
 
@@ -545,9 +547,8 @@ class Indexer:
         # Lead entries of indexed generations not yet in a run (fewer than LEAD_RUN); lost
         # in a crash and rebuilt from the journal at the next start (reconcile_leads).
         self._leads: list[tuple[int, int]] = []
-        # The same for the type index: seqs by code, and how many (a run at TYPE_RUN).
+        # The same for the type index: seqs by code (a run at TYPE_RUN of them).
         self._types: dict[int, list[int]] = {}
-        self._type_entries = 0
         self._named: set[int] = set()  # codes whose names this connection has committed
         self._covered = 0  # covered_seq of the last generation indexed
         self.failures = 0
@@ -576,7 +577,7 @@ class Indexer:
         conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
-    def _flush_leads(self, conn: sqlite3.Connection) -> None:
+    def _flush_runs(self, conn: sqlite3.Connection) -> None:
         """At stop: the collected lead and type entries as last runs (else the next start
         rebuilds them from the journal)."""
         try:
@@ -587,7 +588,7 @@ class Indexer:
             conn.execute("UPDATE type_state SET covered_seq = ?", (self._covered,))
             conn.execute("COMMIT")
             self._leads = []
-            self._types, self._type_entries = {}, 0
+            self._types = {}
         except sqlite3.Error as exc:
             log.warning(
                 "lead and type index: last runs not written (rebuilt at the next start): %s", exc
@@ -608,7 +609,6 @@ class Indexer:
             covered = generations[-1].covered_seq
             mark = len(self._leads)
             type_marks = {code: len(seqs) for code, seqs in self._types.items()}
-            type_entries = self._type_entries
             names: dict[int, tuple[str, str | None]] = {}
             for generation in generations:
                 self._leads.extend(generation.leads)
@@ -618,12 +618,11 @@ class Indexer:
                         self._types[code] = list(seqs)
                     else:
                         bucket.extend(seqs)
-                    self._type_entries += len(seqs)
                 for code, name in generation.type_names.items():
                     if code not in self._named:
                         names[code] = name
             flush = len(self._leads) >= LEAD_RUN or self._stop.is_set()
-            flush_types = self._type_entries >= TYPE_RUN or self._stop.is_set()
+            flush_types = sum(map(len, self._types.values())) >= TYPE_RUN or self._stop.is_set()
             try:
                 if conn is None:
                     conn = self._connect()
@@ -654,7 +653,6 @@ class Indexer:
                     for code, seqs in self._types.items()
                     if code in type_marks
                 }
-                self._type_entries = type_entries
                 # The generation stays pending (lookups still see it); try again.
                 self.failures += 1
                 self.last_error = str(exc)
@@ -677,7 +675,7 @@ class Indexer:
             if flush:
                 self._leads = []  # in a run now
             if flush_types:
-                self._types, self._type_entries = {}, 0
+                self._types = {}
             if len(self._named) + len(names) > _MAX_NAMED:
                 self._named.clear()  # a flood of types: names are written again (OR IGNORE)
             self._named.update(names)
@@ -685,7 +683,7 @@ class Indexer:
             self._pending.pop_oldest(len(generations))
         if conn is not None:
             if self._leads or self._types:
-                self._flush_leads(conn)
+                self._flush_runs(conn)
             conn.close()
         self._pending.closed = True
         self._pending.wake()

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamd.errors import JournalBusy, JournalClosed, JournalError, StreamdError
+from streamd.journal import dedup
 from streamd.journal.dedup import (
     DEDUP_PAGE_SIZE,
     DedupIndex,
@@ -51,7 +52,6 @@ from streamd.journal.schema import connect, journal_id, migrate
 
 _STOP = object()
 _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
-_MAX_TYPE_CODES = 4096  # (stream, type) codes the writer keeps
 # A write that changes nothing but takes the journal's write lock (waiting busy_timeout
 # for another process's): taken before any job is, so a lock held elsewhere keeps jobs
 # queued, where their requests can still abandon them at the commit budget.
@@ -651,7 +651,7 @@ class JournalWriter:
             tk = (record.stream, record.type)
             code = type_codes.get(tk)
             if code is None:
-                if len(type_codes) >= _MAX_TYPE_CODES:
+                if len(type_codes) >= dedup.MAX_TYPE_CODES:
                     type_codes.clear()  # a flood of distinct types: only hashing again
                 code = type_codes[tk] = type_code(*tk)
             seqs = types.get(code)

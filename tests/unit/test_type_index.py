@@ -299,12 +299,10 @@ def test_a_journal_and_index_file_from_before_the_type_index_are_upgraded(tmp_pa
 def test_a_flood_of_distinct_types_keeps_the_caches_bounded_and_every_name(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A sender inventing a new type per event: the writer's code cache and the indexer's
-    memory of written names start over at their bounds (here 8 and 16), and still every
-    type is named and every event found by its type."""
-    from streamd.journal import writer
-
-    monkeypatch.setattr(writer, "_MAX_TYPE_CODES", 8)
+    """A sender inventing a new type per event: the code caches (the writer's, at start)
+    and the indexer's memory of written names start over at their bounds (here 8 and
+    16), and still every type is named and every event found by its type."""
+    monkeypatch.setattr(dedup, "MAX_TYPE_CODES", 8)
     monkeypatch.setattr(dedup, "_MAX_NAMED", 16)
     monkeypatch.setattr(dedup, "TYPE_RUN", 50)
     batches = []

@@ -172,20 +172,24 @@ def type_windows(conn: sqlite3.Connection, filters: Filters, lo: int, hi: int) -
     windows: list[Window] = []
     if codes and lo < covered:
         marks = ", ".join("?" * len(codes))
+        # Per run holding a matching code: whether one of its matching rows is not a JSON
+        # array (a damaged derived file): that run is scanned, not read through them.
         runs = conn.execute(
-            "SELECT r.run, r.first_seq, r.last_seq FROM dedup.type_runs AS r "
-            "WHERE r.last_seq > ? AND r.first_seq <= ? AND EXISTS (SELECT 1 FROM "
-            f"dedup.type_index AS i WHERE i.run = r.run AND i.code IN ({marks})) ORDER BY r.run",
-            (lo, min(hi, covered), *codes),
+            "SELECT r.run, r.first_seq, r.last_seq, max(CASE WHEN json_valid(i.seqs) "
+            "THEN json_type(i.seqs) IS NOT 'array' ELSE 1 END) "
+            "FROM dedup.type_runs AS r JOIN dedup.type_index AS i ON i.run = r.run "
+            f"AND i.code IN ({marks}) WHERE r.last_seq > ? AND r.first_seq <= ? "
+            "GROUP BY r.run ORDER BY r.run",
+            (*codes, lo, min(hi, covered)),
         ).fetchall()
         extra = (
             " AND seq IN (SELECT j.value FROM dedup.type_index AS t, json_each(t.seqs) AS j "
             f"WHERE t.run = ? AND t.code IN ({marks}))"
         )
-        for run, first, last in runs:
+        for run, first, last, damaged in runs:
             a, b = max(lo, first - 1), min(hi, last)
             if a < b:
-                windows.append((a, b, extra, [run, *codes]))
+                windows.append((a, b, "", []) if damaged else (a, b, extra, [run, *codes]))
     if covered < hi:
         windows.append((max(lo, covered), hi, "", []))
     return windows

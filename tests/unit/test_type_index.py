@@ -334,3 +334,30 @@ def test_a_flood_of_distinct_types_keeps_the_caches_bounded_and_every_name(
             assert [r[0] for r in iter_events(conn, filters)] == _scan(path, filters)
     finally:
         conn.close()
+
+
+def test_a_damaged_run_is_scanned_and_the_answer_is_the_same(
+    small_runs: None, tmp_path: Path
+) -> None:
+    """The derived file is an input too: a run whose seqs are not a JSON array (truncated,
+    or not JSON at all) is read by a scan of its seq range, not through the broken row;
+    before, every stream or type filter over it failed with "malformed JSON"."""
+    path = generated_journal(tmp_path / "journal.db", 3000, batch=100)
+    index = dedup_path(str(path))
+    runs = [r[0] for r in rows(index, "SELECT run FROM type_runs ORDER BY run")]
+    assert len(runs) >= 3
+    with sqlite3.connect(index) as conn:
+        conn.execute("UPDATE type_index SET seqs = '[1, 2,' WHERE run = ?", (runs[0],))
+        conn.execute("UPDATE type_index SET seqs = '{\"not\": 1}' WHERE run = ?", (runs[1],))
+    conn = open_readonly(str(path))
+    try:
+        for filters in (Filters(streams=("activity",)), Filters(types=(_rare_type(path),))):
+            expected = _scan(path, filters)
+            assert [r[0] for r in iter_events(conn, filters)] == expected, filters
+            assert count_events(conn, filters) == len(expected), filters
+            assert [r[0] for r in last_events(conn, filters, 5)] == expected[-5:], filters
+        windows = type_windows(conn, Filters(streams=("activity",)), 0, 3000)
+        assert [w[2] for w in windows[:2]] == ["", ""]  # the damaged runs: scanned
+        assert all(w[2] for w in windows[2:-1])  # the others: through the index
+    finally:
+        conn.close()

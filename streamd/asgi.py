@@ -12,6 +12,11 @@ from typing import Any
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
+# In a ``http.response.start`` message: the app sends the whole body at once right after
+# it, so the connection may write the head and the body together (one ``send`` instead
+# of two: ``streamd.service.http``). A key ASGI servers ignore.
+BODY_FOLLOWS = "streamd.body_follows"
+
 
 class ClientGone(Exception):
     """Raised by :func:`read_body` when the client disconnected before the body ended."""

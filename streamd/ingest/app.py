@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, unquote_plus
 import orjson
 import trio
 
-from streamd.asgi import lifespan
+from streamd.asgi import BODY_FOLLOWS, lifespan
 from streamd.auth import TokenSet, token_from_request
 from streamd.auth.adobe import Presented, SignatureCheck
 from streamd.auth.client_cert import ClientCertCheck, peer_certificate
@@ -537,7 +537,14 @@ class IngestApp:
         # process. Bounded: a client that does not read cannot hold a shutdown. One scope
         # is both (its own deadline still cancels it): half the cost of two per answer.
         with trio.CancelScope(shield=True, deadline=trio.current_time() + _SEND_BOUND):
-            await send({"type": "http.response.start", "status": status, "headers": all_headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": all_headers,
+                    BODY_FOLLOWS: True,
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from tests.conftest import fixture_bytes
 from tests.integration.conftest import Server, StartServer
@@ -260,3 +262,34 @@ async def test_unknown_path_and_method(server: Server) -> None:
 def test_httpx_is_a_real_client() -> None:
     # The integration suite talks HTTP/1.1 over a real socket, not an ASGI transport.
     assert httpx.AsyncClient().__class__.__module__.startswith("httpx")
+
+
+async def test_each_answer_is_written_with_one_send(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest app marks its answers ``BODY_FOLLOWS``: head and body leave in one
+    ``send_all`` (tests/hostile/test_answer_writes.py has the mechanism), for a 200, a
+    duplicate's 200, a 400, a 401 and a 404 alike, on one kept-alive connection."""
+    port = int(server.url.rsplit(":", 1)[1])
+    sent: list[bytes] = []
+    real = trio.SocketStream.send_all
+
+    async def recording(self: trio.SocketStream, data: Any) -> None:
+        if self.socket.getsockname()[1] == port:
+            sent.append(bytes(data))
+        await real(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", recording)
+    body = fixture_bytes("legacy_push")
+    answers = [
+        await server.post(body),
+        await server.post(body),
+        await server.post(b'{"nope'),
+        await server.post(body, headers={"Authorization": "Bearer wrong-token-0123456789"}),
+        await server.post(body, path="/nowhere"),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 400, 401, 404]
+    assert len(sent) == len(answers), [s[:20] for s in sent]
+    for answer, data in zip(answers, sent, strict=True):
+        assert data.startswith(b"HTTP/1.1 %d" % answer.status_code)
+        assert data.endswith(answer.content)

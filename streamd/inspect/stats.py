@@ -27,6 +27,7 @@ from streamd.inspect.commands import filters_from, open_from, write_bytes
 from streamd.inspect.filters import Filters
 from streamd.inspect.output import colour_enabled, resolve_format, write_table
 from streamd.inspect.reader import seq_window
+from streamd.journal.counts import lagging_rows
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
@@ -222,6 +223,15 @@ def _rollup_groups(conn: sqlite3.Connection, filters: Filters) -> Counter[Group]
         f"WHERE {' AND '.join(parts)} GROUP BY stream, type, munchkin_id, source",
         params,
     ):
+        key = (stream, etype or None, munchkin or None, source)
+        if _matches(filters, key):
+            groups[key] += n
+    # The events the writer has not counted into event_counts yet (about a second's).
+    for minute, source, stream, etype, munchkin, n, *_ in lagging_rows(conn):
+        if (first_whole is not None and minute < first_whole) or (
+            end_whole is not None and minute >= end_whole
+        ):
+            continue
         key = (stream, etype or None, munchkin or None, source)
         if _matches(filters, key):
             groups[key] += n

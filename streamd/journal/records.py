@@ -48,6 +48,9 @@ class WriterOptions:
     min_free_disk_bytes: int = 256 * 1024 * 1024
     checkpoint_interval: float = 1.0
     wal_max_bytes: int = 64 * 1024 * 1024
+    # Seconds the per-minute counts of committed groups may wait in memory before they
+    # are written into event_counts (journal/counts.py); readers add what waits.
+    counts_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,6 +176,16 @@ MIGRATIONS: Sequence[tuple[str, Sequence[str]]] = (
         "0007_type_index_derived",
         ("DROP INDEX IF EXISTS events_stream_type",),
     ),
+    (
+        # The per-minute counts may lag the events by about a second (counts.py): the
+        # writer tallies them in memory and writes the tally once a second, not at every
+        # commit. Every event up to ``counts_seq`` is counted; up to now, all of them.
+        "0008_counts_seq",
+        (
+            "INSERT OR REPLACE INTO meta VALUES "
+            "('counts_seq', (SELECT coalesce(max(seq), 0) FROM events))",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import Counter
 from typing import Any
 
 from streamd.errors import JournalError
+from streamd.journal.counts import lagging_rows
 from streamd.journal.schema import SCHEMA_VERSION, connect
 
 
@@ -25,18 +27,22 @@ def journal_stats(path: str) -> dict[str, Any]:
             raise JournalError(f"{path}: not a streamd journal (schema version 0)")
         if version > SCHEMA_VERSION:
             raise JournalError(f"{path}: journal schema {version} is newer than this streamd")
-        # From the per-minute counts the writer keeps: no scan of events, however big.
-        streams = dict(
-            conn.execute(
-                "SELECT stream, sum(events) FROM event_counts GROUP BY stream ORDER BY stream"
-            )
-        )
+        # From the per-minute counts the writer keeps (no scan of events, however big),
+        # plus the events not in them yet (about a second's worth: counts.py).
+        lagging = lagging_rows(conn)
+        by_type: Counter[tuple[str, str]] = Counter()
+        for s, t, n in conn.execute(
+            "SELECT stream, type, sum(events) FROM event_counts GROUP BY stream, type"
+        ):
+            by_type[(s, t)] += n
+        for row in lagging:
+            by_type[(row[2], row[3])] += row[5]
+        streams: dict[str, int] = {}
+        for (s, _), n in sorted(by_type.items()):
+            streams[s] = streams.get(s, 0) + n
         types = [
             {"stream": s, "type": t or None, "events": n}
-            for s, t, n in conn.execute(
-                "SELECT stream, type, sum(events) AS n FROM event_counts GROUP BY stream, type "
-                "ORDER BY n DESC, stream, type"
-            )
+            for (s, t), n in sorted(by_type.items(), key=lambda item: (-item[1], *item[0]))
         ]
         deliveries, received, accepted, duplicates = conn.execute(
             "SELECT count(*), coalesce(sum(events), 0), coalesce(sum(accepted), 0), "
@@ -49,6 +55,9 @@ def journal_stats(path: str) -> dict[str, Any]:
         occurred = conn.execute(
             "SELECT min(min_occurred_at), max(max_occurred_at) FROM event_counts"
         ).fetchone()
+        lows = [v for v in (occurred[0], *(row[8] for row in lagging)) if v is not None]
+        highs = [v for v in (occurred[1], *(row[9] for row in lagging)) if v is not None]
+        occurred = (min(lows, default=None), max(highs, default=None))
         sources = dict(
             conn.execute("SELECT source, count(*) FROM deliveries GROUP BY source ORDER BY source")
         )

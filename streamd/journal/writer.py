@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamd.errors import JournalBusy, JournalClosed, JournalError, StreamdError
+from streamd.journal import counts as counting
 from streamd.journal import dedup
 from streamd.journal.dedup import (
     DEDUP_PAGE_SIZE,
@@ -60,19 +61,6 @@ _INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # event_counts: (stream, type, munchkin) -> [events, first_seq, last_seq, min_occ, max_occ]
 _Counts = dict[tuple[str, str, str], list[Any]]
-_UPSERT_COUNTS = """
-INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (minute, source, stream, type, munchkin_id) DO UPDATE SET
-    events = events + excluded.events,
-    first_seq = min(first_seq, excluded.first_seq),
-    last_seq = max(last_seq, excluded.last_seq),
-    min_occurred_at = coalesce(
-        min(min_occurred_at, excluded.min_occurred_at), min_occurred_at, excluded.min_occurred_at
-    ),
-    max_occurred_at = coalesce(
-        max(max_occurred_at, excluded.max_occurred_at), max_occurred_at, excluded.max_occurred_at
-    )
-"""
 _PAGE_SIZES = {"main": 4096, "dedup": DEDUP_PAGE_SIZE}
 _SAVE_POSITION = """
 INSERT INTO pull_positions (source, position, restart, pages, events, accepted, updated_at)
@@ -124,6 +112,12 @@ class JournalWriter:
         # transaction (ARCHITECTURE.md, "Dedup": its CPU per small group).
         self._pending = Pending(limit=8, linger=0.025, enough=4)
         self._type_codes: dict[tuple[str, str | None], int] = {}  # (stream, type) -> code
+        # Per-minute counts of committed groups not yet in event_counts, and the seq up
+        # to which event_counts is complete (counts.py).
+        self._tally: counting.Tally = {}
+        self._counted = 0
+        self._tallied_since = time.monotonic()
+        self._write_tally = False  # the group being committed writes the tally
         self._indexer: Indexer | None = None
         self._disk_checked = 0.0
         self._lock_file: int | None = None
@@ -274,6 +268,7 @@ class JournalWriter:
             self._next_delivery = conn.execute(
                 "SELECT coalesce(max(id), 0) + 1 FROM deliveries"
             ).fetchone()[0]
+            self._counted = counting.catch_up(conn)  # what a crash left uncounted
             self._check_disk(force=True)
         except BaseException as exc:
             if self._indexer is not None:
@@ -296,6 +291,8 @@ class JournalWriter:
                 except queue.Empty:
                     if self.stats.failing_since is not None:
                         self._probe(conn)
+                    elif self._tally:
+                        self._flush_tally(conn)  # idle: nothing to write it with
                     if self._queue.empty():
                         self.stats.progress_at = time.monotonic()  # idle, nothing queued
                     self._check_disk()
@@ -320,6 +317,8 @@ class JournalWriter:
                 if self._commit(conn, jobs):
                     self.stats.progress_at = time.monotonic()
                 self._check_disk()
+            if self._tally:
+                self._flush_tally(conn)
         finally:
             if self._indexer is not None:
                 self._indexer.stop()  # index what is pending before the checkpoint
@@ -352,6 +351,10 @@ class JournalWriter:
         # Copy the pending generations *before* the index read begins (dedup.py).
         earlier = self._pending.snapshot()
         counts: dict[tuple[str, str, str, str, str], list[Any]] = {}
+        self._write_tally = (
+            time.monotonic() - self._tallied_since >= self.options.counts_interval
+            or len(self._tally) >= counting.MAX_TALLY
+        )
         committed = False
         try:
             try:
@@ -395,6 +398,12 @@ class JournalWriter:
                 self.stats.max_commit_seconds = max(self.stats.max_commit_seconds, elapsed)
                 self._observe(elapsed, counts)
                 self._failing.recovered()
+                if self._write_tally:  # written with this group
+                    self._tally = {}
+                    self._counted = self._next_seq - 1
+                    self._tallied_since = time.monotonic()
+                else:
+                    counting.merge(self._tally, counts)
             for job in jobs:
                 if job.result is not None:
                     self.stats.batches += 1
@@ -518,7 +527,7 @@ class JournalWriter:
         if rows:
             conn.executemany(_INSERT_EVENT, rows)
         _save_positions(conn, live)
-        _finish_group(conn, counts, controls)
+        self._finish_group(conn, counts, controls)
 
     def _commit_each(
         self,
@@ -569,7 +578,37 @@ class JournalWriter:
                 job.result = None
                 job.error = JournalError(f"cannot journal the batch: {exc}")
                 self._note_error(f"batch from {job.batch.source}: {exc}")
-        _finish_group(conn, counts, controls)
+        self._finish_group(conn, counts, controls)
+
+    def _finish_group(
+        self,
+        conn: sqlite3.Connection,
+        counts: dict[tuple[str, str, str, str, str], list[Any]],
+        controls: list[Control],
+    ) -> None:
+        """The tally with this group's counts when it is due (else they join the tally
+        once committed), the control ops, then COMMIT (results are released by
+        ``_commit`` only after it: ack means durable)."""
+        if self._write_tally:
+            counting.write(conn, counting.merged_rows(self._tally, counts), self._next_seq - 1)
+        _run_controls(conn, controls)
+        conn.execute("COMMIT")
+
+    def _flush_tally(self, conn: sqlite3.Connection) -> None:
+        """The tally in a transaction of its own (idle, or stopping). On failure it stays
+        in memory, and a start counts what it held from the journal anyway."""
+        try:
+            conn.execute("BEGIN")
+            conn.execute(_CLAIM)
+            counting.write(conn, counting.merged_rows(self._tally, {}), self._next_seq - 1)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            rollback(conn)
+            self._note_error(f"per-minute counts not written yet: {describe(exc)}")
+            return
+        self._tally = {}
+        self._counted = self._next_seq - 1
+        self._tallied_since = time.monotonic()
 
     def _write(
         self,
@@ -819,19 +858,6 @@ def _save_positions(conn: sqlite3.Connection, jobs: list[Job]) -> None:
     ]
     if rows:
         conn.executemany(_SAVE_POSITION, rows)
-
-
-def _finish_group(
-    conn: sqlite3.Connection,
-    counts: dict[tuple[str, str, str, str, str], list[Any]],
-    controls: list[Control],
-) -> None:
-    """The group's per-minute counts and control ops, then COMMIT (results are released
-    by ``_commit`` only after it: ack means durable)."""
-    if counts:
-        conn.executemany(_UPSERT_COUNTS, [(*k, *v) for k, v in counts.items()])
-    _run_controls(conn, controls)
-    conn.execute("COMMIT")
 
 
 def _run_controls(conn: sqlite3.Connection, controls: list[Control]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ from streamd.drain import open_drain
 from streamd.drain.retention import Retention, RetentionSettings
 from streamd.drain.store import open_reader
 from streamd.errors import JournalBusy
-from streamd.journal import Batch, Journal
+from streamd.journal import Batch, Journal, WriterOptions, open_journal
 from streamd.ops import DisableSink, PauseSink, ResumeSink, RewindSink
 
 from .conftest import Recorder, record, spec, wait_until
@@ -90,7 +92,16 @@ def minutes(journal: Journal) -> list[tuple[str, int, int, int]]:
         conn.close()
 
 
-async def test_counts_of_deleted_minutes_go_with_their_events(journal: Journal) -> None:
+@pytest.fixture
+async def counting(tmp_path: Path) -> AsyncIterator[Journal]:
+    """A journal whose writer puts the per-minute counts in with every commit (by
+    default they wait up to a second in memory: journal/counts.py)."""
+    async with open_journal(str(tmp_path / "journal.db"), WriterOptions(counts_interval=0)) as j:
+        yield j
+
+
+async def test_counts_of_deleted_minutes_go_with_their_events(counting: Journal) -> None:
+    journal = counting
     await add(journal, ["a1", "a2"], days_ago=30)  # seq 1, 2
     await add(journal, ["b1", "b2", "b3"], days_ago=20)  # seq 3..5
     await add(journal, ["c1"], days_ago=1)  # seq 6

@@ -142,10 +142,10 @@ def _duplicate_key(path: Path) -> None:
                 "schema": [
                     "migrations recorded ['0001_other', '0002_sinks', '0003_inspect_indexes', "
                     "'0004_pull', '0005_lead_index_derived', '0006_sink_replays', "
-                    "'0007_type_index_derived'], expected "
+                    "'0007_type_index_derived', '0008_counts_seq'], expected "
                     "['0001_initial', '0002_sinks', '0003_inspect_indexes', '0004_pull', "
-                    "'0005_lead_index_derived', '0006_sink_replays', '0007_type_index_derived'] "
-                    "for version 7"
+                    "'0005_lead_index_derived', '0006_sink_replays', '0007_type_index_derived', "
+                    "'0008_counts_seq'] for version 8"
                 ]
             },
         ),

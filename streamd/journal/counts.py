@@ -1,0 +1,122 @@
+"""The per-minute counts (``event_counts``): written about once a second, never behind
+for a reader.
+
+The writer adds each committed group's counts to a tally in memory and writes the tally
+into ``event_counts`` with the group that is current when ``counts_interval`` has passed
+(or the tally has ``MAX_TALLY`` rows, or the writer stops, or it is idle), together with
+the meta row ``counts_seq``: every event up to that seq is counted. Upserting a group's
+counts at every commit (about 70 rows for 20-event I/O batches of dozens of types) was
+the largest of the writer's statements per small delivery (ARCHITECTURE.md, "The
+per-minute counts").
+
+Whoever reads the counts adds the events past ``counts_seq`` from ``events`` (at most
+about a second of them, found by the primary key): ``journal stats`` and ``stats`` give
+the same answers as before. After a crash the tally is gone; the writer's next start
+counts the events past ``counts_seq`` before it takes requests (:func:`catch_up`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+# (minute, source, stream, type, munchkin) -> [events, first_seq, last_seq, min_occ, max_occ]
+Tally = dict[tuple[str, str, str, str, str], list[Any]]
+
+COUNTS_SEQ = "counts_seq"  # the meta key
+MAX_TALLY = 10_000  # rows the tally may hold before it is written, whatever the time
+
+UPSERT = """
+INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (minute, source, stream, type, munchkin_id) DO UPDATE SET
+    events = events + excluded.events,
+    first_seq = min(first_seq, excluded.first_seq),
+    last_seq = max(last_seq, excluded.last_seq),
+    min_occurred_at = coalesce(
+        min(min_occurred_at, excluded.min_occurred_at), min_occurred_at, excluded.min_occurred_at
+    ),
+    max_occurred_at = coalesce(
+        max(max_occurred_at, excluded.max_occurred_at), max_occurred_at, excluded.max_occurred_at
+    )
+"""
+# The same rows computed from the journal (the key as the writer builds it).
+_GROUPED = """
+SELECT substr(received_at, 1, 16), source, stream, coalesce(type, ''),
+    coalesce(munchkin_id, ''), count(*), min(seq), max(seq), min(occurred_at),
+    max(occurred_at)
+FROM events WHERE seq > ? GROUP BY 1, 2, 3, 4, 5
+"""
+_SET_SEQ = "UPDATE meta SET value = ? WHERE key = 'counts_seq'"
+
+
+def merge(into: Tally, other: Tally) -> None:
+    """Add ``other``'s rows to ``into`` (``other``'s lists may become ``into``'s)."""
+    for key, c in other.items():
+        g = into.get(key)
+        if g is None:
+            into[key] = c
+            continue
+        g[0] += c[0]
+        g[1] = min(g[1], c[1])
+        g[2] = max(g[2], c[2])
+        if c[3] is not None and (g[3] is None or c[3] < g[3]):
+            g[3] = c[3]
+        if c[4] is not None and (g[4] is None or c[4] > g[4]):
+            g[4] = c[4]
+
+
+def merged_rows(tally: Tally, group: Tally) -> list[tuple[Any, ...]]:
+    """The rows of ``tally`` and ``group`` together, neither changed."""
+    both = {key: list(c) for key, c in tally.items()}
+    merge(both, {key: list(c) for key, c in group.items()})
+    return [(*key, *c) for key, c in both.items()]
+
+
+def write(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], counted: int) -> None:
+    """Inside the caller's transaction: ``rows`` into ``event_counts``; ``counted`` (the
+    highest seq they cover, every event before it included) into ``counts_seq``."""
+    if rows:
+        conn.executemany(UPSERT, rows)
+    conn.execute(_SET_SEQ, (str(counted),))
+
+
+def counted_seq(conn: sqlite3.Connection) -> int | None:
+    """``counts_seq``: every event up to it is in ``event_counts``; None for a journal
+    written before the counts could lag (schema 7 and older: always up to date)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'counts_seq'").fetchone()
+    except sqlite3.OperationalError:
+        return None  # no meta table: not a journal a reader gets this far with
+    return None if row is None else int(row[0])
+
+
+def lagging_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """What ``event_counts`` does not hold yet, in its shape (minute, source, stream,
+    type, munchkin, events, first_seq, last_seq, min and max occurred): the events past
+    ``counts_seq``, at most about a second's worth, read by the primary key."""
+    counted = counted_seq(conn)
+    if counted is None:
+        return []
+    return conn.execute(_GROUPED, (counted,)).fetchall()
+
+
+def catch_up(conn: sqlite3.Connection) -> int:
+    """At the writer's start: count the events past ``counts_seq`` (those whose tally a
+    crash lost) in one transaction; return the new ``counts_seq``."""
+    counted = counted_seq(conn)
+    last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    if counted is None:
+        counted = last
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('counts_seq', ?)", (str(last),))
+    if last <= counted:
+        return counted
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(_GROUPED, (counted,)).fetchall()
+        write(conn, rows, last)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return int(last)

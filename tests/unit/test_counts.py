@@ -9,10 +9,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from streamd.core.timeparse import format_utc
 from streamd.inspect.filters import Filters
 from streamd.inspect.reader import open_readonly
 from streamd.journal import Batch, Job, JournalWriter, WriterOptions
+from streamd.journal import counts as counting
 from streamd.journal.counts import COUNTS_SEQ
 from streamd.journal.stats import journal_stats
 from tests.journals import generated_batches, generated_journal, rows
@@ -158,3 +161,22 @@ def test_a_journal_from_before_the_lag_is_counted_up_to_its_last_event(tmp_path:
     writer.close()
     assert rows(path, "SELECT value FROM meta WHERE key = 'counts_seq'") == [("500",)]
     assert_counts_agree(path)
+
+
+def test_a_tally_at_its_bound_is_written_before_the_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded memory: a flood of distinct (minute, source, stream, type, munchkin) keys
+    writes the tally once it holds MAX_TALLY rows, however long the interval."""
+    monkeypatch.setattr(counting, "MAX_TALLY", 5)
+    path = tmp_path / "journal.db"
+    writer = JournalWriter(str(path), WriterOptions(counts_interval=3600), lambda: "")
+    writer.start()
+    try:
+        batches = generated_batches(200, batch=20)  # dozens of types: > 5 rows a batch
+        submit_all(writer, batches[:2])
+        # The second commit found more than 5 rows of tally: it wrote them with its own.
+        assert rows(path, "SELECT value FROM meta WHERE key = 'counts_seq'") == [("40",)]
+        assert_counts_agree(path)
+    finally:
+        writer.close()

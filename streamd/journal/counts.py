@@ -26,8 +26,7 @@ Tally = dict[tuple[str, str, str, str, str], list[Any]]
 COUNTS_SEQ = "counts_seq"  # the meta key
 MAX_TALLY = 10_000  # rows the tally may hold before it is written, whatever the time
 
-UPSERT = """
-INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+_ON_CONFLICT = """
 ON CONFLICT (minute, source, stream, type, munchkin_id) DO UPDATE SET
     events = events + excluded.events,
     first_seq = min(first_seq, excluded.first_seq),
@@ -47,22 +46,32 @@ SELECT substr(received_at, 1, 16), source, stream, coalesce(type, ''),
 FROM events WHERE seq > ? GROUP BY 1, 2, 3, 4, 5
 """
 _SET_SEQ = "UPDATE meta SET value = ? WHERE key = 'counts_seq'"
+# Constant text only (no value is formatted into it): the writer's rows, or the same rows
+# computed from the journal.
+UPSERT = "INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + _ON_CONFLICT  # noqa: S608
+_CATCH_UP = "INSERT INTO event_counts " + _GROUPED + _ON_CONFLICT
+
+
+def add(into: dict[Any, list[Any]], key: Any, c: list[Any]) -> None:
+    """Add one row of counts (events, first and last seq, min and max occurred) to
+    ``into[key]``; ``c`` itself becomes that row when ``key`` is new."""
+    g = into.get(key)
+    if g is None:
+        into[key] = c
+        return
+    g[0] += c[0]
+    g[1] = min(g[1], c[1])
+    g[2] = max(g[2], c[2])
+    if c[3] is not None and (g[3] is None or c[3] < g[3]):
+        g[3] = c[3]
+    if c[4] is not None and (g[4] is None or c[4] > g[4]):
+        g[4] = c[4]
 
 
 def merge(into: Tally, other: Tally) -> None:
     """Add ``other``'s rows to ``into`` (``other``'s lists may become ``into``'s)."""
     for key, c in other.items():
-        g = into.get(key)
-        if g is None:
-            into[key] = c
-            continue
-        g[0] += c[0]
-        g[1] = min(g[1], c[1])
-        g[2] = max(g[2], c[2])
-        if c[3] is not None and (g[3] is None or c[3] < g[3]):
-            g[3] = c[3]
-        if c[4] is not None and (g[4] is None or c[4] > g[4]):
-            g[4] = c[4]
+        add(into, key, c)
 
 
 def merged_rows(tally: Tally, group: Tally) -> list[tuple[Any, ...]]:
@@ -102,21 +111,25 @@ def lagging_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
 
 def catch_up(conn: sqlite3.Connection) -> int:
     """At the writer's start: count the events past ``counts_seq`` (those whose tally a
-    crash lost) in one transaction; return the new ``counts_seq``."""
+    crash lost) in one transaction; return the new ``counts_seq``.
+
+    A deferred transaction whose first statement writes: the writer's connection has the
+    derived file attached, which ``BEGIN IMMEDIATE`` would lock as well.
+    """
     counted = counted_seq(conn)
-    last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    if counted is None:
-        counted = last
+    last = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    if counted is None:  # migration 0008 writes the row; a journal without it is complete
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('counts_seq', ?)", (str(last),))
+        return last
     if last <= counted:
         return counted
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN")
     try:
-        rows = conn.execute(_GROUPED, (counted,)).fetchall()
-        write(conn, rows, last)
+        conn.execute(_CATCH_UP, (counted,))
+        conn.execute(_SET_SEQ, (str(last),))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return int(last)
+    return last

@@ -112,10 +112,8 @@ class JournalWriter:
         # transaction (ARCHITECTURE.md, "Dedup": its CPU per small group).
         self._pending = Pending(limit=8, linger=0.025, enough=4)
         self._type_codes: dict[tuple[str, str | None], int] = {}  # (stream, type) -> code
-        # Per-minute counts of committed groups not yet in event_counts, and the seq up
-        # to which event_counts is complete (counts.py).
+        # Per-minute counts of committed groups not yet in event_counts (counts.py).
         self._tally: counting.Tally = {}
-        self._counted = 0
         self._tallied_since = time.monotonic()
         self._write_tally = False  # the group being committed writes the tally
         self._indexer: Indexer | None = None
@@ -268,7 +266,7 @@ class JournalWriter:
             self._next_delivery = conn.execute(
                 "SELECT coalesce(max(id), 0) + 1 FROM deliveries"
             ).fetchone()[0]
-            self._counted = counting.catch_up(conn)  # what a crash left uncounted
+            counting.catch_up(conn)  # what a crash left uncounted
             self._check_disk(force=True)
         except BaseException as exc:
             if self._indexer is not None:
@@ -400,7 +398,6 @@ class JournalWriter:
                 self._failing.recovered()
                 if self._write_tally:  # written with this group
                     self._tally = {}
-                    self._counted = self._next_seq - 1
                     self._tallied_since = time.monotonic()
                 else:
                     counting.merge(self._tally, counts)
@@ -607,7 +604,6 @@ class JournalWriter:
             self._note_error(f"per-minute counts not written yet: {describe(exc)}")
             return
         self._tally = {}
-        self._counted = self._next_seq - 1
         self._tallied_since = time.monotonic()
 
     def _write(
@@ -824,18 +820,7 @@ def _merge_counts(
     """Add one committed batch's counts to its group's, keyed by minute and source."""
     minute = batch.received_at[:16]  # YYYY-MM-DDTHH:MM
     for (stream, type_, munchkin), c in counts.items():
-        key = (minute, batch.source, stream, type_, munchkin)
-        g = into.get(key)
-        if g is None:
-            into[key] = c
-            continue
-        g[0] += c[0]
-        g[1] = min(g[1], c[1])
-        g[2] = max(g[2], c[2])
-        if c[3] is not None and (g[3] is None or c[3] < g[3]):
-            g[3] = c[3]
-        if c[4] is not None and (g[4] is None or c[4] > g[4]):
-            g[4] = c[4]
+        counting.add(into, (minute, batch.source, stream, type_, munchkin), c)
 
 
 def _position_row(batch: Batch, result: AppendResult) -> tuple[Any, ...]:

@@ -31,27 +31,29 @@ FIXTURE_DELIVERIES = (
 FIXTURE_EVENTS = 14  # distinct events in the fixtures above
 
 
+def submit_and_wait(writer: JournalWriter, batch: Batch) -> int:
+    """Submit ``batch`` to a started writer, wait for its commit; the events accepted."""
+    done = threading.Event()
+
+    def finished(_job: Job) -> None:
+        done.set()
+
+    job = Job(batch=batch, on_done=finished)
+    writer.submit(job)
+    assert done.wait(30), "the writer did not commit within 30 s"
+    assert job.error is None, job.error
+    assert job.result is not None
+    return job.result.accepted
+
+
 def write_batches(path: Path, batches: Iterable[Batch]) -> int:
     """Journal ``batches`` in order with streamd's writer; return the events accepted."""
     writer = JournalWriter(str(path), WriterOptions(max_queued_events=10**9), lambda: "")
     writer.start()
-    accepted = 0
     try:
-        for batch in batches:
-            done = threading.Event()
-
-            def finished(_job: Job, done: threading.Event = done) -> None:
-                done.set()
-
-            job = Job(batch=batch, on_done=finished)
-            writer.submit(job)
-            assert done.wait(30), "the writer did not commit within 30 s"
-            assert job.error is None, job.error
-            assert job.result is not None
-            accepted += job.result.accepted
+        return sum(submit_and_wait(writer, batch) for batch in batches)
     finally:
         writer.close()
-    return accepted
 
 
 def fixture_batches() -> list[Batch]:

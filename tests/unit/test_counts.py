@@ -4,24 +4,21 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from streamd.core.timeparse import format_utc
-from streamd.inspect.filters import Filters
 from streamd.inspect.reader import open_readonly
-from streamd.journal import Batch, Job, JournalWriter, WriterOptions
+from streamd.journal import Batch, JournalWriter, WriterOptions
 from streamd.journal import counts as counting
 from streamd.journal.counts import COUNTS_SEQ
 from streamd.journal.stats import journal_stats
-from tests.journals import generated_batches, generated_journal, rows
+from tests.journals import generated_batches, generated_journal, rows, submit_and_wait
+from tests.unit.test_inspect_stats import rollup_matches_scan
 from tests.unit.test_journal import assert_counts_agree
 
-BASE = datetime.fromtimestamp(1_777_712_400, UTC)  # generated_batches' first receive time
 _SCAN_KEYS = (
     "SELECT substr(received_at, 1, 16), source, stream, coalesce(type, ''), "
     "coalesce(munchkin_id, ''), count(*), min(seq), max(seq), min(occurred_at), "
@@ -40,15 +37,7 @@ def lag(path: Path, counted: int) -> None:
 
 def submit_all(writer: JournalWriter, batches: list[Batch]) -> None:
     for batch in batches:
-        done = threading.Event()
-
-        def finished(_job: Job, done: threading.Event = done) -> None:
-            done.set()
-
-        job = Job(batch=batch, on_done=finished)
-        writer.submit(job)
-        assert done.wait(30), "the writer did not commit within 30 s"
-        assert job.error is None, job.error
+        submit_and_wait(writer, batch)
 
 
 def test_commits_leave_the_counts_in_memory_and_stop_writes_them(tmp_path: Path) -> None:
@@ -122,28 +111,18 @@ def test_journal_stats_add_the_events_not_counted_yet(tmp_path: Path) -> None:
 def test_window_counts_add_the_events_not_counted_yet(tmp_path: Path) -> None:
     """``stats`` reads whole minutes from event_counts: with the last minutes still in
     the tally, it must answer as a scan does, for windows of every shape."""
-    from streamd.inspect.stats import _rollup_groups, _scan_window
-
     # 200 deliveries of 10 events, one second apart: 3 minutes and 20 s of receive times.
     path = generated_journal(tmp_path / "journal.db", 2000, batch=10)
     lag(path, 1234)  # the counts stop in the third minute
     conn = open_readonly(str(path))
     try:
         offsets = [None, 0, 60, 61, 119, 120, 125, 180, 199]
-        checked = 0
-        for a in offsets:
-            for b in offsets:
-                if a is not None and b is not None and b <= a:
-                    continue
-                since = None if a is None else format_utc(BASE + timedelta(seconds=a))
-                until = None if b is None else format_utc(BASE + timedelta(seconds=b))
-                for extra in ({}, {"sources": ("bench-io",)}, {"streams": ("activity",)}):
-                    f = Filters(since=since, until=until, clock="received", **extra)  # type: ignore[arg-type]
-                    rolled = _rollup_groups(conn, f)
-                    assert rolled is not None
-                    assert rolled == _scan_window(conn, f, since, until), (since, until, extra)
-                    checked += 1
-        assert checked > 100
+        filter_sets: list[dict[str, Any]] = [
+            {},
+            {"sources": ("bench-io",)},
+            {"streams": ("activity",)},
+        ]
+        assert rollup_matches_scan(conn, offsets, filter_sets) > 100
     finally:
         conn.close()
 

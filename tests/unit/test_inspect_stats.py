@@ -7,6 +7,7 @@ import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,37 +187,47 @@ def test_occurred_windows_without_the_occurred_index(tmp_path: Path) -> None:
     assert got == expected and got
 
 
+def rollup_matches_scan(
+    conn: sqlite3.Connection, offsets: list[int | None], filter_sets: list[dict[str, Any]]
+) -> int:
+    """For every window between two of ``offsets`` (seconds after BASE; None: open) and
+    each filter set, stats' counts from event_counts equal a scan; returns how many."""
+    from streamd.inspect.stats import _rollup_groups, _scan_window
+
+    checked = 0
+    for a in offsets:
+        for b in offsets:
+            if a is not None and b is not None and b <= a:
+                continue
+            since = None if a is None else format_utc(BASE + timedelta(seconds=a))
+            until = None if b is None else format_utc(BASE + timedelta(seconds=b))
+            for extra in filter_sets:
+                f = Filters(since=since, until=until, clock="received", **extra)
+                rolled = _rollup_groups(conn, f)
+                assert rolled is not None
+                assert rolled == _scan_window(conn, f, since, until), (since, until, extra)
+                checked += 1
+    return checked
+
+
 def test_counts_from_event_counts_equal_a_scan_for_any_window(tmp_path: Path) -> None:
     """stats reads whole minutes from event_counts and scans only the edge minutes;
     for windows of every shape and the filters it supports, that equals a full scan."""
-    from streamd.inspect.stats import _rollup_groups, _scan_window
+    from streamd.inspect.stats import _rollup_groups
 
     # 200 deliveries of 10 events, one second apart: 3 minutes and 20 s of receive times.
     path = generated_journal(tmp_path / "journal.db", 2000, batch=10)
     conn = open_readonly(str(path))
     try:
-        offsets = [None, 0, 1, 59, 60, 61, 119, 125, 199, 250]
-        filter_sets = [
+        filter_sets: list[dict[str, Any]] = [
             {},
             {"streams": ("activity",)},
             {"types": ("com.adobe.platform.marketo.activity.standard.*",)},
             {"sources": ("bench-io",)},
             {"munchkin_ids": ("123-ABC-456",)},
         ]
-        checked = 0
-        for a in offsets:
-            for b in offsets:
-                if a is not None and b is not None and b <= a:
-                    continue
-                since = None if a is None else format_utc(BASE + timedelta(seconds=a))
-                until = None if b is None else format_utc(BASE + timedelta(seconds=b))
-                for extra in filter_sets:
-                    f = Filters(since=since, until=until, clock="received", **extra)  # type: ignore[arg-type]
-                    rolled = _rollup_groups(conn, f)
-                    assert rolled is not None
-                    assert rolled == _scan_window(conn, f, since, until), (since, until, extra)
-                    checked += 1
-        assert checked > 200
+        offsets = [None, 0, 1, 59, 60, 61, 119, 125, 199, 250]
+        assert rollup_matches_scan(conn, offsets, filter_sets) > 200
         # Filters event_counts has no column for: the scan answers.
         assert _rollup_groups(conn, Filters(lead_ids=(1,), clock="received")) is None
         assert _rollup_groups(conn, Filters(since="2026-01-01", clock="occurred")) is None

@@ -75,9 +75,10 @@ def merge(into: Tally, other: Tally) -> None:
 
 
 def merged_rows(tally: Tally, group: Tally) -> list[tuple[Any, ...]]:
-    """The rows of ``tally`` and ``group`` together, neither changed."""
+    """The rows of ``tally`` and ``group`` together; ``tally`` unchanged (its lists are
+    copied), ``group``'s lists taken as they are."""
     both = {key: list(c) for key, c in tally.items()}
-    merge(both, {key: list(c) for key, c in group.items()})
+    merge(both, group)
     return [(*key, *c) for key, c in both.items()]
 
 
@@ -92,10 +93,7 @@ def write(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], counted: int) -
 def counted_seq(conn: sqlite3.Connection) -> int | None:
     """``counts_seq``: every event up to it is in ``event_counts``; None for a journal
     written before the counts could lag (schema 7 and older: always up to date)."""
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'counts_seq'").fetchone()
-    except sqlite3.OperationalError:
-        return None  # no meta table: not a journal a reader gets this far with
+    row = conn.execute("SELECT value FROM meta WHERE key = 'counts_seq'").fetchone()
     return None if row is None else int(row[0])
 
 
@@ -109,15 +107,15 @@ def lagging_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return conn.execute(_GROUPED, (counted,)).fetchall()
 
 
-def catch_up(conn: sqlite3.Connection) -> int:
-    """At the writer's start: count the events past ``counts_seq`` (those whose tally a
-    crash lost) in one transaction; return the new ``counts_seq``.
+def catch_up(conn: sqlite3.Connection, last: int) -> int:
+    """At the writer's start: count the events past ``counts_seq`` up to ``last`` (the
+    newest seq: those whose tally a crash lost) in one transaction; return the new
+    ``counts_seq``.
 
     A deferred transaction whose first statement writes: the writer's connection has the
     derived file attached, which ``BEGIN IMMEDIATE`` would lock as well.
     """
     counted = counted_seq(conn)
-    last = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
     if counted is None:  # migration 0008 writes the row; a journal without it is complete
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('counts_seq', ?)", (str(last),))
         return last

@@ -266,7 +266,7 @@ class JournalWriter:
             self._next_delivery = conn.execute(
                 "SELECT coalesce(max(id), 0) + 1 FROM deliveries"
             ).fetchone()[0]
-            counting.catch_up(conn)  # what a crash left uncounted
+            counting.catch_up(conn, self._next_seq - 1)  # what a crash left uncounted
             self._check_disk(force=True)
         except BaseException as exc:
             if self._indexer is not None:
@@ -597,7 +597,8 @@ class JournalWriter:
         try:
             conn.execute("BEGIN")
             conn.execute(_CLAIM)
-            counting.write(conn, counting.merged_rows(self._tally, {}), self._next_seq - 1)
+            rows = [(*key, *c) for key, c in self._tally.items()]
+            counting.write(conn, rows, self._next_seq - 1)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             rollback(conn)

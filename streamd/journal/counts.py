@@ -20,6 +20,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from streamd.errors import JournalError
+
 # (minute, source, stream, type, munchkin) -> [events, first_seq, last_seq, min_occ, max_occ]
 Tally = dict[tuple[str, str, str, str, str], list[Any]]
 
@@ -94,7 +96,15 @@ def counted_seq(conn: sqlite3.Connection) -> int | None:
     """``counts_seq``: every event up to it is in ``event_counts``; None for a journal
     written before the counts could lag (schema 7 and older: always up to date)."""
     row = conn.execute("SELECT value FROM meta WHERE key = 'counts_seq'").fetchone()
-    return None if row is None else int(row[0])
+    if row is None:
+        return None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise JournalError(
+            f"the journal's meta row counts_seq is {str(row[0])[:40]!r}, not a seq "
+            "(edited by hand?): the next start of streamd counts every event again"
+        ) from None
 
 
 def lagging_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -115,14 +125,20 @@ def catch_up(conn: sqlite3.Connection, last: int) -> int:
     A deferred transaction whose first statement writes: the writer's connection has the
     derived file attached, which ``BEGIN IMMEDIATE`` would lock as well.
     """
-    counted = counted_seq(conn)
+    wipe = False
+    try:
+        counted = counted_seq(conn)
+    except JournalError:  # a damaged row: count every event again, from nothing
+        counted, wipe = 0, True
     if counted is None:  # migration 0008 writes the row; a journal without it is complete
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('counts_seq', ?)", (str(last),))
         return last
-    if last <= counted:
+    if last <= counted and not wipe:
         return counted
     conn.execute("BEGIN")
     try:
+        if wipe:
+            conn.execute("DELETE FROM event_counts")
         conn.execute(_CATCH_UP, (counted,))
         conn.execute(_SET_SEQ, (str(last),))
         conn.execute("COMMIT")

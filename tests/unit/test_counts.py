@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from streamd.errors import JournalError
 from streamd.inspect.reader import open_readonly
 from streamd.journal import Batch, JournalWriter, WriterOptions
 from streamd.journal import counts as counting
@@ -159,3 +160,29 @@ def test_a_tally_at_its_bound_is_written_before_the_interval(
         assert_counts_agree(path)
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "", "12.5", "9" * 30 + "x"])
+def test_a_damaged_counts_seq_is_a_clear_error_and_the_next_start_counts_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """The meta row edited into something that is not a seq: ``journal stats`` (and
+    ``journal_stats``) say so (exit 1, no traceback) instead of guessing; the writer's next start
+    counts every event again, and nothing is counted twice."""
+    from streamd.cli import main
+
+    path = generated_journal(tmp_path / "journal.db", 400, batch=20)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'counts_seq'", (value,))
+    assert main(["journal", "stats", "--journal", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "counts_seq is" in err and "not a seq" in err, err
+    assert "Traceback" not in err + out
+    with pytest.raises(JournalError, match="counts_seq is .* not a seq"):
+        journal_stats(str(path))
+    writer = JournalWriter(str(path), WriterOptions(), lambda: "")
+    writer.start()
+    writer.close()
+    assert rows(path, "SELECT value FROM meta WHERE key = 'counts_seq'") == [("400",)]
+    assert_counts_agree(path)
+    assert main(["journal", "stats", "--journal", str(path)]) == 0

@@ -30,15 +30,17 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import httpx
 import trio
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from streamd.errors import StreamdError
 from streamd.fsutil import atomic_write
+
+# cryptography and httpx are imported where they are used: an ingest worker or a daemon
+# with no Adobe source never loads them (ARCHITECTURE.md, "What a process imports").
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 log = logging.getLogger("streamd.auth.adobe")
 
@@ -112,6 +114,10 @@ def _b64(value: bytes, name: str) -> bytes:
 
 def verify_rsa(key: rsa.RSAPublicKey, body: bytes, signature: bytes) -> bool:
     """True when ``signature`` is ``key``'s PKCS#1 v1.5 SHA-256 signature of ``body``."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     try:
         key.verify(signature, body, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
@@ -126,6 +132,9 @@ def verify_hmac(secret: bytes, body: bytes, signature: bytes) -> bool:
 
 def load_public_key(pem: bytes, where: str) -> rsa.RSAPublicKey:
     """An RSA public key from SPKI PEM; :class:`ValueError` naming ``where`` otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
@@ -211,6 +220,8 @@ class KeyStore:
             raise SignatureInvalid(f"unknown Adobe key {path} (key fetching is off; pin it)")
         url = self.key_host.rstrip("/") + path
         self.fetches += 1
+        import httpx
+
         try:
             # A client per fetch: fetches are rare (a key per path per day), and nothing
             # stays open between them.

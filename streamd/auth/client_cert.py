@@ -20,10 +20,12 @@ import re
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+# cryptography is imported where it is used: a daemon or an ingest worker with no mTLS
+# client ever loads it (ARCHITECTURE.md, "What a process imports").
+if TYPE_CHECKING:
+    from cryptography import x509
 
 NO_CERTIFICATE = "this source requires a client certificate: use the mTLS listener"
 # "AB:CD:...", "abcd..." or "sha256 Fingerprint=AB:..." as openssl prints it.
@@ -45,6 +47,8 @@ def parse_fingerprint(text: str) -> bytes:
 def parse_subject(text: str) -> x509.Name:
     """A distinguished name written as RFC 4514 says (most specific first), as
     ``openssl x509 -noout -subject -nameopt RFC2253`` prints it. Raises ``ValueError``."""
+    from cryptography import x509
+
     problem = ""
     try:
         name = x509.Name.from_rfc4514_string(text.strip())
@@ -73,6 +77,9 @@ class _Identity:
 
 @functools.lru_cache(maxsize=64)  # a sender presents the same certificate every time
 def _identify(pem: str) -> _Identity:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     der = ssl.PEM_cert_to_DER_cert(pem)
     cert = x509.load_der_x509_certificate(der)
     names = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
@@ -92,6 +99,8 @@ def tls_extension(peer_der: bytes | None, version: str | None) -> dict[str, Any]
     chain = [] if peer_der is None else [ssl.DER_cert_to_PEM_cert(peer_der)]
     name = None
     if peer_der is not None:
+        from cryptography import x509
+
         name = x509.load_der_x509_certificate(peer_der).subject.rfc4514_string()
     return {
         "server_cert": None,

@@ -26,11 +26,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import jwt
 import trio
 
 from streamd.errors import StreamdError
+
+# httpx and jwt are imported where they are used: a process with no JWT or introspection
+# source never loads them (ARCHITECTURE.md, "What a process imports").
 
 log = logging.getLogger("streamd.auth.external")
 
@@ -69,6 +70,8 @@ class JwtVerifier:
         if not token or len(token) > 8192:
             return False
         text = token.decode("ascii", "replace")
+        import jwt
+
         try:
             header = jwt.get_unverified_header(text)
         except jwt.InvalidTokenError:
@@ -105,6 +108,9 @@ class JwtVerifier:
             if self._fetched_at is not None and now - self._fetched_at < self.refresh_interval:
                 return  # fetched recently: an unknown kid is not a reason to hammer the IdP
             self.fetches += 1
+            import httpx
+            import jwt
+
             try:
                 async with httpx.AsyncClient(timeout=self.timeout) as client:
                     reply = await client.get(self.jwks_url)
@@ -149,6 +155,8 @@ class Introspector:
         if cached is not None and cached[1] > now:
             return cached[0]
         self.requests += 1
+        import httpx
+
         try:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 reply = await client.post(

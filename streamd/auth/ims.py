@@ -14,11 +14,13 @@ import logging
 import ssl
 from collections.abc import Callable
 
-import httpx
 import orjson
 import trio
 
 from streamd.errors import StreamdError
+
+# httpx is imported where it is used: a process that never asks IMS for a token never
+# loads it (ARCHITECTURE.md, "What a process imports").
 
 log = logging.getLogger("streamd.auth.ims")
 
@@ -86,6 +88,8 @@ class ClientCredentials:
 
     async def _fetch(self) -> tuple[str, float]:
         self.fetches += 1
+        import httpx
+
         try:
             async with httpx.AsyncClient(timeout=self._timeout, verify=self._verify) as client:
                 response = await client.post(

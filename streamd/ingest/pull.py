@@ -43,9 +43,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
-import httpx
 import trio
 
 from streamd.auth.ims import ClientCredentials, TokenUnavailable
@@ -56,6 +55,9 @@ from streamd.core.timeparse import TimeError, format_seek, parse_when
 from streamd.errors import JournalBusy, JournalError, PayloadError, UsageError
 from streamd.ingest.lease import LeaseError, LeaseHeld, PgLease
 from streamd.journal import Batch, Journal, utc_now
+
+if TYPE_CHECKING:
+    import httpx  # imported where it is used (ARCHITECTURE.md, "What a process imports")
 
 T = TypeVar("T")
 
@@ -147,6 +149,8 @@ class PullSource:
         self.stats = PullStatistics()
         self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not a secret
         self._now = wall_clock
+        import httpx  # here, not at the top: a daemon with no pull never loads it
+
         self._base = httpx.URL(settings.url)
 
     # -- the loop ---------------------------------------------------------------------
@@ -155,6 +159,8 @@ class PullSource:
         """Pull until cancelled; every failure waits before the next attempt."""
         name = self.settings.name
         log.info("pull %s: starting from %s", name, self.settings.url)
+        import httpx
+
         try:
             async with httpx.AsyncClient(
                 timeout=self.settings.timeout,
@@ -368,6 +374,8 @@ class PullSource:
         self.stats.requests += 1
         if self.stats.state != "backing-off":
             self.stats.state = "fetching"
+        import httpx
+
         try:
             async with client.stream("GET", url, headers=headers) as response:
                 declared = response.headers.get("content-length", "")
@@ -387,6 +395,8 @@ class PullSource:
         return response.status_code, response.headers, b"".join(chunks)
 
     async def _prefetch(self, client: httpx.AsyncClient, url: httpx.URL, into: _Fetched) -> None:
+        import httpx
+
         try:
             into.response = await self._get(client, url)
             if into.response[0] == 200:
@@ -537,6 +547,8 @@ class PullSource:
         """The ``next`` link, when it stays on the journal's origin; else ``since=position``."""
         target = link(headers.get("link"), "next")
         if target:
+            import httpx
+
             try:
                 url = current.join(target)
             except httpx.InvalidURL:

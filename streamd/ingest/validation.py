@@ -15,7 +15,6 @@ import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 log = logging.getLogger("streamd.ingest.validation")
@@ -80,6 +79,10 @@ class Validator:
         return True
 
     async def _open(self, source: str, url: str) -> None:
+        # Imported here: most daemons never open a validationUrl, and an ingest worker
+        # never does (ARCHITECTURE.md, "What a process imports").
+        import httpx
+
         try:
             verify: ssl.SSLContext | bool = True
             if self.ca_file:

@@ -17,18 +17,23 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import repr_socket_addr
 
-from streamd.admin import AdminApp
 from streamd.errors import ConfigError
-from streamd.ingest import IngestApp
 from streamd.service.config import Config
 from streamd.service.http import ConnectionTable, bind_sockets, close_sockets, serve_http
-from streamd.service.workers import WorkerPool
+
+# Annotations only: an ingest worker imports this module for its TLS set-up and must
+# not load the admin app or the worker pool (ARCHITECTURE.md, "What a process imports").
+if TYPE_CHECKING:
+    from streamd.admin import AdminApp
+    from streamd.ingest import IngestApp
+    from streamd.service.workers import WorkerPool
 
 log = logging.getLogger("streamd.service")
 

@@ -29,7 +29,8 @@ from streamd.service.config import Config
 from streamd.service.listeners import reload_certificates
 from streamd.service.sdnotify import Notifier
 from streamd.service.sinks import build_specs
-from streamd.service.startup import build_issuer, build_pulls, load_sources, start_pulls
+from streamd.service.sources import build_issuer, load_sources
+from streamd.service.startup import build_pulls, start_pulls
 from streamd.service.workers import WorkerPool
 
 log = logging.getLogger("streamd.service")

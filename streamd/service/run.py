@@ -49,16 +49,14 @@ from streamd.service.logs import PER_REQUEST
 from streamd.service.metrics import Metrics, Parts, RequestStats
 from streamd.service.reload import Reloader, serve_signals
 from streamd.service.sdnotify import Notifier
+from streamd.service.sources import build_issuer, ingest_limits, load_sources
 from streamd.service.startup import (
     Checked,
     PullPlan,
-    build_issuer,
     check_startup,
     create_data_dir,
     drain_yields,
-    ingest_limits,
     load_admin_tokens,
-    load_sources,
     retention_settings,
     start_pulls,
     writer_options,

@@ -41,7 +41,7 @@ from streamd.service.listeners import (
     reload_certificates,
 )
 from streamd.service.logs import LOG_FORMATS, PER_REQUEST, configure_logging
-from streamd.service.startup import build_issuer, ingest_limits, load_sources
+from streamd.service.sources import build_issuer, ingest_limits, load_sources
 
 log = logging.getLogger("streamd.worker")
 # Answered POSTs go to the main process (metrics, stream health) this often, or as

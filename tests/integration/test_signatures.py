@@ -387,3 +387,33 @@ def test_check_config_names_a_missing_pinned_key_file(
     err = capsys.readouterr().err
     assert f"{missing}: cannot read the pinned Adobe key: No such file or directory" in err
     assert "Traceback" not in err
+
+
+# -- an ingest worker loads cryptography and httpx when a signature needs them --------
+
+
+def maps_cryptography(pid: int) -> bool:
+    """Whether ``pid`` has cryptography's native library mapped (it is once imported)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "cryptography/hazmat/bindings" in f.read()
+
+
+async def test_a_worker_verifies_with_what_it_imports_at_the_first_signature(
+    start_server: StartServer, key_server: KeyServer
+) -> None:
+    server = await start_server("[server]\nworkers = 1\n" + signed_source(key_server.url))
+    workers = server.running.workers
+    assert workers is not None
+    (pid,) = workers.statistics().pids
+    assert pid is not None
+    token = await server.post(fixture_bytes("legacy_push"))
+    assert token.status_code == 200
+    assert not maps_cryptography(pid), "a token source needs no cryptography"
+    reply = await post_signed(server, BODY, headers_for(BODY))
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"accepted": 6, "duplicates": 0}
+    assert key_server.requests == [PATH1]  # the worker fetched the key (httpx)
+    bad = await post_signed(server, BODY, headers_for(BODY, sig1=STRANGER, sig2=STRANGER))
+    assert bad.status_code == 401
+    assert maps_cryptography(pid)
+    assert workers.statistics().pids == (pid,)  # the same worker: it did not fail

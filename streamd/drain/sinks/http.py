@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import httpx
-
 from streamd.core.headers import retry_after
 from streamd.drain.bodies import Format, Request, build
 from streamd.drain.policy import Kind
@@ -134,6 +132,8 @@ class HttpSink:
         headers.update({k.lower(): v for k, v in settings.headers.items()})
         if settings.bearer_token:
             headers["authorization"] = f"Bearer {settings.bearer_token}"
+        import httpx  # here, not at the top: a daemon with no HTTP sink never loads it
+
         limits = httpx.Limits(
             max_connections=settings.connections, max_keepalive_connections=settings.connections
         )
@@ -187,6 +187,8 @@ class HttpSink:
             # About 1 ms of CPU per request for a 2048-bit key: no thread needed.
             headers["x-adobe-digital-signature-1"] = adobe_signature(self.settings.adobe_key, body)
             headers["x-adobe-public-key1-path"] = self.settings.adobe_key_path
+        import httpx
+
         try:
             async with self._client.stream(
                 "POST", self.settings.url, content=body, headers=headers

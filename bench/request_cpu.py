@@ -9,7 +9,9 @@ Each round starts, for every ``--ref`` in turn (the order rotating by round), a 
 ``--warmup`` requests first, then ``--count`` more (``bench.loadgen``, its own process,
 keep-alive connections), and until the server went idle after them. Per acknowledged
 request: the server's user + system CPU (``/proc/PID/stat``), its event-loop thread's
-alone (the main thread, ``/proc/PID/task/PID/stat``), and the load generator's
+alone (the main thread, ``/proc/PID/task/PID/stat``), each journal thread's
+(``journal-writer``, ``journal-indexer``, ``journal-ckpt``, from ``schedstat``, where
+the streamd measured names its threads), and the load generator's
 (``client_cpu_s``: a fixed amount of work, so when it moves the machine's speed moved,
 and the server's CPU over the client's is the steadier figure). Prints one JSON line per
 run and then the medians per ref; ``--out`` writes them all as one JSON document.
@@ -32,11 +34,29 @@ from bench._server import REPO, ServerProcess, export_ref, start_baseline, start
 from bench.ingest import CACHE, Case, run_loadgen, settle
 
 _TICK = os.sysconf("SC_CLK_TCK")
+# streamd's journal threads, by their OS names (an older streamd has none: not reported)
+_THREADS = ("journal-writer", "journal-indexer", "journal-ckpt")
 
 
 def _thread_cpu_s(pid: int, tid: int) -> float:
     fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _threads_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds run so far per thread name (``comm``; streamd names its journal
+    threads, ``streamd/threads.py``), from ``schedstat``: on some kernels a thread's
+    ``stat`` times read 0 for every thread but the main one. A thread that ended is
+    not counted."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            ran = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        out[name] = out.get(name, 0.0) + ran
+    return out
 
 
 def _one(
@@ -46,16 +66,24 @@ def _one(
     reuse = ("--reuse",) if name == "baseline" else ()
     run_loadgen(url, token, case, logdir, "--count", str(a.warmup), *reuse, seed=2)
     cpu0, loop0 = server.main_cpu_s(), _thread_cpu_s(server.pid, server.pid)
+    threads0 = _threads_cpu_s(server.pid)
     load = run_loadgen(url, token, case, logdir, "--count", str(a.count), *reuse)
     settle(server)
     cpu, loop = server.main_cpu_s() - cpu0, _thread_cpu_s(server.pid, server.pid) - loop0
+    threads = _threads_cpu_s(server.pid)
     requests = load["acked_batches"]
+    per_thread = {
+        name: round(1e6 * (ran - threads0.get(name, 0.0)) / requests, 1)
+        for name, ran in sorted(threads.items())
+        if name in _THREADS
+    }
     return {
         "name": name,
         "requests": requests,
         "server_cpu_s": round(cpu, 3),
         "us_per_request": round(1e6 * cpu / requests, 1),
         "loop_us_per_request": round(1e6 * loop / requests, 1),
+        **{f"{name}_us_per_request": us for name, us in per_thread.items()},
         "client_us_per_request": round(1e6 * load["client_cpu_s"] / requests, 1),
         "server_over_client": round(cpu / load["client_cpu_s"], 3),
         "requests_per_s": round(load["batches_per_s"], 1),
@@ -102,9 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run["round"] = round_
                 runs.append(run)
                 print(orjson.dumps(run).decode(), flush=True)
-    keys = ("us_per_request", "loop_us_per_request", "client_us_per_request", "server_over_client")
+    keys = (
+        "us_per_request",
+        "loop_us_per_request",
+        *(f"{thread}_us_per_request" for thread in _THREADS),
+        "client_us_per_request",
+        "server_over_client",
+    )
     medians = {
-        name: {k: statistics.median(r[k] for r in runs if r["name"] == name) for k in keys}
+        name: {
+            k: statistics.median(found)
+            for k in keys
+            if (found := [r[k] for r in runs if r["name"] == name and k in r])
+        }
         for name in names
     }
     print(orjson.dumps({"medians": medians}).decode())

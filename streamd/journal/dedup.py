@@ -43,6 +43,7 @@ import orjson
 
 from streamd.core.normalise import key_hash
 from streamd.errors import JournalError
+from streamd.threads import Thread
 
 log = logging.getLogger("streamd.journal")
 
@@ -543,7 +544,7 @@ class Indexer:
         self._pending = pending
         self._cache_mib = cache_mib
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="journal-indexer", daemon=True)
+        self._thread = Thread(target=self._run, name="journal-indexer", daemon=True)
         # Lead entries of indexed generations not yet in a run (fewer than LEAD_RUN); lost
         # in a crash and rebuilt from the journal at the next start (reconcile_leads).
         self._leads: list[tuple[int, int]] = []

@@ -50,6 +50,7 @@ from streamd.journal.records import (
     commit_histogram,
 )
 from streamd.journal.schema import connect, journal_id, migrate
+from streamd.threads import Thread
 
 _STOP = object()
 _OWNER, _DUPLICATE, _OVERFLOW = 0, 1, 2
@@ -97,11 +98,14 @@ class JournalWriter:
         self._closing = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._thread = Thread(target=self._run, name="journal-writer", daemon=True)
         self._checkpoint_wake = threading.Event()
         self._stopped = threading.Event()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="journal-checkpoint", daemon=True
+        self._checkpointer = Thread(
+            target=self._checkpoint_loop,
+            name="journal-checkpoint",
+            comm="journal-ckpt",
+            daemon=True,
         )
         self.stats = WriterStatistics()
         self._failing = FailingState(self.stats)

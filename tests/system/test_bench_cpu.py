@@ -64,3 +64,33 @@ def test_cpu_per_work_scales_and_refuses_nothing_to_divide() -> None:
     nothing = cpu_per_work(3.0, {"acked_batches": 0, "acked_events": 0})
     assert nothing == {"cpu_s_per_1k_requests": None, "cpu_s_per_1m_events": None}
     assert all(math.isfinite(v) for v in figures.values() if v is not None)
+
+
+# A process whose named thread burns BURN_S of CPU while the main thread sleeps.
+_NAMED = f"""
+import time
+from streamd.threads import Thread
+def burn():
+    while time.thread_time() < {BURN_S}: pass
+    time.sleep(120)
+Thread(target=burn, name="journal-writer", daemon=True).start()
+time.sleep(0.05)
+print("streamd ready: http://127.0.0.1:1", flush=True)
+time.sleep(120)
+"""
+
+
+def test_request_cpu_counts_each_named_thread_apart(tmp_path: Path) -> None:
+    from bench.request_cpu import _threads_cpu_s
+
+    server = ServerProcess([sys.executable, "-c", _NAMED], tmp_path, "named")
+    try:
+        server.wait_ready(timeout=60)
+        settle(server, timeout=60)
+        threads = _threads_cpu_s(server.pid)
+        # schedstat, not stat: on this VM's kernel a thread's stat times read 0.
+        assert threads["journal-writer"] >= BURN_S - 0.05
+        main = Path(f"/proc/{server.pid}/comm").read_text().strip()
+        assert threads[main] < 0.5 * BURN_S, threads  # the main thread slept
+    finally:
+        server.kill()

@@ -284,6 +284,22 @@ def test_sighup_does_not_stop_streamd(tmp_path: Path, processes: Processes) -> N
     check_journal(server.journal, legacy_ids(LEGACY))
 
 
+def test_the_journal_threads_carry_their_names_for_top_and_ps(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """``top -H`` and ``ps -L`` read ``/proc/PID/task/TID/comm``; without names every
+    thread of the daemon showed the same start of its command line."""
+    server = serve(processes, tmp_path / "data")
+    assert post(server.port, LEGACY, token=server.token()).status == 200
+    tasks = Path(f"/proc/{server.spawned.pid}/task")
+    names = sorted(
+        (task / "comm").read_text().strip() for task in tasks.iterdir() if task.name.isdigit()
+    )
+    for name in ("journal-writer", "journal-indexer", "journal-ckpt"):
+        assert names.count(name) == 1, names
+    stop_gracefully(server)
+
+
 # -- (f) check-config --------------------------------------------------------------
 
 

@@ -29,7 +29,6 @@ import queue
 import re
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from streamd.children import describe_exit, environment, python_argv
 from streamd.drain.policy import Kind
 from streamd.drain.sinks import _kafka_wire as wire
 from streamd.drain.sinks.base import CONFIRMED, DrainEvent, Result, confirmed, transient
+from streamd.threads import Thread
 
 log = logging.getLogger("streamd.drain.kafka")
 
@@ -197,8 +197,13 @@ class _Child:
         self._token = trio.lowlevel.current_trio_token()
         self._out: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         name = f"streamd-kafka-{sink.settings.sink}"
-        self._sender = threading.Thread(target=self._send_all, name=name + "-send", daemon=True)
-        self.reader = threading.Thread(target=self._read, name=name + "-read", daemon=True)
+        sink_name = sink.settings.sink
+        self._sender = Thread(
+            target=self._send_all, name=name + "-send", comm=f"ksend:{sink_name}", daemon=True
+        )
+        self.reader = Thread(
+            target=self._read, name=name + "-read", comm=f"kread:{sink_name}", daemon=True
+        )
         self._sender.start()
         self.reader.start()
 

@@ -34,6 +34,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from streamd.drain.sinks import _kafka_wire as wire
 from streamd.drain.sinks.base import DrainEvent, envelope
 from streamd.drain.sinks.kafka import topic_name
+from streamd.threads import Thread
 
 log = logging.getLogger("streamd.drain.kafka")
 _librdkafka_log = logging.getLogger("streamd.drain.kafka.librdkafka")
@@ -72,7 +73,7 @@ class _Producer:
         self._stopping = False
         self._warned: dict[str, float] = {}
         self.producer = Producer({**config, "error_cb": self._on_error, "logger": _LibrdkafkaLog()})
-        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread = Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:

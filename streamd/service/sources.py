@@ -3,8 +3,9 @@ ingest app's bounds and the embedded OAuth issuer, read from the configuration.
 
 The main process (:mod:`streamd.service.startup`, a SIGHUP reload) and every ingest
 worker (:mod:`streamd.service.worker`) build their sources here. This module imports
-only the ingest side: no journal, drain or admin code, and no HTTP client or
-cryptography until a source needs one (ARCHITECTURE.md, "What a process imports").
+only the ingest side (the journal's records, not its writer's threads): no drain,
+pulls, admin app or inspection, and no HTTP client, JWT library or cryptography until
+a source needs one (ARCHITECTURE.md, "What a process imports").
 Every problem is a :class:`ConfigError` naming the file or key.
 """
 

@@ -1,0 +1,37 @@
+"""``bench.http_floor``: every receiver serves the load generator's bodies whole, and
+the one that runs streamd's ingest app decodes every event of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench._server import REPO
+from bench.http_floor import RECEIVERS
+
+
+def test_each_receiver_answers_every_request_and_reports_its_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "floor.json"
+    argv = [sys.executable, "-m", "bench.http_floor", "--rounds", "1", "--count", "200"]
+    argv += ["--warmup", "20", "--concurrency", "4", "--out", str(out)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    runs = {run["name"]: run for run in doc["runs"]}
+    assert sorted(runs) == sorted(RECEIVERS)
+    for name, run in runs.items():
+        assert (run["requests"], run["failed"]) == (200, 0), run
+        assert run["us_per_request"] > 0 and run["requests_per_s"] > 0, run
+        # Bodies of 20 events: only streamd's app decodes them (the others discard).
+        assert run["accepted"] == (200 * 20 if name == "edge-app" else 0), run
+    assert sorted(doc["medians"]) == sorted(RECEIVERS)
+    assert "| edge-app |" in done.stdout
+
+
+def test_an_unknown_receiver_is_refused_by_name() -> None:
+    argv = [sys.executable, "-m", "bench.http_floor", "--only", "raw,nginx"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "unknown receiver(s) nginx" in done.stderr

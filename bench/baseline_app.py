@@ -28,6 +28,17 @@ _HEADERS: Final = [
 ]
 
 
+async def read_whole(receive: ASGIReceiveCallable) -> bool:
+    """Read a request's body to its end, discarding it; False when the client left."""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        more = message["type"] == "http.request" and message.get("more_body", False)
+    return True
+
+
 async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     """The ASGI application: lifespan no-ops, HTTP requests read fully and answered 200."""
     if scope["type"] == "lifespan":
@@ -38,14 +49,8 @@ async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    if scope["type"] != "http":
+    if scope["type"] != "http" or not await read_whole(receive):
         return
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        more = message["type"] == "http.request" and message.get("more_body", False)
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
     await send({"type": "http.response.body", "body": _BODY, "more_body": False})
 

@@ -43,15 +43,11 @@ import trio
 
 from bench._machine import machine_facts
 from bench._server import READY_PREFIX, REPO, ServerProcess, start_baseline
+from bench.baseline_app import _BODY, _HEADERS, read_whole
 from bench.ingest import Case, run_loadgen, settle
 
 RECEIVERS: Final = ("raw", "h11", "edge", "edge-app", "hypercorn")
 TOKEN: Final = "bench"
-_BODY: Final = b'{"accepted": 0, "duplicates": 0}'
-_HEADERS: Final = [
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(_BODY)).encode()),
-]
 _RAW_ANSWER: Final = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
     % (len(_BODY), _BODY)
@@ -119,12 +115,8 @@ async def _discard(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await lifespan(receive, send)
         return
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        more = message.get("more_body", False)
+    if not await read_whole(receive):
+        return
     await send(
         {"type": "http.response.start", "status": 200, "headers": _HEADERS, BODY_FOLLOWS: True}
     )

@@ -79,8 +79,9 @@ class Validator:
         return True
 
     async def _open(self, source: str, url: str) -> None:
-        # Imported here: most daemons never open a validationUrl, and an ingest worker
-        # never does (ARCHITECTURE.md, "What a process imports").
+        # Imported here: a process opens a validationUrl only when a source has
+        # auto_validate and Adobe sends a challenge (ARCHITECTURE.md, "What a process
+        # imports").
         import httpx
 
         try:

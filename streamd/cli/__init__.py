@@ -24,7 +24,7 @@ from streamd.service.logs import LOG_FORMATS, configure_logging
 # The service and httpx are imported by the commands that use them. (trio, hypercorn
 # and the drain still come in with the emulator's and the operator commands' modules
 # and with the log setup: `streamd journal ...` takes about 0.27 s to start where
-# `python -c pass` takes 0.02; not a product path, left as it is for now.)
+# `python -c pass` takes 0.02. Loading those lazily too is not done yet.)
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:

@@ -21,10 +21,10 @@ from streamd.errors import ConfigError, JournalError, StreamdError, UsageError, 
 from streamd.service.config import Config, SourceConfig
 from streamd.service.logs import LOG_FORMATS, configure_logging
 
-# The service and httpx are imported by the commands that use them. (trio, hypercorn
-# and the drain still come in with the emulator's and the operator commands' modules
-# and with the log setup: `streamd journal ...` takes about 0.27 s to start where
-# `python -c pass` takes 0.02. Loading those lazily too is not done yet.)
+# The service, the emulator's sender, the operations and httpx are imported by the
+# commands that run them: `streamd journal ...` loads no trio, hypercorn or drain and
+# starts in about 0.1 s (tests/unit/test_import_weight.py; ARCHITECTURE.md, "What a
+# process imports").
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:

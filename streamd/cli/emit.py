@@ -9,20 +9,20 @@ import math
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import trio
 
 from streamd.auth import read_token_file
-from streamd.emit.accounting import format_summary
 from streamd.emit.errors import EmitError, UsageError
 from streamd.emit.generate import MAX_SEED
-from streamd.emit.http import Target
-from streamd.emit.sender import EmitOptions, OAuthSettings, run_emit, tls_context
-from streamd.emit.verify import verify
 from streamd.errors import ConfigError, StreamdError, first_leaf
 from streamd.fsutil import atomic_write
+
+# The sender, its HTTP client and the journal server (trio, h11, hypercorn) are imported
+# by the functions that run them: every other command parses emit's flags too.
+if TYPE_CHECKING:
+    from streamd.emit.sender import EmitOptions
 
 
 def _positive(kind: type[float] | type[int], name: str) -> Any:
@@ -49,6 +49,8 @@ def _fraction(text: str) -> float:
 
 
 def _url(text: str) -> str:
+    from streamd.emit.http import Target
+
     try:
         Target.parse(text)
     except ValueError as exc:
@@ -317,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from streamd.emit.verify import verify
+
     verdict = verify(args.journal, args.acked)
     out = verdict.report()
     (sys.stdout if verdict.ok else sys.stderr).write(out)
@@ -332,6 +336,8 @@ def _first_token(path: str, what: str) -> str:
 
 def options_from(args: argparse.Namespace) -> EmitOptions:
     """The run's options from the parsed flags; raises :class:`UsageError`."""
+    from streamd.emit.sender import EmitOptions, OAuthSettings
+
     _check_bounds(args)
     oauth_flags = (args.oauth_url, args.client_id, args.client_secret_file)
     oauth = None
@@ -352,11 +358,7 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
         hmac_secret = _first_token(args.hmac_secret_file, "--hmac-secret-file")
     if args.id_fields is not None and args.mode != "io":
         raise UsageError("--id-fields is an Adobe I/O Events option (--mode io)")
-    if args.ca_file is not None or args.client_cert is not None or args.client_key is not None:
-        try:
-            tls_context(args.ca_file, args.client_cert, args.client_key)
-        except EmitError as exc:
-            raise UsageError(str(exc)) from None
+    _check_tls(args)
     return EmitOptions(
         url=args.to,
         mode=args.mode,
@@ -392,6 +394,18 @@ def options_from(args: argparse.Namespace) -> EmitOptions:
     )
 
 
+def _check_tls(args: argparse.Namespace) -> None:
+    """The TLS files load (before any request goes out); raises :class:`UsageError`."""
+    if args.ca_file is None and args.client_cert is None and args.client_key is None:
+        return
+    from streamd.emit.sender import tls_context
+
+    try:
+        tls_context(args.ca_file, args.client_cert, args.client_key)
+    except EmitError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check_bounds(args: argparse.Namespace) -> None:
     if not args.to:
         raise UsageError("--to URL is required (or --journal-server)")
@@ -412,6 +426,11 @@ def _check_bounds(args: argparse.Namespace) -> None:
 
 
 def _emit(args: argparse.Namespace) -> int:
+    import trio
+
+    from streamd.emit.accounting import format_summary
+    from streamd.emit.sender import run_emit
+
     opts = options_from(args)
     summary = trio.run(partial(run_emit, opts))
     if args.summary is not None:

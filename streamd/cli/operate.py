@@ -8,27 +8,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from streamd.clock import utc_now_datetime
 from streamd.core.timeparse import TimeError, format_utc, parse_when
 from streamd.journal.paths import journal_in
-from streamd.ops import (
-    DisableSink,
-    DropDeadLetters,
-    EnableSink,
-    Operation,
-    Operator,
-    PauseSink,
-    ReplayRange,
-    ResetPull,
-    ResumeSink,
-    RetryDeadLetters,
-    RewindSink,
-    reads,
-)
+
+# The operations (and through them the drain's stores) are imported by the functions
+# that run them: every other command parses these flags too.
+if TYPE_CHECKING:
+    from streamd.ops import Operator
 
 MAX_IDS = 10_000
 
@@ -98,6 +89,8 @@ def named_journal(args: argparse.Namespace) -> str:
 
 
 def _operator(args: argparse.Namespace) -> Operator:
+    from streamd.ops import Operator
+
     return Operator(
         named_journal(args),
         admin_url=getattr(args, "admin_url", None),
@@ -216,6 +209,8 @@ def register_journal(jsub: Any) -> None:
 
 
 def _pull_reset(args: argparse.Namespace, out: Any) -> int:
+    from streamd.ops import ResetPull
+
     operator = _operator(args)
     done = operator.run(ResetPull(pull=args.name, restart=args.restart))
     then = "it runs again" if operator.online else "the next start of streamd pulls"
@@ -239,6 +234,8 @@ def _usage(command: str, message: str) -> int:
 
 
 def _sinks(args: argparse.Namespace) -> int:
+    from streamd.ops import DisableSink, EnableSink, Operation, PauseSink, ResumeSink
+
     command = args.sinks_command
     if command == "list":
         return _list_sinks(args)
@@ -257,6 +254,8 @@ def _sinks(args: argparse.Namespace) -> int:
 
 
 def _list_sinks(args: argparse.Namespace) -> int:
+    from streamd.ops import reads
+
     sinks = reads.list_sinks(named_journal(args))
     if args.json:
         _print_json(sinks)
@@ -277,6 +276,8 @@ def _list_sinks(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace, operator: Operator) -> int:
+    from streamd.ops import ReplayRange, RewindSink
+
     if args.to_seq is not None:
         if args.from_seq is None or args.to_seq < args.from_seq:
             return _usage("sinks replay", "--to-seq needs --from-seq at or below it")
@@ -300,6 +301,8 @@ def _replay(args: argparse.Namespace, operator: Operator) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
+    from streamd.ops import DropDeadLetters, RetryDeadLetters, reads
+
     command = args.dlq_command
     if command == "list":
         letters = reads.list_dead_letters(

@@ -6,33 +6,8 @@
 - :mod:`~streamd.emit.sender`: runs them (stop conditions, drain, signals, key server);
 - :mod:`~streamd.emit.verify`: is every acknowledged id journaled exactly once;
 - :mod:`~streamd.emit.journal_api`: a generated Journaling API server.
+
+Import what you use from its module: this package imports nothing itself, so that
+``streamd journal ...`` (whose argument parser knows ``emit``'s flags) does not load
+trio, h11 and hypercorn to read a journal.
 """
-
-from streamd.emit.accounting import Ledger, format_summary
-from streamd.emit.errors import EmitError, UsageError
-from streamd.emit.generate import BatchMaker, Generated, iter_batches
-from streamd.emit.journal_api import JournalApi
-from streamd.emit.schedule import Decision, IoDelivery, IoPolicy, LegacyDelivery, LegacyPolicy
-from streamd.emit.sender import EmitOptions, OAuthSettings, run_emit
-from streamd.emit.verify import Verdict, verify
-
-__all__ = [
-    "BatchMaker",
-    "Decision",
-    "EmitError",
-    "EmitOptions",
-    "Generated",
-    "IoDelivery",
-    "IoPolicy",
-    "JournalApi",
-    "Ledger",
-    "LegacyDelivery",
-    "LegacyPolicy",
-    "OAuthSettings",
-    "UsageError",
-    "Verdict",
-    "format_summary",
-    "iter_batches",
-    "run_emit",
-    "verify",
-]

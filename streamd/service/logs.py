@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
-import trio
 
 LogFormat = Literal["auto", "json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "text")
@@ -213,11 +212,14 @@ class RateLimitFilter(logging.Filter):
             extra={"_rate_summary": True},
         )
 
-    async def serve_flush(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Flush every ``interval`` until cancelled (a task of the service's nursery)."""
-        task_status.started()
+    async def serve_flush(self, *, task_status: Any = None) -> None:
+        """Flush every ``interval`` until cancelled (a task of the service's nursery;
+        ``nursery.start`` or ``start_soon``). trio is imported here: the commands that
+        only configure logging (``streamd journal ...``) never load it."""
+        import trio
+
+        if task_status is not None:
+            task_status.started()
         while True:
             await trio.sleep(self.interval)
             self.flush()

@@ -201,8 +201,8 @@ def test_hmac_secret_is_an_io_flag(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_one_usage_error_for_streamd_and_its_emulator() -> None:
     """The emulator's UsageError is streamd's: both CLIs report it alike (exit 2)."""
     from streamd import errors
-    from streamd.emit import UsageError
     from streamd.emit import errors as emit_errors
+    from streamd.emit.errors import UsageError
 
     assert UsageError is emit_errors.UsageError is errors.UsageError
     assert UsageError.status_hint == 400

@@ -6,6 +6,9 @@ inspection or worker pool, and no HTTP client, JWT library or cryptography until
 source of its configuration uses one. The main process likewise loads httpx, jwt and
 cryptography only for the sources, sinks and pulls that need them.
 
+The command line reads a journal without the server side, the emulator's sender or the
+operator's operations.
+
 Each case runs in a fresh interpreter: this test process has imported everything.
 """
 
@@ -14,8 +17,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from tests.journals import fixture_journal
 
 # Loaded on first use only, in the worker and in the daemon alike.
 ON_DEMAND = ("httpx", "jwt", "cryptography")
@@ -76,3 +82,47 @@ def test_the_daemon_loads_no_http_client_jwt_or_cryptography_before_a_source_nee
 )
 def test_the_modules_that_use_them_import_them_where_they_are_used(module: str) -> None:
     assert present(loaded_by(module), ON_DEMAND) == []
+
+
+# The server side, the emulator's sender and the operator's operations: what reading a
+# journal from the command line never needs.
+NOT_FOR_READING = (
+    "trio",
+    "hypercorn",
+    "h11",
+    "httpx",
+    "streamd.drain",
+    "streamd.ops",
+    "streamd.emit.sender",
+    "streamd.service.run",
+)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["journal", "stats"],
+        ["journal", "grep", "--count"],
+        ["journal", "verify"],
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_reading_a_journal_from_the_command_line_loads_no_server_side(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """Every command's flags are parsed by one parser; the modules behind ``emit``,
+    ``sinks`` and ``serve`` are loaded only by the commands that run them."""
+    journal = fixture_journal(tmp_path / "journal.db")
+    code = (
+        "import json, sys\n"
+        "from streamd.cli import main\n"
+        f"status = main({[*argv, '--journal', str(journal)]!r})\n"
+        "print(json.dumps([status, sorted(sys.modules)]), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    status, modules = json.loads(done.stderr.strip().splitlines()[-1])
+    assert status == 0, done.stderr
+    assert done.stdout  # it answered
+    assert present(set(modules), NOT_FOR_READING) == []

@@ -107,20 +107,24 @@ async def _h11_connection(stream: trio.SocketStream) -> None:
         return
 
 
-async def _discard(scope: dict[str, Any], receive: Any, send: Any) -> None:
+class _Discard:
     """An ASGI app that reads each body whole and answers like ``bench.baseline_app``,
-    its answer marked whole (``BODY_FOLLOWS``) as the ingest app marks its own."""
-    from streamd.asgi import BODY_FOLLOWS, lifespan
+    marked as the ingest app is: its answer whole (``BODY_FOLLOWS``), and run in the
+    connection's task (``RUNS_INLINE``)."""
 
-    if scope["type"] == "lifespan":
-        await lifespan(receive, send)
-        return
-    if not await read_whole(receive):
-        return
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": _HEADERS, BODY_FOLLOWS: True}
-    )
-    await send({"type": "http.response.body", "body": _BODY})
+    streamd_runs_inline = True
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from streamd.asgi import BODY_FOLLOWS, lifespan
+
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if not await read_whole(receive):
+            return
+        start = {"type": "http.response.start", "status": 200, "headers": _HEADERS}
+        await send({**start, BODY_FOLLOWS: True})
+        await send({"type": "http.response.body", "body": _BODY})
 
 
 class _Instant:
@@ -149,7 +153,7 @@ async def _serve_edge(name: str, host: str, port: int) -> None:
     hconfig.keep_alive_timeout = 30  # streamd's defaults
     hconfig.read_timeout = 30
     sockets = bind_sockets(hconfig, "bench")
-    app: Any = _discard
+    app: Any = _Discard()
     if name == "edge-app":
         source = Source("events", "/events", TokenSet([TOKEN]))
         app = IngestApp([source], _Instant(), Limits())

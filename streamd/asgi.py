@@ -17,6 +17,13 @@ Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 # of two: ``streamd.service.http``). A key ASGI servers ignore.
 BODY_FOLLOWS = "streamd.body_follows"
 
+# An app (class) with this attribute set to True never awaits ``receive()`` after a
+# request's last body message: it does not wait for ``http.disconnect``. The edge may
+# then run it in the connection's own task once the whole body has arrived
+# (``streamd.service.inline``), where nothing would deliver that message until it has
+# answered.
+RUNS_INLINE = "streamd_runs_inline"
+
 
 class ClientGone(Exception):
     """Raised by :func:`read_body` when the client disconnected before the body ended."""

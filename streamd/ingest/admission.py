@@ -211,9 +211,10 @@ def _slow(limits: Limits, size: int, past_deadline: bool) -> SlowBody:
 def receive_now(receive: Receive) -> Message | None:
     """The next ASGI message if it has arrived already, else None (then ``await``).
 
-    hypercorn's ``receive`` is a trio memory channel's ``receive``: its channel's
-    ``receive_nowait`` takes a queued message without a checkpoint. Any other
-    ``receive`` (or an empty, closed channel) gives None.
+    hypercorn's ``receive`` is a trio memory channel's ``receive``, and the edge's
+    inline one (streamd/service/inline.py) an inbox's: the object's ``receive_nowait``
+    takes a queued message without a checkpoint. Any other ``receive`` (or an empty,
+    closed channel) gives None.
     """
     nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
     if nowait is None:

@@ -99,6 +99,10 @@ class Source:
 class IngestApp:
     """The ASGI application that receives deliveries and journals them."""
 
+    # Reads each body to its last message and never waits for ``http.disconnect``:
+    # the edge runs it in the connection's task (streamd/asgi.py, RUNS_INLINE).
+    streamd_runs_inline = True
+
     def __init__(
         self,
         sources: list[Source],

@@ -23,6 +23,9 @@ it: no cap, so idle connections can use up the descriptors and the memory, and a
 - **hypercorn 0.18's keep-alive timer** started and cancelled a task per request, the
   largest of its own costs on a small one: ``KeepAliveTimer`` (streamd/service/keepalive.py)
   keeps its meaning with one task per connection.
+- **an app marked ``RUNS_INLINE``** (the ingest app) runs in the connection's own task
+  when the request's body is already read, instead of a task and a memory channel of
+  its own per request (:class:`streamd.service.inline.InlineH11`).
 
 Everything else (HTTP/1.1 and h2 parsing, keep-alive, the header deadline, which is
 hypercorn's ``keep_alive_timeout`` running from accept until the headers are in) is
@@ -53,15 +56,18 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from streamd.asgi import BODY_FOLLOWS
+from streamd.asgi import BODY_FOLLOWS, RUNS_INLINE
 from streamd.auth.client_cert import tls_extension
 from streamd.errors import ConfigError
 from streamd.service import logs  # noqa: F401 - installs the per-request log rate limit
+from streamd.service.inline import InlineH11
 from streamd.service.keepalive import KeepAliveTimer
 
 # Rate-limited (logs.PER_REQUEST_LOGGERS): a flood of connections must not flood the log.
@@ -300,6 +306,7 @@ class _Connection(TCPServer):
         self.idle_task = self._keep_alive  # hypercorn's run() and protocol_send() use it
         self._hold_head = False
         self._held = b""
+        self.inline = False  # run the app in this task when it can (InlineH11)
 
     async def serve(self) -> None:
         try:
@@ -383,6 +390,8 @@ class _Connection(TCPServer):
         # enters ``trio.fail_after``, a generator context manager: 2.8% of the event
         # loop's thread on I/O batches (ARCHITECTURE.md, "CPU per small delivery").
         # Same bound: a read waiting longer than ``read_timeout`` ends the connection.
+        if self.inline:
+            _inline_http11(self.protocol)
         timeout = self.config.read_timeout or inf
         receive, handle = self.stream.receive_some, self.protocol.handle
         while True:
@@ -420,6 +429,22 @@ class _Connection(TCPServer):
                     ):
                         await self.stream.send_eof()
             await self.stream.aclose()
+
+
+def _inline_http11(wrapper: ProtocolWrapper) -> None:
+    """A new HTTP/1.1 connection (nothing read yet) gets :class:`InlineH11`."""
+    if type(wrapper.protocol) is H11Protocol:
+        wrapper.protocol = InlineH11(
+            wrapper.app,
+            wrapper.config,
+            wrapper.context,
+            wrapper.task_group,
+            wrapper.state,
+            wrapper.ssl,
+            wrapper.client,
+            wrapper.server,
+            wrapper.send,
+        )
 
 
 def _socket_of(stream: Any) -> Any:
@@ -631,6 +656,7 @@ async def serve_http(
     """
     # An ASGI app, as hypercorn's types say.
     guarded: Any = FramingGuard(_Proving(_ConnectionScope(app)))
+    inline = getattr(app, RUNS_INLINE, False) is True
     wrapped = wrap_app(guarded, hconfig.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     ssl_context = hconfig.create_ssl_context()
@@ -655,6 +681,7 @@ async def serve_http(
         def spawn(stream: Any) -> None:
             state = ConnectionState({})
             conn = _Connection(table, wrapped, hconfig, context, state, stream)
+            conn.inline = inline
             table.add(conn)
             connections.start_soon(conn.serve)
 

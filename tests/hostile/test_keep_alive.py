@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import trio
 from hypercorn.config import Config as HypercornConfig
 
@@ -49,11 +50,16 @@ class _Spawned(trio.abc.Instrument):
 
 @asynccontextmanager
 async def edge(
-    keep_alive_timeout: float, *, hold: bool = False, until_disconnect: bool = False
+    keep_alive_timeout: float,
+    *,
+    hold: bool = False,
+    until_disconnect: bool = False,
+    inline: bool = False,
 ) -> AsyncIterator[Edge]:
     """``serve_http`` on a loopback port with an app that reads the body and answers 200
     (with ``hold``, only once ``release`` is set; with ``until_disconnect``, once
-    hypercorn has told it the client is gone); stopped on exit."""
+    hypercorn has told it the client is gone; with ``inline``, marked ``RUNS_INLINE``
+    as the ingest app is); stopped on exit."""
     release = trio.Event()
     if not hold:
         release.set()
@@ -75,6 +81,8 @@ async def edge(
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"ok"})
 
+    if inline:
+        app.streamd_runs_inline = True  # type: ignore[attr-defined]
     hconfig = HypercornConfig()
     hconfig.bind = ["127.0.0.1:0"]
     hconfig.accesslog = None
@@ -101,10 +109,15 @@ async def wait_for(condition: Callable[[], bool], what: str) -> None:
     assert condition(), what
 
 
-async def test_a_kept_alive_connection_starts_no_task_per_request_but_the_apps() -> None:
+@pytest.mark.parametrize("inline", [False, True], ids=["hypercorns-way", "inline"])
+async def test_a_kept_alive_connection_starts_no_task_per_request_but_the_apps(
+    inline: bool,
+) -> None:
+    """hypercorn's own timer started one task (_idle_timeout) per request besides the
+    app's; an app marked ``RUNS_INLINE`` runs in the connection's task: none at all."""
     requests = 20
     spawned = _Spawned()
-    async with edge(keep_alive_timeout=30) as server:
+    async with edge(keep_alive_timeout=30, inline=inline) as server:
         stream = await trio.open_tcp_stream(*split_url(server.url))
         async with stream:
             await stream.send_all(REQUEST)  # the connection's own tasks start here
@@ -116,14 +129,14 @@ async def test_a_kept_alive_connection_starts_no_task_per_request_but_the_apps()
                     assert (await read_answer(stream, check_close=False)).status == 200
             finally:
                 trio.lowlevel.remove_instrument(spawned)
-    assert spawned.names[APP_TASK] == requests
-    # hypercorn's own timer started one (_idle_timeout) per request: 20 more.
+    assert server.arrived[0] == requests + 1
     per_request = {name: n for name, n in spawned.names.items() if n >= requests}
-    assert per_request == {APP_TASK: requests}, spawned.names
+    assert per_request == ({} if inline else {APP_TASK: requests}), spawned.names
 
 
-async def test_an_idle_connection_is_closed_at_the_deadline_after_each_answer() -> None:
-    async with edge(keep_alive_timeout=0.5) as server:
+@pytest.mark.parametrize("inline", [False, True], ids=["hypercorns-way", "inline"])
+async def test_an_idle_connection_is_closed_at_the_deadline_after_each_answer(inline: bool) -> None:
+    async with edge(keep_alive_timeout=0.5, inline=inline) as server:
         stream = await trio.open_tcp_stream(*split_url(server.url))
         async with stream:
             for _ in range(3):  # requests well inside the deadline: the same connection
@@ -134,8 +147,9 @@ async def test_an_idle_connection_is_closed_at_the_deadline_after_each_answer() 
         await wait_for(lambda: len(server.table) == 0, "the connection left the table")
 
 
-async def test_no_deadline_while_a_request_is_in_progress() -> None:
-    async with edge(keep_alive_timeout=0.2, hold=True) as server:
+@pytest.mark.parametrize("inline", [False, True], ids=["hypercorns-way", "inline"])
+async def test_no_deadline_while_a_request_is_in_progress(inline: bool) -> None:
+    async with edge(keep_alive_timeout=0.2, hold=True, inline=inline) as server:
         stream = await trio.open_tcp_stream(*split_url(server.url))
         async with stream:
             await stream.send_all(REQUEST)
@@ -147,9 +161,12 @@ async def test_no_deadline_while_a_request_is_in_progress() -> None:
             assert await closes(stream, timeout=20)  # idle again: the deadline applies
 
 
-async def test_stopping_closes_an_idle_connection_and_a_busy_one_after_its_answer() -> None:
+@pytest.mark.parametrize("inline", [False, True], ids=["hypercorns-way", "inline"])
+async def test_stopping_closes_an_idle_connection_and_a_busy_one_after_its_answer(
+    inline: bool,
+) -> None:
     # A deadline far away: what closes them is the stop.
-    async with edge(keep_alive_timeout=600, hold=True) as server:
+    async with edge(keep_alive_timeout=600, hold=True, inline=inline) as server:
         idle = await trio.open_tcp_stream(*split_url(server.url))
         busy = await trio.open_tcp_stream(*split_url(server.url))
         async with idle, busy:
@@ -182,12 +199,31 @@ async def test_a_client_that_half_closes_during_a_request_leaves_no_task_behind(
             await wait_for(lambda: len(server.table) == 0, "the connection left the table")
 
 
-async def test_a_connection_its_client_closed_while_idle_is_let_go_at_once() -> None:
+@pytest.mark.parametrize("inline", [False, True], ids=["hypercorns-way", "inline"])
+async def test_a_connection_its_client_closed_while_idle_is_let_go_at_once(inline: bool) -> None:
     """hypercorn's timer kept it (a task, its memory, a place in the connection table)
     until the keep-alive deadline: here 600 s."""
-    async with edge(keep_alive_timeout=600) as server:
+    async with edge(keep_alive_timeout=600, inline=inline) as server:
         stream = await trio.open_tcp_stream(*split_url(server.url))
         async with stream:
             await stream.send_all(REQUEST)
             assert (await read_answer(stream, check_close=False)).status == 200
+        await wait_for(lambda: len(server.table) == 0, "the connection left the table")
+
+
+async def test_a_client_that_half_closes_while_an_inline_app_works_gets_its_answer() -> None:
+    """The connection is not read while an app marked ``RUNS_INLINE`` works: the
+    client's end is read after the answer, which it still gets, and the connection
+    leaves the table then."""
+    async with edge(keep_alive_timeout=600, hold=True, inline=True) as server:
+        stream = await trio.open_tcp_stream(*split_url(server.url))
+        async with stream:
+            await stream.send_all(REQUEST)
+            await wait_for(lambda: server.arrived[0] == 1, "the app has the request")
+            stream.socket.shutdown(socket.SHUT_WR)
+            await trio.sleep(0.1)
+            assert len(server.table) == 1  # the app is still working: not read yet
+            server.release.set()
+            answer = await read_answer(stream, timeout=10)
+            assert (answer.status, answer.body, answer.closed) == (200, b"ok", True)
         await wait_for(lambda: len(server.table) == 0, "the connection left the table")

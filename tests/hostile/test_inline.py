@@ -1,0 +1,263 @@
+"""The app run in the connection's task (streamd/service/inline.py) answers every byte
+sequence exactly as hypercorn's own way does.
+
+Two edges run side by side (``serve_http``, real hypercorn, real loopback) with the same
+app, one marked ``RUNS_INLINE`` and one not. Each case sends the same bytes to both, in
+the same pieces, on fresh connections, and reads until the server closes: the bytes
+that come back must be the same, ``Date`` aside. The app echoes what it was given (the
+method, path, query, body and its pieces), so a difference in the scope or the body
+would show as well. An instrument counts hypercorn's per-request app tasks, so each case
+also shows which way it went: well-formed requests whose body is whole in one write
+start no task on the marked edge; a body still on its way, an ``Upgrade`` and the
+unmarked edge start one each.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from streamd.asgi import BODY_FOLLOWS
+from streamd.service.http import ConnectionTable, bind_sockets, serve_http
+
+from ._wire import post_head, split_url
+
+APP_TASK = "hypercorn.trio.task_group._handle"
+BODY = b'[{"id": "1"}, {"id": "2"}]'
+CLOSE = {"Connection": "close"}
+WAIT_100 = b""  # in a case's pieces: wait for the 100 Continue (compared by identity)
+
+
+class _Echo:
+    """Reads the body and answers 200 with what it saw (``BODY_FOLLOWS`` marked).
+    ``/fail-before`` raises before answering, ``/fail-after`` after the head; a
+    WebSocket is refused."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    async def __call__(
+        self,
+        scope: Mapping[str, Any],
+        receive: Callable[[], Awaitable[Mapping[str, Any]]],
+        send: Callable[[Mapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close"})
+            return
+        pieces: list[int] = []
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            pieces.append(len(message.get("body", b"")))
+            if not message.get("more_body", False):
+                break
+        self.seen += 1
+        if scope["path"] == "/fail-before":
+            raise RuntimeError("the app failed before its answer")
+        what = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": scope["query_string"].decode(),
+            "version": scope["http_version"],
+            "headers": len(scope["headers"]),
+            "body": len(body),
+            "tail": body[-16:].decode("latin-1"),
+        }
+        answer = orjson.dumps(what)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": headers, BODY_FOLLOWS: True}
+        )
+        if scope["path"] == "/fail-after":
+            raise RuntimeError("the app failed after its head")
+        await send({"type": "http.response.body", "body": answer})
+
+
+class _Marked(_Echo):
+    streamd_runs_inline = True
+
+
+class _Spawned(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: Counter[str] = Counter()
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names[task.name] += 1
+
+
+@dataclass
+class Edges:
+    plain: str
+    marked: str
+
+
+@asynccontextmanager
+async def edges() -> AsyncIterator[Edges]:
+    """Two edges, the same app unmarked and marked; stopped on exit."""
+    stop = trio.Event()
+    urls = []
+    async with trio.open_nursery() as nursery:
+        for app in (_Echo(), _Marked()):
+            hconfig = HypercornConfig()
+            hconfig.bind = ["127.0.0.1:0"]
+            hconfig.accesslog = None
+            hconfig.errorlog = None
+            hconfig.keep_alive_timeout = 30
+            hconfig.read_timeout = 30
+            hconfig.graceful_timeout = 5
+            sockets = bind_sockets(hconfig, "the test listener")
+
+            async def serve(
+                app: Any = app,
+                hconfig: HypercornConfig = hconfig,
+                sockets: Any = sockets,
+                *,
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await serve_http(
+                    app,
+                    hconfig,
+                    sockets,
+                    ConnectionTable(64),
+                    shutdown=stop.wait,
+                    task_status=task_status,
+                )
+
+            urls.append((await nursery.start(serve))[0])
+        yield Edges(*urls)
+        stop.set()
+
+
+async def conversation(url: str, pieces: list[bytes], *, half_close: bool = False) -> bytes:
+    """Send ``pieces`` (a short pause between them; at ``WAIT_100``, first read until a
+    100 Continue has come) on a fresh connection, then read until the server closes
+    (bounded: 10 s). ``half_close`` ends the client's side after the last piece."""
+    stream = await trio.open_tcp_stream(*split_url(url))
+    received = b""
+    async with stream:
+        with trio.fail_after(10):
+            for n, piece in enumerate(pieces):
+                if piece is WAIT_100:  # as a client that waits for its 100 Continue
+                    while not re.match(rb"HTTP/1.1 100 [^\r]*\r\n(.*\r\n)*\r\n\Z", received):
+                        received += await stream.receive_some(65536)
+                    continue
+                if n:
+                    await trio.sleep(0.05)
+                await stream.send_all(piece)
+            if half_close:
+                stream.socket.shutdown(socket.SHUT_WR)
+            while True:
+                try:
+                    chunk = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    break
+                if not chunk:
+                    break
+                received += chunk
+    return re.sub(rb"(?im)^date: [^\r]*\r\n", b"", received)
+
+
+def post(path: str, body: bytes = BODY, headers: dict[str, str] | None = None) -> bytes:
+    return post_head(path, {"Content-Length": str(len(body)), **(headers or {})}) + body
+
+
+def chunked(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = post_head(path, {"Transfer-Encoding": "chunked", **headers})
+    half = len(body) // 2
+    return (
+        head
+        + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]))
+        + b"0\r\n\r\n"
+    )
+
+
+LARGE = b"[" + b",".join(b'{"id": "%06d"}' % n for n in range(9000)) + b"]"  # ~150 KiB
+EXPECT = post_head("/x", {"Content-Length": str(len(BODY)), "Expect": "100-continue", **CLOSE})
+
+# name: (pieces sent, half-close after, app tasks the marked edge starts)
+CASES: dict[str, tuple[list[bytes], bool, int]] = {
+    "one POST, whole": ([post("/events?a=1", headers=CLOSE)], False, 0),
+    "three pipelined POSTs in one write": (
+        [post("/a") + post("/b", b"[]") + post("/c", headers=CLOSE)],
+        False,
+        0,
+    ),
+    "the head, then the body later": (
+        [post_head("/x", {"Content-Length": str(len(BODY)), **CLOSE}), BODY],
+        False,
+        1,
+    ),
+    "half the body, then the rest": ([post("/x", headers=CLOSE)[:-5], BODY[-5:]], False, 1),
+    "a chunked body, whole": ([chunked("/x", BODY, headers=CLOSE)], False, 0),
+    "a chunked body with a bad chunk size": (
+        [post_head("/x", {"Transfer-Encoding": "chunked"}) + b"5\r\nabcde\r\nzz\r\n"],
+        False,
+        1,
+    ),
+    "Expect: 100-continue, the body once it came": ([EXPECT, WAIT_100, BODY], False, 1),
+    "Expect: 100-continue, the body with the head": ([EXPECT + BODY], False, 1),
+    "a GET": ([b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"], False, 0),
+    "a HEAD (no body in the answer)": (
+        [b"HEAD /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"],
+        False,
+        0,
+    ),
+    "HTTP/1.0": ([b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\n[]"], False, 0),
+    "the app fails before its answer": ([post("/fail-before")], False, 0),
+    "the app fails after its head": ([post("/fail-after")], False, 0),
+    "a body larger than one read": ([post("/big", LARGE, headers=CLOSE)], False, 1),
+    "a short body, then the client's end": (
+        [post_head("/x", {"Content-Length": "50"}) + BODY],
+        True,
+        1,
+    ),
+    "kept alive, then the client's end": ([post("/a") + post("/b")], True, 0),
+    "a good request, then a malformed one": (
+        [post("/a") + b"POST / HTTP/1.1\r\nbad\r\n\r\n"],
+        False,
+        0,
+    ),
+    "Content-Length and Transfer-Encoding": (
+        [post_head("/x", {"Content-Length": "2", "Transfer-Encoding": "chunked"}) + b"0\r\n\r\n"],
+        False,
+        0,  # h11 takes the chunked framing; streamd's framing guard refuses it, inline
+    ),
+    "a WebSocket upgrade": (
+        [
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ],
+        False,
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_the_marked_edge_answers_as_hypercorns_way_does(name: str) -> None:
+    pieces, half_close, tasks = CASES[name]
+    spawned = _Spawned()
+    async with edges() as both:
+        expected = await conversation(both.plain, pieces, half_close=half_close)
+        trio.lowlevel.add_instrument(spawned)
+        try:
+            got = await conversation(both.marked, pieces, half_close=half_close)
+        finally:
+            trio.lowlevel.remove_instrument(spawned)
+    assert expected.startswith(b"HTTP/1.")  # each case gets an answer of some kind
+    assert got == expected
+    assert spawned.names[APP_TASK] == tasks, spawned.names

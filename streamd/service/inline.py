@@ -35,6 +35,10 @@ from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.task_group import _handle
 
 _WHOLE = object()  # the body ended within the buffer
+# At most this many body chunks are taken ahead. A Content-Length body already read is
+# one; a chunked one is one per chunk, and 64 KiB of one-byte chunks would otherwise
+# be ~10,000 messages held at once, where hypercorn's channel holds 10.
+MAX_PIECES = 16
 
 
 class _Inbox:
@@ -138,9 +142,11 @@ class InlineH11(H11Protocol):
 
     def _body_in_buffer(self) -> tuple[list[bytes], Any]:
         """The request's body chunks h11 can give now, and what ended them: ``_WHOLE``
-        (the end of the body), or the next event or error, to be handled as usual."""
+        (the end of the body), or the next event or error, to be handled as usual.
+        Stops at :data:`MAX_PIECES` chunks (then None: nothing taken ahead), and
+        hypercorn's way takes the rest through its bounded channel."""
         chunks: list[bytes] = []
-        while True:
+        while len(chunks) < MAX_PIECES:
             try:
                 event = self.connection.next_event()
             except h11.RemoteProtocolError as error:
@@ -151,6 +157,7 @@ class InlineH11(H11Protocol):
                 return chunks, _WHOLE
             else:
                 return chunks, event
+        return chunks, None  # more in the buffer: the loop goes on reading events
 
     async def _answer_inline(self, request: h11.Request, chunks: list[bytes]) -> None:
         """What ``_create_stream`` and the body's events do, with the app run here."""

@@ -203,6 +203,24 @@ CASES: dict[str, tuple[list[bytes], bool, int]] = {
     ),
     "half the body, then the rest": ([post("/x", headers=CLOSE)[:-5], BODY[-5:]], False, 1),
     "a chunked body, whole": ([chunked("/x", BODY, headers=CLOSE)], False, 0),
+    "fifteen chunks, whole in one write": (
+        [
+            post_head("/x", {"Transfer-Encoding": "chunked", **CLOSE})
+            + b"1\r\nx\r\n" * 15
+            + b"0\r\n\r\n"
+        ],
+        False,
+        0,
+    ),
+    "a thousand one-byte chunks in one write (more than MAX_PIECES)": (
+        [
+            post_head("/x", {"Transfer-Encoding": "chunked", **CLOSE})
+            + b"1\r\nx\r\n" * 1000
+            + b"0\r\n\r\n"
+        ],
+        False,
+        1,
+    ),
     "a chunked body with a bad chunk size": (
         [post_head("/x", {"Transfer-Encoding": "chunked"}) + b"5\r\nabcde\r\nzz\r\n"],
         False,

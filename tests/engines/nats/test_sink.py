@@ -151,12 +151,22 @@ async def test_a_redelivery_is_present_and_stored_once(
     await append(journal, keys)
     sink = NatsSink(settings(cluster, stream_name))
     events = [event(i + 1, k) for i, k in enumerate(keys)]
+    reasons: list[str] = []
     try:
-        first = await sink.deliver(events)
+        # As the runner would: a transient outcome is retried (a stream just created may
+        # have no leader for a moment; once, in a full parallel run, the first batch got
+        # one). A retry may then find some of the first attempt's messages present.
+        for _ in range(50):
+            first = await sink.deliver(events)
+            if first.kind is not Kind.TRANSIENT:
+                break
+            reasons.append(first.reason)
+            await trio.sleep(0.1)
         again = await sink.deliver([*events[10:], event(99, "new")])
     finally:
         await sink.aclose()
-    assert first.kind is Kind.CONFIRMED and first.present == 0 and first.rejected == ()
+    assert first.kind is Kind.CONFIRMED and first.rejected == (), reasons
+    assert first.present == 0 or reasons  # present only after a transient attempt
     assert again.kind is Kind.CONFIRMED and again.present == 30
     # and through the drain: a rewind sends everything again, the stream keeps one each
     async with open_drain(journal, [spec("nats", NatsSink(settings(cluster, stream_name)),

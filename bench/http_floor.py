@@ -3,7 +3,7 @@
     python -m bench.http_floor [--rounds 3] [--count 10000] [--warmup 1000]
         [--shape io --batch 20 --concurrency 16] [--only raw,h11,...] [--out FILE]
 
-Five receivers, each a fresh process per round (the order rotating by round), all
+Seven receivers, each a fresh process per round (the order rotating by round), all
 reading every body whole and answering 200 with the same 32-byte JSON object:
 
 - ``raw``: trio alone with a minimal HTTP/1.1 reader (the head up to its blank line,
@@ -11,6 +11,12 @@ reading every body whole and answering 200 with the same 32-byte JSON object:
   any receiver on trio.
 - ``h11``: trio and h11 (each request parsed and validated, each answer serialised by
   h11), no ASGI.
+- ``httptools``: trio and httptools (llhttp, the parser uvicorn uses, in C), no ASGI.
+- ``httptools-app``: streamd's ``IngestApp`` (as in ``edge-app``) called straight from
+  trio and httptools through a minimal ASGI bridge: one task per connection, the app
+  run in it, the answer written in one ``send_all``. A sketch of what serving HTTP/1.1
+  ingest without hypercorn and h11 would cost, not a server: no limits, no deadlines,
+  no framing checks beyond llhttp's.
 - ``edge``: streamd's edge (:func:`streamd.service.http.serve_http`: hypercorn with
   streamd's connection, keep-alive timer, one write per answer and framing guard) and
   an ASGI app that discards, marking its answer as the ingest app does.
@@ -30,6 +36,7 @@ run starts).
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import statistics
 import sys
@@ -46,7 +53,7 @@ from bench._server import READY_PREFIX, REPO, ServerProcess, start_baseline
 from bench.baseline_app import _BODY, _HEADERS, read_whole
 from bench.ingest import Case, run_loadgen, settle
 
-RECEIVERS: Final = ("raw", "h11", "edge", "edge-app", "hypercorn")
+RECEIVERS: Final = ("raw", "h11", "httptools", "httptools-app", "edge", "edge-app", "hypercorn")
 TOKEN: Final = "bench"
 _RAW_ANSWER: Final = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -104,6 +111,100 @@ async def _h11_connection(stream: trio.SocketStream) -> None:
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return
     except (trio.BrokenResourceError, h11.RemoteProtocolError):
+        return
+
+
+class _Inbox:
+    """A request's one body message, taken without a checkpoint (``receive_nowait``, as
+    ``streamd.ingest.admission.receive_now`` looks for); after it, nothing comes."""
+
+    def __init__(self, body: bytes) -> None:
+        self._messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    def receive_nowait(self) -> dict[str, Any]:
+        if not self._messages:
+            raise trio.WouldBlock
+        return self._messages.pop()
+
+    async def receive(self) -> dict[str, Any]:
+        if self._messages:
+            return self._messages.pop()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def _httptools_connection(stream: trio.SocketStream, app: Any = None) -> None:
+    """Parse with httptools; answer each request at once (``app`` None) or through
+    ``app`` (an ASGI app, called in this task with the whole body)."""
+    from wsgiref.handlers import format_date_time
+
+    import httptools
+
+    complete: list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]] = []
+
+    class _Request:
+        url = b""
+        headers: list[tuple[bytes, bytes]] = []
+        body: list[bytes] = []
+
+        def on_message_begin(self) -> None:
+            self.url, self.headers, self.body = b"", [], []
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers.append((name.lower(), value))
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            body = b"".join(self.body)
+            complete.append((parser.get_method(), self.url, self.headers, body))
+
+    parser = httptools.HttpRequestParser(_Request())
+    peer = stream.socket.getpeername()
+    try:
+        while True:
+            data = await stream.receive_some(_MAX_RECV)
+            if not data:
+                return
+            parser.feed_data(data)
+            for method, url, headers, body in complete:
+                if app is None:
+                    await stream.send_all(_RAW_ANSWER)
+                    continue
+                target = httptools.parse_url(url)
+                scope = {
+                    "type": "http",
+                    "asgi": {"version": "3.0"},
+                    "http_version": "1.1",
+                    "method": method.decode("ascii"),
+                    "scheme": "http",
+                    "path": target.path.decode("ascii"),
+                    "raw_path": target.path,
+                    "query_string": target.query or b"",
+                    "root_path": "",
+                    "headers": headers,
+                    "client": peer,
+                    "server": None,
+                    "state": {},
+                    "extensions": {},
+                }
+                sent: list[dict[str, Any]] = []
+
+                async def send(message: dict[str, Any], sent: list[Any] = sent) -> None:
+                    sent.append(message)
+
+                await app(scope, _Inbox(body).receive, send)
+                start, rest = sent[0], sent[1:]
+                head = b"HTTP/1.1 %d \r\n" % start["status"]
+                head += b"".join(b"%s: %s\r\n" % pair for pair in start.get("headers", ()))
+                head += b"date: %s\r\n\r\n" % format_date_time(None).encode()
+                await stream.send_all(head + b"".join(m.get("body", b"") for m in rest))
+            complete.clear()
+    except (trio.BrokenResourceError, httptools.HttpParserError):
         return
 
 
@@ -165,8 +266,16 @@ async def _serve_edge(name: str, host: str, port: int) -> None:
 async def _serve_plain(name: str, host: str, port: int) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()
+    handler: Any = {"raw": _raw_connection, "h11": _h11_connection}.get(name)
+    if name == "httptools":
+        handler = _httptools_connection
+    elif name == "httptools-app":
+        from streamd.auth import TokenSet
+        from streamd.ingest import IngestApp, Limits, Source
+
+        app = IngestApp([Source("events", "/events", TokenSet([TOKEN]))], _Instant(), Limits())
+        handler = functools.partial(_httptools_connection, app=app)
     print(f"{READY_PREFIX}http://{bound[0]}:{bound[1]}", flush=True)
-    handler = _raw_connection if name == "raw" else _h11_connection
     await trio.serve_listeners(handler, listeners)
 
 
@@ -210,7 +319,7 @@ def _one(name: str, case: Case, a: argparse.Namespace, logdir: Path) -> dict[str
         "name": name,
         "requests": requests,
         "failed": load["failed_batches"],
-        "accepted": load["accepted"],  # only edge-app decodes: its events, else 0
+        "accepted": load["accepted"],  # only the two with the app decode: its events
         "server_cpu_s": round(cpu, 3),
         "us_per_request": round(1e6 * cpu / requests, 1),
         "client_us_per_request": round(1e6 * load["client_cpu_s"] / requests, 1),

@@ -75,6 +75,7 @@ class _Echo:
             "version": scope["http_version"],
             "headers": len(scope["headers"]),
             "body": len(body),
+            "pieces": pieces,
             "tail": body[-16:].decode("latin-1"),
         }
         answer = orjson.dumps(what)

@@ -1,6 +1,6 @@
 """The HTTP edge: hypercorn's protocol code under streamd's own accept loop.
 
-Why one module of about 600 lines: the connection table, the accept loop and the
+Why one module of about 700 lines: the connection table, the accept loop and the
 per-connection wrapper share one invariant (every accepted socket is in the table
 until it is closed, and only the table closes idle ones); the framing guard that
 shares their wrapper is here for the same reason.
@@ -386,12 +386,12 @@ class _Connection(TCPServer):
         await super().protocol_send(event)
 
     async def _read_data(self) -> None:
+        if self.inline:
+            _inline_http11(self.protocol)
         # hypercorn's loop, with a plain cancel scope around each read where hypercorn
         # enters ``trio.fail_after``, a generator context manager: 2.8% of the event
         # loop's thread on I/O batches (ARCHITECTURE.md, "CPU per small delivery").
         # Same bound: a read waiting longer than ``read_timeout`` ends the connection.
-        if self.inline:
-            _inline_http11(self.protocol)
         timeout = self.config.read_timeout or inf
         receive, handle = self.stream.receive_some, self.protocol.handle
         while True:

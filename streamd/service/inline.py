@@ -15,9 +15,13 @@ scope, the messages and their order, the checks on them (hypercorn's ``HTTPStrea
 the error handling (hypercorn's ``_handle``: an app failing before its answer gives a
 500, after it a closed connection). A client that closes meanwhile is noticed once the
 app has answered, as the next read. A request whose body is not all there yet (a large
-body, a slow sender, ``Expect: 100-continue``), an ``Upgrade`` request, or one h11
-finds malformed part-way through its body goes hypercorn's way, with what was already
-parsed handed on in order.
+body, a slow sender, ``Expect: 100-continue``, more than :data:`MAX_PIECES` chunks), an
+``Upgrade`` request, or one h11 finds malformed part-way through its body goes
+hypercorn's way, with what was already parsed handed on in order.
+
+It uses hypercorn's internals (``H11Protocol``'s methods, ``HTTPStream``, ``_handle``):
+pyproject.toml holds hypercorn to the minor version ``tests/hostile/test_inline.py``
+compared it with.
 """
 
 from __future__ import annotations

@@ -11,37 +11,20 @@ connection whose read waits too long (the read loop is streamd's own).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from streamd.asgi import BODY_FOLLOWS
-from streamd.service.http import ConnectionTable, bind_sockets, serve_http
 
+from ._edge import App, edge
 from ._wire import closes, post_head, read_answer, split_url
 
 BODY = b'[{"id": "1"}]'
 REQUEST = post_head("/", {"Content-Length": str(len(BODY))}) + BODY
-
-App = Callable[
-    [
-        Mapping[str, Any],
-        Callable[[], Awaitable[Mapping[str, Any]]],
-        Callable[[Mapping[str, Any]], Awaitable[None]],
-    ],
-    Awaitable[None],
-]
-
-
-@dataclass
-class Edge:
-    url: str
-    port: int
 
 
 def answering(*, mark: bool, fail_after_head: bool = False) -> App:
@@ -70,32 +53,6 @@ def answering(*, mark: bool, fail_after_head: bool = False) -> App:
         await send({"type": "http.response.body", "body": b"ok"})
 
     return app
-
-
-@asynccontextmanager
-async def edge(app: App, *, read_timeout: int | None = None) -> AsyncIterator[Edge]:
-    hconfig = HypercornConfig()
-    hconfig.bind = ["127.0.0.1:0"]
-    hconfig.accesslog = None
-    hconfig.errorlog = None
-    hconfig.keep_alive_timeout = 30
-    hconfig.read_timeout = read_timeout
-    hconfig.graceful_timeout = 10
-    sockets = bind_sockets(hconfig, "the test listener")
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve_http(
-                app,
-                hconfig,
-                sockets,
-                ConnectionTable(64),
-                shutdown=stop.wait,
-                task_status=task_status,
-            )
-        )
-        yield Edge(binds[0], split_url(binds[0])[1])
-        stop.set()
 
 
 @dataclass

@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import re
 import socket
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 import pytest
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from streamd.asgi import BODY_FOLLOWS
-from streamd.service.http import ConnectionTable, bind_sockets, serve_http
 
+from ._edge import APP_TASK, Spawned, edge
 from ._wire import post_head, split_url
 
-APP_TASK = "hypercorn.trio.task_group._handle"
 BODY = b'[{"id": "1"}, {"id": "2"}]'
 CLOSE = {"Connection": "close"}
 WAIT_100 = b""  # in a case's pieces: wait for the 100 Continue (compared by identity)
@@ -90,57 +85,6 @@ class _Echo:
 
 class _Marked(_Echo):
     streamd_runs_inline = True
-
-
-class _Spawned(trio.abc.Instrument):
-    def __init__(self) -> None:
-        self.names: Counter[str] = Counter()
-
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        self.names[task.name] += 1
-
-
-@dataclass
-class Edges:
-    plain: str
-    marked: str
-
-
-@asynccontextmanager
-async def edges() -> AsyncIterator[Edges]:
-    """Two edges, the same app unmarked and marked; stopped on exit."""
-    stop = trio.Event()
-    urls = []
-    async with trio.open_nursery() as nursery:
-        for app in (_Echo(), _Marked()):
-            hconfig = HypercornConfig()
-            hconfig.bind = ["127.0.0.1:0"]
-            hconfig.accesslog = None
-            hconfig.errorlog = None
-            hconfig.keep_alive_timeout = 30
-            hconfig.read_timeout = 30
-            hconfig.graceful_timeout = 5
-            sockets = bind_sockets(hconfig, "the test listener")
-
-            async def serve(
-                app: Any = app,
-                hconfig: HypercornConfig = hconfig,
-                sockets: Any = sockets,
-                *,
-                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-            ) -> None:
-                await serve_http(
-                    app,
-                    hconfig,
-                    sockets,
-                    ConnectionTable(64),
-                    shutdown=stop.wait,
-                    task_status=task_status,
-                )
-
-            urls.append((await nursery.start(serve))[0])
-        yield Edges(*urls)
-        stop.set()
 
 
 async def conversation(url: str, pieces: list[bytes], *, half_close: bool = False) -> bytes:
@@ -269,12 +213,12 @@ CASES: dict[str, tuple[list[bytes], bool, int]] = {
 @pytest.mark.parametrize("name", list(CASES))
 async def test_the_marked_edge_answers_as_hypercorns_way_does(name: str) -> None:
     pieces, half_close, tasks = CASES[name]
-    spawned = _Spawned()
-    async with edges() as both:
-        expected = await conversation(both.plain, pieces, half_close=half_close)
+    spawned = Spawned()
+    async with edge(_Echo()) as plain, edge(_Marked()) as marked:
+        expected = await conversation(plain.url, pieces, half_close=half_close)
         trio.lowlevel.add_instrument(spawned)
         try:
-            got = await conversation(both.marked, pieces, half_close=half_close)
+            got = await conversation(marked.url, pieces, half_close=half_close)
         finally:
             trio.lowlevel.remove_instrument(spawned)
     assert expected.startswith(b"HTTP/1.")  # each case gets an answer of some kind

@@ -11,7 +11,6 @@ one timer task per connection and moves its deadline. These tests run the edge i
 from __future__ import annotations
 
 import socket
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,10 +22,9 @@ from hypercorn.config import Config as HypercornConfig
 
 from streamd.service.http import ConnectionTable, bind_sockets, serve_http
 
+from ._edge import APP_TASK, Spawned
 from ._wire import closes, post_head, read_answer, split_url
 
-# hypercorn's task for each request's app (hypercorn.trio.task_group._handle).
-APP_TASK = "hypercorn.trio.task_group._handle"
 BODY = b'[{"id": "1"}]'
 REQUEST = post_head("/", {"Content-Length": str(len(BODY))}) + BODY
 
@@ -38,14 +36,6 @@ class Edge:
     stop: trio.Event
     release: trio.Event  # the app answers once this is set
     arrived: list[int] = field(default_factory=lambda: [0])  # requests the app has seen
-
-
-class _Spawned(trio.abc.Instrument):
-    def __init__(self) -> None:
-        self.names: Counter[str] = Counter()
-
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        self.names[task.name] += 1
 
 
 @asynccontextmanager
@@ -116,7 +106,7 @@ async def test_a_kept_alive_connection_starts_no_task_per_request_but_the_apps(
     """hypercorn's own timer started one task (_idle_timeout) per request besides the
     app's; an app marked ``RUNS_INLINE`` runs in the connection's task: none at all."""
     requests = 20
-    spawned = _Spawned()
+    spawned = Spawned()
     async with edge(keep_alive_timeout=30, inline=inline) as server:
         stream = await trio.open_tcp_stream(*split_url(server.url))
         async with stream:

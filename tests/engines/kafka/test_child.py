@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from streamd.children import environment
 from streamd.drain import Kind, Route, SinkSpec, open_drain
 from streamd.drain.sinks.kafka import RESTART_REASONS, KafkaSettings, KafkaSink
 from streamd.journal import Journal
@@ -219,11 +220,26 @@ async def test_a_bad_frame_from_the_producer_process_is_a_clear_transient_error(
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
 
 
+class _StderrToFile(KafkaSink):
+    """A sink whose producer process writes its stderr to a file of the test's own.
+
+    Not pytest's ``capfd``: the process shares that file's offset, and each
+    ``readouterr`` reads, then truncates. A line written between the two is lost, and a
+    test polling for it times out (CI on b1b0f4a, under a full parallel run).
+    """
+
+    stderr: Path
+
+    def _spawn(self, ipc_fd: int) -> subprocess.Popen[bytes]:
+        with self.stderr.open("ab") as err:
+            return subprocess.Popen(
+                self.command(ipc_fd), pass_fds=(ipc_fd,), stdin=subprocess.DEVNULL,
+                stderr=err, env=environment(),
+            )  # fmt: skip
+
+
 async def test_a_cancelled_batch_retires_the_producer_in_the_producer_process(
-    broker: Tansu,
-    topic_prefix: str,
-    capfd: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    broker: Tansu, topic_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The pool's timeout cancels a batch: the producer process hears of it at once and
     retires that producer (its queue purged); the next batch gets a new one."""
@@ -232,7 +248,8 @@ async def test_a_cancelled_batch_retires_the_producer_in_the_producer_process(
     # test waits for (two full runs failed so, never this test alone).
     caplog.set_level(logging.INFO)
     settings = KafkaSettings(bootstrap_servers=(broker.bootstrap,), topic=topic_prefix, sink="k")
-    sink = KafkaSink(settings)
+    sink = _StderrToFile(settings)
+    sink.stderr = tmp_path / "producer.stderr"
     try:
         with trio.fail_after(30):
             assert (await sink.deliver([_event(1)])).kind is Kind.CONFIRMED
@@ -241,13 +258,16 @@ async def test_a_cancelled_batch_retires_the_producer_in_the_producer_process(
             with trio.move_on_after(1.0) as waiting:
                 await sink.deliver([_event(i) for i in range(2, 52)])
             assert waiting.cancelled_caught, "delivered to a frozen broker?"
-            err: list[str] = []
 
             def retired() -> bool:
-                err.append(capfd.readouterr().err)
-                return "its producer is retired" in "".join(err)
+                return "its producer is retired" in sink.stderr.read_text(errors="replace")
 
-            wait_for(retired, timeout=20, what="the producer process retiring the producer")
+            wait_for(
+                retired,
+                timeout=20,
+                what="the producer process retiring the producer",
+                context=lambda: "its stderr:\n" + sink.stderr.read_text(errors="replace"),
+            )
         finally:
             broker.thaw()
         with trio.fail_after(30):

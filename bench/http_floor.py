@@ -3,7 +3,7 @@
     python -m bench.http_floor [--rounds 3] [--count 10000] [--warmup 1000]
         [--shape io --batch 20 --concurrency 16] [--only raw,h11,...] [--out FILE]
 
-Seven receivers, each a fresh process per round (the order rotating by round), all
+Nine receivers, each a fresh process per round (the order rotating by round), all
 reading every body whole and answering 200 with the same 32-byte JSON object:
 
 - ``raw``: trio alone with a minimal HTTP/1.1 reader (the head up to its blank line,
@@ -23,6 +23,10 @@ reading every body whole and answering 200 with the same 32-byte JSON object:
 - ``edge-app``: the edge with streamd's own ``IngestApp`` (token auth, admission,
   ``decode_delivery``, the answer) whose journal answers at once: what the app adds
   before a journal is involved.
+- ``httptools-journal`` and ``edge-journal``: the same two with a real journal (a fresh
+  ``journal.db`` per run, the daemon's default ``[journal]`` settings: its writer,
+  indexer and checkpoint threads, ``synchronous = FULL``): the whole process's CPU per
+  request either way, the journal's share included.
 - ``hypercorn``: ``bench.baseline_app``, stock hypercorn discarding the bodies (issue
   17's reference).
 
@@ -36,12 +40,13 @@ run starts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import signal
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,7 +58,18 @@ from bench._server import READY_PREFIX, REPO, ServerProcess, start_baseline
 from bench.baseline_app import _BODY, _HEADERS, read_whole
 from bench.ingest import Case, run_loadgen, settle
 
-RECEIVERS: Final = ("raw", "h11", "httptools", "httptools-app", "edge", "edge-app", "hypercorn")
+RECEIVERS: Final = (
+    "raw",
+    "h11",
+    "httptools",
+    "httptools-app",
+    "httptools-journal",
+    "edge",
+    "edge-app",
+    "edge-journal",
+    "hypercorn",
+)
+_JOURNALED: Final = ("httptools-journal", "edge-journal")
 TOKEN: Final = "bench"
 _RAW_ANSWER: Final = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -241,7 +257,25 @@ class _Instant:
         return None
 
 
-async def _serve_edge(name: str, host: str, port: int) -> None:
+@contextlib.asynccontextmanager
+async def _journal(name: str, path: str) -> AsyncIterator[Any]:
+    """The journal of receiver ``name``: a real one at ``path`` for the two that journal,
+    else one that answers at once."""
+    if name not in _JOURNALED:
+        yield _Instant()
+        return
+    from streamd.journal import open_journal
+    from streamd.service.config import Config
+    from streamd.service.startup import writer_options
+
+    config = Config()
+    async with open_journal(
+        path, writer_options(config), commit_budget=config.journal.commit_budget
+    ) as journal:
+        yield journal
+
+
+async def _serve_edge(name: str, host: str, port: int, journal_path: str) -> None:
     from hypercorn.config import Config as HypercornConfig
 
     from streamd.auth import TokenSet
@@ -254,39 +288,44 @@ async def _serve_edge(name: str, host: str, port: int) -> None:
     hconfig.keep_alive_timeout = 30  # streamd's defaults
     hconfig.read_timeout = 30
     sockets = bind_sockets(hconfig, "bench")
-    app: Any = _Discard()
-    if name == "edge-app":
-        source = Source("events", "/events", TokenSet([TOKEN]))
-        app = IngestApp([source], _Instant(), Limits())
-    bound = sockets.insecure_sockets[0].getsockname()
-    print(f"{READY_PREFIX}http://{bound[0]}:{bound[1]}", flush=True)
-    await serve_http(app, hconfig, sockets, ConnectionTable(4096), shutdown=trio.sleep_forever)
+    async with _journal(name, journal_path) as journal:
+        app: Any = _Discard()
+        if name != "edge":
+            source = Source("events", "/events", TokenSet([TOKEN]))
+            app = IngestApp([source], journal, Limits())
+        bound = sockets.insecure_sockets[0].getsockname()
+        print(f"{READY_PREFIX}http://{bound[0]}:{bound[1]}", flush=True)
+        await serve_http(app, hconfig, sockets, ConnectionTable(4096), shutdown=trio.sleep_forever)
 
 
-async def _serve_plain(name: str, host: str, port: int) -> None:
+async def _serve_plain(name: str, host: str, port: int, journal_path: str) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()
     handler: Any = {"raw": _raw_connection, "h11": _h11_connection}.get(name)
-    if name == "httptools":
-        handler = _httptools_connection
-    elif name == "httptools-app":
-        from streamd.auth import TokenSet
-        from streamd.ingest import IngestApp, Limits, Source
+    async with _journal(name, journal_path) as journal:
+        if name == "httptools":
+            handler = _httptools_connection
+        elif name.startswith("httptools-"):
+            from streamd.auth import TokenSet
+            from streamd.ingest import IngestApp, Limits, Source
 
-        app = IngestApp([Source("events", "/events", TokenSet([TOKEN]))], _Instant(), Limits())
-        handler = functools.partial(_httptools_connection, app=app)
-    print(f"{READY_PREFIX}http://{bound[0]}:{bound[1]}", flush=True)
-    await trio.serve_listeners(handler, listeners)
+            app = IngestApp([Source("events", "/events", TokenSet([TOKEN]))], journal, Limits())
+            handler = functools.partial(_httptools_connection, app=app)
+        print(f"{READY_PREFIX}http://{bound[0]}:{bound[1]}", flush=True)
+        await trio.serve_listeners(handler, listeners)
 
 
-def serve(name: str, listen: str) -> None:
-    """Run receiver ``name`` on ``listen`` (``HOST:PORT``) until SIGTERM or SIGINT."""
+def serve(name: str, listen: str, journal_path: str = "") -> None:
+    """Run receiver ``name`` on ``listen`` (``HOST:PORT``) until SIGTERM or SIGINT;
+    the two that journal write ``journal_path``."""
     host, _, port = listen.rpartition(":")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if name in ("edge", "edge-app"):
-        trio.run(_serve_edge, name, host, int(port))
+    if name in _JOURNALED and not journal_path:
+        raise SystemExit(f"{name} needs --journal PATH")
+    if name.startswith("edge"):
+        trio.run(_serve_edge, name, host, int(port), journal_path)
     else:
-        trio.run(_serve_plain, name, host, int(port))
+        trio.run(_serve_plain, name, host, int(port), journal_path)
 
 
 # -- the measurement -------------------------------------------------------------------
@@ -296,6 +335,8 @@ def _start(name: str, logdir: Path) -> ServerProcess:
     if name == "hypercorn":
         return start_baseline(logdir, name)
     cmd = [sys.executable, "-m", "bench.http_floor", "--serve", name, "--listen", "127.0.0.1:0"]
+    if name in _JOURNALED:  # a fresh journal each run
+        cmd += ["--journal", str(Path(tempfile.mkdtemp(dir=logdir)) / "journal.db")]
     server = ServerProcess(cmd, logdir, name)
     server.wait_ready()
     return server
@@ -319,7 +360,7 @@ def _one(name: str, case: Case, a: argparse.Namespace, logdir: Path) -> dict[str
         "name": name,
         "requests": requests,
         "failed": load["failed_batches"],
-        "accepted": load["accepted"],  # only the two with the app decode: its events
+        "accepted": load["accepted"],  # only those with the app decode: its events
         "server_cpu_s": round(cpu, 3),
         "us_per_request": round(1e6 * cpu / requests, 1),
         "client_us_per_request": round(1e6 * load["client_cpu_s"] / requests, 1),
@@ -348,13 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shape", choices=("io", "legacy"), default="io")
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--only", help="comma-separated receivers (default: all five)")
+    ap.add_argument("--only", help="comma-separated receivers (default: all nine)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--serve", choices=RECEIVERS, help=argparse.SUPPRESS)
     ap.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)
+    ap.add_argument("--journal", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.serve:
-        serve(a.serve, a.listen)
+        serve(a.serve, a.listen, a.journal)
         return 0
     names = list(RECEIVERS)
     if a.only:

@@ -21,7 +21,8 @@ BODY_FOLLOWS = "streamd.body_follows"
 # request's last body message: it does not wait for ``http.disconnect``. The edge may
 # then run it in the connection's own task once the whole body has arrived
 # (``streamd.service.inline``), where nothing would deliver that message until it has
-# answered.
+# answered; and answer a plain request without hypercorn's stream
+# (``streamd.service.fast``), where its answer is written at its last body message.
 RUNS_INLINE = "streamd_runs_inline"
 
 

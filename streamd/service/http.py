@@ -67,6 +67,8 @@ from streamd.asgi import BODY_FOLLOWS, RUNS_INLINE
 from streamd.auth.client_cert import tls_extension
 from streamd.errors import ConfigError
 from streamd.service import logs  # noqa: F401 - installs the per-request log rate limit
+from streamd.service.fast import FastH11
+from streamd.service.fast import eligible as fast_eligible
 from streamd.service.inline import InlineH11
 from streamd.service.keepalive import KeepAliveTimer
 
@@ -363,6 +365,13 @@ class _Connection(TCPServer):
         and write both with one ``send_all`` (see :class:`_ConnectionScope`)."""
         self._hold_head = True
 
+    async def send_whole(self, data: bytes) -> None:
+        """Write a whole answer at once (:class:`FastH11`): nothing is held for it."""
+        self._hold_head = False
+        if self._held:
+            data, self._held = self._held + data, b""
+        await super().protocol_send(RawData(data))
+
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, RawData):
             if self._hold_head and event.data:
@@ -387,7 +396,7 @@ class _Connection(TCPServer):
 
     async def _read_data(self) -> None:
         if self.inline:
-            _inline_http11(self.protocol)
+            _inline_http11(self.protocol, self)
         # hypercorn's loop, with a plain cancel scope around each read where hypercorn
         # enters ``trio.fail_after``, a generator context manager: 2.8% of the event
         # loop's thread on I/O batches (ARCHITECTURE.md, "CPU per small delivery").
@@ -431,10 +440,12 @@ class _Connection(TCPServer):
             await self.stream.aclose()
 
 
-def _inline_http11(wrapper: ProtocolWrapper) -> None:
-    """A new HTTP/1.1 connection (nothing read yet) gets :class:`InlineH11`."""
+def _inline_http11(wrapper: ProtocolWrapper, conn: _Connection) -> None:
+    """A new HTTP/1.1 connection (nothing read yet) gets :class:`FastH11` (or, under a
+    configuration it does not cover, :class:`InlineH11`)."""
     if type(wrapper.protocol) is H11Protocol:
-        wrapper.protocol = InlineH11(
+        kind = FastH11 if fast_eligible(wrapper.config) else InlineH11
+        wrapper.protocol = protocol = kind(
             wrapper.app,
             wrapper.config,
             wrapper.context,
@@ -445,6 +456,8 @@ def _inline_http11(wrapper: ProtocolWrapper) -> None:
             wrapper.server,
             wrapper.send,
         )
+        if isinstance(protocol, FastH11):
+            protocol.edge = conn
 
 
 def _socket_of(stream: Any) -> Any:

@@ -19,6 +19,9 @@ body, a slow sender, ``Expect: 100-continue``, more than :data:`MAX_PIECES` chun
 ``Upgrade`` request, or one h11 finds malformed part-way through its body goes
 hypercorn's way, with what was already parsed handed on in order.
 
+A plain request (streamd/service/fast.py) does not even get this far: :class:`FastH11`,
+a subclass, answers it without hypercorn's stream and hands the rest here.
+
 It uses hypercorn's internals (``H11Protocol``'s methods, ``HTTPStream``, ``_handle``):
 pyproject.toml holds hypercorn to the minor version ``tests/hostile/test_inline.py``
 compared it with.

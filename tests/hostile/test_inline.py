@@ -1,4 +1,5 @@
-"""The app run in the connection's task (streamd/service/inline.py) answers every byte
+"""The app run in the connection's task (streamd/service/inline.py), and plain requests
+answered without hypercorn's stream (streamd/service/fast.py), answer every byte
 sequence exactly as hypercorn's own way does.
 
 Two edges run side by side (``serve_http``, real hypercorn, real loopback) with the same
@@ -6,9 +7,10 @@ app, one marked ``RUNS_INLINE`` and one not. Each case sends the same bytes to b
 the same pieces, on fresh connections, and reads until the server closes: the bytes
 that come back must be the same, ``Date`` aside. The app echoes what it was given (the
 method, path, query, body and its pieces), so a difference in the scope or the body
-would show as well. An instrument counts hypercorn's per-request app tasks, so each case
-also shows which way it went: well-formed requests whose body is whole in one write
-start no task on the marked edge; a body still on its way, an ``Upgrade`` and the
+would show as well. An instrument counts hypercorn's per-request app tasks, and another
+the answers fast.py wrote or replayed, so each case also shows which way it went:
+well-formed requests whose body is whole in one write start no task on the marked edge
+(plain ones are answered by fast.py); a body still on its way, an ``Upgrade`` and the
 unmarked edge start one each.
 """
 
@@ -24,12 +26,14 @@ import pytest
 import trio
 
 from streamd.asgi import BODY_FOLLOWS
+from streamd.service import fast
 
 from ._edge import APP_TASK, Spawned, edge
 from ._wire import post_head, split_url
 
 BODY = b'[{"id": "1"}, {"id": "2"}]'
 CLOSE = {"Connection": "close"}
+KEEP = {"Connection": "keep-alive"}
 WAIT_100 = b""  # in a case's pieces: wait for the 100 Continue (compared by identity)
 
 
@@ -74,9 +78,23 @@ class _Echo:
             "tail": body[-16:].decode("latin-1"),
         }
         answer = orjson.dumps(what)
+        status = 200
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+        if scope["path"] == "/no-length":  # h11 frames it (chunked)
+            headers = headers[:1]
+        elif scope["path"] == "/close":  # the answer ends the connection
+            headers.append((b"connection", b"close"))
+        elif scope["path"] == "/no-content":
+            status, headers, answer = 204, [], b""
+        elif scope["path"] == "/bad-header":  # h11 refuses to write it
+            headers.append((b"x-bad", b"a\x00b"))
         await send(
-            {"type": "http.response.start", "status": 200, "headers": headers, BODY_FOLLOWS: True}
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": headers,
+                BODY_FOLLOWS: True,
+            }
         )
         if scope["path"] == "/fail-after":
             raise RuntimeError("the app failed after its head")
@@ -199,6 +217,65 @@ CASES: dict[str, tuple[list[bytes], bool, int]] = {
         False,
         0,  # h11 takes the chunked framing; streamd's framing guard refuses it, inline
     ),
+    # Plain requests on kept-alive connections: what streamd/service/fast.py answers
+    # itself, and where it hands over to h11 and hypercorn.
+    "plain POSTs kept alive, then the client's end": (
+        [post("/a", headers=KEEP) + post("/b?x=%20y") + post("/c", b"")],
+        True,
+        0,
+    ),
+    "plain POSTs, one at a time": ([post("/a"), post("/b"), post("/c")], True, 0),
+    "a plain GET with no body": ([b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], True, 0),
+    "a percent-encoded path and odd header spacing": (
+        [post_head("/a%2Fb%20c", {"X-Pad": "  v  ", "Content-Length": "2"}) + b"[]"],
+        True,
+        0,
+    ),
+    "a Content-Length with leading zeros": (
+        [post_head("/a", {"Content-Length": "0002"}) + b"[]"],
+        True,
+        0,
+    ),
+    "two Content-Length headers, equal": (
+        [post_head("/a", {"Content-Length": "2"})[:-2] + b"Content-Length: 2\r\n\r\n[]"],
+        True,
+        0,
+    ),
+    "two Host headers": ([b"POST /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"], True, 0),
+    "no Host header": ([b"POST /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"], True, 0),
+    "a folded header line": (
+        [b"POST /a HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n"],
+        True,
+        0,
+    ),
+    "bare LF line ends": ([b"POST /a HTTP/1.1\nHost: a\nContent-Length: 2\n\n[]"], True, 0),
+    "a lowercase method and an absolute target": (
+        [
+            b"post /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            b"POST http://a/b HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        ],
+        True,
+        0,
+    ),
+    "a control byte in a header value": (
+        [b"POST /a HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\nContent-Length: 0\r\n\r\n"],
+        True,
+        0,
+    ),
+    "a plain POST, then one whose body is still coming": (
+        [post("/a") + post("/b")[:-3], post("/b")[-3:], post("/c")],
+        True,
+        1,
+    ),
+    "an answer without a length, kept alive": ([post("/no-length") + post("/a")], True, 0),
+    "an answer that closes the connection": ([post("/close") + post("/a")], True, 0),
+    "a 204 answer": ([post("/no-content") + post("/a")], True, 0),
+    "an answer header h11 refuses": ([post("/bad-header") + post("/a")], True, 0),
+    "a head over h11's limit": (
+        [post_head("/a", {"X-Big": "x" * 20000, "Content-Length": "2"}) + b"[]"],
+        True,
+        0,
+    ),
     "a WebSocket upgrade": (
         [
             b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
@@ -210,12 +287,50 @@ CASES: dict[str, tuple[list[bytes], bool, int]] = {
 }
 
 
+# name: (answers streamd/service/fast.py wrote itself, answers it replayed through h11
+# and hypercorn); a case not named here has neither (h11 read all of it).
+FAST: dict[str, tuple[int, int]] = {
+    "three pipelined POSTs in one write": (2, 0),  # the third asks to close: h11's
+    "the app fails before its answer": (0, 1),  # hypercorn's 500
+    "the app fails after its head": (0, 1),
+    "kept alive, then the client's end": (2, 0),
+    "a good request, then a malformed one": (1, 0),
+    "plain POSTs kept alive, then the client's end": (3, 0),
+    "plain POSTs, one at a time": (3, 0),
+    "a plain GET with no body": (1, 0),
+    "a percent-encoded path and odd header spacing": (1, 0),
+    "a Content-Length with leading zeros": (1, 0),
+    "a control byte in a header value": (1, 0),  # h11 allows it too
+    "a plain POST, then one whose body is still coming": (2, 0),
+    "an answer without a length, kept alive": (1, 1),
+    "an answer that closes the connection": (0, 1),
+    "a 204 answer": (1, 1),
+    "an answer header h11 refuses": (0, 1),  # and the connection ends, as hypercorn's
+}
+
+
 @pytest.mark.parametrize("name", list(CASES))
-async def test_the_marked_edge_answers_as_hypercorns_way_does(name: str) -> None:
+async def test_the_marked_edge_answers_as_hypercorns_way_does(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pieces, half_close, tasks = CASES[name]
     spawned = Spawned()
+    ways = {"written": 0, "replayed": 0}
+    write, replay = fast._Answer._write, fast._Answer._replay
+
+    async def written(answer: Any, data: bytes) -> None:
+        ways["written"] += 1
+        await write(answer, data)
+
+    async def replayed(answer: Any) -> None:
+        ways["replayed"] += 1
+        await replay(answer)
+
+    monkeypatch.setattr(fast._Answer, "_write", written)
+    monkeypatch.setattr(fast._Answer, "_replay", replayed)
     async with edge(_Echo()) as plain, edge(_Marked()) as marked:
         expected = await conversation(plain.url, pieces, half_close=half_close)
+        assert ways == {"written": 0, "replayed": 0}  # the unmarked edge: hypercorn's way
         trio.lowlevel.add_instrument(spawned)
         try:
             got = await conversation(marked.url, pieces, half_close=half_close)
@@ -224,3 +339,4 @@ async def test_the_marked_edge_answers_as_hypercorns_way_does(name: str) -> None
     assert expected.startswith(b"HTTP/1.")  # each case gets an answer of some kind
     assert got == expected
     assert spawned.names[APP_TASK] == tasks, spawned.names
+    assert (ways["written"], ways["replayed"]) == FAST.get(name, (0, 0)), ways

@@ -118,10 +118,22 @@ class NatsCluster:
     def running(self) -> list[int]:
         return [i for i, p in enumerate(self._procs) if p is not None]
 
-    def start(self, timeout: float = 30.0) -> None:
-        for node in range(self.nodes):
-            self.start_node(node)
-        self.wait_ready(timeout)
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            for node in range(self.nodes):
+                self.start_node(node)
+            try:
+                self.wait_ready(timeout)
+                return
+            except RuntimeError as exc:
+                # A port picked free was taken by another process before the node bound
+                # it (a full parallel run, 2026-12-07: ten tests errored at set-up).
+                if "address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+            for node in self.running():
+                self.kill_node(node)
+            self.ports = [_free_port() for _ in range(self.nodes)]
+            self.route_ports = [_free_port() for _ in range(self.nodes)]
 
     def wait_ready(self, timeout: float = 30.0, nodes: list[int] | None = None) -> None:
         """Wait until JetStream answers (it has a meta leader) through each running node."""

@@ -150,6 +150,10 @@ class NatsCluster:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"nats node {node} exited:\n{self.log_tail(node)}")
                 try:
+                    # nats-py retries a refused first connection every 2 s until the
+                    # deadline (whatever allow_reconnect says), so a node that exited
+                    # was found out only then: try the port first.
+                    socket.create_connection(("127.0.0.1", self.ports[node]), timeout=1).close()
                     nc = await nats.connect(
                         self.urls[node], connect_timeout=1, allow_reconnect=False
                     )

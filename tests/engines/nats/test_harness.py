@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import gc
 import socket
+import subprocess
+import sys
+import time
+
+import pytest
 
 from tests.engines._nats import NatsCluster
 
@@ -25,3 +30,19 @@ def test_a_port_taken_before_the_node_binds_it_is_picked_again() -> None:
     finally:
         cluster.close()
     gc.collect()  # anything the probes leaked warns here, in this test
+
+
+def test_a_node_that_exits_while_being_probed_is_reported_at_once() -> None:
+    """The readiness probe of a node whose port refuses tries once per pass: a node that
+    exits meanwhile is reported as exited, not after the whole timeout."""
+    cluster = NatsCluster(nodes=1)
+    try:
+        # Stands in for a node that dies at start-up: alive for the first probes, its
+        # port refusing (nothing listens), then gone.
+        cluster._procs[0] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="nats node 0 exited"):
+            cluster.wait_ready(timeout=15)
+        assert time.monotonic() - started < 10
+    finally:
+        cluster.close()

@@ -21,6 +21,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import h11
 import orjson
 import pytest
 import trio
@@ -340,3 +341,19 @@ async def test_the_marked_edge_answers_as_hypercorns_way_does(
     assert got == expected
     assert spawned.names[APP_TASK] == tasks, spawned.names
     assert (ways["written"], ways["replayed"]) == FAST.get(name, (0, 0)), ways
+
+
+async def test_a_replay_h11_cannot_read_closes_only_that_connection(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cannot happen (tests/unit/test_fast_plain.py), so forced here: were h11 to read a
+    plain request differently when fast.py replays its answer, that connection closes
+    unanswered, an error is logged, and the server goes on serving."""
+    async with edge(_Marked()) as marked:
+        with monkeypatch.context() as patch:
+            patch.setattr(h11.Connection, "next_event", lambda self: h11.NEED_DATA)
+            got = await conversation(marked.url, [post("/no-length")])
+        assert got == b""  # closed, nothing written
+        again = await conversation(marked.url, [post("/a", headers=CLOSE)])
+    assert again.startswith(b"HTTP/1.1 200 ")
+    assert "h11 read a plain request differently" in caplog.text

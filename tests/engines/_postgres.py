@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 import psycopg
+
+from tests.system._harness import free_port
 
 PASSWORD = "streamd-test-secret"
 INSTALL_HINT = "PostgreSQL server binaries: apt-get install postgresql (Debian: postgresql-15)"
@@ -50,13 +51,6 @@ def available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PostgresServer:
     """One PostgreSQL cluster on 127.0.0.1: ``with PostgresServer() as pg: pg.dsn()``.
 
@@ -65,7 +59,7 @@ class PostgresServer:
     """
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix="streamd-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "run"

@@ -5,7 +5,6 @@ signed source takes either, and refuses a foreign recipient in either pair."""
 from __future__ import annotations
 
 import datetime
-import socket
 import sqlite3
 from pathlib import Path
 
@@ -17,17 +16,11 @@ from streamd.emit.accounting import Ledger
 from streamd.emit.asgi import Reply, Request, serve_handler
 from streamd.emit.runtime import IdFieldsChoice
 from streamd.emit.sender import EmitOptions, run_emit
+from tests.system._harness import free_port
 
 from .conftest import StartServer
 
 CLIENT_ID = "interop-client"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize(
@@ -94,7 +87,7 @@ fetch_timeout = 5.0
 async def test_a_signed_source_takes_either_pair(
     start_server: StartServer, tmp_path: Path, fields: IdFieldsChoice
 ) -> None:
-    key_port = _free_port()  # the emulator serves its keys here; streamd fetches them
+    key_port = free_port()  # the emulator serves its keys here; streamd fetches them
     server = await start_server(_signed_source(key_port))
     opts = EmitOptions(
         url=server.url + "/io",
@@ -120,7 +113,7 @@ async def test_a_signed_source_takes_either_pair(
 async def test_a_signed_source_refuses_another_recipient_in_either_pair(
     start_server: StartServer, fields: IdFieldsChoice
 ) -> None:
-    key_port = _free_port()
+    key_port = free_port()
     server = await start_server(_signed_source(key_port))
     opts = EmitOptions(
         url=server.url + "/io",

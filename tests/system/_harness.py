@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -59,12 +60,40 @@ def wait_for(
         time.sleep(0.01)
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()  # seeded from the system per process: xdist workers differ
+
+
 def free_port() -> int:
-    """A loopback port that nobody listens on right now."""
+    """A loopback port that nobody uses right now, for a server a test starts later.
+
+    Picked below the kernel's ephemeral range: the kernel hands ports of that range to
+    every port-0 bind and every outgoing connection of the whole parallel run, so one
+    picked there can be taken before the server binds it (a full run failed so: "cannot
+    listen on 127.0.0.1:50687: Address already in use", 2026-12-07). Below it, only
+    another test's pick can collide, and each pick is checked free.
+    """
+    low = _ephemeral_low()
+    if low > 11000:
+        for _ in range(200):
+            port = _PORTS.randrange(10000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def refuses_connections(port: int) -> bool:

@@ -25,7 +25,9 @@ it: no cap, so idle connections can use up the descriptors and the memory, and a
   keeps its meaning with one task per connection.
 - **an app marked ``RUNS_INLINE``** (the ingest app) runs in the connection's own task
   when the request's body is already read, instead of a task and a memory channel of
-  its own per request (:class:`streamd.service.inline.InlineH11`).
+  its own per request (:class:`streamd.service.inline.InlineH11`), and a plain request
+  whole in one read is answered without hypercorn's stream
+  (:class:`streamd.service.fast.FastH11`).
 
 Everything else (HTTP/1.1 and h2 parsing, keep-alive, the header deadline, which is
 hypercorn's ``keep_alive_timeout`` running from accept until the headers are in) is
@@ -308,7 +310,8 @@ class _Connection(TCPServer):
         self.idle_task = self._keep_alive  # hypercorn's run() and protocol_send() use it
         self._hold_head = False
         self._held = b""
-        self.inline = False  # run the app in this task when it can (InlineH11)
+        # The HTTP/1.1 protocol for a marked app (FastH11 or InlineH11); None: hypercorn's.
+        self.inline: type[InlineH11] | None = None
 
     async def serve(self) -> None:
         try:
@@ -395,8 +398,8 @@ class _Connection(TCPServer):
         await super().protocol_send(event)
 
     async def _read_data(self) -> None:
-        if self.inline:
-            _inline_http11(self.protocol, self)
+        if self.inline is not None:
+            _inline_http11(self.protocol, self, self.inline)
         # hypercorn's loop, with a plain cancel scope around each read where hypercorn
         # enters ``trio.fail_after``, a generator context manager: 2.8% of the event
         # loop's thread on I/O batches (ARCHITECTURE.md, "CPU per small delivery").
@@ -440,11 +443,10 @@ class _Connection(TCPServer):
             await self.stream.aclose()
 
 
-def _inline_http11(wrapper: ProtocolWrapper, conn: _Connection) -> None:
-    """A new HTTP/1.1 connection (nothing read yet) gets :class:`FastH11` (or, under a
-    configuration it does not cover, :class:`InlineH11`)."""
+def _inline_http11(wrapper: ProtocolWrapper, conn: _Connection, kind: type[InlineH11]) -> None:
+    """A new HTTP/1.1 connection (nothing read yet) gets ``kind``'s protocol instead of
+    hypercorn's."""
     if type(wrapper.protocol) is H11Protocol:
-        kind = FastH11 if fast_eligible(wrapper.config) else InlineH11
         wrapper.protocol = protocol = kind(
             wrapper.app,
             wrapper.config,
@@ -669,7 +671,10 @@ async def serve_http(
     """
     # An ASGI app, as hypercorn's types say.
     guarded: Any = FramingGuard(_Proving(_ConnectionScope(app)))
-    inline = getattr(app, RUNS_INLINE, False) is True
+    inline: type[InlineH11] | None = None
+    if getattr(app, RUNS_INLINE, False) is True:
+        # FastH11 unless the configuration asks for what it does not do (once, here).
+        inline = FastH11 if fast_eligible(hconfig) else InlineH11
     wrapped = wrap_app(guarded, hconfig.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     ssl_context = hconfig.create_ssl_context()

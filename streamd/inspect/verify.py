@@ -187,11 +187,12 @@ def _schema(conn: sqlite3.Connection, _quick: bool) -> Check:
     return check
 
 
-def _deliveries_in_order(conn: sqlite3.Connection) -> Iterator[tuple[int, int]]:
+def _deliveries_in_order(conn: sqlite3.Connection, upto: int) -> Iterator[tuple[int, int]]:
     last = 0
     while True:
         page = conn.execute(
-            "SELECT id, accepted FROM deliveries WHERE id > ? ORDER BY id LIMIT 5000", (last,)
+            "SELECT id, accepted FROM deliveries WHERE id > ? AND id <= ? ORDER BY id LIMIT 5000",
+            (last, upto),
         ).fetchall()
         if not page:
             return
@@ -204,12 +205,20 @@ def _scan(
 ) -> int:
     """One pass in seq order: delivery order and accounting, and (unless quick) each row."""
     try:
-        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        # The newest event and delivery of one snapshot (one statement), and nothing past
+        # them: a delivery commits with its events, so on a journal being written the
+        # two scans below (each page its own snapshot) still agree. Before, a delivery
+        # committed after the last page of events was read as one whose events are
+        # missing (a live-journal test failed once in a full run, 2026-12-07).
+        newest, last_delivery = conn.execute(
+            "SELECT (SELECT coalesce(max(seq), 0) FROM events), "
+            "(SELECT coalesce(max(id), 0) FROM deliveries)"
+        ).fetchone()
     except sqlite3.DatabaseError as exc:
         deliveries.add(f"cannot read events: {exc}")
         return 0
     bar = Progress(progress, "verify", newest)
-    expected = _deliveries_in_order(conn)
+    expected = _deliveries_in_order(conn, last_delivery)
     current: tuple[int, int] | None = next(expected, None)  # (id, accepted)
     counted = 0
     previous_delivery = 0
@@ -220,7 +229,8 @@ def _scan(
     try:
         while True:
             cursor = conn.execute(
-                f"SELECT {select} FROM events WHERE seq > ? ORDER BY seq LIMIT 2000", (last,)
+                f"SELECT {select} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 2000",
+                (last, newest),
             )
             read = 0
             for row in cursor:  # row by row: a damaged page is placed after the last good seq
@@ -317,15 +327,19 @@ def _cursors(conn: sqlite3.Connection) -> Check:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "sinks" not in tables:
             return check  # a journal from before the drain: nothing to check
-        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-        for name, cursor in conn.execute("SELECT name, cursor FROM sinks ORDER BY name"):
+        # Each row with the newest seq of the same statement (one snapshot): on a journal
+        # being written, a sink may move its cursor past a seq read a statement earlier.
+        for name, cursor, newest in conn.execute(
+            "SELECT name, cursor, (SELECT coalesce(max(seq), 0) FROM events) FROM sinks "
+            "ORDER BY name"
+        ):
             if not isinstance(cursor, int) or cursor < 0 or cursor > newest:
                 check.add(f"sink {name!r}: cursor {cursor!r} is outside 0..{newest}")
         if "dead_letters" in tables:
-            for letter, sink, seq in conn.execute(
-                "SELECT id, sink, seq FROM dead_letters WHERE seq < 1 OR seq > ? "
-                f"ORDER BY id LIMIT {MAX_REPORTED + 1}",
-                (newest,),
+            for letter, sink, seq, newest in conn.execute(
+                "SELECT id, sink, seq, m.newest FROM dead_letters, "
+                "(SELECT coalesce(max(seq), 0) AS newest FROM events) AS m "
+                f"WHERE seq < 1 OR seq > m.newest ORDER BY id LIMIT {MAX_REPORTED + 1}"
             ):
                 check.add(f"dead letter {letter} of {sink!r}: seq {seq} is outside 1..{newest}")
     except sqlite3.DatabaseError as exc:

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,3 +270,58 @@ def test_sink_cursors_outside_the_journal_are_reported(
     assert main(["journal", "stats", "--journal", str(path), "--json"]) == 0
     behind = json.loads(capsys.readouterr().out)["sinks"][1]
     assert (behind["lag_events"], behind["lag_seconds"] > 0) == (11, True)
+
+
+class _CommitsAfterTheLastPage:
+    """verify's connection, but when its scan of events reads an empty page (the end),
+    another connection commits one more delivery with its events first: a daemon
+    writing while verify reads."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn, self._path, self.committed = conn, path, False
+
+    def execute(self, statement: str, *args: Any) -> object:
+        cursor = self._conn.execute(statement, *args)
+        if not statement.startswith("SELECT seq,") or self.committed:
+            return cursor
+        rows = cursor.fetchall()
+        if not rows:
+            self.committed = True
+            sql(
+                self._path,
+                "INSERT INTO deliveries SELECT id + 1000000, received_at, source, shape, "
+                "message_id, adobe_event_id, retry_count, events, accepted, duplicates "
+                "FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)",
+                "INSERT INTO events SELECT seq + 1000000, event_key || '-again', stream, type, "
+                "munchkin_id, activity_type_id, lead_id, occurred_at, received_at, source, "
+                "delivery + 1000000, raw FROM events "
+                "WHERE delivery = (SELECT max(delivery) FROM events)",
+            )
+        return iter(rows)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+
+def test_a_delivery_committed_while_verify_reads_is_not_a_problem(
+    generated: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamd.inspect import reader
+    from streamd.inspect import verify as module
+
+    path = copy_of(generated, tmp_path)
+    real = reader.open_readonly
+    wrapped: list[_CommitsAfterTheLastPage] = []
+
+    def opening(journal: str, **kwargs: int) -> object:
+        wrapped.append(_CommitsAfterTheLastPage(real(journal, **kwargs), path))
+        return wrapped[-1]
+
+    monkeypatch.setattr(module, "open_readonly", opening)
+    status, report = verify(capsys, path)
+    assert wrapped and wrapped[0].committed  # the commit did land during the scan
+    assert status == 0 and report["healthy"] is True, problems(report)
+    assert report["events_checked"] == 5000  # what was there when verify began

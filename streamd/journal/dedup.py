@@ -34,7 +34,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -455,7 +454,12 @@ def insert_pairs(
 class Generation:
     """The keys of one committed group, in memory until the indexer has committed them."""
 
-    owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # hash -> (key, seq)
+    owners: dict[int, int] = field(default_factory=dict)  # hash -> seq
+    # hash -> key, for the group being written only: a claim in it has no committed event
+    # to read its key from. Dropped once committed (the writer reads an earlier
+    # generation's key from the journal): committed generations hold only integers, no
+    # object the garbage collector walks (ARCHITECTURE.md, "Keys indexed in generations").
+    keys: dict[int, str] = field(default_factory=dict)
     overflow: dict[str, int] = field(default_factory=dict)  # key -> seq
     leads: list[tuple[int, int]] = field(default_factory=list)  # (lead id, seq)
     types: dict[int, list[int]] = field(default_factory=dict)  # type code -> seqs
@@ -468,14 +472,11 @@ class Generation:
 class Pending:
     """Generations committed to the journal but not yet to the index (FIFO, bounded)."""
 
-    def __init__(self, limit: int, linger: float = 0.0, enough: int = 1) -> None:
-        """``limit``: generations pending before the writer waits. The indexer waits up to
-        ``linger`` seconds for ``enough`` generations before it writes what is there."""
+    def __init__(self, limit: int) -> None:
+        """``limit``: generations pending before the writer waits."""
         self._items: list[Generation] = []
         self._cond = threading.Condition()
         self._limit = limit
-        self._linger = linger
-        self._enough = min(enough, limit)
         self.closed = False
 
     def snapshot(self) -> list[Generation]:
@@ -498,23 +499,16 @@ class Pending:
     def oldest(self, stop: threading.Event) -> list[Generation]:
         """The oldest generations (left in place), empty once ``stop`` is set and none remain.
 
-        Once one is pending, waits up to ``linger`` seconds (not once ``stop`` is set) for
-        ``enough`` of them, then returns every generation pending, oldest first, up to
-        ``MERGE_KEYS`` keys (always at least one): the indexer writes them in one
-        transaction. Lookups see pending keys, so the wait delays only the index file.
+        Every generation pending, oldest first, up to ``MERGE_KEYS`` keys (always at least
+        one): the indexer writes them in one transaction. The writer already collects
+        keys into generations of up to ``WriterOptions.index_keys``, so nothing waits here
+        for more.
         """
         with self._cond:
             while not self._items:
                 if stop.is_set():
                     return []
                 self._cond.wait(0.2)
-            if self._linger > 0:
-                until = time.monotonic() + self._linger
-                while len(self._items) < self._enough and not stop.is_set():
-                    left = until - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
             taken = [self._items[0]]
             keys = len(taken[0].owners)
             for generation in self._items[1:]:
@@ -602,8 +596,7 @@ class Indexer:
         conn: sqlite3.Connection | None = None
         backoff = 0.05
         while True:
-            # Every generation pending now, in one transaction: behind a burst of small
-            # groups, one BEGIN, insert, state update and COMMIT instead of one each.
+            # Every generation pending now (up to MERGE_KEYS keys), in one transaction.
             generations = self._pending.oldest(self._stop)
             if not generations:
                 break
@@ -631,7 +624,7 @@ class Indexer:
                 insert_pairs(
                     conn,
                     "dedup",
-                    [(h, seq) for g in generations for h, (_, seq) in g.owners.items()],
+                    [pair for g in generations for pair in g.owners.items()],
                 )
                 overflow = [item for g in generations for item in g.overflow.items()]
                 if overflow:

@@ -51,6 +51,12 @@ class WriterOptions:
     # Seconds the per-minute counts of committed groups may wait in memory before they
     # are written into event_counts (journal/counts.py); readers add what waits.
     counts_interval: float = 1.0
+    # Keys committed to the journal but not yet to the dedup index: the writer collects
+    # them into one generation of up to index_keys keys, or index_interval seconds, and
+    # only then hands it to the indexer (ARCHITECTURE.md, "Keys indexed in generations of
+    # 20,000"). Lookups consult the collected keys; a start re-indexes them.
+    index_keys: int = 20_000
+    index_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

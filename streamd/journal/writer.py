@@ -112,9 +112,12 @@ class JournalWriter:
         self._next_seq = 1
         self._next_delivery = 1
         self._dedup: DedupIndex
-        # The indexer waits up to 25 ms for 4 generations and writes them in one
-        # transaction (ARCHITECTURE.md, "Dedup": its CPU per small group).
-        self._pending = Pending(limit=8, linger=0.025, enough=4)
+        # Committed keys the indexer has not written yet: the generation this thread is
+        # still adding groups to (``_open``), then up to 3 handed over (``_pending``); at
+        # most 4 * (index_keys + max_events_per_commit) keys in memory.
+        self._pending = Pending(limit=3)
+        self._open = Generation()
+        self._opened_at = 0.0
         self._type_codes: dict[tuple[str, str | None], int] = {}  # (stream, type) -> code
         # Per-minute counts of committed groups not yet in event_counts (counts.py).
         self._tally: counting.Tally = {}
@@ -295,6 +298,7 @@ class JournalWriter:
                         self._probe(conn)
                     elif self._tally:
                         self._flush_tally(conn)  # idle: nothing to write it with
+                    self._hand_over_if_due()  # idle: the index file catches up
                     if self._queue.empty():
                         self.stats.progress_at = time.monotonic()  # idle, nothing queued
                     self._check_disk()
@@ -323,6 +327,7 @@ class JournalWriter:
                 self._flush_tally(conn)
         finally:
             if self._indexer is not None:
+                self._hand_over()
                 self._indexer.stop()  # index what is pending before the checkpoint
             conn.close()
             self._release_lock()
@@ -350,8 +355,10 @@ class JournalWriter:
         started = time.monotonic()
         seq0, delivery0 = self._next_seq, self._next_delivery
         group = Generation()
-        # Copy the pending generations *before* the index read begins (dedup.py).
+        # Copy the pending generations *before* the index read begins (dedup.py); the
+        # open one only this thread changes, after this commit.
         earlier = self._pending.snapshot()
+        earlier.append(self._open)
         counts: dict[tuple[str, str, str, str, str], list[Any]] = {}
         self._write_tally = (
             time.monotonic() - self._tallied_since >= self.options.counts_interval
@@ -422,12 +429,55 @@ class JournalWriter:
                 # Before the next group's snapshot (this thread takes it): it must see
                 # these keys, indexed or not; a sender's retry after the ack lands there.
                 # After the acks: when the indexer falls behind (it cannot write its
-                # file, say on a full disk) the push waits, and holds back the next
+                # file, say on a full disk) the hand-over waits, and holds back the next
                 # group, never the answer for a batch that committed.
                 group.covered_seq = self._next_seq - 1
-                self._pending.push(group)
+                self._collect(group)
             self._checkpoint_wake.set()
         return wrote
+
+    def _collect(self, group: Generation) -> None:
+        """Add a committed group's keys to the open generation; hand that to the indexer
+        once it holds ``index_keys`` keys or is ``index_interval`` seconds old.
+
+        Why not each group on its own: every random key the indexer inserts rewrites a
+        1 KiB page of the index (a WAL frame, then a checkpoint), so 20,000 keys at once
+        rewrite each page once where groups of 150 rewrote it again and again
+        (ARCHITECTURE.md, "Keys indexed in generations of 20,000").
+        """
+        group.keys = {}  # committed: an earlier claim's key is read from the journal
+        o = self._open
+        if not o.owners and not o.overflow:
+            self._open, self._opened_at = group, time.monotonic()
+        else:
+            o.owners.update(group.owners)
+            o.overflow.update(group.overflow)
+            o.leads.extend(group.leads)
+            types = o.types
+            for code, seqs in group.types.items():
+                into = types.get(code)
+                if into is None:
+                    types[code] = seqs
+                else:
+                    into.extend(seqs)
+            o.type_names.update(group.type_names)
+            o.covered_seq = group.covered_seq
+        o = self._open
+        if len(o.owners) + len(o.overflow) >= self.options.index_keys:
+            self._hand_over()
+        else:
+            self._hand_over_if_due()
+
+    def _hand_over_if_due(self) -> None:
+        """The open generation to the indexer once it is ``index_interval`` seconds old."""
+        if time.monotonic() - self._opened_at >= self.options.index_interval:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The open generation to the indexer (waits while 3 are pending)."""
+        if self._open.owners or self._open.overflow:
+            self._pending.push(self._open)
+            self._open = Generation()
 
     def _take(self, jobs: list[Job]) -> list[Job]:
         """Take every job not abandoned yet; once taken, a job can no longer be
@@ -568,6 +618,7 @@ class JournalWriter:
                 conn.execute("RELEASE batch")
                 for h in added:
                     del group.owners[h]
+                    del group.keys[h]
                 for key in overflowed:
                     del group.overflow[key]
                 del group.leads[leads_before:]
@@ -658,7 +709,7 @@ class JournalWriter:
         delivery = self._next_delivery
         seq = self._next_seq
         first = len(rows)
-        owners = group.owners
+        owners, keys = group.owners, group.keys
         earlier_owners = [g.owners for g in earlier]
         type_codes, type_names, types = self._type_codes, group.type_names, group.types
         # The same id twice in one batch needs no pass of its own: the first claims its
@@ -680,7 +731,8 @@ class JournalWriter:
             if verdict == _DUPLICATE:
                 continue
             if verdict == _OWNER:
-                group.owners[h] = (key, seq)
+                owners[h] = seq
+                keys[h] = key
                 added.append(h)
             else:
                 # A distinct key whose 64-bit hash is taken: journal it, keyed by full text.
@@ -753,10 +805,14 @@ class JournalWriter:
         self, h: int, key: str, owner: int | None, group: Generation, earlier: list[Generation]
     ) -> int:
         """Is ``key`` the new owner of hash ``h``, a duplicate, or a collision?"""
-        claims = [g.owners[h][0] for g in (group, *earlier) if h in g.owners]
-        if owner is None and not claims:
+        claims = [group.keys[h]] if h in group.owners else []
+        # An earlier generation's claims are committed events: their keys are in the journal.
+        claimed = [g.owners[h] for g in earlier if h in g.owners]
+        if owner is None and not claims and not claimed:
             return _OWNER
-        if key in claims or (owner is not None and self._dedup.key_of(owner) == key):
+        if key in claims or any(self._dedup.key_of(seq) == key for seq in claimed):
+            return _DUPLICATE
+        if owner is not None and self._dedup.key_of(owner) == key:
             return _DUPLICATE
         if any(key in g.overflow for g in (group, *earlier)) or self._dedup.in_overflow(key):
             return _DUPLICATE  # a duplicate of an earlier collision

@@ -52,7 +52,7 @@ def test_a_merged_insert_writes_only_wal_frames(tmp_path: Path) -> None:
     _index_file(path, 40_000, rng)
     generation = Generation(covered_seq=42_000)
     for seq in range(40_001, 42_001):
-        generation.owners[rng.getrandbits(63)] = (f"key-{seq}", seq)
+        generation.owners[rng.getrandbits(63)] = seq
     # Another connection stays open, so the indexer's close does not checkpoint the WAL
     # away: its frames are what the indexer wrote.
     holder = sqlite3.connect(path)

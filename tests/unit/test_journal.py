@@ -452,6 +452,84 @@ async def test_keys_not_yet_indexed_still_catch_duplicates(journal_path: Path) -
     assert rows(dedup_file(journal_path), "SELECT count(*) FROM dedup") == [(11,)]
 
 
+def _covered(journal_path: Path) -> int:
+    """The index file's covered_seq: every event up to it has its key in the file."""
+    ((covered,),) = rows(dedup_file(journal_path), "SELECT covered_seq FROM dedup_state")
+    assert isinstance(covered, int)
+    return covered
+
+
+def _keys(prefix: str, n: int) -> Batch:
+    return Batch("s", utc_now(), "x", [record(f"{prefix}-{i}") for i in range(n)])
+
+
+async def test_committed_keys_reach_the_index_in_generations_of_index_keys(
+    journal_path: Path,
+) -> None:
+    # Each random key the indexer inserts rewrites a page of the index file: the writer
+    # collects index_keys keys (or index_interval seconds' worth) before handing them over.
+    options = WriterOptions(index_keys=40, index_interval=3600)
+    batches = [_keys(f"b{b}", 10) for b in range(4)]
+    async with open_journal(str(journal_path), options) as journal:
+        for batch in batches[:3]:
+            assert (await journal.append(batch)).accepted == 10
+        await trio.sleep(0.3)  # an indexer given each group would have written it by now
+        assert _covered(journal_path) == 0
+        # Not in the index file, still caught: every lookup consults the collected keys.
+        assert (await journal.append(batches[1])).duplicates == 10
+        assert (await journal.append(batches[3])).accepted == 10  # 40 keys: handed over
+        with trio.fail_after(10):
+            while _covered(journal_path) != 40:
+                await trio.sleep(0.02)
+        assert (await journal.append(batches[0])).duplicates == 10  # from the file now
+        assert (await journal.append(_keys("last", 1))).accepted == 1
+        assert _covered(journal_path) == 40  # one key collected, not handed over
+    # Stopping hands over what was collected: the next start has nothing to index again.
+    assert _covered(journal_path) == 41
+    async with open_journal(str(journal_path), options) as journal:
+        assert journal.statistics().reindexed == 0
+        assert (await journal.append(_keys("last", 1))).duplicates == 1
+
+
+async def test_an_idle_writer_hands_its_collected_keys_over(journal_path: Path) -> None:
+    # Traffic stops short of index_keys: the index file catches up all the same, at the
+    # writer's idle wake-up once the generation is index_interval seconds old.
+    options = WriterOptions(index_keys=10**6, index_interval=0.5)
+    async with open_journal(str(journal_path), options) as journal:
+        assert (await journal.append(_keys("idle", 5))).accepted == 5
+        assert _covered(journal_path) == 0
+        with trio.fail_after(10):
+            while _covered(journal_path) != 5:
+                await trio.sleep(0.05)
+
+
+async def test_collected_keys_are_indexed_again_after_a_crash(journal_path: Path) -> None:
+    # A crash (here: the index file put back as it was before the writer's stop handed
+    # the collected keys over) loses the collected keys, never a duplicate decision: the
+    # next start indexes every event past covered_seq before it accepts a batch.
+    options = WriterOptions(index_keys=10**6, index_interval=3600)
+    index = dedup_file(journal_path)
+    async with open_journal(str(journal_path), options) as journal:
+        assert (await journal.append(_keys("early", 3))).accepted == 3
+    async with open_journal(str(journal_path), options) as journal:
+        snapshot = {
+            suffix: Path(f"{index}{suffix}").read_bytes()
+            for suffix in ("", "-wal")
+            if Path(f"{index}{suffix}").exists()
+        }
+        assert (await journal.append(_keys("crash", 7))).accepted == 7
+        assert _covered(journal_path) == 3
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
+    for suffix, data in snapshot.items():
+        Path(f"{index}{suffix}").write_bytes(data)
+    assert _covered(journal_path) == 3
+    async with open_journal(str(journal_path), options) as journal:
+        assert journal.statistics().reindexed == 7
+        again = await journal.append(_keys("crash", 7))
+        assert (again.accepted, again.duplicates) == (0, 7)
+
+
 async def test_low_disk_lifts_by_itself_when_space_returns(
     journal_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -474,13 +552,13 @@ async def test_low_disk_lifts_by_itself_when_space_returns(
 
 
 def _generation(first: int, keys: int) -> Generation:
-    owners = {h: (f"key-{h}", h) for h in range(first, first + keys)}
+    owners = {h: h for h in range(first, first + keys)}
     return Generation(owners=owners, covered_seq=first + keys - 1)
 
 
 def test_the_indexer_takes_every_pending_generation_in_one_go() -> None:
-    # One transaction for a burst of small groups, oldest first; popped only once indexed.
-    pending = Pending(limit=8, linger=5.0, enough=3)
+    # One transaction for every generation pending, oldest first; popped once indexed.
+    pending = Pending(limit=8)
     generations = [_generation(1 + 20 * i, 20) for i in range(3)]
     for generation in generations:
         pending.push(generation)
@@ -493,8 +571,8 @@ def test_the_indexer_takes_every_pending_generation_in_one_go() -> None:
     assert pending.oldest(stop) == []
 
 
-def test_the_indexer_writes_at_most_merge_keys_at_once_and_never_waits_once_stopping() -> None:
-    pending = Pending(limit=8, linger=60.0, enough=8)
+def test_the_indexer_writes_at_most_merge_keys_at_once() -> None:
+    pending = Pending(limit=8)
     big = [_generation(1, MERGE_KEYS - 10), _generation(MERGE_KEYS, 20), _generation(10**9, 5)]
     for generation in big:
         pending.push(generation)

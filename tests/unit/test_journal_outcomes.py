@@ -180,14 +180,16 @@ async def test_failing_commits_are_reported_and_a_probe_ends_them_without_a_batc
 
 async def test_a_batch_is_answered_when_the_dedup_index_falls_behind(tmp_path: Path) -> None:
     # The indexer cannot write its file (another connection holds its write lock, as a
-    # full disk would refuse it): committed groups pile up in memory, 8 at most, and then
-    # the writer waits. It must wait *after* answering the group it committed.
+    # full disk would refuse it): committed keys pile up in memory, 3 generations handed
+    # over at most, and then the writer waits. It must wait *after* answering the group
+    # it committed. (One key a generation here: each group is handed over at once.)
     path = tmp_path / "journal.db"
-    async with open_journal(str(path), WriterOptions(), commit_budget=0.5) as journal:
+    options = WriterOptions(index_keys=1)
+    async with open_journal(str(path), options, commit_budget=0.5) as journal:
         blocker = sqlite3.connect(dedup_path(str(path)), isolation_level=None)
         try:
             blocker.execute("BEGIN IMMEDIATE")
-            for i in range(9):  # the 9th group finds 8 pending: its push waits
+            for i in range(4):  # the 4th group finds 3 pending: its hand-over waits
                 with trio.fail_after(20):
                     result = await journal.append(Batch("s", utc_now(), "x", [record(f"i{i}")]))
                 assert result.accepted == 1
@@ -201,4 +203,4 @@ async def test_a_batch_is_answered_when_the_dedup_index_falls_behind(tmp_path: P
         with trio.fail_after(30):
             again = await journal.append(Batch("s", utc_now(), "x", [record("late")]))
         assert again.accepted == 1
-    assert rows(path, "SELECT count(*) FROM events") == [(10,)]
+    assert rows(path, "SELECT count(*) FROM events") == [(5,)]

@@ -35,6 +35,7 @@ from tests.journals import (
 )
 
 RUN = 400  # entries per run in these tests (at least: the indexer merges generations)
+GENERATION = 100  # keys the writer collects before the indexer writes them, here
 ENTRIES = "SELECT t.code, j.value FROM type_index AS t, json_each(t.seqs) AS j"
 
 
@@ -44,7 +45,7 @@ def journal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setattr(dedup, "TYPE_RUN", RUN)
         path = tmp_path_factory.mktemp("types") / "journal.db"
         write_batches(path, [*fixture_batches(), _untyped()])  # every stream, and no type
-        yield generated_journal(path, 4000, batch=100)
+        yield generated_journal(path, 4000, GENERATION, batch=100)
 
 
 def _untyped() -> Batch:
@@ -211,7 +212,7 @@ def test_a_name_sharing_a_code_finds_only_its_own_events(journal: Path, tmp_path
 def test_events_not_indexed_yet_are_found_by_the_tail_scan(
     small_runs: None, tmp_path: Path
 ) -> None:
-    path = generated_journal(tmp_path / "journal.db", 3000, batch=100)
+    path = generated_journal(tmp_path / "journal.db", 3000, GENERATION, batch=100)
     filters = Filters(types=(_rare_type(path),))
     expected = _scan(path, filters)
     runs = rows(dedup_path(str(path)), "SELECT run, last_seq FROM type_runs ORDER BY run")
@@ -344,7 +345,7 @@ def test_a_damaged_run_is_scanned_and_the_answer_is_the_same(
     """The derived file is an input too: a run whose seqs are not a JSON array (truncated,
     or not JSON at all) is read by a scan of its seq range, not through the broken row;
     before, every stream or type filter over it failed with "malformed JSON"."""
-    path = generated_journal(tmp_path / "journal.db", 3000, batch=100)
+    path = generated_journal(tmp_path / "journal.db", 3000, GENERATION, batch=100)
     index = dedup_path(str(path))
     runs = [r[0] for r in rows(index, "SELECT run FROM type_runs ORDER BY run")]
     assert len(runs) >= 3

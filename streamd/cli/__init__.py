@@ -207,7 +207,7 @@ def _announce(line: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
-    from streamd.service import serve
+    from streamd.service import gcpolicy, serve
     from streamd.service.sdnotify import Notifier, take_environment
 
     # Taken out of the environment first: children must not speak for the daemon.
@@ -215,6 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.log_level is None and config.log_level:
         logging.getLogger().setLevel(config.log_level.upper())
+    gcpolicy.tune()
     try:
         trio.run(
             partial(

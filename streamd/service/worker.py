@@ -33,6 +33,7 @@ from hypercorn.config import Sockets
 from streamd.errors import ConfigError
 from streamd.ingest import IngestApp, ipc
 from streamd.ingest.remote import RemoteJournal
+from streamd.service import gcpolicy
 from streamd.service.config import Config
 from streamd.service.http import ConnectionTable, max_connections_for, serve_http
 from streamd.service.listeners import (
@@ -274,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--log-format", default="auto", choices=LOG_FORMATS)
     a = ap.parse_args(argv)
     configure_logging(a.log_level, a.log_format)
+    gcpolicy.tune()
     try:
         return trio.run(serve_worker, a.ipc_fd, a.listen_fds, a.mtls_fds)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled above

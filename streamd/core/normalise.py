@@ -356,8 +356,8 @@ def _collect(
         out.append(_record(item.event, item, raw, path, ".event.id"))
         return "old-wrapper"
     if item.id is not None or item.specversion is not None or item.eventid is not None:
-        event = CloudEvent(id=item.id, type=item.type, time=item.time, data=item.data)
-        out.append(_record(event, item, raw, path, ".id"))
+        # The item is its own event: it has the four fields _record reads.
+        out.append(_record(item, item, raw, path, ".id"))
         return "cloudevent"
     if item.event_id is not None:
         out.append(_record(_EMPTY_EVENT, item, raw, path, ".id"))
@@ -370,7 +370,7 @@ def _collect(
 
 
 def _record(
-    event: CloudEvent, item: Item, raw: msgspec.Raw, path: str, id_path: str
+    event: CloudEvent | Item, item: Item, raw: msgspec.Raw, path: str, id_path: str
 ) -> EventRecord:
     # Once per event: the common cases (a string id, int columns, a known type) are taken
     # inline, without a call; the JSON paths are built only for an error message.

@@ -511,12 +511,13 @@ async def test_collected_keys_are_indexed_again_after_a_crash(journal_path: Path
     index = dedup_file(journal_path)
     async with open_journal(str(journal_path), options) as journal:
         assert (await journal.append(_keys("early", 3))).accepted == 3
+    # Stopped: the index file as it is, no writer or checkpoint running meanwhile.
+    snapshot = {
+        suffix: Path(f"{index}{suffix}").read_bytes()
+        for suffix in ("", "-wal")
+        if Path(f"{index}{suffix}").exists()
+    }
     async with open_journal(str(journal_path), options) as journal:
-        snapshot = {
-            suffix: Path(f"{index}{suffix}").read_bytes()
-            for suffix in ("", "-wal")
-            if Path(f"{index}{suffix}").exists()
-        }
         assert (await journal.append(_keys("crash", 7))).accepted == 7
         assert _covered(journal_path) == 3
     for suffix in ("", "-wal", "-shm"):

@@ -484,14 +484,15 @@ class Pending:
         with self._cond:
             return list(self._items)
 
-    def push(self, generation: Generation) -> None:
-        """Add a generation; waits while ``limit`` are pending (backpressure on the writer).
+    def push(self, generation: Generation, wait: bool = True) -> None:
+        """Add a generation; waits while ``limit`` are pending (backpressure on the writer),
+        unless ``wait`` is False (stopping: the indexer is told to stop right after).
 
         Never drops one: once the indexer has stopped, it just appends (the
         keys stay visible to lookups, and the next start re-indexes them).
         """
         with self._cond:
-            while len(self._items) >= self._limit and not self.closed:
+            while wait and len(self._items) >= self._limit and not self.closed:
                 self._cond.wait(0.5)
             self._items.append(generation)
             self._cond.notify_all()

@@ -327,7 +327,9 @@ class JournalWriter:
                 self._flush_tally(conn)
         finally:
             if self._indexer is not None:
-                self._hand_over()
+                # Never waits here: an indexer behind (its file unwritable) is stopped
+                # next, and the next start indexes again what it did not write.
+                self._hand_over(wait=False)
                 self._indexer.stop()  # index what is pending before the checkpoint
             conn.close()
             self._release_lock()
@@ -473,10 +475,10 @@ class JournalWriter:
         if time.monotonic() - self._opened_at >= self.options.index_interval:
             self._hand_over()
 
-    def _hand_over(self) -> None:
-        """The open generation to the indexer (waits while 3 are pending)."""
+    def _hand_over(self, wait: bool = True) -> None:
+        """The open generation to the indexer (waits while 3 are pending, if ``wait``)."""
         if self._open.owners or self._open.overflow:
-            self._pending.push(self._open)
+            self._pending.push(self._open, wait)
             self._open = Generation()
 
     def _take(self, jobs: list[Job]) -> list[Job]:

@@ -582,3 +582,15 @@ def test_the_indexer_writes_at_most_merge_keys_at_once() -> None:
     assert pending.oldest(stop) == big[:1]
     pending.pop_oldest()
     assert pending.oldest(stop) == big[1:]
+
+
+def test_a_stopping_writer_hands_over_without_waiting_for_a_full_backlog() -> None:
+    # The writer's last hand-over at stop: were the indexer behind (its file unwritable)
+    # with the backlog full, waiting would hold the stop until the file could be written.
+    pending = Pending(limit=1)
+    pending.push(_generation(1, 5))
+    pushed = threading.Thread(target=pending.push, args=(_generation(6, 5), False))
+    pushed.start()
+    pushed.join(5)
+    assert not pushed.is_alive()
+    assert [g.covered_seq for g in pending.snapshot()] == [5, 10]

@@ -525,6 +525,13 @@ class Pending:
             del self._items[:n]
             self._cond.notify_all()
 
+    def release(self) -> None:
+        """From now on a push never waits (stopping: the writer must reach its stop, and
+        only then is the indexer told to stop)."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
     def wake(self) -> None:
         """Wake the indexer (to notice a stop)."""
         with self._cond:

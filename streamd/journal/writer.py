@@ -149,6 +149,10 @@ class JournalWriter:
                 return
             self._closing = True
         self._queue.put(_STOP)
+        # A writer waiting for an indexer that cannot write its file (the backlog full)
+        # would wait for good: the indexer is only told to stop once the writer has
+        # stopped. What the indexer does not write, the next start indexes again.
+        self._pending.release()
         self._thread.join()
         self._stopped.set()
         self._checkpoint_wake.set()

@@ -22,6 +22,7 @@ from streamd.journal import AppendResult, Batch, Job, JournalWriter, WriterOptio
 from streamd.journal.appender import Journal, utc_now
 from streamd.journal.dedup import dedup_path
 from tests.conftest import fixture_bytes
+from tests.journals import submit_and_wait
 from tests.unit.test_journal import record, rows
 
 
@@ -204,3 +205,40 @@ async def test_a_batch_is_answered_when_the_dedup_index_falls_behind(tmp_path: P
             again = await journal.append(Batch("s", utc_now(), "x", [record("late")]))
         assert again.accepted == 1
     assert rows(path, "SELECT count(*) FROM events") == [(5,)]
+
+
+def test_a_stop_does_not_wait_for_an_index_file_that_refuses_every_write(
+    tmp_path: Path,
+) -> None:
+    # The index file refuses every insert (as a disk full for good would) and the writer
+    # waits with the backlog full, after answering. The indexer is only told to stop once
+    # the writer has: a stop that waited for the writer's hand-over waited for good.
+    path = tmp_path / "journal.db"
+    index = dedup_path(str(path))
+    writer = JournalWriter(str(path), WriterOptions(index_keys=1), lambda: "")
+    writer.start()
+    refuse = sqlite3.connect(index, isolation_level=None)
+    refuse.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON dedup BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    refuse.close()
+    # One key a generation: the 4th group's hand-over finds 3 pending, and waits.
+    for i in range(4):
+        assert submit_and_wait(writer, Batch("s", utc_now(), "x", [record(f"i{i}")])) == 1
+    closer = threading.Thread(target=writer.close, daemon=True)
+    closer.start()
+    closer.join(60)
+    assert not closer.is_alive(), "the stop waited for the index file"
+    assert rows(path, "SELECT count(*) FROM events") == [(4,)]
+    # The file writable again: the next start indexes what it never got.
+    conn = sqlite3.connect(index)
+    conn.execute("DROP TRIGGER refuse")
+    conn.commit()
+    conn.close()
+    again = JournalWriter(str(path), WriterOptions(), lambda: "")
+    again.start()
+    try:
+        assert again.stats.reindexed == 4
+        assert submit_and_wait(again, Batch("s", utc_now(), "x", [record("i0")])) == 0
+    finally:
+        again.close()

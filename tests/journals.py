@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def write_batches(path: Path, batches: Iterable[Batch], index_keys: int | None =
     default when None); a test of runs of the lead or type index wants several."""
     options = WriterOptions(max_queued_events=10**9)
     if index_keys is not None:
-        options = WriterOptions(max_queued_events=10**9, index_keys=index_keys)
+        options = replace(options, index_keys=index_keys)
     writer = JournalWriter(str(path), options, lambda: "")
     writer.start()
     try:

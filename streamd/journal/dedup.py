@@ -484,15 +484,14 @@ class Pending:
         with self._cond:
             return list(self._items)
 
-    def push(self, generation: Generation, wait: bool = True) -> None:
-        """Add a generation; waits while ``limit`` are pending (backpressure on the writer),
-        unless ``wait`` is False (stopping: the indexer is told to stop right after).
+    def push(self, generation: Generation) -> None:
+        """Add a generation; waits while ``limit`` are pending (backpressure on the writer).
 
-        Never drops one: once the indexer has stopped, it just appends (the
-        keys stay visible to lookups, and the next start re-indexes them).
+        Never drops one: once released (stopping) or the indexer has stopped, it just
+        appends (the keys stay visible to lookups, and the next start re-indexes them).
         """
         with self._cond:
-            while wait and len(self._items) >= self._limit and not self.closed:
+            while len(self._items) >= self._limit and not self.closed:
                 self._cond.wait(0.5)
             self._items.append(generation)
             self._cond.notify_all()

@@ -331,9 +331,7 @@ class JournalWriter:
                 self._flush_tally(conn)
         finally:
             if self._indexer is not None:
-                # Never waits here: an indexer behind (its file unwritable) is stopped
-                # next, and the next start indexes again what it did not write.
-                self._hand_over(wait=False)
+                self._hand_over()  # never waits: close() released the backlog
                 self._indexer.stop()  # index what is pending before the checkpoint
             conn.close()
             self._release_lock()
@@ -479,10 +477,10 @@ class JournalWriter:
         if time.monotonic() - self._opened_at >= self.options.index_interval:
             self._hand_over()
 
-    def _hand_over(self, wait: bool = True) -> None:
-        """The open generation to the indexer (waits while 3 are pending, if ``wait``)."""
+    def _hand_over(self) -> None:
+        """The open generation to the indexer (waits while 3 are pending, until close)."""
         if self._open.owners or self._open.overflow:
-            self._pending.push(self._open, wait)
+            self._pending.push(self._open)
             self._open = Generation()
 
     def _take(self, jobs: list[Job]) -> list[Job]:
@@ -812,13 +810,14 @@ class JournalWriter:
     ) -> int:
         """Is ``key`` the new owner of hash ``h``, a duplicate, or a collision?"""
         claims = [group.keys[h]] if h in group.owners else []
-        # An earlier generation's claims are committed events: their keys are in the journal.
-        claimed = [g.owners[h] for g in earlier if h in g.owners]
-        if owner is None and not claims and not claimed:
+        # An earlier generation's claims and the index's owner are committed events:
+        # their keys are in the journal.
+        committed = [g.owners[h] for g in earlier if h in g.owners]
+        if owner is not None:
+            committed.append(owner)
+        if not claims and not committed:
             return _OWNER
-        if key in claims or any(self._dedup.key_of(seq) == key for seq in claimed):
-            return _DUPLICATE
-        if owner is not None and self._dedup.key_of(owner) == key:
+        if key in claims or any(self._dedup.key_of(seq) == key for seq in committed):
             return _DUPLICATE
         if any(key in g.overflow for g in (group, *earlier)) or self._dedup.in_overflow(key):
             return _DUPLICATE  # a duplicate of an earlier collision

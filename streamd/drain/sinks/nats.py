@@ -328,7 +328,7 @@ class NatsSink:
             self._on_ack(tail, data)
 
     async def _connect(self) -> None:
-        import nats
+        from nats.aio.client import Client
 
         async def on_error(exc: Exception) -> None:
             text = _text(exc)
@@ -347,7 +347,11 @@ class NatsSink:
                      self._nc.connected_url.netloc if self._nc and self._nc.connected_url
                      else "?")  # fmt: skip
 
-        options: dict[str, Any] = {}
+        # Seconds as floats: nats-py annotates them as int, and waits with asyncio.
+        options: dict[str, Any] = {
+            "connect_timeout": min(5.0, self.settings.timeout),
+            "reconnect_time_wait": 0.5,
+        }
         if self.settings.token:
             options["token"] = self.settings.token
         if self.settings.credentials_file:
@@ -356,18 +360,24 @@ class NatsSink:
         if old is not None:
             await _quietly_close(old)
         # Reconnects forever (the journal buffers); the first connect too: the caller's
-        # deadline bounds it and the next delivery starts over.
-        nc = await nats.connect(
-            servers=list(self.settings.servers),
-            name=f"streamd {self.settings.instance} {self.settings.sink}".strip(),
-            connect_timeout=min(5.0, self.settings.timeout),
-            reconnect_time_wait=0.5,
-            max_reconnect_attempts=-1,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-            **options,
-        )
+        # deadline bounds it and the next delivery starts over. A connect that fails or
+        # is cut off by that deadline (a server that accepts and never says INFO) is
+        # closed here: nats-py leaves its socket open, one descriptor per delivery
+        # attempt until the garbage collector happens to find it.
+        nc = Client()
+        try:
+            await nc.connect(
+                servers=list(self.settings.servers),
+                name=f"streamd {self.settings.instance} {self.settings.sink}".strip(),
+                max_reconnect_attempts=-1,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                **options,
+            )
+        except BaseException:
+            await _quietly_close(nc)
+            raise
         missing = missing_internals(nc)
         if missing:
             await _quietly_close(nc)

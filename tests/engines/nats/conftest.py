@@ -32,18 +32,3 @@ def stream_name() -> str:
 
 
 from tests.drain.conftest import journal  # noqa: E402, F401  (the drain tests' fixture)
-
-
-# nats-py 2.16 leaks a transport when a node accepts the connection and closes it before
-# its INFO line (a node starting or stopping): `Client._select_next_server` catches the
-# error of `_connect_to_server` and tries the next server without closing the stream it
-# opened, so the garbage collector later warns "unclosed <StreamWriter ...>" in whichever
-# test it runs (an outage test failed on it once in a full run). Only that warning, and
-# only for these tests, where nodes are killed and restarted on purpose.
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = os.path.dirname(__file__)
-    for item in items:
-        if str(item.path).startswith(here):
-            item.add_marker(
-                pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning")
-            )

@@ -46,3 +46,26 @@ def test_a_node_that_exits_while_being_probed_is_reported_at_once() -> None:
         assert time.monotonic() - started < 10
     finally:
         cluster.close()
+
+
+def test_a_probe_of_a_node_that_never_says_info_closes_its_socket() -> None:
+    """A node that accepts and has not sent INFO yet (starting): the probe's connect
+    times out and its socket is closed by the harness, not left to the garbage collector
+    (whose warning then failed an unrelated test in a CI run)."""
+    import asyncio
+
+    from tests.engines._nats import _connect
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"nats://127.0.0.1:{silent.getsockname()[1]}"
+        gc.disable()  # only the harness's own close may end the connection
+        try:
+            with pytest.raises(TimeoutError):
+                asyncio.run(_connect(url, connect_timeout=0.3, allow_reconnect=False))
+            silent.settimeout(5)
+            conn, _ = silent.accept()
+            with conn:
+                conn.settimeout(5)
+                assert conn.recv(100) == b""  # end of stream: closed, nothing sent
+        finally:
+            gc.enable()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import sqlite3
@@ -354,6 +355,43 @@ async def test_unreachable_servers_are_transient(stream_name: str) -> None:
     finally:
         await sink.aclose()
     assert result.kind is Kind.TRANSIENT and "no connection" in result.reason
+
+
+async def test_a_connect_cut_off_by_the_deadline_closes_its_socket(stream_name: str) -> None:
+    """A server that accepts and never sends INFO (hung, or a port that is not NATS's):
+    each delivery ends transient at the sink's deadline, and the sink closes the
+    connection it opened. nats-py leaves it open: a descriptor per delivery attempt
+    until the garbage collector finds it (whose warning failed a CI run)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted = closed = 0
+
+    async def silent(stream: trio.SocketStream) -> None:
+        nonlocal accepted, closed
+        accepted += 1
+        while await stream.receive_some():  # nats-py sends nothing before INFO
+            pass
+        closed += 1
+
+    s = NatsSettings(servers=(f"nats://127.0.0.1:{port}",), stream=stream_name,
+                     timeout=1.0, sink="nats")  # fmt: skip
+    sink = NatsSink(s)
+    gc.disable()  # only the sink's own close may end a connection here
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, silent, listeners)
+            try:
+                for _ in range(2):
+                    result = await sink.deliver([event(1, "a")])
+                    assert result.kind is Kind.TRANSIENT and "no connection" in result.reason
+                await wait_until(lambda: accepted >= 2 and closed == accepted,
+                                 f"the sink to close its connections ({closed} of "
+                                 f"{accepted} closed)", timeout=5)  # fmt: skip
+            finally:
+                await sink.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        gc.enable()
 
 
 async def test_a_cancelled_delivery_leaves_the_sink_usable(

@@ -17,6 +17,7 @@ from streamd.drain.sinks.exec import ExecSettings, ExecSink
 from streamd.drain.sinks.sqlite import SqliteSettings, SqliteSink
 from streamd.journal import Journal, WriterOptions, open_journal
 from streamd.ops import RetryDeadLetters, RewindSink
+from tests.system._harness import exited
 
 from .conftest import append, spec, wait_until
 
@@ -77,15 +78,7 @@ async def test_a_hanging_command_group_is_killed_on_timeout(
         await wait_until(lambda: d.statistics()[0].cursor == 1, "timed out, dead-lettered")
     assert dead(journal)[0][1] == "no answer within 0.5 s"
     child = int(pidfile.read_text())
-    await wait_until(lambda: not _alive(child), "the grandchild killed with its group")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+    await wait_until(lambda: exited(child), "the grandchild killed with its group")
 
 
 async def test_a_missing_command_is_transient(journal: Journal) -> None:

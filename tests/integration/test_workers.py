@@ -28,6 +28,7 @@ from tests.integration.conftest import TOKEN, Server, StartServer, make_config
 from tests.integration.test_errors import assert_a_full_queue_is_503, write_locked
 from tests.integration.test_ingest import count
 from tests.integration.test_metrics import scrape, value
+from tests.system._harness import exited
 
 ONE = "[server]\nworkers = 1\n"
 
@@ -39,13 +40,7 @@ def pool(server: Server | Running) -> WorkerPool:
 
 
 def alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return pid is not None and not exited(pid)
 
 
 async def test_workers_serve_and_the_main_process_journals(start_server: StartServer) -> None:

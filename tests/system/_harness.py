@@ -111,17 +111,24 @@ def children(pid: int) -> list[int]:
     """The live (not zombie) child processes of ``pid``."""
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            listed = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+        for child in listed:
             if not exited(int(child)):
                 out.append(int(child))
     return out
 
 
 def exited(pid: int) -> bool:
-    """Gone, or a zombie (its parent died and nobody reaped it yet)."""
+    """Gone, or a zombie (its parent died and nobody reaped it yet).
+
+    A process reaped between the open and the read of its ``stat`` fails the read
+    with ESRCH (ProcessLookupError), not FileNotFoundError: gone all the same."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
     return state == "Z"
 

@@ -24,19 +24,10 @@ from streamd.drain.sinks.kafka import RESTART_REASONS, KafkaSettings, KafkaSink
 from streamd.journal import Journal
 from streamd.ops import DisableSink, EnableSink
 from tests.engines._kafka import Tansu
-from tests.system._harness import Processes, wait_for
+from tests.system._harness import Processes, exited, wait_for
 
 from .conftest import FAST, append, journal_rows, record
 from .test_sink import _event, wait_cursor
-
-
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_a_killed_producer_process_is_replaced_and_every_event_arrives(
@@ -85,7 +76,7 @@ async def test_a_killed_producer_process_is_replaced_and_every_event_arrives(
         assert drain.statistics()[0].producer_restarts == {"exited": 4, "protocol": 0}
     assert len(sinks) == 2 and sinks[1].restarts == 0
     for pid in killed:
-        assert not _alive(pid)
+        assert exited(pid)
     # The threads that served each process ended with it (none left once the sink closed).
     wait_for(lambda: not _sink_threads("k"), timeout=20, what="the sink's threads to end")
     keys = {m.key for m in broker.read(topic_prefix)}
@@ -132,18 +123,18 @@ async def test_the_producer_process_exits_when_the_daemon_is_sigkilled(
     assert match is not None
     child = int(match.group(1))
     try:
-        assert _alive(child)
+        assert not exited(child)
         broker.freeze()
         try:
             (processes.workdir / "go").touch()  # the second batch, to the frozen broker
             time.sleep(0.5)
             daemon.popen.kill()
             assert daemon.wait(10) == -signal.SIGKILL
-            wait_for(lambda: not _alive(child), timeout=30, what="the producer process exits")
+            wait_for(lambda: exited(child), timeout=30, what="the producer process exits")
         finally:
             broker.thaw()
     finally:
-        if _alive(child):
+        if not exited(child):
             os.kill(child, signal.SIGKILL)
     keys = {m.key for m in broker.read(topic_prefix)}
     assert b"e1" in keys
@@ -216,7 +207,7 @@ async def test_a_bad_frame_from_the_producer_process_is_a_clear_transient_error(
     assert pids[0] != pids[1] and sink.restarts == 1
     # Killed by the sink for its bad frame: counted apart from a process that exited.
     assert sink.restarts_by_reason == {"exited": 0, "protocol": 1}
-    assert all(p is not None and not _alive(p) for p in pids)
+    assert all(p is not None and exited(p) for p in pids)
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
 
 

@@ -249,6 +249,23 @@ async def test_reopen_continues_sequence_and_dedup(journal_path: Path) -> None:
     assert rows(journal_path, "PRAGMA journal_mode") == [("wal",)]
 
 
+@pytest.mark.parametrize(
+    ("cache_mib", "journal_mib", "index_mib"), [(24, 12, 6), (64, 32, 16), (3, 1, 1), (1, 1, 1)]
+)
+async def test_journal_cache_mib_is_shared_by_the_writers_page_caches(
+    journal_path: Path, cache_mib: int, journal_mib: int, index_mib: int
+) -> None:
+    """Half for the journal connection (its pages are appended, hardly read again), a
+    quarter for each of the index file's two connections; at least 1 MiB each."""
+
+    def sizes(conn: sqlite3.Connection) -> tuple[int, int]:
+        main = conn.execute("PRAGMA main.cache_size").fetchone()[0]
+        return main, conn.execute("PRAGMA dedup.cache_size").fetchone()[0]
+
+    async with open_journal(str(journal_path), WriterOptions(cache_mib=cache_mib)) as journal:
+        assert await journal.control(sizes) == (-1024 * journal_mib, -1024 * index_mib)
+
+
 async def test_the_index_lookup_keeps_all_64_bits_of_a_hash(journal_path: Path) -> None:
     # The writer's lookup sends hashes to SQLite as JSON and reads owners back as JSON.
     extremes = [-(2**63), 2**63 - 1, 0, -1, 2**53 + 1]

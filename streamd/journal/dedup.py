@@ -34,6 +34,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -540,10 +541,17 @@ class Pending:
 class Indexer:
     """The thread that writes committed keys into the index, in commit order."""
 
-    def __init__(self, index_path: str, pending: Pending, cache_mib: int) -> None:
+    def __init__(
+        self, index_path: str, pending: Pending, cache_mib: int, stop_grace: float = 10.0
+    ) -> None:
         self._path = index_path
         self._pending = pending
         self._cache_mib = cache_mib
+        # Once stopping, how long failed writes are tried again before the rest is left
+        # to the next start (which indexes it from the journal): another process holding
+        # the index file's write lock must not hold a stop for minutes.
+        self._stop_grace = stop_grace
+        self._stop_by = float("inf")
         self._stop = threading.Event()
         self._thread = Thread(target=self._run, name="journal-indexer", daemon=True)
         # Lead entries of indexed generations not yet in a run (fewer than LEAD_RUN); lost
@@ -561,7 +569,9 @@ class Indexer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Index what is pending, then stop (blocking)."""
+        """Index what is pending, then stop (blocking): within about ``stop_grace``
+        seconds plus one ``busy_timeout`` when the index cannot be written."""
+        self._stop_by = time.monotonic() + self._stop_grace
         self._stop.set()
         self._pending.wake()
         self._thread.join()
@@ -666,9 +676,16 @@ class Indexer:
                         conn.close()
                         conn = None
                         self._named.clear()
-                if self._stop.wait(backoff) and self.failures > 50:
+                if self._stop.wait(backoff) and (
+                    self.failures > 50 or time.monotonic() >= self._stop_by
+                ):
                     # Stopping and still failing: the journal has the events and the
                     # next start re-indexes from covered_seq. Nothing is lost.
+                    log.warning(
+                        "dedup index: stopping before every key is indexed (the next "
+                        "start indexes the rest from the journal): %s",
+                        exc,
+                    )
                     break
                 backoff = min(backoff * 2, 2.0)
                 continue

@@ -57,6 +57,9 @@ class WriterOptions:
     # 20,000"). Lookups consult the collected keys; a start re-indexes them.
     index_keys: int = 20_000
     index_interval: float = 1.0
+    # At stop, how long the indexer tries again to write keys the index file refuses
+    # (another process holds its write lock, say) before leaving them to the next start.
+    index_stop_grace: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,7 +265,9 @@ class JournalWriter:
             self._dedup = DedupIndex(conn, self.path, index_cache)
             self.journal_id = journal_id(conn)
             self.stats.reindexed = self._dedup.open(self.journal_id)
-            self._indexer = Indexer(self._dedup.path, self._pending, index_cache)
+            self._indexer = Indexer(
+                self._dedup.path, self._pending, index_cache, self.options.index_stop_grace
+            )
             self._indexer.start()
             self._next_seq = conn.execute(
                 "SELECT coalesce(max(seq), 0) + 1 FROM events"

@@ -207,6 +207,35 @@ async def test_a_batch_is_answered_when_the_dedup_index_falls_behind(tmp_path: P
     assert rows(path, "SELECT count(*) FROM events") == [(5,)]
 
 
+def test_a_stop_gives_up_on_an_index_file_another_process_keeps_locked(
+    tmp_path: Path,
+) -> None:
+    # An operator's sqlite3 shell in a write transaction on the index file: each of the
+    # indexer's attempts waits busy_timeout (5 s) and fails. Stopping, it tried 50 times
+    # (minutes); now it tries for index_stop_grace, and the next start indexes the rest.
+    path = tmp_path / "journal.db"
+    writer = JournalWriter(str(path), WriterOptions(index_stop_grace=0.5), lambda: "")
+    writer.start()
+    assert submit_and_wait(writer, Batch("s", utc_now(), "x", [record("a"), record("b")])) == 2
+    shell = sqlite3.connect(dedup_path(str(path)), isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    try:
+        closer = threading.Thread(target=writer.close, daemon=True)
+        closer.start()
+        closer.join(40)
+        assert not closer.is_alive(), "the stop waited for the index file's lock"
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+    again = JournalWriter(str(path), WriterOptions(), lambda: "")
+    again.start()
+    try:
+        assert again.stats.reindexed == 2
+        assert submit_and_wait(again, Batch("s", utc_now(), "x", [record("b")])) == 0
+    finally:
+        again.close()
+
+
 def test_a_stop_does_not_wait_for_an_index_file_that_refuses_every_write(
     tmp_path: Path,
 ) -> None:

@@ -227,13 +227,7 @@ def test_a_stop_gives_up_on_an_index_file_another_process_keeps_locked(
     finally:
         shell.execute("ROLLBACK")
         shell.close()
-    again = JournalWriter(str(path), WriterOptions(), lambda: "")
-    again.start()
-    try:
-        assert again.stats.reindexed == 2
-        assert submit_and_wait(again, Batch("s", utc_now(), "x", [record("b")])) == 0
-    finally:
-        again.close()
+    assert_reindexed_at_start(path, 2, "b")
 
 
 def test_a_stop_does_not_wait_for_an_index_file_that_refuses_every_write(
@@ -264,10 +258,16 @@ def test_a_stop_does_not_wait_for_an_index_file_that_refuses_every_write(
     conn.execute("DROP TRIGGER refuse")
     conn.commit()
     conn.close()
+    assert_reindexed_at_start(path, 4, "i0")
+
+
+def assert_reindexed_at_start(path: Path, events: int, key: str) -> None:
+    """The next start indexes again the ``events`` the index file never got, and a
+    delivery of ``key`` again is a duplicate."""
     again = JournalWriter(str(path), WriterOptions(), lambda: "")
     again.start()
     try:
-        assert again.stats.reindexed == 4
-        assert submit_and_wait(again, Batch("s", utc_now(), "x", [record("i0")])) == 0
+        assert again.stats.reindexed == events
+        assert submit_and_wait(again, Batch("s", utc_now(), "x", [record(key)])) == 0
     finally:
         again.close()
